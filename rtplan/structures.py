@@ -1,0 +1,433 @@
+"""Structures (named masks on a grid) and structure sets with TG-263 name lookup.
+
+Names follow AAPM TG-263 (Mayo et al., IJROBP 2018;100:1057; the pelvic entries are
+listed in CLINICAL.md section 8). User spellings are mapped to TG-263 through
+:data:`TG263_SYNONYMS`: case, spaces, hyphens and underscores are ignored, and common
+alternatives ("Urinary Bladder", "femur_left", TotalSegmentator class names) are known.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from rtplan._validation import as_mask, bounding_box, check_choice
+from rtplan.errors import GridMismatchError, MissingStructureError
+from rtplan.grid import ImageGrid
+
+__all__ = [
+    "ROLES",
+    "ROLE_TO_INTERPRETED_TYPE",
+    "TG263_SYNONYMS",
+    "Role",
+    "Structure",
+    "StructureSet",
+    "canonical_name",
+    "default_color",
+]
+
+Role = Literal["organ", "gtv", "ctv", "ptv", "landmark", "avoidance", "external"]
+ROLES: tuple[str, ...] = ("organ", "gtv", "ctv", "ptv", "landmark", "avoidance", "external")
+
+#: DICOM RT ROI Interpreted Type (3006,00A4) for each role.
+ROLE_TO_INTERPRETED_TYPE: dict[str, str] = {
+    "organ": "ORGAN",
+    "gtv": "GTV",
+    "ctv": "CTV",
+    "ptv": "PTV",
+    "landmark": "MARKER",
+    "avoidance": "AVOIDANCE",
+    "external": "EXTERNAL",
+}
+
+#: TG-263 name -> alternative spellings (compared after normalisation, see
+#: :func:`canonical_name`). TotalSegmentator (Wasserthal et al., Radiol AI 2023) class
+#: names are included so its label maps load with TG-263 names.
+TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "Body": ("external", "body", "skin_outline", "outer_contour", "patient", "body_outline"),
+    "Bladder": ("urinary bladder", "bladder", "vessie", "blase", "urinary_bladder", "bldr"),
+    "Rectum": ("rectum", "rect", "rectal"),
+    "Canal_Anal": ("anal canal", "anal_canal", "anus_canal", "analcanal"),
+    "Colon_Sigmoid": ("sigmoid", "sigmoid colon", "colon_sigmoid", "sigmoidcolon"),
+    "Colon": ("colon", "large bowel", "large_bowel", "bowel_large"),
+    "Bowel_Small": ("small bowel", "small_bowel", "smallbowel", "small intestine", "sb"),
+    "Spc_Bowel": ("bowel bag", "bowel_bag", "bag_bowel", "bowelbag", "peritoneal cavity",
+                  "bowel space", "spc_bowel"),
+    "Bowel": ("bowel", "intestine", "bowels"),
+    "PenileBulb": ("penile bulb", "penile_bulb", "bulb", "bulb of penis", "bulbus penis"),
+    "Urethra": ("urethra", "membranous urethra"),
+    "Prostate": ("prostate", "prostate gland"),
+    "ProstateBed": ("prostate bed", "prostate_bed", "prostatic fossa", "fossa"),
+    "SeminalVes": ("seminal vesicles", "seminal_vesicles", "sv", "seminal vesicle"),
+    "Levator_Ani": ("levator ani", "levator_ani", "levator"),
+    "Obturator_Int_L": ("obturator internus l", "obturator_internus_left", "obturator int left",
+                        "l obturator internus"),
+    "Obturator_Int_R": ("obturator internus r", "obturator_internus_right", "obturator int right",
+                        "r obturator internus"),
+    "Iliopsoas_L": ("iliopsoas left", "iliopsoas_left", "psoas left", "psoas_l", "l psoas",
+                    "iliopsoas l"),
+    "Iliopsoas_R": ("iliopsoas right", "iliopsoas_right", "psoas right", "psoas_r", "r psoas",
+                    "iliopsoas r"),
+    "Femur_Head_L": ("femoral head l", "femoral head left", "femur_left", "femur left",
+                     "left femoral head", "l femoral head", "femoralhead_l", "fem head l",
+                     "femur_head_left", "femur l", "hip joint left"),
+    "Femur_Head_R": ("femoral head r", "femoral head right", "femur_right", "femur right",
+                     "right femoral head", "r femoral head", "femoralhead_r", "fem head r",
+                     "femur_head_right", "femur r", "hip joint right"),
+    "Bone_Ilium_L": ("hip_left", "ilium left", "ilium l", "left ilium", "iliac bone left"),
+    "Bone_Ilium_R": ("hip_right", "ilium right", "ilium r", "right ilium", "iliac bone right"),
+    "Bone_Ischium_L": ("ischium left", "ischium l", "left ischium"),
+    "Bone_Ischium_R": ("ischium right", "ischium r", "right ischium"),
+    "Bone_Pelvic": ("pelvic bones", "pelvis bone", "bony pelvis", "pelvis"),
+    "PubicSymphys": ("pubic symphysis", "symphysis", "symphysis pubis", "pubis", "pubic_symphysis"),
+    "Sacrum": ("sacrum", "os sacrum", "sacral bone"),
+    "Coccyx": ("coccyx", "tailbone"),
+    "VB_L4": ("l4", "vertebra l4", "vertebrae_l4", "l4 vertebra", "vb l4"),
+    "VB_L5": ("l5", "vertebra l5", "vertebrae_l5", "l5 vertebra", "vb l5"),
+    "VB_S1": ("s1", "vertebra s1", "vertebrae_s1", "vb s1"),
+    "VB_S2": ("s2", "vertebrae_s2", "vb s2"),
+    "VB_S3": ("s3", "vertebrae_s3", "vb s3"),
+    "A_Aorta": ("aorta", "abdominal aorta", "a aorta"),
+    "V_Venacava_I": ("ivc", "inferior vena cava", "inferior_vena_cava", "vena cava inferior",
+                     "vena cava"),
+    "A_Iliac_L": ("common iliac artery left", "iliac_artery_left", "l common iliac artery",
+                  "cia left", "cia_l", "a iliac common l", "a_iliac_common_l"),
+    "A_Iliac_R": ("common iliac artery right", "iliac_artery_right", "r common iliac artery",
+                  "cia right", "cia_r", "a iliac common r", "a_iliac_common_r"),
+    "V_Iliac_L": ("common iliac vein left", "iliac_vena_left", "l common iliac vein",
+                  "civ left", "civ_l", "v_iliac_common_l"),
+    "V_Iliac_R": ("common iliac vein right", "iliac_vena_right", "r common iliac vein",
+                  "civ right", "civ_r", "v_iliac_common_r"),
+    "A_Iliac_Ext_L": ("external iliac artery left", "l external iliac artery", "eia left", "eia_l"),
+    "A_Iliac_Ext_R": ("external iliac artery right", "r external iliac artery", "eia right",
+                      "eia_r"),
+    "V_Iliac_Ext_L": ("external iliac vein left", "l external iliac vein", "eiv left", "eiv_l"),
+    "V_Iliac_Ext_R": ("external iliac vein right", "r external iliac vein", "eiv right", "eiv_r"),
+    "A_Iliac_Int_L": ("internal iliac artery left", "l internal iliac artery", "iia left",
+                      "iia_l", "hypogastric artery left"),
+    "A_Iliac_Int_R": ("internal iliac artery right", "r internal iliac artery", "iia right",
+                      "iia_r", "hypogastric artery right"),
+    "V_Iliac_Int_L": ("internal iliac vein left", "l internal iliac vein", "iiv left", "iiv_l"),
+    "V_Iliac_Int_R": ("internal iliac vein right", "r internal iliac vein", "iiv right", "iiv_r"),
+    "SpinalCanal": ("spinal canal", "spinal_canal", "canal"),
+    "CaudaEquina": ("cauda equina", "cauda"),
+    "Liver": ("liver",),
+    "Kidney_L": ("kidney_left", "left kidney", "kidney l"),
+    "Kidney_R": ("kidney_right", "right kidney", "kidney r"),
+}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", name.lower())
+
+
+_LOOKUP: dict[str, str] = {}
+for _tg, _alts in TG263_SYNONYMS.items():
+    for _alt in (_tg, *_alts):
+        _LOOKUP.setdefault(_normalise(_alt), _tg)
+
+
+def canonical_name(name: str) -> str | None:
+    """TG-263 name for a user spelling, or ``None`` if it is not a known synonym.
+
+    Examples
+    --------
+    >>> canonical_name("Urinary Bladder"), canonical_name("femur_left"), canonical_name("xyz")
+    ('Bladder', 'Femur_Head_L', None)
+    """
+    return _LOOKUP.get(_normalise(name))
+
+
+# Colours (RGB 0-255) in the spirit of common TPS defaults; a tool default, not a standard.
+_NAME_COLORS: dict[str, tuple[int, int, int]] = {
+    "Body": (0, 200, 0),
+    "Bladder": (255, 255, 0),
+    "Rectum": (150, 75, 0),
+    "Canal_Anal": (120, 60, 20),
+    "Colon_Sigmoid": (200, 120, 40),
+    "Spc_Bowel": (255, 170, 120),
+    "PenileBulb": (255, 0, 255),
+    "Urethra": (255, 120, 255),
+    "Femur_Head_L": (0, 180, 255),
+    "Femur_Head_R": (0, 120, 255),
+    "PubicSymphys": (230, 230, 200),
+}
+_ROLE_COLORS: dict[str, tuple[int, int, int]] = {
+    "organ": (0, 160, 255),
+    "gtv": (255, 0, 0),
+    "ctv": (255, 128, 0),
+    "ptv": (0, 0, 255),
+    "landmark": (128, 128, 128),
+    "avoidance": (128, 0, 128),
+    "external": (0, 200, 0),
+}
+
+
+def default_color(name: str, role: str = "organ") -> tuple[int, int, int]:
+    """Display colour (RGB 0-255) for a structure: by TG-263 name, else by role."""
+    if name in _NAME_COLORS:
+        return _NAME_COLORS[name]
+    if name.startswith(("A_", "V_")):
+        return (220, 0, 0) if name.startswith("A_") else (0, 0, 200)
+    if name.startswith(("Bone", "VB_", "Sacrum", "Coccyx")):
+        return (240, 240, 210)
+    return _ROLE_COLORS.get(role, (0, 160, 255))
+
+
+class Structure:
+    """A named region of interest: a boolean mask on an :class:`ImageGrid`.
+
+    Immutable. The mask is stored cropped to its bounding box, so memory and most
+    operations scale with the structure, not the grid; :attr:`mask` rebuilds the full
+    array.
+
+    Parameters
+    ----------
+    name : str
+        Structure name (TG-263 where one exists).
+    mask : array_like of bool, shape ``grid.shape``
+        Voxels inside the structure. Strict 0/1 numbers are accepted.
+    grid : ImageGrid
+        Geometry of ``mask``.
+    role : {"organ", "gtv", "ctv", "ptv", "landmark", "avoidance", "external"}
+        What the structure is; sets the DICOM RT ROI Interpreted Type.
+    color : (r, g, b), optional
+        Display colour 0-255; default from :func:`default_color`.
+
+    Examples
+    --------
+    >>> g = ImageGrid(shape=(3, 3, 3), spacing_mm=(2.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+    >>> m = np.zeros(g.shape, bool); m[1, 1, 1] = True
+    >>> s = Structure("GTVn1", m, g, role="gtv")
+    >>> s.volume_cc, s.centroid_mm
+    (0.002, (1.0, 1.0, 2.0))
+    >>> Structure("empty", np.zeros(g.shape, bool), g).is_empty
+    True
+    """
+
+    __slots__ = ("_bbox", "_local", "color", "grid", "name", "role")
+
+    def __init__(
+        self,
+        name: str,
+        mask: npt.ArrayLike,
+        grid: ImageGrid,
+        *,
+        role: str = "organ",
+        color: tuple[int, int, int] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"structure name must be a non-empty string, got {name!r}")
+        check_choice(role, ROLES, name=f"role of structure {name!r}")
+        full = as_mask(mask, grid, name=f"mask of structure {name!r}")
+        bbox = bounding_box(full)
+        local = np.zeros((0, 0, 0), bool) if bbox is None else full[bbox].copy()
+        local.flags.writeable = False
+        if color is None:
+            rgb = default_color(name, role)
+        else:
+            rgb = tuple(int(c) for c in color)  # type: ignore[assignment]
+            if len(rgb) != 3 or min(rgb) < 0 or max(rgb) > 255:
+                raise ValueError(f"color of {name!r} must be three ints 0-255, got {color!r}")
+        for attr, value in (
+            ("name", name), ("grid", grid), ("role", role), ("color", rgb),
+            ("_bbox", bbox), ("_local", local),
+        ):
+            object.__setattr__(self, attr, value)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError("Structure is immutable; use renamed() or build a new one")
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The full boolean mask on :attr:`grid` (a new array)."""
+        return self.to_mask()
+
+    @classmethod
+    def from_cropped(
+        cls,
+        name: str,
+        local_mask: npt.ArrayLike,
+        offset: tuple[int, int, int],
+        grid: ImageGrid,
+        *,
+        role: str = "organ",
+        color: tuple[int, int, int] | None = None,
+    ) -> Structure:
+        """Build a structure from a mask of a sub-box starting at index ``offset`` (k, j, i)."""
+        local = np.asarray(local_mask, dtype=bool)
+        full = np.zeros(grid.shape, bool)
+        sl = tuple(slice(o, o + n) for o, n in zip(offset, local.shape))
+        full[sl] = local
+        return cls(name, full, grid, role=role, color=color)
+
+    # ------------------------------------------------------------------ masks
+    def to_mask(self) -> np.ndarray:
+        """The full boolean mask on :attr:`grid` (a new writable array)."""
+        out = np.zeros(self.grid.shape, bool)
+        if self._bbox is not None:
+            out[self._bbox] = self._local
+        return out
+
+    @property
+    def bbox(self) -> tuple[slice, slice, slice] | None:
+        """Tight bounding box ``(k, j, i)`` slices, or ``None`` when empty."""
+        return self._bbox
+
+    @property
+    def cropped_mask(self) -> np.ndarray:
+        """The mask inside :attr:`bbox` (read-only)."""
+        assert self._local is not None
+        return self._local
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no voxel is inside."""
+        return self._bbox is None
+
+    @property
+    def voxel_count(self) -> int:
+        """Number of voxels inside."""
+        return int(np.count_nonzero(self._local))
+
+    @property
+    def volume_cc(self) -> float:
+        """Volume in cc (voxel count times voxel volume)."""
+        return self.voxel_count * self.grid.voxel_volume_cc
+
+    @property
+    def centroid_mm(self) -> tuple[float, float, float]:
+        """LPS centre of mass ``(x, y, z)`` in mm; NaNs when empty."""
+        if self._bbox is None:
+            return (float("nan"),) * 3  # type: ignore[return-value]
+        idx = np.argwhere(self._local).mean(axis=0) + [s.start for s in self._bbox]
+        return tuple(float(v) for v in self.grid.index_to_lps(idx))  # type: ignore[return-value]
+
+    @property
+    def bounds_mm(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """LPS bounds ``((xmin, xmax), (ymin, ymax), (zmin, zmax))`` of the voxel edges."""
+        if self._bbox is None:
+            nan = float("nan")
+            return ((nan, nan), (nan, nan), (nan, nan))
+        return self.grid.crop(self._bbox).bounds_mm
+
+    @property
+    def extent_mm(self) -> tuple[float, float, float]:
+        """Size ``(x, y, z)`` of the bounding box in mm (left-right, ant-post, sup-inf)."""
+        b = self.bounds_mm
+        return tuple(hi - lo for lo, hi in b)  # type: ignore[return-value]
+
+    @property
+    def interpreted_type(self) -> str:
+        """DICOM RT ROI Interpreted Type for :attr:`role`."""
+        return ROLE_TO_INTERPRETED_TYPE[self.role]
+
+    def renamed(self, name: str, *, role: str | None = None) -> Structure:
+        """A copy with another name (and optionally role)."""
+        return Structure(name, self.to_mask(), self.grid, role=role or self.role, color=self.color)
+
+    def __repr__(self) -> str:
+        return f"Structure({self.name!r}, role={self.role!r}, volume_cc={self.volume_cc:.2f})"
+
+
+class StructureSet(Mapping[str, Structure]):
+    """Ordered structures on one grid, looked up by name, case and synonym tolerant.
+
+    ``ss["bladder"]``, ``ss["Urinary Bladder"]`` and ``ss["Bladder"]`` all return the
+    structure stored as ``Bladder``.
+
+    Parameters
+    ----------
+    structures : iterable of Structure
+        Structures, all on the same grid (within :data:`~rtplan.grid.GRID_ATOL_MM`).
+    grid : ImageGrid, optional
+        The grid; required for an empty set.
+    """
+
+    def __init__(self, structures: Iterable[Structure] = (), *, grid: ImageGrid | None = None):
+        self._items: dict[str, Structure] = {}
+        self.grid = grid
+        for s in structures:
+            self.add(s)
+        if self.grid is None:
+            raise ValueError("an empty StructureSet needs a grid")
+
+    # ------------------------------------------------------------------ mapping
+    def add(self, structure: Structure, *, replace: bool = False) -> None:
+        """Add a structure; a duplicate name (ignoring case) raises unless ``replace``."""
+        if self.grid is None:
+            self.grid = structure.grid
+        elif not self.grid.equals(structure.grid):
+            raise GridMismatchError(
+                f"structure {structure.name!r} is on {structure.grid.describe()} but the set is "
+                f"on {self.grid.describe()}"
+            )
+        existing = self._find(structure.name)
+        if existing is not None and not replace:
+            raise ValueError(f"the structure set already has a structure named {existing!r}")
+        if existing is not None:
+            del self._items[existing]
+        self._items[structure.name] = structure
+
+    def _find(self, name: str) -> str | None:
+        if name in self._items:
+            return name
+        norm = _normalise(name)
+        for key in self._items:
+            if _normalise(key) == norm:
+                return key
+        tg = canonical_name(name)
+        if tg is not None:
+            for key in self._items:
+                if key == tg or canonical_name(key) == tg:
+                    return key
+        return None
+
+    def resolve(self, name: str) -> str | None:
+        """Stored name that ``name`` refers to, or ``None``."""
+        return self._find(name)
+
+    def __getitem__(self, name: str) -> Structure:
+        key = self._find(name)
+        if key is None:
+            raise MissingStructureError(
+                f"no structure {name!r} in the structure set; it has: {', '.join(self._items)}"
+            )
+        return self._items[key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._find(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def names(self) -> list[str]:
+        """Structure names in order."""
+        return list(self._items)
+
+    def require(self, names: Iterable[str], *, purpose: str = "this step") -> None:
+        """Raise :class:`MissingStructureError` naming every one of ``names`` that is missing."""
+        missing = [n for n in names if n not in self]
+        if missing:
+            raise MissingStructureError(
+                f"{purpose} needs structures that are missing: {', '.join(missing)}"
+            )
+
+    def select(self, names: Iterable[str]) -> StructureSet:
+        """A new set with only the named structures (in the order given)."""
+        return StructureSet([self[n] for n in names], grid=self.grid)
+
+    def by_role(self, role: str) -> list[Structure]:
+        """Structures of one role, in order."""
+        return [s for s in self._items.values() if s.role == role]
+
+    def __repr__(self) -> str:
+        return f"StructureSet({len(self)} structures: {', '.join(self._items)})"
