@@ -14,7 +14,9 @@ from rtplan.grid import ImageGrid
 T = TypeVar("T", bound=str)
 
 
-def as_mask(mask: npt.ArrayLike, grid: ImageGrid | None = None, *, name: str = "mask") -> np.ndarray:
+def as_mask(
+    mask: npt.ArrayLike, grid: ImageGrid | None = None, *, name: str = "mask"
+) -> np.ndarray:
     """Return ``mask`` as a 3-D bool array, refusing anything that is not clearly binary.
 
     Parameters

@@ -56,9 +56,8 @@ def _check_axial_direction(direction: npt.ArrayLike) -> tuple[float, ...]:
     if d.shape != (3, 3) or not np.all(np.isfinite(d)):
         raise GeometryError(f"direction must be a 3 x 3 matrix, got shape {d.shape}")
     rounded = np.round(d)
-    is_signed_identity = (
-        np.allclose(d, rounded, atol=_DIRECTION_ATOL)
-        and np.array_equal(np.abs(rounded), np.eye(3))
+    is_signed_identity = np.allclose(d, rounded, atol=_DIRECTION_ATOL) and np.array_equal(
+        np.abs(rounded), np.eye(3)
     )
     if not is_signed_identity:
         raise GeometryError(
@@ -204,7 +203,9 @@ class ImageGrid:
             )
         ps = np.asarray(pixel_spacing_mm, dtype=float).reshape(-1)
         if ps.shape != (2,) or np.any(ps <= 0):
-            raise GeometryError(f"PixelSpacing must be two positive numbers, got {pixel_spacing_mm!r}")
+            raise GeometryError(
+                f"PixelSpacing must be two positive numbers, got {pixel_spacing_mm!r}"
+            )
         if len(pos) == 1:
             raise GeometryError(
                 "a single slice does not define a slice spacing; at least two slices are needed"
@@ -212,8 +213,7 @@ class ImageGrid:
         gaps = np.diff(along)
         if np.any(gaps <= GRID_ATOL_MM):
             raise GeometryError(
-                "duplicate slice positions along the normal: "
-                f"{along.round(3).tolist()} mm"
+                f"duplicate slice positions along the normal: {along.round(3).tolist()} mm"
             )
         step = float(np.median(gaps))
         if np.any(np.abs(gaps - step) > rel_tolerance * step):
@@ -496,10 +496,9 @@ class ImageGrid:
 
     def describe(self) -> str:
         """One-line human description used in error messages."""
-        return (
-            f"ImageGrid(shape={self.shape}, spacing_mm={tuple(round(s, 4) for s in self.spacing_mm)}, "
-            f"origin_mm={tuple(round(o, 3) for o in self.origin_mm)})"
-        )
+        spacing = tuple(round(s, 4) for s in self.spacing_mm)
+        origin = tuple(round(o, 3) for o in self.origin_mm)
+        return f"ImageGrid(shape={self.shape}, spacing_mm={spacing}, origin_mm={origin})"
 
 
 def check_same_grid(*grids: ImageGrid, names: Sequence[str] | None = None) -> None:
@@ -557,7 +556,9 @@ def resample_to_grid(
     """
     a = np.asarray(array)
     if a.shape != source.shape:
-        raise GridMismatchError(f"array shape {a.shape} does not match source grid shape {source.shape}")
+        raise GridMismatchError(
+            f"array shape {a.shape} does not match source grid shape {source.shape}"
+        )
     fa, fb = source.frame_of_reference_uid, target.frame_of_reference_uid
     if fa is not None and fb is not None and fa != fb:
         raise GridMismatchError(

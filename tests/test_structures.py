@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+from phantoms import aniso_grid, box_mask, sphere_mask
+
+from rtplan.errors import GridMismatchError, InvalidMaskError, MissingStructureError
+from rtplan.grid import ImageGrid
+from rtplan.structures import Structure, StructureSet, canonical_name
+
+
+@pytest.mark.parametrize(
+    "spelling, tg263",
+    [
+        ("bladder", "Bladder"),
+        ("BLADDER", "Bladder"),
+        ("Urinary Bladder", "Bladder"),
+        ("Femoral Head L", "Femur_Head_L"),
+        ("femur_left", "Femur_Head_L"),
+        ("Femoral-Head-R", "Femur_Head_R"),
+        ("iliac_artery_left", "A_Iliac_L"),
+        ("iliac_vena_right", "V_Iliac_R"),
+        ("bowel bag", "Spc_Bowel"),
+        ("Penile Bulb", "PenileBulb"),
+    ],
+)
+def test_synonyms_map_to_tg263(spelling, tg263):
+    assert canonical_name(spelling) == tg263
+
+
+def test_unknown_names_are_not_guessed():
+    assert canonical_name("Liver metastasis 3") is None
+    assert canonical_name("") is None
+
+
+def test_structure_volume_centroid_and_extent_of_a_box():
+    g = aniso_grid()
+    lo, hi = (-10.0, 10.0, -20.0), (-1.0, 20.0, 0.0)
+    m = box_mask(g, lo, hi)
+    s = Structure("Box", m, g)
+    assert s.volume_cc == pytest.approx(m.sum() * 2.5 * 0.98 * 0.98 / 1000)
+    idx = np.argwhere(m).mean(axis=0)
+    np.testing.assert_allclose(s.centroid_mm, g.index_to_lps(idx))
+    # extent: voxel count along each axis times spacing
+    k, j, i = (np.flatnonzero(m.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    assert s.extent_mm == pytest.approx((len(i) * 0.98, len(j) * 0.98, len(k) * 2.5))
+    (x0, x1), _, _ = s.bounds_mm
+    assert x0 <= lo[0] + 0.98 and x1 >= hi[0] - 0.98
+
+
+def test_structure_stores_the_cropped_mask_and_rebuilds_the_full_one():
+    g = aniso_grid()
+    m = sphere_mask(g, g.center_mm, 6.0)
+    s = Structure("GTVn1", m, g, role="gtv")
+    assert np.array_equal(s.mask, m)
+    assert s.cropped_mask.size < m.size / 10
+    assert not s.cropped_mask.flags.writeable
+    m[:] = False  # changing the input does not change the structure
+    assert s.voxel_count > 0
+    assert s.interpreted_type == "GTV"
+    with pytest.raises(AttributeError):
+        s.name = "x"
+
+
+def test_empty_structure():
+    g = aniso_grid()
+    s = Structure("Empty", np.zeros(g.shape, bool), g)
+    assert s.is_empty and s.volume_cc == 0.0 and s.bbox is None
+    assert np.isnan(s.centroid_mm).all()
+    assert not s.mask.any()
+
+
+def test_structure_refuses_bad_input():
+    g = aniso_grid()
+    with pytest.raises(InvalidMaskError, match="shape"):
+        Structure("A", np.zeros((2, 2, 2), bool), g)
+    with pytest.raises(InvalidMaskError, match="0 and 1"):
+        Structure("A", np.full(g.shape, 0.5), g)
+    with pytest.raises(ValueError, match="role"):
+        Structure("A", np.zeros(g.shape, bool), g, role="tumour")
+    ones = np.zeros(g.shape, np.uint8)
+    ones[1, 1, 1] = 1
+    assert Structure("A", ones, g).voxel_count == 1
+
+
+def test_structure_set_lookup_order_and_missing():
+    g = aniso_grid()
+    m = sphere_mask(g, g.center_mm, 5.0)
+    ss = StructureSet(
+        [Structure("Bladder", m, g), Structure("Femur_Head_L", m, g), Structure("GTV_1", m, g)]
+    )
+    assert ss.names == ["Bladder", "Femur_Head_L", "GTV_1"]
+    assert ss["urinary bladder"].name == "Bladder"
+    assert ss["BLADDER"].name == "Bladder"
+    assert ss["femur_left"].name == "Femur_Head_L"
+    assert ss["gtv 1"].name == "GTV_1"
+    assert "Rectum" not in ss
+    with pytest.raises(MissingStructureError, match="Rectum"):
+        ss["Rectum"]
+    with pytest.raises(MissingStructureError, match="Rectum, PenileBulb"):
+        ss.require(["Bladder", "Rectum", "PenileBulb"], purpose="the prostate-bed CTV")
+    with pytest.raises(ValueError, match="already"):
+        ss.add(Structure("bladder", m, g))
+    ss.add(Structure("bladder", m & False, g), replace=True)
+    assert ss["Bladder"].is_empty
+
+
+def test_structure_set_refuses_another_grid():
+    g = aniso_grid()
+    other = ImageGrid(shape=g.shape, spacing_mm=g.spacing_mm, origin_mm=(0, 0, 0))
+    ss = StructureSet([Structure("A", np.zeros(g.shape, bool), g)])
+    with pytest.raises(GridMismatchError):
+        ss.add(Structure("B", np.zeros(g.shape, bool), other))
