@@ -31,3 +31,11 @@ def single_voxel(grid: ImageGrid) -> np.ndarray:
 @pytest.fixture
 def empty(grid: ImageGrid) -> np.ndarray:
     return np.zeros(grid.shape, bool)
+
+
+@pytest.fixture(scope="session")
+def coarse_atlas():
+    """The shipped atlas on a coarse grid (5 x 3 x 3 mm), built once per test session."""
+    from rtplan.atlas import load_atlas
+
+    return load_atlas("male_pelvis_postop", spacing_mm=(5.0, 3.0, 3.0))

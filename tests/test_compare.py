@@ -1,0 +1,104 @@
+"""The side-by-side comparison on the shipped atlas (coarse grid for speed)."""
+
+import json
+
+import numpy as np
+import pytest
+from phantoms import sphere_mask
+
+from rtplan.compare import compare_options
+from rtplan.lesions import lesions_from_mask
+from rtplan.staging import stage
+from rtplan.volumes import OptionSpec, build_options, suggest_options
+
+
+def _compare(atlas, lesion_mask):
+    lesions = lesions_from_mask(lesion_mask, atlas.grid)
+    st = stage(lesions, atlas)
+    options = build_options(suggest_options(st), atlas, lesions)
+    return st, options, compare_options(atlas, lesions, options, stage=st, case=st.string)
+
+
+@pytest.fixture(scope="module")
+def t0(coarse_atlas):
+    return _compare(coarse_atlas, np.zeros(coarse_atlas.grid.shape, bool))
+
+
+@pytest.fixture(scope="module")
+def tr(coarse_atlas):
+    """A local recurrence just posterior of the VUA: PBRT with and without its boost."""
+    x, y, z = coarse_atlas.landmarks["VUA"]
+    lesions = lesions_from_mask(
+        sphere_mask(coarse_atlas.grid, (x, y + 4.0, z), 7.0), coarse_atlas.grid
+    )
+    st = stage(lesions, coarse_atlas)
+    lesion_id = st.table()[0]["id"]
+    specs = [OptionSpec("PBRT"), OptionSpec("PBRT+LRboost", local_boost=(lesion_id,))]
+    options = build_options(specs, coarse_atlas, lesions)
+    return st, options, compare_options(coarse_atlas, lesions, options, stage=st, case=st.string)
+
+
+def test_table_has_the_options_as_columns_and_is_tidy(t0):
+    _, options, cmp = t0
+    assert list(cmp.table.options) == [o.name for o in options]
+    assert len(cmp.table.options) >= 2
+    header = cmp.table.to_csv().splitlines()[0].split(",")
+    for name in cmp.table.options:
+        assert name in header
+    data = json.loads(cmp.table.to_json())
+    assert data["options"] == list(cmp.table.options)
+    assert len(data["rows"]) == len(cmp.table.rows)
+    # every constraint row has a status for every option that has a value
+    for row in cmp.table.rows:
+        if row.limit:
+            for o, v in row.values.items():
+                if v is not None:
+                    assert row.status[o] in ("pass", "fail")
+                    assert (row.status[o] == "pass") == (row.headroom[o] >= -1e-6)
+
+
+def test_every_ptv_is_covered_by_its_prescription(t0):
+    _, _, cmp = t0
+    for row in cmp.table.rows:
+        if row.group == "Target" and row.metric == "V95%Rx":
+            for o, v in row.values.items():
+                if v is not None:
+                    assert v >= 90.0, (row.structure, o, v)
+
+
+def test_whole_pelvis_costs_more_bowel_dose_than_prostate_bed_alone(t0):
+    _, options, cmp = t0
+    names = [o.name for o in options]
+    pb = next(n for n in names if "WPRT" not in n)
+    wp = next(n for n in names if "WPRT" in n)
+    bowel = cmp.table.row("Spc_Bowel", "Dmean")
+    assert bowel.values[wp] > bowel.values[pb] + 3.0
+    v45 = cmp.result(wp).dvhs["Spc_Bowel"].volume_at_dose_cc(45.0)
+    assert v45 > cmp.result(pb).dvhs["Spc_Bowel"].volume_at_dose_cc(45.0)
+
+
+def test_a_local_boost_raises_the_lesion_dose_and_little_else(tr, coarse_atlas):
+    st, options, cmp = tr
+    assert st.t == "Tr"
+    boosted = [o for o in options if any(t.gtv is not None for t in o.targets)]
+    plain = [o for o in options if o not in boosted and "WPRT" not in o.name]
+    assert boosted and plain
+    b, p = cmp.result(boosted[0].name), cmp.result(plain[0].name)
+    gtv = next(t.gtv for t in boosted[0].targets if t.gtv is not None)
+    from rtplan.dvh import compute_dvh
+
+    d_boost = compute_dvh(b.dose_gy, b.dose_grid, gtv).mean_gy
+    d_plain = compute_dvh(p.dose_gy, p.dose_grid, gtv).mean_gy
+    boost_rx = max(t.prescription_gy for t in boosted[0].targets if t.gtv is not None)
+    assert d_boost > d_plain + 3.0
+    assert d_boost >= 0.95 * boost_rx
+    # far organs: unchanged; near organs: mean dose up by a few Gy at most
+    for organ, tol_gy in (("Femur_Head_L", 1.0), ("Spc_Bowel", 1.0), ("Bladder", 5.0)):
+        a = cmp.table.row(organ, "Dmean").values
+        assert abs(a[b.name] - a[p.name]) < tol_gy, organ
+
+
+def test_duplicate_option_names_are_refused(t0, coarse_atlas):
+    _, options, _ = t0
+    with pytest.raises(ValueError, match="unique"):
+        compare_options(coarse_atlas, None, [options[0], options[0]])
