@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rtplan._validation import as_mask, bounding_box, check_choice
-from rtplan.errors import GridMismatchError, MissingStructureError
+from rtplan.errors import GridMismatchError, InvalidMaskError, MissingStructureError
 from rtplan.grid import ImageGrid
 
 __all__ = [
@@ -259,6 +259,10 @@ _ROLE_COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
+def _single_voxel_grid(grid: ImageGrid) -> ImageGrid:
+    return ImageGrid((1, 1, 1), grid.spacing_mm, grid.origin_mm, grid.direction)
+
+
 def default_color(name: str, role: str = "organ") -> tuple[int, int, int]:
     """Display colour (RGB 0-255) for a structure: by TG-263 name, else by role."""
     if name in _NAME_COLORS:
@@ -354,12 +358,34 @@ class Structure:
         role: str = "organ",
         color: tuple[int, int, int] | None = None,
     ) -> Structure:
-        """Build a structure from a mask of a sub-box starting at index ``offset`` (k, j, i)."""
-        local = np.asarray(local_mask, dtype=bool)
-        full = np.zeros(grid.shape, bool)
-        sl = tuple(slice(o, o + n) for o, n in zip(offset, local.shape))
-        full[sl] = local
-        return cls(name, full, grid, role=role, color=color)
+        """Build a structure from the mask of a sub-box starting at index ``offset`` (k, j, i).
+
+        Costs follow the sub-box, not the grid: no full-grid array is made.
+
+        Raises
+        ------
+        InvalidMaskError
+            When the sub-box does not fit in ``grid``.
+        """
+        local = as_mask(local_mask, None, name=f"mask of structure {name!r}")
+        off = np.asarray(offset, dtype=int).reshape(-1)
+        if off.shape != (3,) or np.any(off < 0) or np.any(off + local.shape > np.array(grid.shape)):
+            raise InvalidMaskError(
+                f"sub-box of structure {name!r} at {off.tolist()} with shape {local.shape} does "
+                f"not fit in the grid of shape {grid.shape}"
+            )
+        out = cls(name, np.zeros((1, 1, 1), bool), _single_voxel_grid(grid), role=role, color=color)
+        tight = bounding_box(local)
+        if tight is None:
+            bbox, cropped = None, np.zeros((0, 0, 0), bool)
+        else:
+            bbox = tuple(slice(o + t.start, o + t.stop) for o, t in zip(off, tight))
+            cropped = local[tight].copy()
+        cropped.flags.writeable = False
+        object.__setattr__(out, "grid", grid)
+        object.__setattr__(out, "_bbox", bbox)
+        object.__setattr__(out, "_local", cropped)
+        return out
 
     # ------------------------------------------------------------------ masks
     def to_mask(self) -> np.ndarray:

@@ -109,3 +109,19 @@ def test_structure_set_refuses_another_grid():
     ss = StructureSet([Structure("A", np.zeros(g.shape, bool), g)])
     with pytest.raises(GridMismatchError):
         ss.add(Structure("B", np.zeros(g.shape, bool), other))
+
+
+def test_from_cropped_equals_the_full_mask_construction():
+    g = aniso_grid()
+    m = sphere_mask(g, g.center_mm, 6.0)
+    k, j, i = (np.flatnonzero(m.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box = (slice(k[0] - 1, k[-1] + 2), slice(j[0] - 2, j[-1] + 1), slice(i[0], i[-1] + 3))
+    s = Structure.from_cropped("S", m[box], (box[0].start, box[1].start, box[2].start), g)
+    ref = Structure("S", m, g)
+    assert s.bbox == ref.bbox
+    assert np.array_equal(s.mask, m)
+    assert s.grid is g and s.volume_cc == ref.volume_cc
+    empty = Structure.from_cropped("E", np.zeros((2, 2, 2), bool), (0, 0, 0), g)
+    assert empty.is_empty
+    with pytest.raises(InvalidMaskError, match="does not fit"):
+        Structure.from_cropped("X", np.ones((3, 3, 3), bool), (g.shape[0] - 1, 0, 0), g)
