@@ -1,0 +1,840 @@
+"""Fast analytic dose estimate of field options, and BED / EQD2 radiobiology.
+
+This is an approximation for **comparing options**, never a dose calculation for
+treatment. The model, its equations, its parameters and their sources are written down
+in ``docs/dose_model.md``; every default parameter of :class:`DoseModelParameters` names
+its source or says "tool default".
+
+Model in one paragraph (see the docs for the equations). For intensity-modulated courses
+(``"imrt"``, IMRT/VMAT) every PTV gets a dose profile that depends on the signed distance
+``r`` to its surface: a plateau slightly above the prescription inside, the surface at a
+set fraction of it, and outside a fall-off made of a penumbra exponential and a low-dose
+tail (its share growing with the PTV's size, fading beyond the PTV's superior-inferior
+extent as for coplanar arcs). Several dose levels of a course are combined with a
+voxel-wise maximum, so a lower level never lowers a higher one and the gradient between
+levels is that of the higher level's fall-off. ``"sbrt"`` courses use the same form with a
+hot centre and a fall-off length solved per PTV so that its R50% sits at a set fraction of
+the RTOG 0813/0915 limit for its volume. ``"3dcrt"`` courses are a four-field box: parallel
+opposed AP/PA and lateral beams shaped to the PTV's projection (one MLC opening per leaf
+row) plus a block margin, with exponential depth attenuation in the body and a Gaussian
+field-edge penumbra. Courses add physically; :meth:`OptionDose.eqd2_gy` sums them voxel by
+voxel in EQD2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from scipy.special import ndtr
+
+from rtplan._validation import bounding_box
+from rtplan.dvh import occupancy_on_grid
+from rtplan.errors import GeometryError, GridMismatchError
+from rtplan.grid import ImageGrid
+from rtplan.plan import Course, FieldOption
+from rtplan.structures import Structure
+
+__all__ = [
+    "ALPHA_BETA_GY",
+    "RTOG0813_R50_TABLE",
+    "CourseDose",
+    "DoseModelParameters",
+    "OptionDose",
+    "alpha_beta_gy_for",
+    "bed_gy",
+    "eqd2_gy",
+    "estimate_course_dose",
+    "estimate_option_dose",
+    "make_dose_grid",
+    "rtog0813_r50_limit",
+]
+
+# ---------------------------------------------------------------------------- radiobiology
+#: alpha/beta in Gy by TG-263 structure name or role (CLINICAL.md section 7).
+#: Prostate cancer 1.5 (three overviews give 1.4-1.7, PMID 23482774 [V]); late rectum 3
+#: [V, conventional]; bladder 3 (3-5 quoted [U]; the lower value is the conservative one
+#: for late effects, tool default); other late-responding organs 3 (tool default); acute
+#: tumour 10 [U, convention]; spinal cord 2 [U, convention].
+ALPHA_BETA_GY: dict[str, float] = {
+    "prostate": 1.5,
+    "ptv": 1.5,
+    "ctv": 1.5,
+    "gtv": 1.5,
+    "Rectum": 3.0,
+    "Bladder": 3.0,
+    "late": 3.0,
+    "acute": 10.0,
+    "SpinalCord": 2.0,
+}
+
+
+def alpha_beta_gy_for(name: str, role: str = "organ") -> float:
+    """alpha/beta (Gy) to use for a structure: targets 1.5, organs 3 (see ALPHA_BETA_GY).
+
+    Examples
+    --------
+    >>> alpha_beta_gy_for("Rectum"), alpha_beta_gy_for("PTV_6600", "ptv")
+    (3.0, 1.5)
+    """
+    if name in ALPHA_BETA_GY:
+        return ALPHA_BETA_GY[name]
+    if role in ("ptv", "ctv", "gtv"):
+        return ALPHA_BETA_GY[role]
+    return ALPHA_BETA_GY["late"]
+
+
+def _check_radiobiology(dose: np.ndarray, fractions: float, alpha_beta_gy: float) -> None:
+    if not (isinstance(fractions, (int, np.integer)) or float(fractions).is_integer()):
+        raise ValueError(f"fractions must be a positive integer, got {fractions!r}")
+    if fractions < 1:
+        raise ValueError(f"fractions must be a positive integer, got {fractions!r}")
+    if not (math.isfinite(alpha_beta_gy) and alpha_beta_gy > 0):
+        raise ValueError(f"alpha_beta_gy must be a positive number of Gy, got {alpha_beta_gy!r}")
+    if not np.all(np.isfinite(dose)):
+        raise ValueError("dose_gy has NaN or infinite values")
+    if np.any(dose < 0):
+        raise ValueError("dose_gy must not be negative")
+
+
+def bed_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.ndarray | float:
+    """Biologically effective dose, ``BED = D * (1 + d / (alpha/beta))`` with ``d = D / n``.
+
+    Parameters
+    ----------
+    dose_gy : float or array_like
+        Total physical dose in Gy (>= 0), voxel-wise if an array.
+    fractions : int
+        Number of equal fractions the dose was given in (>= 1).
+    alpha_beta_gy : float
+        alpha/beta in Gy (> 0).
+
+    Returns
+    -------
+    float or ndarray
+        BED in Gy.
+
+    Examples
+    --------
+    >>> round(float(bed_gy(70.0, 35, 3.0)), 3), float(bed_gy(0.0, 5, 3.0))
+    (116.667, 0.0)
+    """
+    d = np.asarray(dose_gy, dtype=np.float64)
+    _check_radiobiology(d, fractions, alpha_beta_gy)
+    out = d * (1.0 + d / (fractions * alpha_beta_gy))
+    return float(out) if out.ndim == 0 else out
+
+
+def eqd2_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.ndarray | float:
+    """Equivalent dose in 2 Gy fractions, ``EQD2 = D * (d + a/b) / (2 + a/b)``, ``d = D / n``.
+
+    Parameters
+    ----------
+    dose_gy : float or array_like
+        Total physical dose in Gy (>= 0), voxel-wise if an array.
+    fractions : int
+        Number of fractions (>= 1).
+    alpha_beta_gy : float
+        alpha/beta in Gy (> 0).
+
+    Returns
+    -------
+    float or ndarray
+        EQD2 in Gy.
+
+    Examples
+    --------
+    >>> round(float(eqd2_gy(62.5, 25, 1.5)), 3), float(eqd2_gy(70.0, 35, 3.0))
+    (71.429, 70.0)
+    """
+    d = np.asarray(dose_gy, dtype=np.float64)
+    _check_radiobiology(d, fractions, alpha_beta_gy)
+    out = d * (d / fractions + alpha_beta_gy) / (2.0 + alpha_beta_gy)
+    return float(out) if out.ndim == 0 else out
+
+
+# ---------------------------------------------------------------------------- RTOG table
+#: RTOG 0813 / 0915 Table 1 (CLINICAL.md 11c, [V-3p]): PTV volume (cc), R50% limit with no
+#: deviation, R50% limit for a minor deviation, D2cm limits (% Rx, none / minor).
+RTOG0813_R50_TABLE: tuple[tuple[float, float, float, float, float], ...] = (
+    (1.8, 5.9, 7.5, 50.0, 57.0),
+    (3.8, 5.5, 6.5, 50.0, 57.0),
+    (7.4, 5.1, 6.0, 50.0, 58.0),
+    (13.2, 4.7, 5.8, 50.0, 58.0),
+    (22.0, 4.5, 5.5, 54.0, 63.0),
+    (34.0, 4.3, 5.3, 58.0, 68.0),
+    (50.0, 4.0, 5.0, 62.0, 77.0),
+    (70.0, 3.5, 4.8, 66.0, 86.0),
+    (95.0, 3.3, 4.4, 70.0, 89.0),
+    (126.0, 3.1, 4.0, 73.0, 91.0),
+    (163.0, 2.9, 3.7, 77.0, 94.0),
+)
+
+
+def rtog0813_r50_limit(ptv_volume_cc: float, *, deviation: str = "none") -> float:
+    """R50% limit of RTOG 0813/0915 Table 1 for a PTV volume (linear interpolation).
+
+    Volumes outside 1.8-163 cc take the nearest row (the table gives nothing beyond).
+
+    Parameters
+    ----------
+    ptv_volume_cc : float
+        PTV volume in cc.
+    deviation : {"none", "minor"}
+        Which column.
+
+    Examples
+    --------
+    >>> rtog0813_r50_limit(13.2), round(rtog0813_r50_limit(10.3), 2)
+    (4.7, 4.9)
+    """
+    col = {"none": 1, "minor": 2}.get(deviation)
+    if col is None:
+        raise ValueError(f"deviation must be 'none' or 'minor', got {deviation!r}")
+    vols = [row[0] for row in RTOG0813_R50_TABLE]
+    vals = [row[col] for row in RTOG0813_R50_TABLE]
+    return float(np.interp(ptv_volume_cc, vols, vals))
+
+
+# ---------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class DoseModelParameters:
+    """Parameters of the analytic dose model (see ``docs/dose_model.md``).
+
+    Doses are fractions of the target's prescription; distances in mm. Defaults were
+    calibrated against CLINICAL.md section 11 (the calibration table is in the docs and
+    ``tests/test_dose_estimate.py`` keeps the model inside it).
+
+    Attributes
+    ----------
+    imrt_plateau : float
+        Dose deep inside an IMRT/VMAT PTV. 1.02: PB VMAT median PTV dose 71.2 Gy for
+        ~70 Gy (CLINICAL.md 11d, planning-study abstract [V]).
+    imrt_surface : float
+        Dose at the PTV surface. 0.96: the 95 % isodose hugs the PTV (prostate VMAT
+        objective CI95 <= 1.2, PMID 19268554 [V]; PB V95% 99 % [V]); tool default.
+    imrt_inner_mm : float
+        Build-up length inside the PTV from the surface dose to the plateau. 1.5 mm,
+        tool default chosen so that D95 ~ 0.97 Rx (published PB VMAT D95 68.6/70 = 0.98).
+    imrt_penumbra_mm : float
+        Length of the steep exponential outside the PTV. 8 mm, tool default (multi-beam
+        fall-off, slower than a single 6 MV edge's ~16 %/mm, CLINICAL.md 11b).
+    imrt_tail_fraction : float
+        Share of the surface dose carried by the low-dose tail. 0.7, tool default
+        calibrated with ``imrt_tail_mm`` and ``imrt_penumbra_mm`` so that R50% of a
+        100 cc PTV lies between the published CyberKnife Iris 4.30 and linac IMRT 8.37
+        values (CLINICAL.md 11b [V]); the model gives ~5.
+    imrt_tail_mm : float
+        Decay length of the tail. 70 mm, tool default (see above).
+    imrt_tail_reference_radius_mm : float
+        The tail share is scaled by ``min(1, sqrt(r_eq / this))`` where ``r_eq`` is the PTV's
+        equivalent-sphere radius: the low-dose bath of a modulated plan grows with the
+        cross-section of the beams, so a small target gets a smaller bath. 25 mm (a
+        65 cc sphere), tool default.
+    imrt_tail_z_mm : float
+        Beyond the superior-inferior extent of the PTV (slices it occupies) the tail is
+        multiplied by ``exp(-dz / this)``: coplanar arcs spread low dose within the
+        treated slab, not above or below it. 15 mm, tool default.
+    sbrt_plateau : float
+        Dose at the centre of an SBRT PTV. 1.25 (prescription to the ~80 % isodose), tool
+        default, within the RTOG limit Dmax/Rx <= 2.0 (Shaw 1993, [V-3p]).
+    sbrt_surface : float
+        Dose at the SBRT PTV surface. 1.0, tool default: the prescription isodose is
+        the PTV surface (RTOG 0813: R100% between 1.0 and 1.2).
+    sbrt_inner_mm : float
+        Build-up length inside an SBRT PTV. 5 mm, tool default.
+    sbrt_tail_fraction, sbrt_tail_mm : float
+        Low-dose tail of SBRT. 0.15 and 30 mm, tool defaults (keep D2cm inside the
+        RTOG 0813 limits, CLINICAL.md 11c).
+    sbrt_r50_fraction_of_limit : float
+        The penumbra length of each SBRT PTV is solved so that its R50% equals this
+        fraction of the RTOG 0813/0915 "no deviation" limit for its volume. 0.9, tool
+        default (a good plan sits a little under the limit).
+    crt_block_margin_mm : float
+        Aperture margin around the PTV projection for 3D-CRT. 7 mm, tool default.
+    crt_penumbra_sigma_mm : float
+        Gaussian sigma of a field edge. 2.26 mm: a 3.8 mm 80-20 % penumbra at 10 cm depth
+        (6 MV MLC, J Appl Clin Med Phys 2011;12(3):142 [V]); 80-20 % = 1.683 sigma.
+    crt_attenuation_per_mm : float
+        Effective linear attenuation of depth dose beyond d_max. 0.0045 /mm, tool default
+        (a ~10 MV beam; not in CLINICAL.md).
+    crt_scatter_fraction, crt_scatter_mm : float
+        Out-of-field dose next to a field edge (fraction of the beam dose and decay
+        length). 0.03 and 20 mm, tool defaults.
+    crt_beams : tuple of str
+        Beams of the box, from ``"AP"``, ``"PA"``, ``"RL"``, ``"LR"`` (equal weights).
+    fine_reach_mm : float
+        Distances to a PTV are computed exactly (EDT on the dose grid) within this reach
+        around its bounding box, and on a coarse grid beyond. 40 mm, tool default.
+    coarse_voxel_mm : float
+        Voxel size of the coarse grid used for far distances. 7.5 mm, tool default.
+    """
+
+    imrt_plateau: float = 1.02
+    imrt_surface: float = 0.96
+    imrt_inner_mm: float = 1.5
+    imrt_penumbra_mm: float = 8.0
+    imrt_tail_fraction: float = 0.7
+    imrt_tail_mm: float = 70.0
+    imrt_tail_reference_radius_mm: float = 25.0
+    imrt_tail_z_mm: float = 15.0
+    sbrt_plateau: float = 1.25
+    sbrt_surface: float = 1.0
+    sbrt_inner_mm: float = 5.0
+    sbrt_tail_fraction: float = 0.15
+    sbrt_tail_mm: float = 30.0
+    sbrt_r50_fraction_of_limit: float = 0.9
+    crt_block_margin_mm: float = 7.0
+    crt_penumbra_sigma_mm: float = 2.26
+    crt_attenuation_per_mm: float = 0.0045
+    crt_scatter_fraction: float = 0.03
+    crt_scatter_mm: float = 20.0
+    crt_beams: tuple[str, ...] = ("AP", "PA", "RL", "LR")
+    fine_reach_mm: float = 40.0
+    coarse_voxel_mm: float = 7.5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "crt_beams":
+                bad = [b for b in v if b not in ("AP", "PA", "RL", "LR")]
+                if not v or bad:
+                    raise ValueError(
+                        f"crt_beams must be a non-empty tuple of 'AP', 'PA', 'RL', 'LR', got {v!r}"
+                    )
+                object.__setattr__(self, "crt_beams", tuple(v))
+                continue
+            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(
+                    f"dose model parameter {f.name} must be a finite number, got {v!r}"
+                )
+            lower_ok = (
+                v >= 0
+                if f.name
+                in (
+                    "crt_scatter_fraction",
+                    "sbrt_tail_fraction",
+                    "imrt_tail_fraction",
+                    "crt_block_margin_mm",
+                    "crt_attenuation_per_mm",
+                )
+                else v > 0
+            )
+            if not lower_ok:
+                raise ValueError(f"dose model parameter {f.name} must be positive, got {v!r}")
+        for name in ("imrt_tail_fraction", "sbrt_tail_fraction"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be below 1, got {getattr(self, name)!r}")
+        if self.imrt_surface > self.imrt_plateau or self.sbrt_surface > self.sbrt_plateau:
+            raise ValueError("the surface dose must not exceed the plateau dose")
+
+
+# ---------------------------------------------------------------------------- dose grid
+def make_dose_grid(
+    reference_grid: ImageGrid,
+    *,
+    spacing_mm: float | Sequence[float] = 2.5,
+    body: Structure | None = None,
+    margin_mm: float = 0.0,
+) -> ImageGrid:
+    """A dose grid (standard axial orientation) covering the body or the whole CT.
+
+    Parameters
+    ----------
+    reference_grid : ImageGrid
+        The CT grid; its frame of reference is kept.
+    spacing_mm : float or (sz, sy, sx)
+        Dose voxel size in mm; default 2.5 mm cubic (tool default).
+    body : Structure, optional
+        External contour; the grid covers its bounding box (plus ``margin_mm``).
+        Without it the grid covers the whole reference grid.
+    margin_mm : float
+        Extra margin around the covered box, in mm (>= 0).
+
+    Returns
+    -------
+    ImageGrid
+        Voxel edges start at the covered box's lower corner, so when the dose slice
+        spacing equals the CT's the slices coincide.
+
+    Examples
+    --------
+    >>> ct = ImageGrid(shape=(10, 100, 100), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0, 0, 0))
+    >>> make_dose_grid(ct).shape
+    (10, 40, 40)
+    """
+    sp = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing_mm must be positive, got {spacing_mm!r}")
+    if not (math.isfinite(margin_mm) and margin_mm >= 0):
+        raise ValueError(f"margin_mm must be >= 0, got {margin_mm!r}")
+    if body is not None:
+        if body.is_empty:
+            raise GeometryError(f"body structure {body.name!r} is empty")
+        bounds = body.bounds_mm
+    else:
+        bounds = reference_grid.bounds_mm
+    lo = np.array([b[0] for b in bounds]) - margin_mm  # x, y, z
+    hi = np.array([b[1] for b in bounds]) + margin_mm
+    sp_xyz = sp[::-1]
+    n_xyz = np.maximum(np.ceil((hi - lo) / sp_xyz - 1e-6).astype(int), 1)
+    origin = lo + 0.5 * sp_xyz
+    return ImageGrid(
+        shape=(int(n_xyz[2]), int(n_xyz[1]), int(n_xyz[0])),
+        spacing_mm=(float(sp[0]), float(sp[1]), float(sp[2])),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        frame_of_reference_uid=reference_grid.frame_of_reference_uid,
+    )
+
+
+# ---------------------------------------------------------------------------- geometry
+def _as_dose_grid_mask(
+    body: Structure | npt.ArrayLike | None, dose_grid: ImageGrid
+) -> np.ndarray | None:
+    if body is None:
+        return None
+    if isinstance(body, Structure):
+        return occupancy_on_grid(body, dose_grid) > 0
+    arr = np.asarray(body)
+    if arr.shape != dose_grid.shape:
+        raise GridMismatchError(
+            f"body array has shape {arr.shape} but the dose grid has shape {dose_grid.shape}"
+        )
+    return arr > 0
+
+
+def _upsample_axis(arr: np.ndarray, axis: int, factor: int, n_out: int) -> np.ndarray:
+    """Linear interpolation from block centres (blocks of ``factor`` voxels) to voxels."""
+    n_in = arr.shape[axis]
+    pos = (np.arange(n_out) + 0.5) / factor - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    t = (pos - i0).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = n_out
+    return np.take(arr, i0, axis=axis) * (1 - t).reshape(shape) + np.take(
+        arr, i1, axis=axis
+    ) * t.reshape(shape)
+
+
+@dataclass(frozen=True, eq=False)
+class _TargetGeometry:
+    """Signed distance (mm, > 0 outside) to a PTV surface on the dose grid."""
+
+    signed_mm: np.ndarray  # float32, full dose grid
+    inside: np.ndarray  # bool, full dose grid (occupancy >= 0.5)
+    volume_cc: float
+
+
+def _target_geometry(
+    ptv: Structure, dose_grid: ImageGrid, params: DoseModelParameters
+) -> _TargetGeometry:
+    if ptv.is_empty:
+        raise GeometryError(f"PTV {ptv.name!r} is empty")
+    occ = occupancy_on_grid(ptv, dose_grid)
+    inside = occ >= 0.5
+    if not inside.any():  # a PTV smaller than half a dose voxel: keep its densest voxel
+        inside = occ >= occ.max()
+    shape = np.array(dose_grid.shape)
+    sp = np.array(dose_grid.spacing_mm)
+    h = float(sp.min())
+    # --- fine, exact EDT in a box around the PTV
+    bb = bounding_box(inside)
+    assert bb is not None
+    lo = np.array([b.start for b in bb])
+    hi = np.array([b.stop for b in bb])
+    pad = np.ceil(params.fine_reach_mm / sp).astype(int)
+    blo = np.maximum(lo - pad, 0)
+    bhi = np.minimum(hi + pad, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi))
+    ins_box = inside[box]
+    fine = ndimage.distance_transform_edt(~ins_box, sampling=sp).astype(np.float32)
+    fine -= np.float32(0.5 * h)
+    # depth inside: an EDT over the PTV's own bounding box (plus one voxel) is enough
+    ilo = np.maximum(lo - blo - 1, 0)
+    ihi = np.minimum(hi - blo + 1, bhi - blo)
+    ibox = tuple(slice(int(a), int(b)) for a, b in zip(ilo, ihi))
+    in_sub = ins_box[ibox]
+    in_d = ndimage.distance_transform_edt(in_sub, sampling=sp).astype(np.float32)
+    depth_part = fine[ibox]
+    depth_part[in_sub] = -(in_d[in_sub] - np.float32(0.5 * h))
+    occ_box = occ[box]
+    partial = (occ_box > 1e-3) & (occ_box < 0.999)
+    fine = np.where(partial, (0.5 - occ_box) * h, fine).astype(np.float32)
+    # --- coarse EDT everywhere (far field), linearly interpolated
+    factor = max(1, round(params.coarse_voxel_mm / h))
+    signed = np.empty(dose_grid.shape, np.float32)
+    box_covers_grid = bool(np.all(blo == 0) and np.all(bhi == shape))
+    if not box_covers_grid:
+        # coarse grid of factor**3 blocks of dose voxels, same corner as the dose grid
+        cshape = tuple(int(n) for n in -(-shape // factor))
+        x0, y0, z0 = dose_grid.origin_mm
+        half = 0.5 * (factor - 1)
+        coarse_grid = ImageGrid(
+            shape=cshape,
+            spacing_mm=tuple(float(v) for v in sp * factor),
+            origin_mm=(x0 + half * sp[2], y0 + half * sp[1], z0 + half * sp[0]),
+            frame_of_reference_uid=dose_grid.frame_of_reference_uid,
+        )
+        coarse_occ = occupancy_on_grid(ptv, coarse_grid)
+        cin = coarse_occ >= 0.5
+        if not cin.any():
+            cin = coarse_occ >= coarse_occ.max()
+        cd = ndimage.distance_transform_edt(~cin, sampling=sp * factor).astype(np.float32)
+        cd = np.maximum(cd - 0.5 * h * factor, 0.0)
+        for ax in range(3):
+            cd = _upsample_axis(cd, ax, factor, int(shape[ax]))
+        signed[...] = cd
+        # blend the fine values into the coarse ones over the outer 10 mm of the box
+        blend_mm = min(10.0, params.fine_reach_mm)
+        kk, jj, ii = (np.arange(a, b) for a, b in zip(blo, bhi))
+        edge = []
+        for idx, a, b, n, s in zip((kk, jj, ii), blo, bhi, shape, sp):
+            e = np.full(idx.shape, np.inf)
+            if a > 0:
+                e = np.minimum(e, (idx - a) * s)
+            if b < n:
+                e = np.minimum(e, (b - 1 - idx) * s)
+            edge.append(e)
+        dist_edge = np.minimum(
+            np.minimum(edge[0][:, None, None], edge[1][None, :, None]), edge[2][None, None, :]
+        )
+        w = np.clip(dist_edge / blend_mm, 0.0, 1.0).astype(np.float32)
+        signed[box] = w * fine + (1 - w) * signed[box]
+    else:
+        signed[...] = fine
+    return _TargetGeometry(signed, inside, float(occ.sum()) * dose_grid.voxel_volume_cc)
+
+
+# ---------------------------------------------------------------------------- profiles
+def _profile(
+    signed_mm: np.ndarray,
+    *,
+    plateau: float,
+    surface: float,
+    inner_mm: float,
+    penumbra_mm: float,
+    tail_fraction: float,
+    tail_mm: float,
+    tail_weight: np.ndarray | float = 1.0,
+) -> np.ndarray:
+    """Relative dose as a function of the signed distance to the PTV surface.
+
+    ``tail_weight`` (broadcastable) multiplies the low-dose tail (used for the sup-inf
+    confinement of coplanar arcs).
+    """
+    r = np.asarray(signed_mm, dtype=np.float32)
+    out = np.maximum(r, np.float32(0.0))
+    tail = np.exp(out * np.float32(-1.0 / tail_mm))
+    tail *= np.float32(tail_fraction)
+    if np.ndim(tail_weight):
+        tail *= np.asarray(tail_weight, dtype=np.float32)
+    else:
+        tail *= np.float32(tail_weight)
+    out *= np.float32(-1.0 / penumbra_mm)
+    np.exp(out, out=out)
+    out *= np.float32(1 - tail_fraction)
+    out += tail
+    out *= np.float32(surface)
+    inside = r <= 0
+    ri = -r[inside]
+    out[inside] = plateau - (plateau - surface) * np.exp(ri / -inner_mm)
+    return out
+
+
+def _sbrt_penumbra_mm(
+    geom: _TargetGeometry, dose_grid: ImageGrid, params: DoseModelParameters
+) -> float:
+    """Penumbra length that puts this PTV's R50% at the chosen fraction of the RTOG limit."""
+    target_r50 = params.sbrt_r50_fraction_of_limit * rtog0813_r50_limit(geom.volume_cc)
+    n_ptv = int(geom.inside.sum())
+    outside = geom.signed_mm[~geom.inside]
+    k = round((target_r50 - 1.0) * n_ptv)
+    k = min(max(k, 0), outside.size - 2)
+    # distance enclosing the wanted 50 % volume; voxels share distances on a grid, so put
+    # the threshold between two distinct distances, on the side closer to the wanted count
+    m = min(outside.size, 2 * k + 64)
+    srt = np.sort(np.partition(outside, m - 1)[:m])
+    below = int(np.searchsorted(srt, srt[k], side="left"))
+    upto = int(np.searchsorted(srt, srt[k], side="right"))
+    if k - below < upto - k and below > 0:
+        d50 = 0.5 * float(srt[below - 1] + srt[k])
+    else:
+        nxt = float(srt[upto]) if upto < srt.size else float(srt[k]) + 1.0
+        d50 = 0.5 * (float(srt[k]) + nxt)
+    d50 = max(d50, 0.5 * min(dose_grid.spacing_mm))
+    a, s = params.sbrt_tail_fraction, params.sbrt_surface
+    rest = 0.5 / s - a * math.exp(-d50 / params.sbrt_tail_mm)
+    if rest <= 0:
+        raise ValueError(
+            "sbrt_tail_fraction is too large for the 50 % isodose to be reached; lower it"
+        )
+    ratio = rest / (1 - a)
+    if ratio >= 1:
+        return 1e-3
+    return -d50 / math.log(ratio)
+
+
+def _check_course(course: Course) -> None:
+    for t in course.targets:
+        rx = t.prescription_gy
+        if not (math.isfinite(rx) and rx > 0):
+            raise ValueError(
+                f"prescription of target {t.name!r} in course {course.name!r} must be a "
+                f"positive number of Gy, got {rx!r}"
+            )
+
+
+def _imrt_or_sbrt_dose(
+    course: Course, dose_grid: ImageGrid, params: DoseModelParameters
+) -> np.ndarray:
+    dose = np.zeros(dose_grid.shape, np.float32)
+    for t in course.targets:
+        geom = _target_geometry(t.ptv, dose_grid, params)
+        if course.technique == "sbrt":
+            rel = _profile(
+                geom.signed_mm,
+                plateau=params.sbrt_plateau,
+                surface=params.sbrt_surface,
+                inner_mm=params.sbrt_inner_mm,
+                penumbra_mm=_sbrt_penumbra_mm(geom, dose_grid, params),
+                tail_fraction=params.sbrt_tail_fraction,
+                tail_mm=params.sbrt_tail_mm,
+            )
+        else:
+            r_eq = (3.0 * geom.volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+            # coplanar arcs: the tail fades beyond the PTV's superior-inferior extent
+            slices = geom.inside.any(axis=(1, 2))
+            dz_mm = ndimage.distance_transform_edt(~slices) * dose_grid.spacing_mm[0]
+            z_weight = np.exp(-dz_mm / params.imrt_tail_z_mm)[:, None, None]
+            rel = _profile(
+                geom.signed_mm,
+                plateau=params.imrt_plateau,
+                surface=params.imrt_surface,
+                inner_mm=params.imrt_inner_mm,
+                penumbra_mm=params.imrt_penumbra_mm,
+                tail_fraction=params.imrt_tail_fraction
+                * min(1.0, math.sqrt(r_eq / params.imrt_tail_reference_radius_mm)),
+                tail_mm=params.imrt_tail_mm,
+                tail_weight=z_weight,
+            )
+        rel *= np.float32(t.prescription_gy)
+        np.maximum(dose, rel, out=dose)
+    return dose.astype(np.float64)
+
+
+def _edge_profile_2d(proj: np.ndarray, sp2: np.ndarray, params: DoseModelParameters) -> np.ndarray:
+    """In-field fraction of a beam whose aperture is ``proj`` grown by the block margin."""
+    # one MLC leaf pair per row (slice): a single opening from the first to the last
+    # projected PTV column of the row, so the gap between two nodal chains is open too
+    proj = (
+        np.maximum.accumulate(proj, axis=1) & np.maximum.accumulate(proj[:, ::-1], axis=1)[:, ::-1]
+    )
+    if proj.all():
+        return np.ones(proj.shape)
+    out_d = ndimage.distance_transform_edt(~proj, sampling=sp2)
+    in_d = ndimage.distance_transform_edt(proj, sampling=sp2)
+    signed = np.where(proj, -in_d, out_d) - params.crt_block_margin_mm  # < 0 inside field
+    prof = ndtr(-signed / params.crt_penumbra_sigma_mm)
+    scatter = params.crt_scatter_fraction * np.exp(
+        -np.clip(signed, 0, None) / params.crt_scatter_mm
+    )
+    return prof + np.where(signed > 0, scatter, 0.0)
+
+
+def _box_dose(
+    course: Course,
+    dose_grid: ImageGrid,
+    body: np.ndarray | None,
+    params: DoseModelParameters,
+) -> np.ndarray:
+    sz, sy, sx = dose_grid.spacing_mm
+    tissue = np.ones(dose_grid.shape, np.float32) if body is None else body.astype(np.float32)
+    dose = np.zeros(dose_grid.shape, np.float64)
+    mu = params.crt_attenuation_per_mm
+    for t in course.targets:
+        if t.ptv.is_empty:
+            raise GeometryError(f"PTV {t.name!r} is empty")
+        occ = occupancy_on_grid(t.ptv, dose_grid)
+        ptv = occ >= 0.5
+        if not ptv.any():
+            ptv = occ >= occ.max()
+        total = np.zeros(dose_grid.shape, np.float64)
+        for beam in params.crt_beams:
+            if beam in ("AP", "PA"):  # along +y (AP enters anteriorly) or -y
+                axis, sp2 = 1, np.array([sz, sx])
+                field = _edge_profile_2d(ptv.any(axis=1), sp2, params)[:, None, :]
+            else:  # RL enters on the patient's right (-x) and travels +x; LR the reverse
+                axis, sp2 = 2, np.array([sz, sy])
+                field = _edge_profile_2d(ptv.any(axis=2), sp2, params)[:, :, None]
+            step = sy if axis == 1 else sx
+            if beam in ("AP", "RL"):
+                depth = (np.cumsum(tissue, axis=axis) - 0.5 * tissue) * step
+            else:
+                rev = np.flip(tissue, axis=axis)
+                depth = np.flip((np.cumsum(rev, axis=axis) - 0.5 * rev) * step, axis=axis)
+            total += field * np.exp(-mu * depth) * tissue
+        mean_in_ptv = float(total[ptv].mean())
+        if not mean_in_ptv > 0:
+            raise GeometryError(f"PTV {t.name!r} lies outside the body; no beam reaches it")
+        np.maximum(dose, total * (t.prescription_gy / mean_in_ptv), out=dose)
+    return dose
+
+
+# ---------------------------------------------------------------------------- public API
+def estimate_course_dose(
+    course: Course,
+    dose_grid: ImageGrid,
+    *,
+    body: Structure | npt.ArrayLike | None = None,
+    params: DoseModelParameters | None = None,
+) -> np.ndarray:
+    """Estimated physical dose (Gy) of one course on the dose grid.
+
+    Parameters
+    ----------
+    course : Course
+        Technique ``"imrt"`` (IMRT/VMAT), ``"sbrt"`` or ``"3dcrt"``; its targets' PTVs
+        are Structures on the CT grid, inside the dose grid.
+    dose_grid : ImageGrid
+        From :func:`make_dose_grid` (standard axial orientation).
+    body : Structure or array_like, optional
+        External contour (on the CT grid), or a mask / occupancy already on the dose grid.
+        The dose is zero outside it; 3D-CRT depths are measured in it (without it the
+        whole grid counts as tissue).
+    params : DoseModelParameters, optional
+        Model parameters; defaults documented in :class:`DoseModelParameters`.
+
+    Returns
+    -------
+    ndarray of float64, shape ``dose_grid.shape``
+        Dose in Gy.
+
+    Raises
+    ------
+    GeometryError
+        A PTV that is empty or extends outside the dose grid; a non-axial grid.
+    GridMismatchError
+        Frames of reference that differ; a body array of the wrong shape.
+    ValueError
+        A non-positive or NaN prescription; invalid parameters.
+    """
+    params = params or DoseModelParameters()
+    if not isinstance(course, Course):
+        raise TypeError(f"course must be an rtplan.plan.Course, got {type(course).__name__}")
+    if not dose_grid.is_standard_orientation:
+        raise GeometryError("the dose grid must have the standard axial orientation")
+    _check_course(course)
+    body_mask = _as_dose_grid_mask(body, dose_grid)
+    if course.technique == "3dcrt":
+        dose = _box_dose(course, dose_grid, body_mask, params)
+    else:
+        dose = _imrt_or_sbrt_dose(course, dose_grid, params)
+    if body_mask is not None:
+        dose *= body_mask
+    return dose
+
+
+@dataclass(frozen=True, eq=False)
+class CourseDose:
+    """Physical dose of one course.
+
+    Attributes
+    ----------
+    name, technique : str
+    fractions : int
+    dose_gy : ndarray of float64
+        Dose on the option's dose grid, Gy.
+    prescriptions_gy : dict of str to float
+        PTV name -> prescription of this course.
+    """
+
+    name: str
+    technique: str
+    fractions: int
+    dose_gy: np.ndarray
+    prescriptions_gy: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class OptionDose:
+    """Dose estimate of a field option: per course, physical total and EQD2 composite.
+
+    Attributes
+    ----------
+    option : str
+        Option name.
+    dose_grid : ImageGrid
+    courses : tuple of CourseDose
+    """
+
+    option: str
+    dose_grid: ImageGrid
+    courses: tuple[CourseDose, ...]
+
+    @property
+    def total_gy(self) -> np.ndarray:
+        """Physical dose summed over courses, Gy (new array)."""
+        out = np.zeros(self.dose_grid.shape, np.float64)
+        for c in self.courses:
+            out += c.dose_gy
+        return out
+
+    def eqd2_gy(self, alpha_beta_gy: float) -> np.ndarray:
+        """Voxel-wise EQD2 (Gy) summed over courses, each with its own fractionation."""
+        out = np.zeros(self.dose_grid.shape, np.float64)
+        for c in self.courses:
+            out += eqd2_gy(c.dose_gy, c.fractions, alpha_beta_gy)
+        return out
+
+    def bed_gy(self, alpha_beta_gy: float) -> np.ndarray:
+        """Voxel-wise BED (Gy) summed over courses."""
+        out = np.zeros(self.dose_grid.shape, np.float64)
+        for c in self.courses:
+            out += bed_gy(c.dose_gy, c.fractions, alpha_beta_gy)
+        return out
+
+    @property
+    def prescriptions_gy(self) -> dict[str, float]:
+        """PTV name -> total physical prescription over the courses that treat it."""
+        out: dict[str, float] = {}
+        for c in self.courses:
+            for name, rx in c.prescriptions_gy.items():
+                out[name] = out.get(name, 0.0) + rx
+        return out
+
+
+def estimate_option_dose(
+    option: FieldOption,
+    dose_grid: ImageGrid,
+    *,
+    body: Structure | npt.ArrayLike | None = None,
+    params: DoseModelParameters | None = None,
+) -> OptionDose:
+    """Estimate the dose of every course of a field option.
+
+    Parameters
+    ----------
+    option : FieldOption
+    dose_grid : ImageGrid
+    body : Structure or array_like, optional
+        See :func:`estimate_course_dose`. Pass a dose-grid mask to avoid resampling the
+        body for every option.
+    params : DoseModelParameters, optional
+
+    Returns
+    -------
+    OptionDose
+    """
+    body_mask = _as_dose_grid_mask(body, dose_grid)
+    courses = []
+    for c in option.courses:
+        d = estimate_course_dose(c, dose_grid, body=body_mask, params=params)
+        rx = {t.name: t.prescription_gy for t in c.targets}
+        courses.append(CourseDose(c.name, c.technique, int(c.fractions), d, rx))
+    return OptionDose(option.name, dose_grid, tuple(courses))

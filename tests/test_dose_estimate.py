@@ -1,0 +1,278 @@
+"""Tests of rtplan.dose_estimate: radiobiology, dose-model properties and calibration."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from phantoms import box_mask, sphere_mask
+
+from rtplan.dose_estimate import (
+    DoseModelParameters,
+    alpha_beta_gy_for,
+    bed_gy,
+    eqd2_gy,
+    estimate_course_dose,
+    estimate_option_dose,
+    make_dose_grid,
+    rtog0813_r50_limit,
+)
+from rtplan.dvh import compute_dvh, occupancy_on_grid
+from rtplan.errors import GeometryError, GridMismatchError
+from rtplan.grid import ImageGrid
+from rtplan.plan import Course, FieldOption, Target
+from rtplan.structures import Structure
+
+CT = ImageGrid(shape=(64, 200, 240), spacing_mm=(2.5, 1.2, 1.2), origin_mm=(-143.4, -119.4, -79.0))
+PTV_CENTRE = (0.0, 10.0, 0.0)
+
+
+def _sphere_cc(volume_cc: float, centre=PTV_CENTRE, name="PTV", role="ptv") -> Structure:
+    r = (3 * volume_cc * 1000 / (4 * math.pi)) ** (1 / 3)
+    return Structure(name, sphere_mask(CT, centre, r), CT, role=role)
+
+
+@pytest.fixture(scope="module")
+def body() -> Structure:
+    z, y, x = CT.axis_coordinates_mm()
+    m = ((x[None, None, :] / 135) ** 2 + (y[None, :, None] / 105) ** 2 <= 1) & (
+        np.abs(z[:, None, None]) < 75
+    )
+    return Structure("Body", m, CT, role="external")
+
+
+@pytest.fixture(scope="module")
+def dose_grid(body) -> ImageGrid:
+    return make_dose_grid(CT, body=body)
+
+
+@pytest.fixture(scope="module")
+def body_mask(body, dose_grid) -> np.ndarray:
+    return occupancy_on_grid(body, dose_grid) > 0
+
+
+def _course(ptv, rx=70.0, technique="imrt", fractions=35):
+    return Course("C", technique, fractions, (Target(ptv, rx),))
+
+
+def _volumes(dose, dose_grid, level):
+    return float((dose >= level).sum()) * dose_grid.voxel_volume_cc
+
+
+# ---------------------------------------------------------------------------- radiobiology
+def test_bed_and_eqd2_hand_computed():
+    # 70 Gy / 35 fx, a/b 3: BED = 70 (1 + 2/3) = 116.67; EQD2 = 70
+    assert bed_gy(70.0, 35, 3.0) == pytest.approx(116.6667, rel=1e-5)
+    assert eqd2_gy(70.0, 35, 3.0) == pytest.approx(70.0)
+    # 62.5 Gy / 25 fx, a/b 1.5: EQD2 = 62.5 * (2.5 + 1.5) / 3.5 = 71.43
+    assert eqd2_gy(62.5, 25, 1.5) == pytest.approx(71.4286, rel=1e-5)
+    # SBRT 30 Gy / 5 fx, a/b 3: BED = 30 (1 + 6/3) = 90; EQD2 = 30 * 9 / 5 = 54
+    assert bed_gy(30.0, 5, 3.0) == pytest.approx(90.0)
+    assert eqd2_gy(30.0, 5, 3.0) == pytest.approx(54.0)
+    # 63.8 Gy at 2.2 Gy/fx (29 fx), a/b 1.5: EQD2 67.4 Gy as published (CLINICAL.md 4c)
+    assert eqd2_gy(63.8, 29, 1.5) == pytest.approx(67.4, abs=0.05)
+    arr = eqd2_gy(np.array([[0.0, 30.0], [60.0, 70.0]]), 35, 3.0)
+    assert arr.shape == (2, 2) and arr[0, 0] == 0.0
+    assert bed_gy(np.array([2.0]), 1, 10.0)[0] == pytest.approx(2.4)
+
+
+@pytest.mark.parametrize(
+    ("dose", "fx", "ab", "match"),
+    [
+        (-1.0, 5, 3.0, "negative"),
+        (float("nan"), 5, 3.0, "NaN"),
+        (10.0, 0, 3.0, "fractions"),
+        (10.0, 2.5, 3.0, "fractions"),
+        (10.0, 5, 0.0, "alpha_beta"),
+    ],
+)
+def test_radiobiology_rejects_bad_input(dose, fx, ab, match):
+    with pytest.raises(ValueError, match=match):
+        eqd2_gy(dose, fx, ab)
+    with pytest.raises(ValueError, match=match):
+        bed_gy(dose, fx, ab)
+
+
+def test_alpha_beta_defaults():
+    assert alpha_beta_gy_for("Rectum") == 3.0
+    assert alpha_beta_gy_for("Spc_Bowel") == 3.0
+    assert alpha_beta_gy_for("PTV_7000", "ptv") == 1.5
+
+
+def test_composite_eqd2_sums_courses_voxelwise(dose_grid, body_mask):
+    pelvis = _sphere_cc(200.0, name="PTV_Pelvis")
+    boost = _sphere_cc(5.0, centre=(30.0, 10.0, 10.0), name="PTV_SBRT")
+    option = FieldOption(
+        "P+SBRT",
+        (
+            Course("Pelvis", "imrt", 25, (Target(pelvis, 50.0),)),
+            Course("SBRT", "sbrt", 5, (Target(boost, 30.0),)),
+        ),
+    )
+    od = estimate_option_dose(option, dose_grid, body=body_mask)
+    d1, d2 = (c.dose_gy for c in od.courses)
+    np.testing.assert_allclose(od.total_gy, d1 + d2)
+    expected = d1 * (d1 / 25 + 3) / 5 + d2 * (d2 / 5 + 3) / 5
+    np.testing.assert_allclose(od.eqd2_gy(3.0), expected, rtol=1e-10)
+    np.testing.assert_allclose(od.bed_gy(3.0), d1 * (1 + d1 / 75) + d2 * (1 + d2 / 15), rtol=1e-10)
+    assert od.prescriptions_gy == {"PTV_Pelvis": 50.0, "PTV_SBRT": 30.0}
+    # the SBRT dose counts far more in EQD2 than physically
+    k = np.unravel_index(np.argmax(d2), d2.shape)
+    assert od.eqd2_gy(3.0)[k] > od.total_gy[k] * 1.3
+
+
+# ---------------------------------------------------------------------------- dose grid
+def test_make_dose_grid_covers_body(body):
+    g = make_dose_grid(CT, body=body)
+    assert g.spacing_mm == (2.5, 2.5, 2.5) and g.is_standard_orientation
+    occ = occupancy_on_grid(body, g)  # raises if the body stuck out of the grid
+    assert occ.sum() * g.voxel_volume_cc == pytest.approx(body.volume_cc, rel=1e-5)
+    g3 = make_dose_grid(CT, spacing_mm=(3.0, 2.0, 2.0), margin_mm=5.0)
+    assert g3.spacing_mm == (3.0, 2.0, 2.0)
+    assert g3.bounds_mm[0][0] == pytest.approx(CT.bounds_mm[0][0] - 5.0)
+    uid = ImageGrid(CT.shape, CT.spacing_mm, CT.origin_mm, frame_of_reference_uid="1.2.3")
+    assert make_dose_grid(uid).frame_of_reference_uid == "1.2.3"
+    with pytest.raises(ValueError, match="spacing"):
+        make_dose_grid(CT, spacing_mm=0)
+
+
+# ---------------------------------------------------------------------------- properties
+@pytest.mark.parametrize("technique", ["imrt", "3dcrt", "sbrt"])
+def test_each_ptv_gets_its_prescription(technique, dose_grid, body_mask):
+    ptv = _sphere_cc(150.0 if technique != "sbrt" else 10.0)
+    rx = 30.0 if technique == "sbrt" else 70.0
+    dose = estimate_course_dose(_course(ptv, rx, technique), dose_grid, body=body_mask)
+    dvh = compute_dvh(dose, dose_grid, ptv)
+    p = DoseModelParameters()
+    assert dvh.metric("V95%Rx", prescription_gy=rx) >= 98.0
+    assert dvh.dose_at_volume_pct(95) >= 0.95 * rx
+    plateau = {"imrt": p.imrt_plateau, "sbrt": p.sbrt_plateau, "3dcrt": 1.1}[technique]
+    assert dose.max() <= plateau * rx * 1.001  # hot spots bounded
+
+
+def test_dose_falls_monotonically_with_distance(dose_grid, body_mask):
+    ptv = _sphere_cc(60.0)
+    dose = estimate_course_dose(_course(ptv), dose_grid, body=body_mask)
+    k, j, i = np.rint(dose_grid.lps_to_index((PTV_CENTRE[0], PTV_CENTRE[1], PTV_CENTRE[2])))
+    k, j, i = int(k), int(j), int(i)
+    rays = [
+        dose[k, j, i:],
+        dose[k, j, i::-1],
+        dose[k, j:, i],
+        dose[k, j::-1, i],
+        dose[k:, j, i],
+        dose[k::-1, j, i],
+    ]
+    for ray in rays:
+        ray = ray[ray > 0]  # stop at the body surface
+        peak = int(np.argmax(ray))
+        assert np.all(np.diff(ray[peak:]) <= 1e-9)
+    # and over the whole grid: dose is a non-increasing function of the distance to the PTV
+    from scipy import ndimage
+
+    occ = occupancy_on_grid(ptv, dose_grid) >= 0.5
+    dist = ndimage.distance_transform_edt(~occ, sampling=dose_grid.spacing_mm)
+    sel = body_mask & (dist > 0)
+    order = np.argsort(dist[sel], kind="stable")
+    d_sorted = dose[sel][order]
+    dist_sorted = dist[sel][order]
+    shells = np.searchsorted(dist_sorted, np.arange(5, 120, 5))
+    shell_max = [d_sorted[a:b].max() for a, b in itertools.pairwise(shells) if b > a]
+    assert np.all(np.diff(shell_max) <= 0.02 * 70)
+
+
+def test_lower_level_inside_higher_does_not_lower_it(dose_grid, body_mask):
+    high = _sphere_cc(30.0, name="PTV_7000")
+    low = _sphere_cc(250.0, name="PTV_5000")
+    both = Course("SIB", "imrt", 35, (Target(low, 50.0), Target(high, 70.0)))
+    d_both = estimate_course_dose(both, dose_grid, body=body_mask)
+    d_high = estimate_course_dose(_course(high), dose_grid, body=body_mask)
+    d_low = estimate_course_dose(_course(low, 50.0), dose_grid, body=body_mask)
+    assert np.all(d_both >= d_high - 1e-9) and np.all(d_both >= d_low - 1e-9)
+    in_high = occupancy_on_grid(high, dose_grid) >= 0.5
+    np.testing.assert_allclose(d_both[in_high], d_high[in_high])
+    # each level keeps its coverage
+    assert compute_dvh(d_both, dose_grid, high).dose_at_volume_pct(95) >= 0.95 * 70
+    assert compute_dvh(d_both, dose_grid, low).dose_at_volume_pct(95) >= 0.95 * 50
+
+
+def test_box_irradiates_more_bowel_than_imrt(dose_grid, body_mask):
+    """Four-field box vs IMRT for the same pelvic target (CLINICAL.md 11e)."""
+    ptv = Structure("PTV", box_mask(CT, (-60, -20, -40), (60, 40, 40)), CT, role="ptv")
+    bowel = Structure("Bowel", box_mask(CT, (-50, -90, -30), (50, -35, 60)), CT)
+    doses = {
+        t: estimate_course_dose(_course(ptv, 45.0, t, 25), dose_grid, body=body_mask)
+        for t in ("imrt", "3dcrt")
+    }
+    dvh = {t: compute_dvh(d, dose_grid, bowel) for t, d in doses.items()}
+    assert dvh["3dcrt"].mean_gy > 1.1 * dvh["imrt"].mean_gy
+    assert dvh["3dcrt"].metric("V20Gy") > dvh["imrt"].metric("V20Gy")
+    for d in doses.values():
+        assert compute_dvh(d, dose_grid, ptv).dose_at_volume_pct(95) >= 0.95 * 45
+
+
+@pytest.mark.parametrize("volume_cc", [3.0, 10.0, 30.0])
+def test_sbrt_r50_and_d2cm_inside_rtog_0813(volume_cc, dose_grid, body_mask):
+    ptv = _sphere_cc(volume_cc)
+    rx = 30.0
+    dose = estimate_course_dose(_course(ptv, rx, "sbrt", 5), dose_grid, body=body_mask)
+    v_ptv = ptv.volume_cc
+    r50 = _volumes(dose, dose_grid, 0.5 * rx) / v_ptv
+    limit = rtog0813_r50_limit(v_ptv)
+    assert 0.8 * limit <= r50 <= limit
+    r100 = _volumes(dose, dose_grid, rx) / v_ptv
+    assert r100 < 1.2  # RTOG 0813: R100% < 1.2
+    # D2cm: maximum dose 2 cm or more from the PTV, % of Rx, below the "none" limit (50-58 %)
+    from scipy import ndimage
+
+    occ = occupancy_on_grid(ptv, dose_grid) >= 0.5
+    dist = ndimage.distance_transform_edt(~occ, sampling=dose_grid.spacing_mm)
+    d2cm = 100 * dose[dist >= 20.0].max() / rx
+    assert d2cm < 50.0
+
+
+def test_imrt_calibration_bounds(dose_grid, body_mask):
+    """A 100 cc PTV under IMRT stays inside the published plan-quality bounds (CLINICAL.md 11)."""
+    ptv = _sphere_cc(100.0)
+    rx = 70.0
+    dose = estimate_course_dose(_course(ptv, rx), dose_grid, body=body_mask)
+    v = ptv.volume_cc
+    ci95 = _volumes(dose, dose_grid, 0.95 * rx) / v
+    r50 = _volumes(dose, dose_grid, 0.5 * rx) / v
+    assert 1.0 <= ci95 <= 1.2  # prostate VMAT objective CI95 <= 1.2 (PMID 19268554)
+    assert 4.30 <= r50 <= 8.37  # CyberKnife Iris 4.30 .. linac IMRT 8.37 (TCRT 2016)
+    dvh = compute_dvh(dose, dose_grid, ptv)
+    assert 0.95 <= dvh.dose_at_volume_pct(95) / rx <= 1.0  # PB VMAT D95 68.6/70 = 0.98
+    assert 1.0 <= dvh.dose_at_volume_pct(50) / rx <= 1.03  # PB VMAT median 71.2/70 = 1.017
+
+
+# ---------------------------------------------------------------------------- errors
+def test_bad_inputs(dose_grid, body_mask):
+    ptv = _sphere_cc(20.0)
+    with pytest.raises(ValueError, match="prescription"):
+        Target(ptv, -70.0)
+    with pytest.raises(ValueError, match="prescription"):
+        Target(ptv, float("nan"))
+    far = ImageGrid(shape=(10, 10, 10), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(300, 300, 300))
+    with pytest.raises(GeometryError, match="outside the dose grid"):
+        estimate_course_dose(_course(ptv), far)
+    with pytest.raises(GridMismatchError, match="shape"):
+        estimate_course_dose(_course(ptv), dose_grid, body=body_mask[:-1])
+    with pytest.raises(ValueError, match="imrt_tail_fraction"):
+        DoseModelParameters(imrt_tail_fraction=1.5)
+    with pytest.raises(ValueError, match="finite"):
+        DoseModelParameters(imrt_penumbra_mm=float("nan"))
+    with pytest.raises(ValueError, match="crt_beams"):
+        DoseModelParameters(crt_beams=("AP", "XX"))
+    flipped = ImageGrid(
+        dose_grid.shape,
+        dose_grid.spacing_mm,
+        dose_grid.origin_mm,
+        direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1),
+    )
+    with pytest.raises(GeometryError, match="orientation"):
+        estimate_course_dose(_course(ptv), flipped)
+    with pytest.raises(ValueError, match="deviation"):
+        rtog0813_r50_limit(10.0, deviation="major")
