@@ -342,6 +342,13 @@ class Structure:
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Structure is immutable; use renamed() or build a new one")
 
+    def __getstate__(self) -> dict[str, object]:
+        return {k: object.__getattribute__(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
     @property
     def mask(self) -> np.ndarray:
         """The full boolean mask on :attr:`grid` (a new array)."""

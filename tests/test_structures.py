@@ -125,3 +125,13 @@ def test_from_cropped_equals_the_full_mask_construction():
     assert empty.is_empty
     with pytest.raises(InvalidMaskError, match="does not fit"):
         Structure.from_cropped("X", np.ones((3, 3, 3), bool), (g.shape[0] - 1, 0, 0), g)
+
+
+def test_structure_pickles_for_multiprocessing():
+    import pickle
+
+    g = aniso_grid()
+    s = Structure("CTVsb_6660", sphere_mask(g, g.center_mm, 6.0), g, role="ctv")
+    t = pickle.loads(pickle.dumps(s))
+    assert t.name == s.name and t.role == "ctv" and t.grid == g
+    assert np.array_equal(t.mask, s.mask)

@@ -1,0 +1,582 @@
+"""Tests of the HTML report: self-contained, tables hold the Comparison, renders in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rtplan import report as rpt
+from rtplan.compare import Comparison, ComparisonTable, MetricRow, OptionResult
+from rtplan.dvh import LKB_PARAMETERS, compute_dvh, lkb_ntcp
+from rtplan.grid import ImageGrid
+from rtplan.plan import Course, FieldOption, Target
+from rtplan.structures import Structure, StructureSet
+
+# ----------------------------------------------------------------------------- the phantom
+CT_GRID = ImageGrid(
+    shape=(20, 40, 40), spacing_mm=(3.0, 2.5, 2.5), origin_mm=(-48.75, -48.75, -28.5)
+)
+# a coarser dose grid covering the CT grid (edges -50..50 mm in x and y, -30..30 mm in z)
+DOSE_GRID = ImageGrid(
+    shape=(20, 20, 20), spacing_mm=(3.0, 5.0, 5.0), origin_mm=(-47.5, -47.5, -28.5)
+)
+
+
+def _dist(grid: ImageGrid, centre, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
+    z, y, x = grid.axis_coordinates_mm()
+    cx, cy, cz = centre
+    sx, sy, sz = scale
+    return np.sqrt(
+        ((z[:, None, None] - cz) / sz) ** 2
+        + ((y[None, :, None] - cy) / sy) ** 2
+        + ((x[None, None, :] - cx) / sx) ** 2
+    )
+
+
+def _sigmoid_dose(grid: ImageGrid, centre, radius_mm: float, dose_gy: float) -> np.ndarray:
+    return dose_gy / (1.0 + np.exp((_dist(grid, centre) - radius_mm) / 2.0))
+
+
+BED_CENTRE = (0.0, 0.0, 0.0)
+NODES_CENTRE = (0.0, -5.0, 9.0)
+
+
+def _structures() -> dict[str, Structure]:
+    g = CT_GRID
+    body = _dist(g, (0, 0, 0), (44.0, 36.0, 1e6)) <= 1.0
+    return {
+        "Body": Structure("Body", body, g, role="external"),
+        "Bladder": Structure("Bladder", _dist(g, (0, -20, 6)) <= 10.0, g),
+        "Rectum": Structure("Rectum", _dist(g, (0, 19, 0), (7, 7, 1e6)) <= 1.0, g),
+        "Spc_Bowel": Structure("Spc_Bowel", _dist(g, (0, -8, 24), (30, 12, 8)) <= 1.0, g),
+        "CTV_Bed": Structure("CTV_Bed", _dist(g, BED_CENTRE) <= 10.0, g, role="ctv"),
+        "PTV_Bed": Structure("PTV_Bed", _dist(g, BED_CENTRE) <= 15.0, g, role="ptv"),
+        "CTV_Pelvis": Structure(
+            "CTV_Pelvis", _dist(g, NODES_CENTRE, (28, 18, 14)) <= 1.0, g, role="ctv"
+        ),
+        "PTV_Pelvis": Structure(
+            "PTV_Pelvis", _dist(g, NODES_CENTRE, (33, 23, 18)) <= 1.0, g, role="ptv"
+        ),
+    }
+
+
+def _ct(structures: dict[str, Structure]) -> np.ndarray:
+    ct = np.full(CT_GRID.shape, -1000.0, np.float32)
+    ct[structures["Body"].mask] = 30.0
+    ct[structures["Bladder"].mask] = 10.0
+    ct[_dist(CT_GRID, (0, 30, 0), (12, 5, 1e6)) <= 1.0] = 700.0  # a "sacrum"
+    return ct
+
+
+def _row(group, structure, metric, unit, values, limit=None, op=None, source="") -> MetricRow:
+    status, headroom = {}, {}
+    for o, v in values.items():
+        if limit is None:
+            status[o], headroom[o] = None, None
+        else:
+            margin = limit - v if op == "<=" else v - limit
+            status[o] = "pass" if margin >= 0 else "fail"
+            headroom[o] = margin
+    text = None if limit is None else f"{op} {limit:g} {unit}".strip()
+    return MetricRow(group, structure, metric, unit, values, text, status, headroom, source)
+
+
+def build_comparison() -> Comparison:
+    """Two options on a 40 x 40 x 20 phantom, a table computed from real DVHs."""
+    s = _structures()
+    atlas = SimpleNamespace(
+        name="synthetic phantom",
+        grid=CT_GRID,
+        ct_hu=_ct(s),
+        structures=StructureSet(
+            [s[n] for n in ("Body", "Bladder", "Rectum", "Spc_Bowel")], grid=CT_GRID
+        ),
+    )
+    bed = Target(s["PTV_Bed"], 66.6, ctv=s["CTV_Bed"])
+    pbrt = FieldOption(
+        "PBRT",
+        (Course("Bed", "imrt", 37, (bed,)),),
+        adt=False,
+        description="Prostate bed alone",
+        evidence="SPPORT arm 1 (test evidence line)",
+    )
+    pelvis = Target(s["PTV_Pelvis"], 45.0, ctv=s["CTV_Pelvis"])
+    boost = Target(s["PTV_Bed"], 21.6, ctv=s["CTV_Bed"])
+    wprt = FieldOption(
+        "PBRT+WPRT",
+        (Course("Pelvis", "imrt", 25, (pelvis,)), Course("Boost", "imrt", 12, (boost,))),
+        adt=True,
+        description="Whole pelvis then bed boost",
+        evidence="SPPORT arm 3 (test)",
+    )
+    pelvis_edge = _dist(DOSE_GRID, NODES_CENTRE, (33, 23, 18))
+    pelvis_dose = 45.0 * 1.03 / (1.0 + np.exp((pelvis_edge - 1.15) * 12.0))
+    doses = {
+        "PBRT": _sigmoid_dose(DOSE_GRID, BED_CENTRE, 19.0, 66.6 * 1.03),
+        "PBRT+WPRT": pelvis_dose + _sigmoid_dose(DOSE_GRID, BED_CENTRE, 19.0, 21.6 * 1.03),
+    }
+    results = []
+    for opt in (pbrt, wprt):
+        names = ["Rectum", "Bladder", "Spc_Bowel", "Body"]
+        names += [n for t in opt.targets for n in (t.ptv.name, t.ctv.name)]
+        dvhs = {
+            n: compute_dvh(doses[opt.name], DOSE_GRID, s[n], bin_width_gy=0.05)
+            for n in dict.fromkeys(names)
+        }
+        results.append(
+            OptionResult(
+                opt,
+                DOSE_GRID,
+                doses[opt.name],
+                dvhs=dvhs,
+                structures=[s[n] for n in dict.fromkeys(names[4:])],
+            )
+        )
+    options = ("PBRT", "PBRT+WPRT")
+    by = {r.name: r for r in results}
+
+    def vals(name, metric):
+        return {
+            o: (by[o].dvhs[name].metric(metric) if name in by[o].dvhs else None) for o in options
+        }
+
+    def mid(v):  # a limit between the two options' values, so that one fails
+        a, b = sorted(x for x in v.values() if x is not None)
+        return round(0.5 * (a + b), 1)
+
+    rows = []
+    d95 = vals("PTV_Bed", "D95%")
+    rows.append(_row("Target", "PTV_Bed", "D95%", "Gy", d95, 0.95 * 66.6, ">=", "ICRU 83"))
+    rows.append(_row("Target", "PTV_Pelvis", "D95%", "Gy", vals("PTV_Pelvis", "D95%")))
+    for name, rx in (("PTV_Bed", 66.6), ("PTV_Pelvis", 45.0)):
+        cov = {
+            o: (
+                by[o].dvhs[name].metric("V95%Rx", prescription_gy=rx)
+                if name in by[o].dvhs
+                else None
+            )
+            for o in options
+        }
+        rows.append(_row("Target", name, "V95%Rx", "%", cov))
+    rows.append(
+        _row("Target", "CTV_Bed", "Volume", "cc", {o: s["CTV_Bed"].volume_cc for o in options})
+    )
+    for name, metric, unit in (
+        ("Rectum", "V40Gy", "%"),
+        ("Bladder", "V40Gy", "%"),
+        ("Spc_Bowel", "V45Gy[cc]", "cc"),
+    ):
+        v = vals(name, metric)
+        rows.append(
+            _row(
+                "OAR",
+                name,
+                metric.replace("[cc]", ""),
+                unit,
+                v,
+                mid(v),
+                "<=",
+                f"test source {name}",
+            )
+        )
+    rows.append(_row("OAR", "Rectum", "Dmean", "Gy", vals("Rectum", "Dmean")))
+    rows.append(
+        _row(
+            "NTCP",
+            "Rectum",
+            "NTCP",
+            "%",
+            {o: 100 * lkb_ntcp(by[o].dvhs["Rectum"], LKB_PARAMETERS["Rectum"]) for o in options},
+            source=LKB_PARAMETERS["Rectum"].source,
+        )
+    )
+    table = ComparisonTable(options, tuple(rows))
+    stage = SimpleNamespace(
+        string="TrN1M0",
+        detailed="miTrN1aM0",
+        ucla_group="N1",
+        oligometastatic=False,
+        table=lambda: [
+            {"id": "L1", "category": "Tr", "region": "VUA", "volume_cc": 1.234, "suv_max": 8.4},
+            {
+                "id": "L2",
+                "category": "N1",
+                "region": "Iliac_Ext_L",
+                "volume_cc": 0.61,
+                "suv_max": 12.7,
+            },
+        ],
+    )
+    protocol = SimpleNamespace(
+        name="test_protocol",
+        path="/nowhere/test.toml",
+        sources=["Protocol source one", "Protocol source two"],
+    )
+    return Comparison(
+        "TrN1M0 test case",
+        atlas,
+        None,
+        stage,
+        protocol,
+        results,
+        table,
+        dose_model="analytic test model (sigmoid spheres)",
+    )
+
+
+@pytest.fixture(scope="module")
+def comparison() -> Comparison:
+    return build_comparison()
+
+
+@pytest.fixture(scope="module")
+def report_file(comparison, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    assert rpt.write_report(comparison, out) == out
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML parsing
+class _Collector(HTMLParser):
+    """Collects URL attributes, tags, and the cells of every table row with data-row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str, str]] = []
+        self.tags: set[str] = set()
+        self.tables: dict[str, dict[str, dict[str, dict]]] = {}
+        self._table: list[str] = []
+        self._row: str | None = None
+        self._cell: dict | None = None
+        self._span: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        for key in ("src", "href", "data", "action", "poster"):
+            if a.get(key):
+                self.urls.append((tag, key, a[key]))
+        if "style" in a and "url(" in a["style"]:
+            self.urls.append((tag, "style", a["style"]))
+        if tag == "table":
+            self._table.append(a.get("id", ""))
+            self.tables.setdefault(a.get("id", ""), {})
+        elif tag == "tr" and self._table:
+            self._row = a.get("data-row")
+            if self._row is not None:
+                self.tables[self._table[-1]].setdefault(self._row, {})
+        elif tag == "td" and self._row is not None and "data-option" in a:
+            self._cell = {
+                "class": a.get("class", "").split(),
+                "status": a.get("data-status"),
+                "text": "",
+                "v": "",
+                "hr": "",
+            }
+            self.tables[self._table[-1]][self._row][a["data-option"]] = self._cell
+        elif tag == "span" and self._cell is not None:
+            self._span.append((a.get("class") or "").split()[0] if a.get("class") else "")
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self._table:
+            self._table.pop()
+        elif tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._cell = None
+        elif tag == "span" and self._span:
+            self._span.pop()
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+            if self._span and self._span[-1] in ("v", "hr"):
+                self._cell[self._span[-1]] += data
+
+
+def _parse(path: Path) -> _Collector:
+    p = _Collector()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+# ----------------------------------------------------------------------------- tests
+def test_report_is_self_contained(report_file):
+    text = report_file.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    p = _parse(report_file)
+    assert p.urls, "the report should embed its images"
+    for tag, key, url in p.urls:
+        assert not re.search(r"(https?:)?//", url[:10]), f"<{tag} {key}> refers to {url[:60]}"
+        assert url.startswith("data:"), f"<{tag} {key}> is not embedded: {url[:60]}"
+    assert "script" not in p.tags and "link" not in p.tags
+    assert not re.search(r"@import|url\(\s*['\"]?https?:", text)
+    imgs = [u for t, k, u in p.urls if t == "img"]
+    # one DVH figure + one image figure per option
+    assert len(imgs) == 3
+    assert any(u.startswith("data:image/svg+xml;base64,") for u in imgs)
+    assert sum(u.startswith("data:image/png;base64,") for u in imgs) == 2
+    assert not list(report_file.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_metric_table_holds_the_comparison_numbers(comparison, report_file):
+    metrics = _parse(report_file).tables["metrics"]
+    table = comparison.table
+    assert set(metrics) == {r.label for r in table.rows}
+    for r in table.rows:
+        cells = metrics[r.label]
+        assert list(cells) == list(table.options)
+        for o in table.options:
+            shown = cells[o]["v"]
+            v = r.values[o]
+            if v is None:
+                assert shown == "\u2014"
+                continue
+            assert shown == rpt._format_value(v, r.unit)
+            # independent of the formatter: the shown number is the value, rounded
+            tol = 0.005 if abs(v) < 1 else 0.05
+            assert abs(float(shown) - v) <= tol + 1e-9, (r.label, o, shown, v)
+
+
+def test_pass_fail_marks_match_statuses(comparison, report_file):
+    parsed = _parse(report_file)
+    metrics = parsed.tables["metrics"]
+    n_fail = dict.fromkeys(comparison.table.options, 0)
+    seen = set()
+    for r in comparison.table.rows:
+        for o in comparison.table.options:
+            cell = metrics[r.label][o]
+            status = r.status.get(o)
+            seen.add(status)
+            assert cell["status"] == status
+            if status == "pass":
+                assert "pass" in cell["class"] and "\u2713" in cell["text"]
+                assert "\u2717" not in cell["text"] and cell["hr"].startswith("+")
+            elif status == "fail":
+                n_fail[o] += 1
+                assert "fail" in cell["class"] and "\u2717" in cell["text"]
+                assert "\u2713" not in cell["text"] and cell["hr"].startswith("\u2212")
+            else:
+                assert not {"pass", "fail"} & set(cell["class"])
+                assert "\u2713" not in cell["text"] and "\u2717" not in cell["text"]
+            if status in ("pass", "fail"):  # headroom shown is |limit - value| with its sign
+                h = float(cell["hr"].replace("\u2212", "-"))
+                assert abs(h - r.headroom[o]) <= 0.05 + 1e-9
+    assert {"pass", "fail", None} <= seen, "the phantom should exercise every status"
+    # the at-a-glance summary counts the failures per option
+    text = report_file.read_text(encoding="utf-8")
+    glance = re.search(r'<tr id="glance-failed">(.*?)</tr>', text, re.S).group(1)
+    counts = [int(c) for c in re.findall(r'data-failed="(\d+)"', glance)]
+    assert counts == [n_fail[o] for o in comparison.table.options]
+
+
+def test_glance_and_case_sections(comparison, report_file):
+    parsed = _parse(report_file)
+    glance = parsed.tables["glance-table"]
+    # Rectum V40Gy is not a key metric but bowel V45 is; its numbers match the table
+    bowel = comparison.table.row("Spc_Bowel", "V45Gy")
+    assert bowel.label in glance
+    for o in comparison.table.options:
+        assert glance[bowel.label][o]["v"] == rpt._format_value(bowel.values[o])
+    # coverage: the lowest V95%Rx of the option's PTVs, with the PTV named
+    for o in comparison.table.options:
+        cov = [
+            (r.values[o], r.structure)
+            for r in comparison.table.rows
+            if r.metric == "V95%Rx" and r.values[o] is not None
+        ]
+        value, name = min(cov)
+        cell = glance["PTV coverage"][o]
+        assert cell["v"] == rpt._format_value(value) and cell["hr"] == name
+    text = report_file.read_text(encoding="utf-8")
+    for needle in (
+        "TrN1M0",
+        "miTrN1aM0",
+        "Iliac_Ext_L",
+        "12.7",
+        "1.2",
+        "SPPORT arm 3 (test)",
+        "Protocol source one",
+        "test source Rectum",
+        "analytic test model",
+        "not a treatment plan",
+        rpt.MODEL_LIMITS[:60],
+    ):
+        assert needle in text, needle
+    import rtplan
+
+    assert f"rtplan {rtplan.__version__}" in text
+    # targets with prescriptions and volumes
+    assert "66.6 Gy / 37 fx" in text and "21.6 Gy / 12 fx" in text
+    assert f"PTV {comparison.result('PBRT').option.targets[0].ptv.volume_cc:.1f} cc" in text
+
+
+def test_dvh_curve_adapter(comparison):
+    dvh = comparison.result("PBRT").dvhs["Rectum"]
+    d, v = rpt._dvh_curve(dvh)
+    assert d.shape == v.shape and np.all(np.diff(d) > 0)
+    assert v.max() <= 100.0 + 1e-9 and np.all(np.diff(v) <= 1e-9)
+    for dose in (10.0, 30.0, 50.0):
+        assert np.interp(dose, d, v) == pytest.approx(dvh.volume_at_dose_pct(dose), abs=1e-6)
+    stand_in = SimpleNamespace(dose_gy=np.array([0.0, 10.0]), volume_pct=np.array([100.0, 0.0]))
+    assert rpt._dvh_curve(stand_in)[1][0] == 100.0
+
+
+def test_planes_sample_the_right_voxels():
+    # a linear dose field is reproduced exactly by the trilinear sampling
+    z, y, x = DOSE_GRID.axis_coordinates_mm()
+    lin = 2.0 * x[None, None, :] + 0.5 * y[None, :, None] - 1.0 * z[:, None, None] + 100.0
+    window = [np.sort(c) for c in CT_GRID.axis_coordinates_mm()[::-1]]
+    ct = np.arange(CT_GRID.size, dtype=np.float32).reshape(CT_GRID.shape)
+    for view in ("axial", "coronal", "sagittal"):
+        plane = rpt._make_plane(view, window, (3.0, -6.0, 4.0))
+        got = rpt._sample_linear(lin, DOSE_GRID, plane)
+        coords = {
+            plane.axes[0]: plane.rows_mm[:, None],
+            plane.axes[1]: plane.cols_mm[None, :],
+            plane.axes[2]: plane.normal_mm,
+        }
+        want = 2.0 * coords[0] + 0.5 * coords[1] - 1.0 * coords[2] + 100.0
+        inside = np.ones(got.shape, bool)  # keep pixels within the dose grid's voxel centres
+        for ax, arr in (
+            (plane.axes[0], plane.rows_mm[:, None]),
+            (plane.axes[1], plane.cols_mm[None, :]),
+        ):
+            c = DOSE_GRID.axis_coordinates_mm()[2 - ax]
+            inside &= (arr >= c.min()) & (arr <= c.max())
+        np.testing.assert_allclose(got[inside], np.broadcast_to(want, got.shape)[inside], rtol=1e-5)
+        # nearest sampling of the CT returns the CT voxels of the plane
+        k, j, i = CT_GRID.lps_to_nearest_index((3.0, -6.0, 4.0))
+        expect = {"axial": ct[k], "coronal": ct[:, j, :], "sagittal": ct[:, :, i]}[view]
+        np.testing.assert_array_equal(rpt._sample_nearest(ct, CT_GRID, plane), expect)
+
+
+def test_write_is_atomic(comparison, tmp_path, monkeypatch):
+    out = tmp_path / "report.html"
+    out.write_text("previous report", encoding="utf-8")
+    real_replace = os.replace
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(rpt, "render_report", lambda c, title=None: "<!DOCTYPE html><p>new</p>")
+    monkeypatch.setattr(rpt.os, "replace", fail)
+    with pytest.raises(OSError, match="simulated"):
+        rpt.write_report(comparison, out)
+    assert out.read_text(encoding="utf-8") == "previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        rpt.write_report(comparison, tmp_path / "missing" / "r.html")
+    monkeypatch.setattr(rpt.os, "replace", real_replace)
+    assert rpt.write_report(comparison, tmp_path) == out  # a folder: report.html inside
+    assert out.read_text(encoding="utf-8") == "<!DOCTYPE html><p>new</p>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+# ----------------------------------------------------------------------------- browser
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(report_file, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed but CI is set: the browser test must run")
+        pytest.skip("chromium not installed")
+    common = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    url = report_file.resolve().as_uri()
+    png, pdf = tmp_path / "shot.png", tmp_path / "report.pdf"
+    for extra in (
+        [f"--screenshot={png}", "--window-size=1280,2000"],
+        [f"--print-to-pdf={pdf}", "--no-pdf-header-footer"],
+    ):
+        proc = subprocess.run([*common, *extra, url], capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    gray = img[..., :3].mean(axis=2)
+    assert gray.std() > 0.05, "the screenshot is blank"
+    assert (gray < 0.5).mean() > 0.01, "no dark pixels (text, images) in the screenshot"
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-z])", data))
+    assert pages >= 4, f"expected one page per section, got {pages}"
+    keep = os.environ.get("RTPLAN_REPORT_SHOT")
+    if keep:  # for a human to look at
+        shutil.copy(png, keep)
+
+
+def test_total_prescription_of_nested_ptvs(comparison):
+    s = _structures()
+    bed, pelvis = s["PTV_Bed"], s["PTV_Pelvis"]
+    wprt = comparison.result("PBRT+WPRT").option
+    inside = np.count_nonzero(bed.mask & pelvis.mask) / np.count_nonzero(bed.mask)
+    totals = rpt._total_rx_by_ptv(wprt)
+    # the bed is credited with the pelvic course when at least half of it lies in the pelvic PTV
+    assert totals["PTV_Bed"] == pytest.approx(21.6 + (45.0 if inside >= 0.5 else 0.0))
+    assert totals["PTV_Pelvis"] == pytest.approx(45.0)
+    assert rpt._main_ptv(wprt).name == ("PTV_Bed" if inside >= 0.5 else "PTV_Pelvis")
+    # a simultaneous integrated boost: the nested level keeps its own (higher) dose
+    node = Structure("PTV_Node", _dist(CT_GRID, NODES_CENTRE) <= 5.0, CT_GRID, role="ptv")
+    sib = FieldOption(
+        "SIB", (Course("Pelvis", "imrt", 25, (Target(pelvis, 45.0), Target(node, 55.0))),)
+    )
+    assert rpt._total_rx_by_ptv(sib) == {"PTV_Pelvis": 45.0, "PTV_Node": 55.0}
+    assert rpt._main_ptv(sib).name == "PTV_Node"
+
+
+def test_targets_off_the_main_planes_get_their_own_images(comparison):
+    # a small SBRT target in a corner: no plane through the bed's centroid crosses it
+    corner = (35.0, 35.0, 21.0)
+    ptv = Structure("PTV_SBRT", _dist(CT_GRID, corner) <= 4.0, CT_GRID, role="ptv")
+    base = comparison.result("PBRT")
+    option = FieldOption(
+        "PBRT+SBRT", (*base.option.courses, Course("SBRT_1", "sbrt", 3, (Target(ptv, 21.0),)))
+    )
+    window = [np.sort(c) for c in CT_GRID.axis_coordinates_mm()[::-1]]
+    planes = rpt._three_planes(window, rpt._main_ptv(option).centroid_mm)
+    assert [p.name for p in rpt._unseen_ptvs(option, planes)] == ["PTV_SBRT"]
+    assert rpt._unseen_ptvs(base.option, planes) == []
+    result = OptionResult(option, base.dose_grid, base.dose_gy, dvhs=base.dvhs)
+    one = Comparison(
+        "corner",
+        comparison.atlas,
+        None,
+        None,
+        comparison.protocol,
+        [result],
+        ComparisonTable(("PBRT+SBRT",), ()),
+        dose_model="test",
+    )
+    text = rpt.render_report(one)
+    assert text.count("<img ") == 3  # DVHs, the three main planes, the extra axial
+    assert "through the centroids of the targets the planes above miss (PTV_SBRT)" in text
+    assert "No stage was given" in text and "No PSMA-positive lesion" in text
