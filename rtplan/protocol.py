@@ -1,0 +1,924 @@
+"""Treatment protocols: every margin, border, prescription and constraint, read from TOML.
+
+A protocol is data, not code: a physicist edits a TOML file to change a margin, a
+border, a dose or a constraint, and every value in the file carries its source. rtplan
+ships protocols in the ``rtplan.protocols`` package (see :func:`list_protocols`);
+:func:`load_protocol` reads a shipped one by name or any file by path, and checks it
+(:meth:`Protocol.validate`).
+
+Shipped protocols:
+
+* ``nrg_salvage`` -- conventional fractionation: prostate bed 66.6 Gy / 37, whole pelvis
+  45 Gy / 25 then a sequential prostate-bed boost (SPPORT), PSMA-positive nodes 60 Gy as a
+  SIB in the pelvic course, local recurrence 74 Gy, SBRT 30 Gy / 5 (nodes) and 21 Gy / 3
+  (bone); RTOG 0534 / QUANTEC / NRG 2021 / TG-101 constraints.
+* ``hypo_salvage`` -- 25 fractions: prostate bed 62.5 Gy (NRG-GU003 HYPORT) with the pelvis
+  50 Gy as a SIB, nodes 60 Gy, local recurrence 65 Gy; NRG 2021 moderately hypofractionated
+  constraints.
+
+Protocol file format
+--------------------
+A protocol is a TOML file with these tables (``[...]``) and keys; units are in the key
+names (``_mm``, ``_gy``)::
+
+    [protocol]                      # name, title, description, version, disclaimer
+    name = "nrg_salvage"
+    title = "Conventional salvage RT after prostatectomy (RTOG/NRG based)"
+
+    [ctv.prostate_bed]              # RTOG 2010 (Michalski) borders
+    source = "Michalski et al., IJROBP 2010;76:361"
+    inferior_below_vua_mm = 10      # every key of the table takes the table's source
+    lateral_halfwidth_mm = { value = 25, source = "tool default: ..." }  # or its own
+
+    [ptv.pelvic_nodes]              # a PTV margin: `uniform`, or all six directions
+    uniform = 7
+    source = "tool default: upper end of 5-7 mm [U]"
+
+    [ptv.prostate_bed]
+    right = 7
+    left = 7
+    anterior = 7
+    posterior = 5
+    superior = 7
+    inferior = 7
+    source = "..."
+
+    [prescription.prostate_bed]     # total dose (Gy) and fractions of a dose level
+    dose_gy = 66.6
+    fractions = 37
+    source = "..."
+
+    [[constraints]]                 # one table per OAR constraint
+    structure = "Rectum"
+    metric = "V65Gy"
+    op = "<="
+    limit = 35
+    unit = "%"
+    applies_to = "conventional"     # "conventional", "sbrt" or "all"
+    source = "RTOG 0534 (SPPORT)"
+
+**Sources.** Every value has a source: either the ``source`` key of its table, which
+applies to all keys of that table, or an inline table ``{ value = ..., source = "..." }``
+that overrides it for one key (an optional ``note`` is allowed in both places). A value
+rtplan chose, with no guideline behind the exact number, has a source beginning with
+``"tool default"`` (say which published value is nearest); :attr:`Protocol.tool_defaults`
+lists them. Only ``[protocol]`` needs no source.
+
+**Tables.**
+
+``[ctv.prostate_bed]`` (RTOG 2010, Michalski): ``inferior_below_vua_mm``,
+``superior_reference`` (``"vas_deferens"``: the ``VasDeferens_CutEnd`` landmark when the
+anatomy has it, else the symphysis rule; or ``"pubic_symphysis"``),
+``superior_above_symphysis_mm``, ``bladder_wall_band_mm`` (posterior bladder wall kept in
+the CTV; the rest of the bladder is cropped), ``lateral_halfwidth_mm`` (half-width from
+the midline standing in for the sacrorectogenitopubic fascia above the symphysis, and the
+widest the CTV gets below it), ``lateral_above_symphysis``
+(``"fascia"`` or ``"obturator_internus"``), ``mesorectal_offset_mm`` (posterior border
+above the symphysis, mm anterior of the rectum's anterior surface), ``smoothing_mm``.
+
+``[ctv.pelvic_nodes]`` (RTOG 2009, Lawton): ``vessel_margin_mm`` (in-plane, radial),
+``superior_border`` (landmark ``"L5S1_Interspace"``; the NRG 2021 variant
+``"L4L5_Interspace"`` or ``"AorticBifurcation"``), ``inferior_border``
+(``"PubicSymphysis_Top"``), ``external_iliac_inferior`` (``"FemurHead_Top"``),
+``presacral_depth_mm``, ``presacral_vertebrae`` (list of structures, e.g. VB_S1-VB_S3),
+``presacral_halfwidth_mm`` (lateral limit of the presacral strip from the midline),
+``obturator_strip_width_mm``, ``external_iliac_anterolateral_mm`` (Taylor's extra
+anterolateral strip; 0 = off), ``crop_bone_mm``, ``crop_bowel_mm``, ``crop_bladder_mm``,
+``crop_rectum_mm``, ``crop_muscle_mm``, ``smoothing_mm``.
+
+``[ctv.local_boost]``, ``[ctv.node_boost]``, ``[ctv.sbrt]``: ``gtv_margin_mm``
+(GTV -> CTV, uniform).
+
+``[ptv.prostate_bed]``, ``[ptv.pelvic_nodes]``, ``[ptv.local_boost]``,
+``[ptv.node_boost]``, ``[ptv.sbrt]``: CTV -> PTV margin in mm, ``uniform`` or all of
+``right``, ``left``, ``anterior``, ``posterior``, ``superior``, ``inferior``.
+``[ptv.evaluation]``: ``crop_from_body_mm`` (evaluation PTVs end this far inside Body).
+
+``[prescription.prostate_bed]``, ``[prescription.pelvic_nodes]``,
+``[prescription.sbrt_bone]``, ``[prescription.sbrt_node]``: ``dose_gy``, ``fractions``.
+``[prescription.local_boost]``, ``[prescription.node_boost]``: ``dose_gy`` (total dose of
+the boost; it is given as a simultaneous integrated boost in the course it joins).
+
+``[technique]``: ``pelvic`` (``"imrt"`` or ``"3dcrt"``), ``wprt_mode``
+(``"sequential"``: pelvic course then a prostate-bed boost course, as in SPPORT; or
+``"sib"``: one course, the prostate bed and pelvis in the same fractions).
+
+``[alpha_beta]``: ``<tissue> = <alpha/beta in Gy>``. ``[ntcp.<Structure>]``: ``model``
+(``"lkb"``), ``parameter_set``, ``td50_gy``, ``m``, ``n``, ``endpoint``.
+
+``[[constraints]]``: ``structure`` (TG-263), ``metric``, ``op`` (``<``, ``<=``, ``>``,
+``>=``), ``limit``, ``unit``, ``source``, optional ``applies_to`` (``"conventional"``,
+``"sbrt"``, ``"all"``; default ``"all"``), ``fractions`` (SBRT tables per fraction
+number) and ``note``.
+
+Metric strings
+--------------
+Constraints use the metric syntax of :func:`rtplan.dvh.parse_metric`:
+
+==================  ===============================================  ==================
+metric              meaning                                          ``unit``
+==================  ===============================================  ==================
+``V65Gy``           volume receiving at least 65 Gy                  ``%`` or ``cc``
+``V95%Rx``          volume receiving at least 95 % of prescription   ``%`` or ``cc``
+``D0.035cc``        minimum dose to the hottest 0.035 cc             ``Gy`` or ``%Rx``
+``D95%``            minimum dose to the hottest 95 % of the volume   ``Gy`` or ``%Rx``
+``Dmax``            near-maximum dose (D0.03cc in :mod:`rtplan.dvh`)  ``Gy`` or ``%Rx``
+``Dmean``, ``Dmin`` mean and minimum dose                            ``Gy`` or ``%Rx``
+==================  ===============================================  ==================
+
+Doses in metrics are in Gy (decimals allowed: ``V46.5Gy``).
+
+Examples
+--------
+>>> from rtplan.protocol import load_protocol, list_protocols
+>>> "nrg_salvage" in list_protocols()
+True
+>>> p = load_protocol("nrg_salvage")
+>>> p.value("ctv.pelvic_nodes.vessel_margin_mm")
+7.0
+>>> p.source("ctv.pelvic_nodes.vessel_margin_mm")[:17]
+'RTOG consensus, L'
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rtplan.dvh import Constraint, LKBParameters
+from rtplan.errors import ProtocolError
+from rtplan.margins import Margin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "NtcpModel",
+    "Prescription",
+    "Protocol",
+    "ProtocolConstraint",
+    "list_protocols",
+    "load_protocol",
+]
+
+_OPS = ("<", "<=", ">", ">=")
+_UNITS = ("%", "cc", "Gy", "%Rx")
+_APPLIES = ("conventional", "sbrt", "all")
+_TOOL_DEFAULT = "tool default"
+_MAX_MARGIN_MM = 50.0
+_MAX_DOSE_GY = 120.0
+
+
+# ---------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class _Field:
+    kind: str  # "mm", "gy", "positive", "fractions", "str", "choice", "str_list"
+    required: bool = True
+    choices: tuple[str, ...] = ()
+
+
+def _mm(required: bool = True) -> _Field:
+    return _Field("mm", required)
+
+
+_CTV_BOOST = {"gtv_margin_mm": _mm()}
+_DIRECTIONS = ("right", "left", "anterior", "posterior", "superior", "inferior")
+_PTV = {d: _mm(False) for d in ("uniform", *_DIRECTIONS)}
+_RX_FULL = {"dose_gy": _Field("gy"), "fractions": _Field("fractions")}
+_RX_BOOST = {"dose_gy": _Field("gy")}
+
+#: section path -> {key: field}. Sections absent from a file are reported as missing.
+_SCHEMA: dict[str, dict[str, _Field]] = {
+    "protocol": {
+        "name": _Field("str"),
+        "title": _Field("str"),
+        "description": _Field("str", False),
+        "version": _Field("str", False),
+        "disclaimer": _Field("str", False),
+    },
+    "ctv.prostate_bed": {
+        "inferior_below_vua_mm": _mm(),
+        "superior_reference": _Field("choice", True, ("vas_deferens", "pubic_symphysis")),
+        "superior_above_symphysis_mm": _mm(),
+        "bladder_wall_band_mm": _mm(),
+        "lateral_halfwidth_mm": _mm(),
+        "lateral_above_symphysis": _Field("choice", False, ("fascia", "obturator_internus")),
+        "mesorectal_offset_mm": _mm(),
+        "smoothing_mm": _mm(False),
+    },
+    "ctv.pelvic_nodes": {
+        "vessel_margin_mm": _mm(),
+        "superior_border": _Field(
+            "choice", True, ("L5S1_Interspace", "L4L5_Interspace", "AorticBifurcation")
+        ),
+        "inferior_border": _Field("choice", True, ("PubicSymphysis_Top",)),
+        "external_iliac_inferior": _Field("choice", True, ("FemurHead_Top",)),
+        "presacral_depth_mm": _mm(),
+        "presacral_vertebrae": _Field("str_list"),
+        "presacral_halfwidth_mm": _mm(False),
+        "obturator_strip_width_mm": _mm(),
+        "external_iliac_anterolateral_mm": _mm(False),
+        "crop_bone_mm": _mm(),
+        "crop_bowel_mm": _mm(),
+        "crop_bladder_mm": _mm(),
+        "crop_rectum_mm": _mm(),
+        "crop_muscle_mm": _mm(),
+        "smoothing_mm": _mm(False),
+    },
+    "ctv.local_boost": _CTV_BOOST,
+    "ctv.node_boost": _CTV_BOOST,
+    "ctv.sbrt": _CTV_BOOST,
+    "ptv.prostate_bed": _PTV,
+    "ptv.pelvic_nodes": _PTV,
+    "ptv.local_boost": _PTV,
+    "ptv.node_boost": _PTV,
+    "ptv.sbrt": _PTV,
+    "ptv.evaluation": {"crop_from_body_mm": _mm()},
+    "prescription.prostate_bed": _RX_FULL,
+    "prescription.pelvic_nodes": _RX_FULL,
+    "prescription.local_boost": _RX_BOOST,
+    "prescription.node_boost": _RX_BOOST,
+    "prescription.sbrt_bone": _RX_FULL,
+    "prescription.sbrt_node": _RX_FULL,
+    "technique": {
+        "pelvic": _Field("choice", True, ("imrt", "3dcrt")),
+        "wprt_mode": _Field("choice", True, ("sequential", "sib")),
+    },
+}
+_GROUPS = ("ctv", "ptv", "prescription")
+_TOP_LEVEL = ("protocol", *_GROUPS, "technique", "alpha_beta", "ntcp", "constraints")
+_META = ("source", "note")
+_NTCP_FIELDS = {
+    "model": _Field("choice", True, ("lkb",)),
+    "parameter_set": _Field("str"),
+    "td50_gy": _Field("gy"),
+    "m": _Field("positive"),
+    "n": _Field("positive"),
+    "endpoint": _Field("str", False),
+    "alpha_beta_gy": _Field("positive", False),
+    "caveat": _Field("str", False),
+}
+_CONSTRAINT_KEYS = (
+    "structure",
+    "metric",
+    "op",
+    "limit",
+    "unit",
+    "source",
+    "applies_to",
+    "fractions",
+    "note",
+)
+
+
+# ---------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class Prescription:
+    """A dose level of a protocol.
+
+    Parameters
+    ----------
+    dose_gy : float
+        Total dose in Gy.
+    fractions : int or None
+        Number of fractions; ``None`` for a boost given in the fractions of its course.
+    source : str
+        Where the numbers come from.
+    """
+
+    dose_gy: float
+    fractions: int | None
+    source: str
+
+    @property
+    def dose_per_fraction_gy(self) -> float | None:
+        """Dose per fraction in Gy, or ``None`` without a fraction number."""
+        return None if self.fractions is None else self.dose_gy / self.fractions
+
+    @property
+    def dose_cgy(self) -> int:
+        """Total dose in cGy, rounded (the TG-263 name suffix)."""
+        return round(self.dose_gy * 100)
+
+
+@dataclass(frozen=True)
+class ProtocolConstraint(Constraint):
+    """An OAR dose-volume constraint of a protocol, with the course it is meant for.
+
+    A :class:`rtplan.dvh.Constraint`, so :func:`rtplan.dvh.evaluate_constraint` takes it.
+
+    Parameters
+    ----------
+    structure, metric, op, limit, unit, source
+        As :class:`rtplan.dvh.Constraint` (``"Rectum"``, ``"V65Gy"``, ``"<="``, ``35``,
+        ``"%"``, ``"RTOG 0534"``).
+    applies_to : {"conventional", "sbrt", "all"}
+        Which courses the constraint is meant for.
+    fractions : int or None
+        For fraction-specific tables (TG-101): the number of fractions it is for.
+    note : str
+        Free text (e.g. the surrogate structure used).
+    """
+
+    applies_to: str = "all"
+    fractions: int | None = None
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        """The limit as text, e.g. ``"<= 35 %"``."""
+        return f"{self.op} {self.limit:g} {self.unit}"
+
+
+@dataclass(frozen=True)
+class NtcpModel:
+    """An NTCP model choice for one structure (Lyman-Kutcher-Burman parameters).
+
+    Parameters
+    ----------
+    structure : str
+        TG-263 structure name.
+    model : str
+        ``"lkb"``.
+    parameter_set : str
+        Name of the parameter set, e.g. ``"QUANTEC rectum grade>=2"``.
+    td50_gy, m, n : float
+        LKB parameters: dose for 50 % complication (Gy, EQD2), slope, volume exponent.
+    endpoint : str
+        Clinical endpoint.
+    source : str
+        Source of the parameters.
+    alpha_beta_gy : float
+        alpha/beta (Gy) for converting the dose to EQD2 before the model.
+    caveat : str
+        Known weaknesses of the parameter set.
+    """
+
+    structure: str
+    model: str
+    parameter_set: str
+    td50_gy: float
+    m: float
+    n: float
+    endpoint: str
+    source: str
+    alpha_beta_gy: float = 3.0
+    caveat: str = ""
+
+    def to_lkb(self) -> LKBParameters:
+        """The parameters as :class:`rtplan.dvh.LKBParameters` for :func:`rtplan.dvh.lkb_ntcp`."""
+        return LKBParameters(
+            self.td50_gy,
+            self.m,
+            self.n,
+            self.endpoint,
+            self.source,
+            alpha_beta_gy=self.alpha_beta_gy,
+            caveat=self.caveat,
+        )
+
+
+# ---------------------------------------------------------------------------- checks
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_field(path: str, value: object, field: _Field) -> Any:
+    """Return the checked value of one leaf, or raise ProtocolError naming ``path``."""
+    kind = field.kind
+    if kind in ("mm", "gy", "positive"):
+        if not _is_number(value):
+            raise ProtocolError(f"{path}: expected a number, got {value!r}")
+        v = float(value)  # type: ignore[arg-type]
+        if kind == "mm" and not 0 <= v <= _MAX_MARGIN_MM:
+            raise ProtocolError(
+                f"{path}: a margin or distance must be between 0 and {_MAX_MARGIN_MM:g} mm, "
+                f"got {v:g}"
+            )
+        if kind == "gy" and not 0 < v <= _MAX_DOSE_GY:
+            raise ProtocolError(f"{path}: a dose must be in (0, {_MAX_DOSE_GY:g}] Gy, got {v:g}")
+        if kind == "positive" and not v > 0:
+            raise ProtocolError(f"{path}: expected a positive number, got {v:g}")
+        return v
+    if kind == "fractions":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ProtocolError(f"{path}: expected a positive whole number, got {value!r}")
+        return int(value)
+    if kind == "str":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ProtocolError(f"{path}: expected a non-empty string, got {value!r}")
+        return value
+    if kind == "choice":
+        if value not in field.choices:
+            raise ProtocolError(
+                f"{path}: expected one of {', '.join(map(repr, field.choices))}, got {value!r}"
+            )
+        return value
+    if kind == "str_list":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(s, str) and s for s in value)
+        ):
+            raise ProtocolError(f"{path}: expected a non-empty list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _source_of(path: str, section: Mapping[str, Any]) -> str | None:
+    src = section.get("source")
+    if src is None:
+        return None
+    if not isinstance(src, str) or not src.strip():
+        raise ProtocolError(f"{path}.source: expected a non-empty string, got {src!r}")
+    return src
+
+
+def _check_section(
+    path: str,
+    section: object,
+    fields: Mapping[str, _Field],
+    values: dict[str, Any],
+    sources: dict[str, str],
+    *,
+    needs_source: bool = True,
+) -> None:
+    if not isinstance(section, Mapping):
+        raise ProtocolError(f"{path}: expected a table, got {section!r}")
+    for key in section:
+        if key not in fields and key not in _META:
+            raise ProtocolError(
+                f"unknown key {path}.{key} (valid keys: {', '.join([*fields, *_META])})"
+            )
+    if "note" in section and not isinstance(section["note"], str):
+        raise ProtocolError(f"{path}.note: expected a string")
+    table_source = _source_of(path, section)
+    for key, field in fields.items():
+        leaf = f"{path}.{key}"
+        if key not in section:
+            if field.required:
+                what = "dose" if field.kind == "gy" else "value"
+                raise ProtocolError(f"missing {what}: {leaf} is required")
+            continue
+        raw = section[key]
+        source = table_source
+        if isinstance(raw, Mapping):
+            for k in raw:
+                if k not in ("value", *_META):
+                    raise ProtocolError(f"unknown key {leaf}.{k} (valid keys: value, source, note)")
+            if "value" not in raw:
+                raise ProtocolError(f"missing value: {leaf}.value is required in an inline table")
+            source = _source_of(leaf, raw) or table_source
+            raw = raw["value"]
+        values[leaf] = _check_field(leaf, raw, field)
+        if source is None and needs_source:
+            raise ProtocolError(
+                f"{leaf}: no source; give [{path}] a `source` or write "
+                f'{key} = {{ value = ..., source = "..." }} (start with "tool default" for a '
+                "value rtplan chose)"
+            )
+        if source is not None:
+            sources[leaf] = source
+
+
+def _get(data: Mapping[str, Any], dotted: str) -> object:
+    node: object = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------- Protocol
+class Protocol:
+    """A treatment protocol: margins, borders, prescriptions, constraints, with sources.
+
+    Build one with :func:`load_protocol`; the constructor takes the parsed TOML mapping.
+    Values are looked up by dotted key path (``"ptv.prostate_bed.posterior"``).
+
+    Parameters
+    ----------
+    data : mapping
+        The parsed TOML document (see the module docstring for its format).
+    name : str, optional
+        Name to show; default ``data["protocol"]["name"]``.
+    path : str, optional
+        File the protocol was read from, for messages.
+
+    Notes
+    -----
+    The protocol is checked on construction (:meth:`validate`); it is immutable
+    afterwards (:meth:`with_values` returns a modified copy).
+    """
+
+    def __init__(
+        self, data: Mapping[str, Any], *, name: str | None = None, path: str | None = None
+    ) -> None:
+        self._data: dict[str, Any] = copy.deepcopy(dict(data))
+        self.path = path
+        self._values: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}
+        self._constraints: tuple[ProtocolConstraint, ...] = ()
+        self._ntcp: dict[str, NtcpModel] = {}
+        self.validate()
+        self.name: str = name or self._values["protocol.name"]
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> Protocol:
+        """Check the whole protocol; return it, or raise naming the first bad key.
+
+        Checks: unknown keys, missing sections and values (doses), types, ranges
+        (margins 0-50 mm, doses in (0, 120] Gy, positive fraction numbers), a source
+        for every value, constraint syntax, and the consistency of the fractionation.
+
+        Raises
+        ------
+        ProtocolError
+            Naming the key path, e.g. ``"margins ... ptv.pelvic_nodes.posterior"``.
+        """
+        where = f" in {self.path}" if self.path else ""
+        try:
+            self._validate()
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc}{where}") from None
+        return self
+
+    def _validate(self) -> None:
+        data = self._data
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for key in data:
+            if key not in _TOP_LEVEL:
+                raise ProtocolError(f"unknown key {key} (valid: {', '.join(_TOP_LEVEL)})")
+        for group in _GROUPS:
+            node = data.get(group, {})
+            if not isinstance(node, Mapping):
+                raise ProtocolError(f"{group}: expected a table, got {node!r}")
+            valid = [s.split(".", 1)[1] for s in _SCHEMA if s.startswith(group + ".")]
+            for key in node:
+                if key not in valid:
+                    raise ProtocolError(f"unknown key {group}.{key} (valid: {', '.join(valid)})")
+        for section, fields in _SCHEMA.items():
+            node = _get(data, section)
+            if node is _MISSING:
+                raise ProtocolError(f"missing table [{section}]")
+            _check_section(
+                section, node, fields, values, sources, needs_source=section != "protocol"
+            )
+            if section.startswith("ptv.") and section != "ptv.evaluation":
+                self._check_ptv(section, values)
+        self._check_alpha_beta(data.get("alpha_beta", {}), values, sources)
+        self._ntcp = self._check_ntcp(data.get("ntcp", {}), values, sources)
+        self._constraints = self._check_constraints(data.get("constraints", []))
+        self._check_fractionation(values)
+        self._values, self._sources = values, sources
+
+    @staticmethod
+    def _check_ptv(section: str, values: dict[str, Any]) -> None:
+        dirs = list(_DIRECTIONS)
+        has = [d for d in dirs if f"{section}.{d}" in values]
+        if f"{section}.uniform" in values:
+            if has:
+                raise ProtocolError(
+                    f"{section}: give either `uniform` or the six directions, not both "
+                    f"(found uniform and {', '.join(has)})"
+                )
+        elif len(has) != len(dirs):
+            missing = [d for d in dirs if d not in has]
+            raise ProtocolError(
+                f"missing value: {section}.{missing[0]} is required (give `uniform` or all of "
+                f"{', '.join(dirs)})"
+            )
+
+    @staticmethod
+    def _check_alpha_beta(node: object, values: dict[str, Any], sources: dict[str, str]) -> None:
+        if not isinstance(node, Mapping):
+            raise ProtocolError(f"alpha_beta: expected a table, got {node!r}")
+        fields = {k: _Field("positive") for k in node if k not in _META}
+        _check_section("alpha_beta", node, fields, values, sources)
+
+    @staticmethod
+    def _check_ntcp(
+        node: object, values: dict[str, Any], sources: dict[str, str]
+    ) -> dict[str, NtcpModel]:
+        if not isinstance(node, Mapping):
+            raise ProtocolError(f"ntcp: expected a table, got {node!r}")
+        out = {}
+        for structure, sec in node.items():
+            path = f"ntcp.{structure}"
+            _check_section(path, sec, _NTCP_FIELDS, values, sources)
+            out[structure] = NtcpModel(
+                structure=structure,
+                model=values[f"{path}.model"],
+                parameter_set=values[f"{path}.parameter_set"],
+                td50_gy=values[f"{path}.td50_gy"],
+                m=values[f"{path}.m"],
+                n=values[f"{path}.n"],
+                endpoint=values.get(f"{path}.endpoint", ""),
+                source=sources[f"{path}.td50_gy"],
+                alpha_beta_gy=values.get(f"{path}.alpha_beta_gy", 3.0),
+                caveat=values.get(f"{path}.caveat", ""),
+            )
+        return out
+
+    @staticmethod
+    def _check_constraints(node: object) -> tuple[ProtocolConstraint, ...]:
+        if not isinstance(node, list):
+            raise ProtocolError(f"constraints: expected an array of tables, got {node!r}")
+        out = []
+        for n, c in enumerate(node):
+            path = f"constraints[{n}]"
+            if not isinstance(c, Mapping):
+                raise ProtocolError(f"{path}: expected a table, got {c!r}")
+            for key in c:
+                if key not in _CONSTRAINT_KEYS:
+                    raise ProtocolError(
+                        f"unknown key {path}.{key} (valid keys: {', '.join(_CONSTRAINT_KEYS)})"
+                    )
+            for key in ("structure", "metric", "op", "limit", "unit", "source"):
+                if key not in c:
+                    raise ProtocolError(f"missing value: {path}.{key} is required")
+            structure = _check_field(f"{path}.structure", c["structure"], _Field("str"))
+            path = f"constraints[{n}] ({structure} {c['metric']})"
+            if not isinstance(c["metric"], str):
+                raise ProtocolError(f"{path}.metric: expected a string, got {c['metric']!r}")
+            op = _check_field(f"{path}.op", c["op"], _Field("choice", True, _OPS))
+            if not _is_number(c["limit"]) or c["limit"] < 0:
+                raise ProtocolError(f"{path}.limit: expected a number >= 0, got {c['limit']!r}")
+            unit = _check_field(f"{path}.unit", c["unit"], _Field("choice", True, _UNITS))
+            if unit == "%" and c["limit"] > 100:
+                raise ProtocolError(f"{path}.limit: a percentage must be <= 100")
+            source = _check_field(f"{path}.source", c["source"], _Field("str"))
+            applies = _check_field(
+                f"{path}.applies_to", c.get("applies_to", "all"), _Field("choice", True, _APPLIES)
+            )
+            fx = c.get("fractions")
+            if fx is not None:
+                fx = _check_field(f"{path}.fractions", fx, _Field("fractions"))
+            note = c.get("note", "")
+            if not isinstance(note, str):
+                raise ProtocolError(f"{path}.note: expected a string")
+            try:
+                out.append(
+                    ProtocolConstraint(
+                        structure,
+                        c["metric"],
+                        op,
+                        float(c["limit"]),
+                        unit,
+                        source,
+                        applies_to=applies,
+                        fractions=fx,
+                        note=note,
+                    )
+                )
+            except ValueError as exc:
+                raise ProtocolError(f"{path}.metric/unit: {exc}") from None
+        return tuple(out)
+
+    @staticmethod
+    def _check_fractionation(values: Mapping[str, Any]) -> None:
+        pb_d = values["prescription.prostate_bed.dose_gy"]
+        pb_n = values["prescription.prostate_bed.fractions"]
+        pn_d = values["prescription.pelvic_nodes.dose_gy"]
+        pn_n = values["prescription.pelvic_nodes.fractions"]
+        mode = values["technique.wprt_mode"]
+        if mode == "sequential" and not (pb_n > pn_n and pb_d > pn_d):
+            raise ProtocolError(
+                "prescription.pelvic_nodes: with technique.wprt_mode = 'sequential' the pelvic "
+                f"course ({pn_d:g} Gy / {pn_n}) must have fewer fractions and less dose than "
+                f"the prostate bed ({pb_d:g} Gy / {pb_n})"
+            )
+        if mode == "sib" and pb_n != pn_n:
+            raise ProtocolError(
+                "prescription.pelvic_nodes.fractions: with technique.wprt_mode = 'sib' it must "
+                f"equal prescription.prostate_bed.fractions ({pb_n}), got {pn_n}"
+            )
+        if values["prescription.local_boost.dose_gy"] <= pb_d:
+            raise ProtocolError(
+                f"prescription.local_boost.dose_gy: must exceed the prostate-bed dose ({pb_d:g} Gy)"
+            )
+        nb = values["prescription.node_boost.dose_gy"]
+        if nb <= pn_d:
+            raise ProtocolError(
+                f"prescription.node_boost.dose_gy: must exceed the pelvic dose ({pn_d:g} Gy)"
+            )
+
+    # -------------------------------------------------------------- access
+    def __repr__(self) -> str:
+        where = f", path={self.path!r}" if self.path else ""
+        return f"Protocol({self.name!r}{where})"
+
+    @property
+    def title(self) -> str:
+        """One-line title of the protocol."""
+        return str(self._values["protocol.title"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """A deep copy of the parsed TOML document."""
+        return copy.deepcopy(self._data)
+
+    def keys(self) -> list[str]:
+        """Dotted paths of all values (constraints excluded), in file order."""
+        return list(self._values)
+
+    def value(self, path: str) -> Any:
+        """The value at a dotted key path, e.g. ``"ctv.pelvic_nodes.vessel_margin_mm"``.
+
+        Raises
+        ------
+        ProtocolError
+            If the path is not a value of this protocol (absent optional keys included).
+        """
+        try:
+            return self._values[path]
+        except KeyError:
+            raise ProtocolError(f"{self.name}: no value {path!r} in the protocol") from None
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """The value at ``path``, or ``default`` when the (optional) key is absent."""
+        return self._values.get(path, default)
+
+    def source(self, path: str) -> str:
+        """The source of the value at ``path`` (``""`` for [protocol] metadata)."""
+        self.value(path)
+        return self._sources.get(path, "")
+
+    def is_tool_default(self, path: str) -> bool:
+        """Whether the value at ``path`` is marked as a tool default."""
+        return self.source(path).strip().lower().startswith(_TOOL_DEFAULT)
+
+    @property
+    def tool_defaults(self) -> list[str]:
+        """Dotted paths of every value whose source is a tool default."""
+        return [p for p in self._values if self.is_tool_default(p)]
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """``(path, value, source)`` for every value, for a report table."""
+        return [(p, v, self._sources.get(p, "")) for p, v in self._values.items()]
+
+    def section(self, section: str) -> dict[str, Any]:
+        """The values of one table, keyed by their short name (e.g. ``"ctv.pelvic_nodes"``)."""
+        prefix = section + "."
+        out = {p[len(prefix) :]: v for p, v in self._values.items() if p.startswith(prefix)}
+        if not out:
+            raise ProtocolError(f"{self.name}: no table [{section}] in the protocol")
+        return out
+
+    def ptv_margin(self, target: str) -> Margin:
+        """The CTV -> PTV :class:`~rtplan.margins.Margin` of ``target`` (a ``[ptv.*]`` table)."""
+        sec = self.section(f"ptv.{target}")
+        if "uniform" in sec:
+            return Margin.uniform(sec["uniform"])
+        return Margin(**{d: sec[d] for d in _DIRECTIONS})
+
+    def prescription(self, name: str) -> Prescription:
+        """The dose level ``name`` (a ``[prescription.*]`` table)."""
+        sec = self.section(f"prescription.{name}")
+        return Prescription(
+            dose_gy=sec["dose_gy"],
+            fractions=sec.get("fractions"),
+            source=self._sources[f"prescription.{name}.dose_gy"],
+        )
+
+    @property
+    def constraints(self) -> tuple[ProtocolConstraint, ...]:
+        """All OAR constraints, in file order."""
+        return self._constraints
+
+    def constraints_for(
+        self, technique: str = "conventional", *, fractions: int | None = None
+    ) -> list[ProtocolConstraint]:
+        """Constraints meant for a kind of course.
+
+        Parameters
+        ----------
+        technique : {"conventional", "sbrt"}
+            ``"imrt"``/``"3dcrt"`` count as conventional.
+        fractions : int, optional
+            For SBRT: keep only fraction-specific constraints of this fraction number
+            (and those without one).
+        """
+        kind = "sbrt" if technique == "sbrt" else "conventional"
+        out = []
+        for c in self._constraints:
+            if c.applies_to not in (kind, "all"):
+                continue
+            if fractions is not None and c.fractions is not None and c.fractions != fractions:
+                continue
+            out.append(c)
+        return out
+
+    @property
+    def ntcp_models(self) -> dict[str, NtcpModel]:
+        """Structure name -> NTCP model choice."""
+        return dict(self._ntcp)
+
+    @property
+    def alpha_beta_gy(self) -> dict[str, float]:
+        """Tissue -> alpha/beta in Gy (``[alpha_beta]``)."""
+        return {
+            p.split(".", 1)[1]: v for p, v in self._values.items() if p.startswith("alpha_beta.")
+        }
+
+    def with_values(self, changes: Mapping[str, Any], *, source: str = "user override") -> Protocol:
+        """A copy with some values replaced, re-validated.
+
+        Parameters
+        ----------
+        changes : mapping of str to value
+            Dotted key path -> new value, e.g. ``{"ptv.sbrt.uniform": 3}``.
+        source : str
+            Source recorded for the changed values.
+
+        Examples
+        --------
+        >>> key = "ctv.pelvic_nodes.vessel_margin_mm"
+        >>> p = load_protocol("nrg_salvage").with_values({key: 5})
+        >>> p.value(key), p.source(key)
+        (5.0, 'user override')
+        """
+        data = copy.deepcopy(self._data)
+        for path, new in changes.items():
+            *parents, leaf = path.split(".")
+            node = data
+            for part in parents:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[leaf] = {"value": new, "source": source}
+        return Protocol(data, name=self.name, path=self.path)
+
+
+# ---------------------------------------------------------------------------- loading
+def _shipped() -> dict[str, Any]:
+    root = resources.files("rtplan.protocols")
+    return {p.name[: -len(".toml")]: p for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def list_protocols() -> list[str]:
+    """Names of the protocols shipped with rtplan, sorted.
+
+    Examples
+    --------
+    >>> "nrg_salvage" in list_protocols()
+    True
+    """
+    return sorted(_shipped())
+
+
+def load_protocol(name_or_path: str | Path | Protocol) -> Protocol:
+    """Read and check a protocol: a shipped one by name, or a TOML file by path.
+
+    Parameters
+    ----------
+    name_or_path : str or path or Protocol
+        A name from :func:`list_protocols` (e.g. ``"nrg_salvage"``), a path to a
+        ``.toml`` file, or a :class:`Protocol` (returned as is).
+
+    Returns
+    -------
+    Protocol
+
+    Raises
+    ------
+    ProtocolError
+        If there is no such protocol, the file is not valid TOML, or a value is unknown,
+        missing, of the wrong type or out of range (the message names the key path).
+    """
+    if isinstance(name_or_path, Protocol):
+        return name_or_path
+    shipped = _shipped()
+    text: str
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        res = shipped[name_or_path]
+        text, where = res.read_text(encoding="utf-8"), f"rtplan.protocols/{res.name}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ProtocolError(
+                f"no protocol {str(name_or_path)!r}: not a shipped protocol "
+                f"({', '.join(sorted(shipped))}) and not a file"
+            )
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{where} is not valid TOML: {exc}") from None
+    return Protocol(data, path=where)
