@@ -24,10 +24,12 @@ from rtplan.plan import FieldOption
 from rtplan.structures import Structure
 
 __all__ = [
+    "DEFAULT_OARS",
     "Comparison",
     "ComparisonTable",
     "MetricRow",
     "OptionResult",
+    "compare_options",
 ]
 
 
