@@ -205,7 +205,11 @@ def _dcmread(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        # a forced read of a non-DICOM file makes pydicom warn about its guessed encoding;
+        # such files are skipped, so the warning would only confuse the user
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         if "SOPClassUID" not in ds:
             raise
         if "TransferSyntaxUID" not in ds.file_meta:
