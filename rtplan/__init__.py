@@ -147,6 +147,7 @@ from rtplan.protocol import (
     ProtocolConstraint,
     list_protocols,
     load_protocol,
+    protocol_text,
 )
 from rtplan.report import (
     render_report,
@@ -315,6 +316,7 @@ __all__ = [
     "parse_constraint",
     "parse_metric",
     "plot_ct_views",
+    "protocol_text",
     "ptv_from_ctv",
     "read_ct_series",
     "read_pet_suv",

@@ -634,6 +634,11 @@ def _cmd_protocol_list(args: argparse.Namespace, progress: Progress) -> int:
 
 def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
     protocol = _load_protocol(args.protocol)
+    if args.toml:
+        from rtplan.protocol import protocol_text
+
+        sys.stdout.write(protocol_text(args.protocol or DEFAULT_PROTOCOL))
+        return EXIT_OK
     print(f"{protocol.name}: {protocol.title}")
     if protocol.path:
         print(f"file: {protocol.path}")
@@ -1025,6 +1030,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="FILE",
         help=f"TOML file or name (default {DEFAULT_PROTOCOL})",
+    )
+    q.add_argument(
+        "--toml",
+        action="store_true",
+        help="print the protocol file itself, to copy and edit "
+        "(rtplan protocol show --toml nrg_salvage > mine.toml)",
     )
     _add_common(q)
     q.set_defaults(func=_cmd_protocol_show)

@@ -167,6 +167,7 @@ __all__ = [
     "ProtocolConstraint",
     "list_protocols",
     "load_protocol",
+    "protocol_text",
 ]
 
 _OPS = ("<", "<=", ">", ">=")
@@ -883,6 +884,34 @@ def list_protocols() -> list[str]:
     return sorted(_shipped())
 
 
+def _protocol_source(name_or_path: str | Path) -> tuple[str, str]:
+    """TOML text of a shipped protocol or a file, and where it came from."""
+    shipped = _shipped()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        res = shipped[name_or_path]
+        return res.read_text(encoding="utf-8"), f"rtplan.protocols/{res.name}"
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ProtocolError(
+            f"no protocol {str(name_or_path)!r}: not a shipped protocol "
+            f"({', '.join(sorted(shipped))}) and not a file"
+        )
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def protocol_text(name_or_path: str | Path) -> str:
+    """The TOML text of a shipped protocol (by name) or of a protocol file.
+
+    Use it to start your own protocol from a shipped one (``rtplan protocol show --toml``).
+
+    Examples
+    --------
+    >>> protocol_text("nrg_salvage").lstrip().startswith(("#", "["))
+    True
+    """
+    return _protocol_source(name_or_path)[0]
+
+
 def load_protocol(name_or_path: str | Path | Protocol) -> Protocol:
     """Read and check a protocol: a shipped one by name, or a TOML file by path.
 
@@ -904,19 +933,7 @@ def load_protocol(name_or_path: str | Path | Protocol) -> Protocol:
     """
     if isinstance(name_or_path, Protocol):
         return name_or_path
-    shipped = _shipped()
-    text: str
-    if isinstance(name_or_path, str) and name_or_path in shipped:
-        res = shipped[name_or_path]
-        text, where = res.read_text(encoding="utf-8"), f"rtplan.protocols/{res.name}"
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ProtocolError(
-                f"no protocol {str(name_or_path)!r}: not a shipped protocol "
-                f"({', '.join(sorted(shipped))}) and not a file"
-            )
-        text, where = path.read_text(encoding="utf-8"), str(path)
+    text, where = _protocol_source(name_or_path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -177,6 +177,23 @@ def test_protocol_list_show_validate(capsys):
     assert code == 0 and "valid" in out
 
 
+def test_protocol_show_toml_round_trips_an_edited_copy(tmp_path, capsys):
+    from rtplan.protocol import load_protocol
+
+    code, text, _ = run(["protocol", "show", "--toml", "nrg_salvage"], capsys)
+    assert code == 0
+    key = "ptv.sbrt.uniform"
+    edited = text.replace(
+        "[ptv.sbrt]\nuniform = { value = 5,", "[ptv.sbrt]\nuniform = { value = 3,", 1
+    )
+    assert edited != text, "the shipped SBRT PTV margin line was not found"
+    path = tmp_path / "mine.toml"
+    path.write_text(edited, encoding="utf-8")
+    code, out, _ = run(["protocol", "validate", path], capsys)
+    assert code == 0 and "valid" in out
+    assert load_protocol(path).value(key) == 3 and load_protocol("nrg_salvage").value(key) == 5
+
+
 def _protocol_with(tmp_path: Path, extra: str) -> Path:
     from importlib import resources
 
