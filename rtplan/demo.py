@@ -47,6 +47,7 @@ from scipy import ndimage
 from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan.errors import MissingStructureError
 from rtplan.grid import ImageGrid
+from rtplan.staging import BONE_STRUCTURES
 from rtplan.structures import Structure
 
 __all__ = [
@@ -81,24 +82,7 @@ _SUV = {"local": 8.5, "node": 6.0, "bone": 12.0}
 _SUV_BACKGROUND = 0.5
 
 _VESSEL_PREFIXES = ("A_", "V_")
-_BONE_NAMES = (
-    "Bone_Ilium_L",
-    "Bone_Ilium_R",
-    "Bone_Ischium_L",
-    "Bone_Ischium_R",
-    "PubicSymphys",
-    "Sacrum",
-    "VB_S1",
-    "VB_S2",
-    "VB_S3",
-    "Coccyx",
-    "VB_L4",
-    "VB_L5",
-    "Femur_Head_L",
-    "Femur_Head_R",
-)
 _NODE_AVOID = (
-    *_BONE_NAMES,
     "Bladder",
     "Rectum",
     "Canal_Anal",
@@ -211,6 +195,11 @@ def _named(atlas: Any, names: Iterable[str]) -> list[Structure]:
     return [atlas.structures[n] for n in names if n in atlas.structures]
 
 
+def _bone_names(atlas: Any) -> list[str]:
+    """The atlas's bone structures (by the staging module's bone name prefixes)."""
+    return [n for n in atlas.structures if n.startswith(BONE_STRUCTURES)]
+
+
 def _union_in_box(structures: Iterable[Structure], box: Box) -> np.ndarray:
     """Union of ``structures`` inside ``box`` (an array of the box's shape)."""
     shape = tuple(sl.stop - sl.start for sl in box)
@@ -281,7 +270,9 @@ def _place_node(
         body = _union_in_box(_named(atlas, ["Body"]), box)
     else:
         body = np.ones(local_grid.shape, bool)
-    avoid = _union_in_box([*_named(atlas, [*_vessel_names(atlas), *_NODE_AVOID]), *taken], box)
+    avoid = _union_in_box(
+        [*_named(atlas, [*_vessel_names(atlas), *_bone_names(atlas), *_NODE_AVOID]), *taken], box
+    )
     bowel = _union_in_box(_named(atlas, ["Spc_Bowel"]), box)
     directions = [*preferred, *(d for d in _IN_PLANE if d not in preferred)]
     best: tuple[float, np.ndarray] | None = None
@@ -325,7 +316,7 @@ def _local_recurrence(atlas: Any) -> Structure:
     centre = np.add(atlas.landmarks["VUA"], (0.0, _LOCAL_POSTERIOR_SHIFT_MM, 0.0))
     box = _box_around(grid, centre, _LOCAL_RADIUS_MM)
     sphere = _sphere(grid.crop(box), centre, _LOCAL_RADIUS_MM)
-    avoid = _union_in_box(_named(atlas, ("Rectum", "Canal_Anal", *_BONE_NAMES)), box)
+    avoid = _union_in_box(_named(atlas, ("Rectum", "Canal_Anal", *_bone_names(atlas))), box)
     return _gtv("GTVp_VUA", _largest_component(sphere & ~avoid), box, grid)
 
 
