@@ -1,0 +1,1 @@
+"""Atlas definitions shipped with rtplan (data, not code): one folder per atlas."""

@@ -1,0 +1,1 @@
+"""Treatment protocols shipped with rtplan, as TOML files (see rtplan.protocol)."""
