@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -125,7 +127,7 @@ class ComparisonTable:
             writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            _atomic_write_text(Path(path), text)
         return text
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -155,7 +157,7 @@ class ComparisonTable:
         }
         text = json.dumps(payload, indent=2)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            _atomic_write_text(Path(path), text)
         return text
 
     def to_pandas(self):  # pragma: no cover - optional dependency
@@ -360,9 +362,22 @@ def _safe(name: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------- running options
@@ -443,8 +458,9 @@ def compare_options(
         Anatomy (CT grid, structures incl. ``Body``).
     lesions : Lesions or None
         The PSMA-positive lesions (kept for the report).
-    options : sequence of FieldOption
-        Built options (:func:`rtplan.volumes.build_options`); names must be unique.
+    options : sequence of FieldOption or of OptionSpec
+        Built options (:func:`rtplan.volumes.build_options`), or the specifications of
+        :func:`rtplan.volumes.suggest_options`, which are built here; names must be unique.
     protocol : str, path or Protocol
         Constraints, NTCP model choices and alpha/beta values.
     stage : Stage, optional
@@ -478,6 +494,17 @@ def compare_options(
     from rtplan.protocol import load_protocol
 
     protocol = load_protocol(protocol)
+    if options and all(not isinstance(o, FieldOption) for o in options):
+        # option specifications (rtplan.volumes.suggest_options): build their volumes first
+        from rtplan.volumes import build_options
+
+        options = build_options(list(options), atlas, lesions, protocol)
+    bad = [type(o).__name__ for o in options if not isinstance(o, FieldOption)]
+    if bad:
+        raise TypeError(
+            f"options must be FieldOptions (rtplan.volumes.build_options) or all OptionSpecs "
+            f"(rtplan.volumes.suggest_options); got {', '.join(sorted(set(bad)))}"
+        )
     names = [o.name for o in options]
     if len(set(names)) != len(names):
         raise ValueError(f"option names must be unique, got {names}")

@@ -65,6 +65,7 @@ from rtplan.lesions import Lesion, Lesions
 from rtplan.structures import StructureSet
 
 __all__ = [
+    "BED_ADJACENT_ORGANS",
     "BONE_STRUCTURES",
     "CATEGORIES",
     "M1C_ORGANS",
@@ -108,7 +109,10 @@ BONE_STRUCTURES: tuple[str, ...] = (
     "Coccyx",
 )
 
-#: Soft-tissue organs whose lesions are M1c (TG-263 name -> PROMISE V2 M1c site).
+#: Soft-tissue organs whose lesions are M1c (TG-263 name -> PROMISE V2 M1c site: hep, pul,
+#: adrenal, brain, other; CLINICAL.md section 3b [V-3p]). Bladder, rectum and bowel count as
+#: "other" unless the lesion is a local recurrence invading them (see
+#: :data:`BED_ADJACENT_ORGANS`).
 M1C_ORGANS: dict[str, str] = {
     "Liver": "hep",
     "Lung_L": "pul",
@@ -126,6 +130,17 @@ M1C_ORGANS: dict[str, str] = {
     "Colon": "other",
     "Bowel_Small": "other",
 }
+
+#: Organs next to the prostate bed: a lesion in them close to the bed is a local recurrence
+#: invading the organ (miT4 in PROMISE V1 lists invasion of the bladder, rectum, levator
+#: muscles and external sphincter; after prostatectomy such a lesion is miTr; CLINICAL.md 3a).
+BED_ADJACENT_ORGANS: tuple[str, ...] = (
+    "Bladder",
+    "Rectum",
+    "Canal_Anal",
+    "Levator_Ani",
+    "Urethra",
+)
 
 _EI_VESSELS = ("A_Iliac_Ext_L", "A_Iliac_Ext_R", "V_Iliac_Ext_L", "V_Iliac_Ext_R")
 _II_VESSELS = ("A_Iliac_Int_L", "A_Iliac_Int_R", "V_Iliac_Int_L", "V_Iliac_Int_R")
@@ -175,6 +190,11 @@ class StagingRules:
     perirectal_distance_mm : float
         An "other pelvic" node within this distance of the rectum is perirectal and not
         flagged uncertain (tool default 10 mm).
+    local_invasion_mm : float
+        A lesion lying in an organ next to the bed (:data:`BED_ADJACENT_ORGANS`) whose
+        centroid is within this distance of ``ProstateBed`` is a local recurrence invading
+        that organ, not an organ metastasis (tool default 20 mm: the bladder-neck /
+        anastomosis region above the vesicourethral anastomosis).
     inside_fraction : float
         Fraction of a lesion's voxels that must lie in bone (or an organ) for it to be a
         bone (organ) lesion (tool default 0.5).
@@ -189,6 +209,7 @@ class StagingRules:
     presacral_half_width_mm: float = 20.0
     bed_tolerance_mm: float = 5.0
     perirectal_distance_mm: float = 10.0
+    local_invasion_mm: float = 20.0
     inside_fraction: float = 0.5
     midline_tolerance_mm: float = 5.0
 
@@ -200,6 +221,7 @@ class StagingRules:
             "presacral_half_width_mm",
             "bed_tolerance_mm",
             "perirectal_distance_mm",
+            "local_invasion_mm",
             "midline_tolerance_mm",
         ):
             v = getattr(self, name)
@@ -560,6 +582,15 @@ def _locate(
     if organs:
         ov = geo.overlap(lesion, organs)
         if ov and max(ov.values()) >= rules.inside_fraction:
+            organ = max(ov, key=lambda k: ov[k])
+            if bed and organ in BED_ADJACENT_ORGANS:
+                d, _ = geo.distance(c, bed)
+                if d <= rules.local_invasion_mm:
+                    loc = _Located("Tr", "prostate bed", "bed")
+                    loc.notes.append(
+                        f"local recurrence invading the {organ} ({d:.0f} mm from the bed)"
+                    )
+                    return loc
             return organ_loc()
     loc = _classify_node(c, geo, lv, rules)
     if bone_fraction > 0:

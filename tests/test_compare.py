@@ -102,3 +102,21 @@ def test_duplicate_option_names_are_refused(t0, coarse_atlas):
     _, options, _ = t0
     with pytest.raises(ValueError, match="unique"):
         compare_options(coarse_atlas, None, [options[0], options[0]])
+
+
+def test_option_specs_are_built_and_bad_options_refused(coarse_atlas):
+    lesions = lesions_from_mask(np.zeros(coarse_atlas.grid.shape, bool), coarse_atlas.grid)
+    st = stage(lesions, coarse_atlas)
+    specs = suggest_options(st)
+    cmp = compare_options(coarse_atlas, lesions, specs[:1], stage=st)
+    assert cmp.options == [specs[0].name]
+    with pytest.raises(TypeError, match="FieldOptions"):
+        compare_options(coarse_atlas, lesions, [cmp.results[0].option, specs[0]])
+
+
+def test_metrics_files_are_written_whole(t0, tmp_path):
+    _, _, cmp = t0
+    csv_path, json_path = cmp.write_metrics(tmp_path)
+    assert csv_path.read_text().splitlines()[0].startswith("group,structure,metric")
+    assert json.loads(json_path.read_text())["options"] == list(cmp.table.options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.json"]

@@ -330,10 +330,9 @@ def test_rules_change_the_answer(atlas):
 # ---------------------------------------------------------------------------- shipped atlas
 @pytest.fixture(scope="module")
 def shipped():
-    atlas_mod = pytest.importorskip("rtplan.atlas")
-    if "male_pelvis_postop" not in atlas_mod.list_atlases():
-        pytest.skip("the shipped atlas is not installed")
-    return atlas_mod.load_atlas("male_pelvis_postop", spacing_mm=(5, 3, 3))
+    from rtplan.atlas import load_atlas
+
+    return load_atlas("male_pelvis_postop", spacing_mm=(5, 3, 3))
 
 
 def _slice_point(atlas, name, z_mm):
@@ -435,3 +434,19 @@ def test_supradiaphragmatic_above_t12(atlas):
     sd = stage(les, with_t12).lesions[0]
     assert (sd.category, sd.region_code) == ("M1a", "SD")
     assert stage(les, atlas).lesions[0].region_code == "RP"
+
+
+@pytest.mark.parametrize("above_vua_mm", [12.0, 18.0])
+def test_lesion_at_the_bladder_neck_is_a_local_recurrence(shipped, above_vua_mm):
+    """A lesion in the bladder just above the anastomosis invades it locally: Tr, not M1c."""
+    x, y, z = shipped.landmarks["VUA"]
+    m = sphere_mask(shipped.grid, (x, y, z + above_vua_mm), 5.0)
+    assert (m & shipped.structures["Bladder"].mask).sum() >= 0.5 * m.sum()
+    st = stage(lesions_from_mask(m, shipped.grid), shipped)
+    lesion = st.lesions[0]
+    assert (lesion.category, st.string) == ("Tr", "TrN0M0")
+    assert any("invading the Bladder" in n for n in lesion.notes)
+    # far from the bed (the bladder dome) the same organ gives M1c
+    top = shipped.structures["Bladder"].bounds_mm[2][1]
+    dome = sphere_mask(shipped.grid, (x, y + 10.0, top - 12.0), 5.0)
+    assert stage(lesions_from_mask(dome, shipped.grid), shipped).lesions[0].category == "M1c"
