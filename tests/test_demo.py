@@ -17,10 +17,9 @@ SMALL_SPACING = (5.0, 3.0, 3.0)
 
 @pytest.fixture(scope="module")
 def atlas():
-    atlas_mod = pytest.importorskip("rtplan.atlas", reason="rtplan.atlas not written yet")
-    if "male_pelvis_postop" not in atlas_mod.list_atlases():
-        pytest.skip("the shipped atlas male_pelvis_postop is not there yet")
-    return atlas_mod.load_atlas("male_pelvis_postop", spacing_mm=SMALL_SPACING)
+    from rtplan.atlas import load_atlas
+
+    return load_atlas("male_pelvis_postop", spacing_mm=SMALL_SPACING)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,7 @@ def test_lesions_follow_the_anatomy_not_fixed_coordinates(atlas, cases):
 
 
 def test_cases_are_staged_as_intended(atlas, cases):
-    staging = pytest.importorskip("rtplan.staging", reason="rtplan.staging not written yet")
+    from rtplan import staging
     from rtplan.demo import case_lesions
 
     got = {}
@@ -152,7 +151,6 @@ def test_cases_are_staged_as_intended(atlas, cases):
 
 
 def test_case_lesions_carry_the_suv(atlas, cases):
-    pytest.importorskip("rtplan.lesions")
     from rtplan.demo import case_lesions
 
     les = case_lesions(cases["M1b"], atlas)
@@ -187,11 +185,6 @@ def test_run_demo_failure_leaves_no_folder(tmp_path, monkeypatch, atlas):
 
 
 def test_run_demo_two_cases_in_two_workers(tmp_path):
-    pytest.importorskip("rtplan.dicom_io")
-    from rtplan import compare
-
-    if not hasattr(compare, "compare_options"):
-        pytest.skip("rtplan.compare.compare_options not written yet (the lead adds it)")
     summary = run_demo(
         tmp_path / "d",
         spacing_mm=SMALL_SPACING,

@@ -594,10 +594,9 @@ def test_lesion_missing_is_named(phantom, protocol):
 # ---------------------------------------------------------------------------- shipped atlas
 @pytest.fixture(scope="module")
 def atlas_ctvs(protocol):
-    atlas_mod = pytest.importorskip("rtplan.atlas")
-    if "male_pelvis_postop" not in atlas_mod.list_atlases():
-        pytest.skip("the shipped atlas is not there yet")
-    atlas = atlas_mod.load_atlas("male_pelvis_postop", spacing_mm=(3.0, 2.5, 2.5))
+    from rtplan.atlas import load_atlas
+
+    atlas = load_atlas("male_pelvis_postop", spacing_mm=(3.0, 2.5, 2.5))
     return atlas, ctv_prostate_bed(atlas, protocol), ctv_pelvic_nodes(atlas, protocol)
 
 
