@@ -695,3 +695,22 @@ def test_bed_without_vua_or_bulb_names_both(phantom, protocol):
     ph = SimpleNamespace(grid=phantom.grid, structures=ss, landmarks=lm)
     with pytest.raises(MissingStructureError, match="VUA.*PenileBulb"):
         ctv_prostate_bed(ph, protocol)
+
+
+def test_user_anatomy_without_internal_iliac_vessels_is_reported_by_name(atlas_ctvs):
+    """A TotalSegmentator-like anatomy has no internal iliac vessels: say which are missing."""
+    atlas = atlas_ctvs[0]
+    keep = [n for n in atlas.structures.names if not n.startswith(("A_Iliac_Int", "V_Iliac_Int"))]
+    user = SimpleNamespace(
+        name="user",
+        grid=atlas.grid,
+        ct_hu=atlas.ct_hu,
+        structures=atlas.structures.select(keep),
+        landmarks=dict(atlas.landmarks),
+    )
+    with pytest.raises(MissingStructureError) as err:
+        ctv_pelvic_nodes(user)
+    for name in ("A_Iliac_Int_L", "A_Iliac_Int_R", "V_Iliac_Int_L", "V_Iliac_Int_R"):
+        assert name in str(err.value)
+    # the prostate-bed CTV does not need them
+    assert ctv_prostate_bed(user).volume_cc > 0
