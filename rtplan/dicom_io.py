@@ -785,12 +785,19 @@ def _check_output(
         raise IsADirectoryError(f"{path} is a folder; give a file path")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs are shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -835,18 +842,25 @@ def _ds_strs(values: np.ndarray) -> list[str]:
     return s.tolist()
 
 
-def _set_raw_ds(ds: Dataset, keyword: str, values: list[str]) -> None:
-    """Store already formatted DS strings as a raw element (skips per-value conversion).
+_TAG_REF_SOP_CLASS = pydicom.tag.Tag("ReferencedSOPClassUID")
+_TAG_REF_SOP_INSTANCE = pydicom.tag.Tag("ReferencedSOPInstanceUID")
+_TAG_GEOMETRIC_TYPE = pydicom.tag.Tag("ContourGeometricType")
+_TAG_N_POINTS = pydicom.tag.Tag("NumberOfContourPoints")
+_TAG_CONTOUR_NUMBER = pydicom.tag.Tag("ContourNumber")
+_TAG_CONTOUR_DATA = pydicom.tag.Tag("ContourData")
 
-    Setting tens of thousands of contour coordinates through pydicom's DS conversion and
-    validation takes seconds per structure; the strings are valid DS (:func:`_ds_str`), so
-    they are stored as bytes and written as they are.
+
+def _raw_element(tag: pydicom.tag.BaseTag, vr: str, value: bytes) -> Any:
+    """A raw explicit-VR little-endian element holding an already valid, encoded value.
+
+    Setting thousands of contour items (tens of thousands of coordinates) through
+    pydicom's value conversion and validation takes seconds; the values here are valid
+    (DS text from :func:`_ds_str`, UIDs, integers), so they are stored as bytes, padded to
+    an even length, and written as they are.
     """
-    text = "\\".join(values).encode("ascii")
-    if len(text) % 2:
-        text += b" "
-    tag = pydicom.tag.Tag(keyword)
-    ds[tag] = pydicom.dataelem.RawDataElement(tag, "DS", len(text), text, 0, False, True)
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    return pydicom.dataelem.RawDataElement(tag, vr, len(value), value, 0, False, True)
 
 
 def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
@@ -988,6 +1002,7 @@ def write_ct_series(
             pydicom.dcmwrite(tmpdir / f"CT_{k + 1:04d}.dcm", ds, enforce_file_format=True)
         if dest.exists():
             dest.rmdir()  # empty (checked above)
+        os.chmod(tmpdir, 0o777 & ~_current_umask())  # mkdtemp makes 0700
         os.replace(tmpdir, dest)
     except BaseException:
         for f in tmpdir.glob("*"):
@@ -1001,6 +1016,108 @@ def write_ct_series(
 
 
 # ====================================================================== contour tracing
+def _trace_stack(mask3d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The loops of :func:`_trace_slice` for every slice of a ``[slice, row, col]`` mask.
+
+    All slices are traced at once (one vectorised pass instead of one per slice). Returns
+    ``(points, loop_slice, offsets)``: ``points`` ``(n, 2)`` of ``(i, j)`` pixel-corner
+    coordinates of all loops end to end, ``loop_slice`` the slice index of every loop and
+    ``offsets`` (one more than the loops) where each loop starts in ``points``. Loops are
+    ordered by slice, then as :func:`_trace_slice` orders them within a slice.
+    """
+    m = np.pad(np.asarray(mask3d, bool), ((0, 0), (1, 1), (1, 1)))
+    _nz, ny, nx = m.shape
+    # corners (cx, cy) of slice k in padded pixel-corner coordinates, 0..nx, 0..ny;
+    # id = k * plane + cy * w + cx
+    w = nx + 1
+    plane = (ny + 1) * w
+    # boundary pixels (inside, with at least one of its 4 neighbours outside), in
+    # (k, j, i) order, as flat indices of the padded mask
+    inside = m[:, 1:-1, 1:-1]
+    interior = inside & m[:, :-2, 1:-1]
+    interior &= m[:, 2:, 1:-1]
+    interior &= m[:, 1:-1, :-2]
+    interior &= m[:, 1:-1, 2:]
+    np.not_equal(inside, interior, out=interior)  # inside and not interior
+    kk, rest = np.divmod(np.flatnonzero(interior), (ny - 2) * (nx - 2))
+    jj, ii = np.divmod(rest, nx - 2)
+    flat = (kk * ny + jj + 1) * nx + ii + 1
+    base = kk * plane + (jj + 1) * w + (ii + 1)  # corner (ip, jp) of each pixel
+    m_flat = m.reshape(-1)
+    # boundary sides by direction (0 = +i top, 1 = +j right, 2 = -i bottom, 3 = -j left);
+    # within a direction the sides come in (k, j, i) order, as _trace_slice lists them
+    starts, ends = [], []
+    for code, step in enumerate((-nx, 1, nx, -1)):
+        b = base[~m_flat[flat + step]]
+        if code == 0:  # top side, cy = jp, from cx = ip to ip + 1
+            s, e = b, b + 1
+        elif code == 1:  # right side, cx = ip + 1, cy jp -> jp + 1
+            s, e = b + 1, b + w + 1
+        elif code == 2:  # bottom side, cy = jp + 1, cx ip + 1 -> ip
+            s, e = b + w + 1, b + w
+        else:  # left side, cx = ip, cy jp + 1 -> jp
+            s, e = b + w, b
+        starts.append(s)
+        ends.append(e)
+    dirn = np.repeat(np.arange(4), [len(s) for s in starts])
+    start = np.concatenate(starts)
+    end = np.concatenate(ends)
+    n_edges = start.size
+    if n_edges == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(1, np.int64)
+    # successor of each edge: the edge leaving its end corner (at a saddle corner, the one
+    # turning right, dir + 1, which keeps to the same pixel: diagonal pixels stay apart)
+    order = np.argsort(start, kind="stable")
+    sorted_start = start[order]
+    first = np.searchsorted(sorted_start, end, side="left")
+    cand1 = order[first]
+    succ = cand1.copy()
+    two = np.flatnonzero(first + 1 < n_edges)
+    two = two[sorted_start[first[two] + 1] == end[two]]
+    if two.size:
+        cand2 = order[first[two] + 1]
+        want = (dirn[two] + 1) % 4
+        succ[two] = np.where(dirn[cand1[two]] == want, cand1[two], cand2)
+    # the successor map is a permutation whose cycles are the loops: label each cycle by
+    # its smallest edge (connected components, then the minimum per component) ...
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    idx_all = np.arange(n_edges)
+    graph = csr_matrix((np.ones(n_edges, np.int8), (idx_all, succ)), shape=(n_edges, n_edges))
+    n_comp, comp = connected_components(graph, directed=True, connection="weak")
+    root_of = np.full(n_comp, n_edges, np.int64)
+    np.minimum.at(root_of, comp, idx_all)
+    label = root_of[comp]
+    # ... and rank the edges along it by pointer jumping (vectorised)
+    pred = np.empty(n_edges, np.int64)
+    pred[succ] = idx_all
+    nxt = succ.copy()
+    nxt[pred[root_of]] = -1  # open each cycle just before its root
+    dist = (nxt != -1).astype(np.int64)
+    ptr = nxt
+    sel = np.flatnonzero(ptr != -1)
+    while sel.size:
+        p = ptr[sel]
+        dist[sel] += dist[p]
+        ptr[sel] = ptr[p]
+        sel = sel[ptr[sel] != -1]
+    loop_k = start[root_of] // plane
+    # by slice, then loop (smallest edge first), root first, then along the loop
+    order = np.lexsort((-dist, label, loop_k[comp]))
+    corner = dirn[order] != dirn[pred[order]]  # keep the points where the direction changes
+    kept = order[corner]
+    rem = start[kept] % plane
+    cy, cx = np.divmod(rem, w)
+    # padded corner (cx, cy) -> unpadded pixel-index coordinates (cx - 1.5, cy - 1.5)
+    pts = np.column_stack([cx - 1.5, cy - 1.5]).astype(float)
+    lab_kept = label[kept]
+    breaks = np.flatnonzero(lab_kept[1:] != lab_kept[:-1]) + 1
+    offsets = np.concatenate([[0], breaks, [len(kept)]]).astype(np.int64)
+    loop_slice = start[lab_kept[offsets[:-1]]] // plane
+    return pts, loop_slice, offsets
+
+
 def _trace_slice(mask2d: np.ndarray) -> list[np.ndarray]:
     """Closed loops along the pixel edges of a 2-D mask, as ``(n, 2)`` arrays of ``(i, j)``.
 
@@ -1010,107 +1127,41 @@ def _trace_slice(mask2d: np.ndarray) -> list[np.ndarray]:
     pixels touching only at a corner belong to different loops. Collinear points are
     dropped.
     """
-    m = np.pad(np.asarray(mask2d, bool), 1)
-    _ny, nx = m.shape
-    # corners (cx, cy) in padded pixel-corner coordinates, 0..nx, 0..ny; id = cy * (nx+1) + cx
-    w = nx + 1
-    inside = m[1:-1, 1:-1]
-    jj, ii = np.nonzero(inside)
-    jp, ip = jj + 1, ii + 1  # padded indices
-    starts, ends, dirs = [], [], []
-    # direction codes: 0 = +i, 1 = +j, 2 = -i, 3 = -j
-    sel = ~m[jp - 1, ip]  # top side, cy = jp, from cx=ip to ip+1
-    starts.append(jp[sel] * w + ip[sel])
-    ends.append(jp[sel] * w + ip[sel] + 1)
-    dirs.append(np.zeros(sel.sum(), int))
-    sel = ~m[jp, ip + 1]  # right side, cx = ip+1, cy jp -> jp+1
-    starts.append(jp[sel] * w + ip[sel] + 1)
-    ends.append((jp[sel] + 1) * w + ip[sel] + 1)
-    dirs.append(np.full(sel.sum(), 1))
-    sel = ~m[jp + 1, ip]  # bottom side, cy = jp+1, cx ip+1 -> ip
-    starts.append((jp[sel] + 1) * w + ip[sel] + 1)
-    ends.append((jp[sel] + 1) * w + ip[sel])
-    dirs.append(np.full(sel.sum(), 2))
-    sel = ~m[jp, ip - 1]  # left side, cx = ip, cy jp+1 -> jp
-    starts.append((jp[sel] + 1) * w + ip[sel])
-    ends.append(jp[sel] * w + ip[sel])
-    dirs.append(np.full(sel.sum(), 3))
-    start = np.concatenate(starts)
-    end = np.concatenate(ends)
-    dirn = np.concatenate(dirs)
-    n_edges = start.size
-    if n_edges == 0:
-        return []
-    # successor of each edge: the edge leaving its end corner (at a saddle corner, the one
-    # turning right, dir + 1, which keeps to the same pixel: diagonal pixels stay apart)
-    order = np.argsort(start, kind="stable")
-    sorted_start = start[order]
-    first = np.searchsorted(sorted_start, end, side="left")
-    cand1 = order[first]
-    count = np.searchsorted(sorted_start, end, side="right") - first
-    succ = cand1.copy()
-    two = np.flatnonzero(count == 2)
-    if two.size:
-        cand2 = order[first[two] + 1]
-        want = (dirn[two] + 1) % 4
-        succ[two] = np.where(dirn[cand1[two]] == want, cand1[two], cand2)
-    # the successor map is a permutation whose cycles are the loops; label each cycle by
-    # its smallest edge and rank the edges along it by pointer jumping (vectorised)
-    idx_all = np.arange(n_edges)
-    label = idx_all.copy()
-    jump = succ.copy()
-    span = 1
-    while span < n_edges:
-        label = np.minimum(label, label[jump])
-        jump = jump[jump]
-        span *= 2
-    pred = np.empty(n_edges, np.int64)
-    pred[succ] = idx_all
-    nxt = succ.copy()
-    roots = np.flatnonzero(label == idx_all)
-    nxt[pred[roots]] = -1  # open each cycle just before its root
-    dist = (nxt != -1).astype(np.int64)
-    ptr = nxt.copy()
-    live = ptr != -1
-    while live.any():
-        sel = np.flatnonzero(live)
-        dist[sel] += dist[ptr[sel]]
-        ptr[sel] = ptr[ptr[sel]]
-        live = ptr != -1
-    order = np.lexsort((-dist, label))  # by loop, root first, then along the loop
-    corner = dirn[order] != dirn[pred[order]]  # keep the points where the direction changes
-    kept = order[corner]
-    cy, cx = np.divmod(start[kept], w)
-    # padded corner (cx, cy) -> unpadded pixel-index coordinates (cx - 1.5, cy - 1.5)
-    pts = np.column_stack([cx - 1.5, cy - 1.5]).astype(float)
-    breaks = np.flatnonzero(np.diff(label[kept])) + 1
-    return list(np.split(pts, breaks))
+    pts, _, offsets = _trace_stack(np.asarray(mask2d, bool)[None])
+    return np.split(pts, offsets[1:-1]) if len(offsets) > 1 else []
 
 
 def _contours_of(
     structure: Structure, grid: ImageGrid, slice_z_mm: np.ndarray
-) -> list[tuple[int, list[np.ndarray]]]:
-    """``(slice k, [ (n, 3) LPS points ... ])`` for every slice of a structure."""
-    out: list[tuple[int, list[np.ndarray]]] = []
+) -> list[tuple[int, int, bytes]]:
+    """``(slice k, number of points, ContourData bytes)`` for every loop of a structure.
+
+    The loops of all slices are traced at once (:func:`_trace_stack`, on the structure's
+    bounding box), mapped to LPS together, with z from the referenced slice's own
+    ImagePositionPatient, and formatted as DS text (:func:`_ds_str` rules) in one pass:
+    the coordinates of voxel corners take few distinct values, so each distinct value is
+    formatted once.
+    """
     if structure.is_empty:
-        return out
+        return []
     bbox = structure.bbox
     assert bbox is not None
-    local = structure.cropped_mask
     k0, j0, i0 = bbox[0].start, bbox[1].start, bbox[2].start
-    for dk in range(local.shape[0]):
-        loops = _trace_slice(local[dk])
-        if not loops:
-            continue
-        k = k0 + dk
-        polys = []
-        for loop in loops:
-            idx = np.column_stack([np.full(len(loop), float(k)), loop[:, 1] + j0, loop[:, 0] + i0])
-            xyz = grid.index_to_lps(idx)
-            xyz[:, 2] = slice_z_mm[k]  # the referenced slice's own ImagePositionPatient
-            polys.append(xyz)
-        out.append((k, polys))
-    return out
+    pts, loop_slice, offsets = _trace_stack(structure.cropped_mask)
+    if not len(loop_slice):
+        return []
+    lengths = np.diff(offsets)
+    k_pts = np.repeat(loop_slice + k0, lengths)
+    idx = np.column_stack([k_pts.astype(float), pts[:, 1] + j0, pts[:, 0] + i0])
+    xyz = grid.index_to_lps(idx)
+    xyz[:, 2] = slice_z_mm[k_pts]  # the referenced slice's own ImagePositionPatient
+    unique, inverse = np.unique(xyz.reshape(-1), return_inverse=True)
+    texts = np.array(_ds_strs(unique), dtype=object)[inverse.reshape(-1)].tolist()
+    bounds = (3 * offsets).tolist()
+    return [
+        (k0 + k, (b - a) // 3, "\\".join(texts[a:b]).encode("ascii"))
+        for k, a, b in zip(loop_slice.tolist(), bounds[:-1], bounds[1:])
+    ]
 
 
 # ====================================================================== RTSTRUCT out
@@ -1131,15 +1182,16 @@ def write_rtstruct(
 
     rt-utils builds the dataset skeleton and ROI bookkeeping
     (``RTStructBuilder.create_new(dicom_series_path=...)`` on a staging folder holding
-    only the chosen CT series, then ``add_roi`` per structure with a token mask of one
-    voxel per occupied slice, since its contours are discarded); rtplan checks that
-    rt-utils referenced the same CT slices, then replaces every contour with its own, traced
-    along voxel edges (outer boundaries, holes and islands as separate CLOSED_PLANAR
-    contours whose even-odd fill is the mask), each on the ImagePositionPatient z of the
-    CT slice it references, and fixes the dataset: top-level FrameOfReferenceUID and
-    PositionReferenceIndicator, ReferringPhysicianName, AccessionNumber, OperatorsName,
-    RT ROI Interpreted Type from :attr:`Structure.interpreted_type`, StructureSetLabel,
-    StructureSetDate/Time, Manufacturer, and DS values of at most 16 characters.
+    only the chosen CT series, then ``add_roi`` per structure with a 1 x 1 pixel token
+    mask set on the structure's first and last slice, since its contours are discarded);
+    rtplan checks that rt-utils referenced the same CT slices, then replaces every contour
+    with its own, traced along voxel edges (outer boundaries, holes and islands as
+    separate CLOSED_PLANAR contours whose even-odd fill is the mask), each on the
+    ImagePositionPatient z of the CT slice it references, and fixes the dataset:
+    top-level FrameOfReferenceUID and PositionReferenceIndicator, ReferringPhysicianName,
+    AccessionNumber, OperatorsName, RT ROI Interpreted Type from
+    :attr:`Structure.interpreted_type`, StructureSetLabel, StructureSetDate/Time,
+    Manufacturer, and DS values of at most 16 characters.
 
     Parameters
     ----------
@@ -1256,33 +1308,34 @@ def write_rtstruct(
                 rts.add_roi(mask=_token_mask(s, ct), color=list(s.color), name=s.name)
     ds = rts.ds
     _fix_rtstruct(ds, ct, items, slice_z, label, description, series_description, uid_seed)
-    # the contour items hold raw explicit-VR elements: mark them so the writer copies the
-    # bytes instead of decoding and re-encoding every coordinate
-    for roi in ds.ROIContourSequence:
-        for c in roi.get("ContourSequence", []):
-            c.set_original_encoding(False, True, c._character_set)
     _atomic_write(ds, out)
     logger.info("wrote RTSTRUCT: %d ROIs", len(items))
     return out
 
 
+def _token_slices(structure: Structure) -> list[int]:
+    """The first and last slice ``k`` a structure occupies (none when it is empty)."""
+    bbox = structure.bbox
+    if structure.is_empty or bbox is None:
+        return []
+    return sorted({bbox[0].start, bbox[0].stop - 1})
+
+
 def _token_mask(structure: Structure, ct: CtSeries) -> np.ndarray:
-    """rt-utils' input for one ROI: one voxel on every slice the structure occupies.
+    """rt-utils' input for one ROI: a 1 x 1 pixel mask set on the structure's end slices.
 
     rt-utils' own contours are replaced (they run through voxel centres), so tracing the
     full mask with rt-utils would only cost time (about 25 s for the 41 structures of the
-    512 x 512 x 105 atlas). A single voxel per occupied slice keeps rt-utils' bookkeeping
-    (ROI number, name, colour, observation, one contour item per occupied slice) and lets
-    :func:`_fix_rtstruct` check that rt-utils maps the slices to the same SOP instances
-    as rtplan. Layout: rt-utils' ``[row, col, slice]`` with slices in file order.
+    512 x 512 x 105 atlas), and so would any full-size placeholder (rt-utils sums and
+    traces every slice of it with OpenCV). rt-utils checks only the number of slices of
+    the mask, so a ``(1, 1, nz)`` mask set on the first and last occupied slice keeps its
+    bookkeeping (ROI number, name, colour, observation) at almost no cost and lets
+    :func:`_fix_rtstruct` check that rt-utils maps the slices to the same SOP instances as
+    rtplan. Layout: rt-utils' ``[row, col, slice]`` with slices in file order.
     """
-    nz, ny, nx = ct.grid.shape
-    token = np.zeros((ny, nx, nz), bool, order="F")  # each [:, :, k] contiguous
-    if structure.is_empty:
-        return token
-    bbox = structure.bbox
-    assert bbox is not None
-    occupied = np.flatnonzero(structure.cropped_mask.any(axis=(1, 2))) + bbox[0].start
+    nz = ct.grid.shape[0]
+    token = np.zeros((1, 1, nz), bool)
+    occupied = np.asarray(_token_slices(structure), np.int64)
     if ct.flipped_axes[0]:
         occupied = nz - 1 - occupied
     token[0, 0, occupied] = True
@@ -1355,6 +1408,8 @@ def _fix_rtstruct(
         cis.append(item)
     rseries.ContourImageSequence = cis
     # ROIs: our contours, interpreted types, clean observations
+    sop_class = ct.sop_class_uid.encode("ascii")
+    sop_bytes = [uid.encode("ascii") for uid in ct.sop_instance_uids]
     by_number = {int(r.ReferencedROINumber): r for r in ds.ROIContourSequence}
     for n, (s, ssroi, obs) in enumerate(
         zip(items, ds.StructureSetROISequence, ds.RTROIObservationsSequence), start=1
@@ -1378,27 +1433,29 @@ def _fix_rtstruct(
             for c in roi.get("ContourSequence", [])
         }
         contours = _contours_of(s, ct.grid, slice_z)
-        ours = {ct.sop_instance_uids[k] for k, _ in contours}
+        ours = {ct.sop_instance_uids[k] for k in _token_slices(s)}
         if ru_slices != ours:
             raise RtplanError(
                 f"ROI {s.name!r}: rt-utils and rtplan contour different CT slices; refusing to "
                 "write"
             )
         seq = DicomSequence()
-        number = 0
-        for k, polys in contours:
-            for poly in polys:
-                number += 1
-                c = Dataset()
-                img = Dataset()
-                img.ReferencedSOPClassUID = ct.sop_class_uid
-                img.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
-                c.ContourImageSequence = DicomSequence([img])
-                c.ContourGeometricType = "CLOSED_PLANAR"
-                c.NumberOfContourPoints = len(poly)
-                c.ContourNumber = number
-                _set_raw_ds(c, "ContourData", _ds_strs(poly.reshape(-1)))
-                seq.append(c)
+        for number, (k, n_points, text) in enumerate(contours, start=1):
+            # raw explicit-VR elements: written as they are, without pydicom's per-value
+            # conversion and validation (thousands of contour items per structure set)
+            img = Dataset()
+            img[_TAG_REF_SOP_CLASS] = _raw_element(_TAG_REF_SOP_CLASS, "UI", sop_class)
+            img[_TAG_REF_SOP_INSTANCE] = _raw_element(_TAG_REF_SOP_INSTANCE, "UI", sop_bytes[k])
+            c = Dataset()
+            c.ContourImageSequence = DicomSequence([img])
+            c[_TAG_GEOMETRIC_TYPE] = _raw_element(_TAG_GEOMETRIC_TYPE, "CS", b"CLOSED_PLANAR")
+            c[_TAG_N_POINTS] = _raw_element(_TAG_N_POINTS, "IS", b"%d" % n_points)
+            c[_TAG_CONTOUR_NUMBER] = _raw_element(_TAG_CONTOUR_NUMBER, "IS", b"%d" % number)
+            c[_TAG_CONTOUR_DATA] = _raw_element(_TAG_CONTOUR_DATA, "DS", text)
+            # mark them so the writer copies the bytes instead of decoding them
+            for item in (img, c):
+                item.set_original_encoding(False, True, item._character_set)
+            seq.append(c)
         if len(seq):
             roi.ContourSequence = seq
         elif "ContourSequence" in roi:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,8 @@ from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet
 
 DCIODVFY = shutil.which("dciodvfy")
+if DCIODVFY is None and os.environ.get("CI"):
+    raise RuntimeError("CI must install dciodvfy (Debian dicom3tools): .ci/run does")
 needs_dciodvfy = pytest.mark.skipif(
     DCIODVFY is None,
     reason="dciodvfy (Debian package dicom3tools) is not installed on this machine; "
@@ -886,3 +889,17 @@ def test_rtstruct_on_folder_with_several_series_and_other_objects(tmp_path, ct_d
     assert series.SeriesInstanceUID == ct.series_instance_uid
     assert len(series.ContourImageSequence) == ct.grid.shape[0]
     np.testing.assert_array_equal(read_rtstruct(out, ct.grid)["Box"].mask, m)
+
+
+def test_outputs_are_readable_by_others_per_umask(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700; written DICOM follows the umask like any file."""
+    grid = ImageGrid(shape=(4, 8, 8), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0, 0, 0))
+    old = os.umask(0o022)
+    try:
+        ct = write_ct_series(np.zeros(grid.shape, np.float32), grid, tmp_path / "ct")
+        dose = write_rtdose(np.ones(grid.shape), grid, tmp_path / "RD.dcm", ct_folder=ct)
+    finally:
+        os.umask(old)
+    assert (ct.stat().st_mode & 0o777) == 0o755
+    assert all((f.stat().st_mode & 0o777) == 0o644 for f in ct.iterdir())
+    assert (dose.stat().st_mode & 0o777) == 0o644
