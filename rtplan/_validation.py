@@ -8,7 +8,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from rtplan.errors import InvalidMaskError
+from rtplan.errors import InvalidInputError, InvalidMaskError
 from rtplan.grid import ImageGrid
 
 T = TypeVar("T", bound=str)
@@ -56,7 +56,9 @@ def check_choice(value: object, valid: Iterable[T], *, name: str) -> T:
     """Return ``value`` if it is one of ``valid``; else raise ``ValueError`` listing them."""
     options = tuple(valid)
     if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+        raise InvalidInputError(
+            f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}"
+        )
     return value  # type: ignore[return-value]
 
 

@@ -38,6 +38,7 @@ from scipy import ndimage
 from rtplan.errors import (
     AtlasNotFoundError,
     GeometryError,
+    InvalidInputError,
     MissingStructureError,
     RtplanError,
 )
@@ -806,10 +807,12 @@ def _draw_variation(
 ) -> _Variation:
     s = np.broadcast_to(np.asarray(scale, float), (3,)).copy()
     if not np.all(np.isfinite(s)) or np.any(s < 0.8) or np.any(s > 1.25):
-        raise ValueError(f"scale must lie in [0.8, 1.25] (per axis x, y, z), got {scale!r}")
+        raise InvalidInputError(f"scale must lie in [0.8, 1.25] (per axis x, y, z), got {scale!r}")
     for label, v in (("bladder_filling", bladder_filling), ("rectal_filling", rectal_filling)):
         if not math.isfinite(v) or not 0.3 <= v <= 2.5:
-            raise ValueError(f"{label} must lie in [0.3, 2.5] (1 = the atlas's own), got {v!r}")
+            raise InvalidInputError(
+                f"{label} must lie in [0.3, 2.5] (1 = the atlas's own), got {v!r}"
+            )
     shifts = {g: np.zeros(3) for g in groups}
     sizes = dict.fromkeys(groups, 1.0)
     drawn: dict[str, Any] = {}
@@ -1405,7 +1408,7 @@ def load_atlas(
         "seed": seed is not None,
     }
     if any(asked.values()):
-        raise ValueError(
+        raise InvalidInputError(
             f"{', '.join(k for k, v in asked.items() if v)} can only be used with a "
             f"parametric atlas, not with the patient anatomy in {path}"
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import FieldOption
 from rtplan.structures import Structure
@@ -507,9 +508,9 @@ def compare_options(
         )
     names = [o.name for o in options]
     if len(set(names)) != len(names):
-        raise ValueError(f"option names must be unique, got {names}")
+        raise InvalidInputError(f"option names must be unique, got {names}")
     if not options:
-        raise ValueError("compare_options needs at least one option")
+        raise InvalidInputError("compare_options needs at least one option")
     report = _Progress(progress)
     params = dose_parameters or DoseModelParameters()
     body = atlas.structures["Body"] if "Body" in atlas.structures else None

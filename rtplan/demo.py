@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from rtplan._progress import Progress, ProgressLike, as_progress
-from rtplan.errors import MissingStructureError
+from rtplan.errors import InvalidInputError, MissingStructureError
 from rtplan.grid import ImageGrid
 from rtplan.staging import BONE_STRUCTURES
 from rtplan.structures import Structure
@@ -128,7 +128,7 @@ class Case:
     def label_map(self) -> np.ndarray:
         """Lesion label map on the atlas grid: 0 background, lesion ``n`` has value ``n``."""
         if not self.gtvs:
-            raise ValueError(f"case {self.name} has no lesion")
+            raise InvalidInputError(f"case {self.name} has no lesion")
         out = np.zeros(self.gtvs[0].grid.shape, np.int16)
         for n, g in enumerate(self.gtvs, start=1):
             out[g.mask] = n
@@ -878,13 +878,13 @@ def run_demo(
     lookup = {n.lower(): n for n in DEMO_CASE_NAMES}
     unknown = [c for c in wanted if c.lower() not in lookup]
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown demo case {', '.join(map(repr, unknown))}; the cases are "
             f"{', '.join(DEMO_CASE_NAMES)}"
         )
     wanted = list(dict.fromkeys(lookup[c.lower()] for c in wanted))
     if jobs is not None and (int(jobs) != jobs or jobs < 1):
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+        raise InvalidInputError(f"jobs must be a positive integer, got {jobs!r}")
     prog = as_progress(progress)
     n_jobs = _default_jobs(len(wanted)) if jobs is None else min(int(jobs), len(wanted))
     if type(prog) is not Progress or not _can_fork():

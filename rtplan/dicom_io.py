@@ -58,6 +58,8 @@ from rtplan.errors import (
     DicomInputError,
     GeometryError,
     GridMismatchError,
+    InvalidInputError,
+    OutputExistsError,
     RtplanError,
     RtplanWarning,
 )
@@ -664,7 +666,7 @@ def _suv_factors(
             )
         patient_weight_kg = float(w)
     if patient_weight_kg <= 0:
-        raise ValueError(f"patient_weight_kg must be > 0, got {patient_weight_kg}")
+        raise InvalidInputError(f"patient_weight_kg must be > 0, got {patient_weight_kg}")
     seq = ds0.get("RadiopharmaceuticalInformationSequence", None)
     info = seq[0] if seq else Dataset()
     seq_name = _tag_name("RadiopharmaceuticalInformationSequence")
@@ -771,16 +773,16 @@ def _check_output(
     resolved = path.resolve()
     for f in inputs:
         if f.resolve() == resolved:
-            raise ValueError(f"refusing to overwrite the input file {path}")
+            raise InvalidInputError(f"refusing to overwrite the input file {path}")
     if input_folder is not None and not allow_input_folder:
         folder = input_folder.resolve()
         if resolved.parent == folder or folder in resolved.parents:
-            raise ValueError(
+            raise InvalidInputError(
                 f"refusing to write {path.name} into the input CT folder {input_folder}; choose "
                 "another folder or pass allow_input_folder=True"
             )
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path")
 
@@ -820,7 +822,7 @@ def _ds_str(value: float) -> str:
     if len(s) > _DS_MAX_CHARS:
         s = f"{v:.10g}"
         if len(s) > _DS_MAX_CHARS:
-            raise ValueError(f"{value} cannot be written as a 16-character DS")
+            raise InvalidInputError(f"{value} cannot be written as a 16-character DS")
     return s
 
 
@@ -875,7 +877,9 @@ def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
 
 def _check_lo(value: str, name: str, limit: int = 64) -> str:
     if len(value) > limit or "\\" in value:
-        raise ValueError(f"{name} must be at most {limit} characters without '\\', got {value!r}")
+        raise InvalidInputError(
+            f"{name} must be at most {limit} characters without '\\', got {value!r}"
+        )
     return value
 
 
@@ -927,14 +931,14 @@ def write_ct_series(
     """
     arr = np.asarray(hu, dtype=np.float64)
     if arr.shape != grid.shape:
-        raise ValueError(f"hu has shape {arr.shape} but the grid has shape {grid.shape}")
+        raise InvalidInputError(f"hu has shape {arr.shape} but the grid has shape {grid.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("hu holds NaN or infinite values")
+        raise InvalidInputError("hu holds NaN or infinite values")
     _check_lo(series_description, "series_description")
     arr, g, _ = _to_identity(arr, grid)
     dest = Path(folder)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"{dest} exists and is not an empty folder")
+        raise OutputExistsError(f"{dest} exists and is not an empty folder")
     lo, hi = float(arr.min()), float(arr.max())
     slope, intercept = 1.0, 0.0
     if lo < -32768 or hi > 32767:
@@ -1236,14 +1240,14 @@ def write_rtstruct(
 
     items = list(structures.values()) if isinstance(structures, StructureSet) else list(structures)
     if not items:
-        raise ValueError("write_rtstruct needs at least one structure")
+        raise InvalidInputError("write_rtstruct needs at least one structure")
     seen: dict[str, str] = {}
     for s in items:
         if not isinstance(s, Structure):
             raise TypeError(f"expected Structure objects, got {type(s).__name__}")
         key = s.name.strip().lower()
         if key in seen:
-            raise ValueError(
+            raise InvalidInputError(
                 f"duplicate ROI name {s.name!r} (also {seen[key]!r}); ROI names must be unique"
             )
         _check_lo(s.name, f"ROI name {s.name!r}")
@@ -1766,11 +1770,13 @@ def write_rtdose(
     """
     arr = np.asarray(dose_gy, dtype=np.float64)
     if arr.shape != grid.shape:
-        raise ValueError(f"dose_gy has shape {arr.shape} but the grid has shape {grid.shape}")
+        raise InvalidInputError(
+            f"dose_gy has shape {arr.shape} but the grid has shape {grid.shape}"
+        )
     if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):
-        raise ValueError("dose_gy must be finite and >= 0 Gy")
+        raise InvalidInputError("dose_gy must be finite and >= 0 Gy")
     if bits not in (16, 32):
-        raise ValueError(f"bits must be 16 or 32, got {bits!r}")
+        raise InvalidInputError(f"bits must be 16 or 32, got {bits!r}")
     _check_lo(description, "description")
     out = Path(path)
     ct: CtSeries | None

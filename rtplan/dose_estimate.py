@@ -34,7 +34,7 @@ from scipy.special import ndtr
 
 from rtplan._validation import bounding_box
 from rtplan.dvh import occupancy_on_grid
-from rtplan.errors import GeometryError, GridMismatchError
+from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption
 from rtplan.structures import Structure
@@ -90,15 +90,17 @@ def alpha_beta_gy_for(name: str, role: str = "organ") -> float:
 
 def _check_radiobiology(dose: np.ndarray, fractions: float, alpha_beta_gy: float) -> None:
     if not (isinstance(fractions, (int, np.integer)) or float(fractions).is_integer()):
-        raise ValueError(f"fractions must be a positive integer, got {fractions!r}")
+        raise InvalidInputError(f"fractions must be a positive integer, got {fractions!r}")
     if fractions < 1:
-        raise ValueError(f"fractions must be a positive integer, got {fractions!r}")
+        raise InvalidInputError(f"fractions must be a positive integer, got {fractions!r}")
     if not (math.isfinite(alpha_beta_gy) and alpha_beta_gy > 0):
-        raise ValueError(f"alpha_beta_gy must be a positive number of Gy, got {alpha_beta_gy!r}")
+        raise InvalidInputError(
+            f"alpha_beta_gy must be a positive number of Gy, got {alpha_beta_gy!r}"
+        )
     if not np.all(np.isfinite(dose)):
-        raise ValueError("dose_gy has NaN or infinite values")
+        raise InvalidInputError("dose_gy has NaN or infinite values")
     if np.any(dose < 0):
-        raise ValueError("dose_gy must not be negative")
+        raise InvalidInputError("dose_gy must not be negative")
 
 
 def bed_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.ndarray | float:
@@ -194,7 +196,7 @@ def rtog0813_r50_limit(ptv_volume_cc: float, *, deviation: str = "none") -> floa
     """
     col = {"none": 1, "minor": 2}.get(deviation)
     if col is None:
-        raise ValueError(f"deviation must be 'none' or 'minor', got {deviation!r}")
+        raise InvalidInputError(f"deviation must be 'none' or 'minor', got {deviation!r}")
     vols = [row[0] for row in RTOG0813_R50_TABLE]
     vals = [row[col] for row in RTOG0813_R50_TABLE]
     return float(np.interp(ptv_volume_cc, vols, vals))
@@ -303,13 +305,13 @@ class DoseModelParameters:
             if f.name == "crt_beams":
                 bad = [b for b in v if b not in ("AP", "PA", "RL", "LR")]
                 if not v or bad:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"crt_beams must be a non-empty tuple of 'AP', 'PA', 'RL', 'LR', got {v!r}"
                     )
                 object.__setattr__(self, "crt_beams", tuple(v))
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
-                raise ValueError(
+                raise InvalidInputError(
                     f"dose model parameter {f.name} must be a finite number, got {v!r}"
                 )
             lower_ok = (
@@ -325,12 +327,14 @@ class DoseModelParameters:
                 else v > 0
             )
             if not lower_ok:
-                raise ValueError(f"dose model parameter {f.name} must be positive, got {v!r}")
+                raise InvalidInputError(
+                    f"dose model parameter {f.name} must be positive, got {v!r}"
+                )
         for name in ("imrt_tail_fraction", "sbrt_tail_fraction"):
             if getattr(self, name) >= 1:
-                raise ValueError(f"{name} must be below 1, got {getattr(self, name)!r}")
+                raise InvalidInputError(f"{name} must be below 1, got {getattr(self, name)!r}")
         if self.imrt_surface > self.imrt_plateau or self.sbrt_surface > self.sbrt_plateau:
-            raise ValueError("the surface dose must not exceed the plateau dose")
+            raise InvalidInputError("the surface dose must not exceed the plateau dose")
 
 
 # ---------------------------------------------------------------------------- dose grid
@@ -369,9 +373,9 @@ def make_dose_grid(
     """
     sp = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing_mm must be positive, got {spacing_mm!r}")
+        raise InvalidInputError(f"spacing_mm must be positive, got {spacing_mm!r}")
     if not (math.isfinite(margin_mm) and margin_mm >= 0):
-        raise ValueError(f"margin_mm must be >= 0, got {margin_mm!r}")
+        raise InvalidInputError(f"margin_mm must be >= 0, got {margin_mm!r}")
     if body is not None:
         if body.is_empty:
             raise GeometryError(f"body structure {body.name!r} is empty")
@@ -571,7 +575,7 @@ def _sbrt_penumbra_mm(
     a, s = params.sbrt_tail_fraction, params.sbrt_surface
     rest = 0.5 / s - a * math.exp(-d50 / params.sbrt_tail_mm)
     if rest <= 0:
-        raise ValueError(
+        raise InvalidInputError(
             "sbrt_tail_fraction is too large for the 50 % isodose to be reached; lower it"
         )
     ratio = rest / (1 - a)
@@ -584,7 +588,7 @@ def _check_course(course: Course) -> None:
     for t in course.targets:
         rx = t.prescription_gy
         if not (math.isfinite(rx) and rx > 0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"prescription of target {t.name!r} in course {course.name!r} must be a "
                 f"positive number of Gy, got {rx!r}"
             )

@@ -7,10 +7,12 @@ __all__ = [
     "DicomInputError",
     "GeometryError",
     "GridMismatchError",
+    "InvalidInputError",
     "InvalidMarginError",
     "InvalidMaskError",
     "MarginOutsideGridError",
     "MissingStructureError",
+    "OutputExistsError",
     "ProtocolError",
     "RtplanError",
     "RtplanWarning",
@@ -27,6 +29,14 @@ class GeometryError(RtplanError, ValueError):
 
 class GridMismatchError(RtplanError, ValueError):
     """Two arrays or structures that should share an :class:`~rtplan.grid.ImageGrid` do not."""
+
+
+class InvalidInputError(RtplanError, ValueError):
+    """An argument out of range or inconsistent with the others (the message names it)."""
+
+
+class OutputExistsError(RtplanError, FileExistsError):
+    """An output file or folder exists and overwriting was not asked for."""
 
 
 class InvalidMaskError(RtplanError, ValueError):

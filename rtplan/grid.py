@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from rtplan.errors import GeometryError, GridMismatchError
+from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 
 __all__ = [
     "GRID_ATOL_MM",
@@ -392,7 +392,9 @@ class ImageGrid:
         """
         idx = np.asarray(indices, dtype=float)
         if idx.shape[-1:] != (3,):
-            raise ValueError(f"indices must have a last axis of length 3, got shape {idx.shape}")
+            raise InvalidInputError(
+                f"indices must have a last axis of length 3, got shape {idx.shape}"
+            )
         a = self.affine
         return idx @ a[:3, :3].T + a[:3, 3]
 
@@ -404,7 +406,9 @@ class ImageGrid:
         """
         p = np.asarray(points_mm, dtype=float)
         if p.shape[-1:] != (3,):
-            raise ValueError(f"points must have a last axis of length 3, got shape {p.shape}")
+            raise InvalidInputError(
+                f"points must have a last axis of length 3, got shape {p.shape}"
+            )
         d = self.direction_matrix
         rel = p - np.asarray(self.origin_mm)
         # column (i), row (j), slice (k) step vectors are the direction columns

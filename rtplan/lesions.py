@@ -36,6 +36,7 @@ from scipy import ndimage
 from rtplan._validation import as_mask, bounding_box, check_choice
 from rtplan.errors import (
     GridMismatchError,
+    InvalidInputError,
     InvalidMaskError,
     MissingStructureError,
     RtplanWarning,
@@ -225,10 +226,10 @@ class Lesions(Sequence[Lesion]):
         names = [les.name for les in items]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"lesion names must be unique; repeated: {', '.join(dupes)}")
+            raise InvalidInputError(f"lesion names must be unique; repeated: {', '.join(dupes)}")
         if grid is None:
             if not items:
-                raise ValueError("an empty Lesions collection needs a grid")
+                raise InvalidInputError("an empty Lesions collection needs a grid")
             grid = items[0].grid
         check_same_grid(
             grid, *(les.grid for les in items), names=["collection", *(n for n in names)]
@@ -388,7 +389,9 @@ def _reference_means(
         if np.ndim(value) == 0:
             v = float(value)
             if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"reference SUVmean of {key!r} must be positive, got {value!r}")
+                raise InvalidInputError(
+                    f"reference SUVmean of {key!r} must be positive, got {value!r}"
+                )
             out[key] = v
             continue
         m = as_mask(value, grid, name=f"reference region {key!r}")
@@ -523,7 +526,7 @@ def _build(
 def _check_min_volume(min_volume_cc: float) -> float:
     v = float(min_volume_cc)
     if not (v >= 0 and math.isfinite(v)):
-        raise ValueError(f"min_volume_cc must be a number >= 0, got {min_volume_cc!r}")
+        raise InvalidInputError(f"min_volume_cc must be a number >= 0, got {min_volume_cc!r}")
     return v
 
 
@@ -539,7 +542,7 @@ def _prepare_suv(
             f"suv must be a 3-D array on its grid {sg.shape}, got shape {s.shape}"
         )
     if not np.all(np.isfinite(s)):
-        raise ValueError("suv contains NaN or infinite values")
+        raise InvalidInputError("suv contains NaN or infinite values")
     if not sg.equals(grid):
         s = resample_to_grid(s, sg, grid, order=1)
     return s
@@ -649,7 +652,7 @@ def lesions_from_mask(
     s = _prepare_suv(suv, suv_grid, grid)
     ref_means = _reference_means(references, s, grid) if s is not None else {}
     if references and s is None:
-        raise ValueError("references (for the miPSMA score) need an suv image")
+        raise InvalidInputError("references (for the miPSMA score) need an suv image")
     return _build(
         labels,
         grid,
@@ -721,7 +724,7 @@ def lesions_from_structures(
         if chosen:
             check_same_grid(*(s.grid for s in chosen), names=[s.name for s in chosen])
     if grid is None:
-        raise ValueError("no structures given and no target_grid: cannot tell the grid")
+        raise InvalidInputError("no structures given and no target_grid: cannot tell the grid")
     labels = np.zeros(grid.shape, np.int32)
     sources: list[str] = []
     for s in chosen:
@@ -741,7 +744,7 @@ def lesions_from_structures(
         sources.append(f"ROI {s.name!r}")
     sv = _prepare_suv(suv, suv_grid, grid)
     if references and sv is None:
-        raise ValueError("references (for the miPSMA score) need an suv image")
+        raise InvalidInputError("references (for the miPSMA score) need an suv image")
     ref_means = _reference_means(references, sv, grid) if sv is not None else {}
     return _build(
         labels,
@@ -757,7 +760,7 @@ def lesions_from_structures(
 def _positive(value: float, name: str) -> float:
     v = float(value)
     if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
     return v
 
 
@@ -867,7 +870,7 @@ def lesions_from_pet(
     if s.ndim != 3 or s.shape != grid.shape:
         raise GridMismatchError(f"suv has shape {s.shape} but its grid has shape {grid.shape}")
     if not np.all(np.isfinite(s)):
-        raise ValueError("suv contains NaN or infinite values")
+        raise InvalidInputError("suv contains NaN or infinite values")
     allowed = np.ones(grid.shape, bool)
     if search_region is not None:
         allowed &= as_mask(search_region, grid, name="search_region")
@@ -882,7 +885,7 @@ def lesions_from_pet(
         desc = f"PET fixed SUV>={thr:g}"
     elif method == "reference":
         if reference not in ref_means:
-            raise ValueError(
+            raise InvalidInputError(
                 f"method 'reference' needs references[{reference!r}] (a mask of the "
                 "reference region or its SUVmean)"
             )
@@ -892,7 +895,7 @@ def lesions_from_pet(
     else:
         p = float(percent)
         if not 0 < p < 100:
-            raise ValueError(f"percent must lie strictly between 0 and 100, got {percent!r}")
+            raise InvalidInputError(f"percent must lie strictly between 0 and 100, got {percent!r}")
         floor = _positive(floor_suv, "floor_suv")
         reach = _positive(neighbourhood_mm, "neighbourhood_mm")
         labels, n, notes = _percent_max_labels(s, grid, allowed, p / 100.0, floor, reach, structure)
@@ -990,7 +993,7 @@ def _keep_seeded(
     pts = np.asarray(seeds_mm, dtype=float).reshape(-1, 3)
     tol = float(tolerance_mm)
     if not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"seed_tolerance_mm must be >= 0, got {tolerance_mm!r}")
+        raise InvalidInputError(f"seed_tolerance_mm must be >= 0, got {tolerance_mm!r}")
     half = [math.ceil(tol / sp) for sp in grid.spacing_mm]
     axes = [np.arange(-h, h + 1) * sp for h, sp in zip(half, grid.spacing_mm)]
     dz, dy, dx = np.meshgrid(*axes, indexing="ij")
@@ -1002,7 +1005,7 @@ def _keep_seeded(
         idx = centre + offsets
         ok = grid.contains_index(idx)
         if not np.any(ok):
-            raise ValueError(f"seed {tuple(p.tolist())} mm lies outside the PET grid")
+            raise InvalidInputError(f"seed {tuple(p.tolist())} mm lies outside the PET grid")
         found = set(np.unique(labels[tuple(idx[ok].T)]).tolist()) - {0}
         if not found:
             warnings.warn(

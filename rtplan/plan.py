@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rtplan._validation import check_choice
+from rtplan.errors import InvalidInputError
 from rtplan.structures import Structure
 
 __all__ = ["TECHNIQUES", "Course", "FieldOption", "Target", "Technique"]
@@ -44,7 +45,7 @@ class Target:
     def __post_init__(self) -> None:
         rx = float(self.prescription_gy)
         if not rx > 0 or rx != rx:
-            raise ValueError(
+            raise InvalidInputError(
                 f"prescription_gy of target {self.ptv.name!r} must be a positive number, "
                 f"got {self.prescription_gy!r}"
             )
@@ -80,9 +81,9 @@ class Course:
     def __post_init__(self) -> None:
         check_choice(self.technique, TECHNIQUES, name=f"technique of course {self.name!r}")
         if int(self.fractions) != self.fractions or self.fractions < 1:
-            raise ValueError(f"fractions of course {self.name!r} must be a positive integer")
+            raise InvalidInputError(f"fractions of course {self.name!r} must be a positive integer")
         if not self.targets:
-            raise ValueError(f"course {self.name!r} has no target")
+            raise InvalidInputError(f"course {self.name!r} has no target")
         object.__setattr__(self, "targets", tuple(self.targets))
 
     def dose_per_fraction_gy(self, target: Target) -> float:
@@ -117,7 +118,7 @@ class FieldOption:
 
     def __post_init__(self) -> None:
         if not self.courses:
-            raise ValueError(f"option {self.name!r} has no course")
+            raise InvalidInputError(f"option {self.name!r} has no course")
         object.__setattr__(self, "courses", tuple(self.courses))
 
     @property

@@ -59,7 +59,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from rtplan._validation import check_choice
-from rtplan.errors import GridMismatchError, MissingStructureError
+from rtplan.errors import GridMismatchError, InvalidInputError, MissingStructureError
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesion, Lesions
 from rtplan.structures import StructureSet
@@ -226,10 +226,12 @@ class StagingRules:
         ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"StagingRules.{name} must be a distance >= 0 mm, got {v!r}")
+                raise InvalidInputError(
+                    f"StagingRules.{name} must be a distance >= 0 mm, got {v!r}"
+                )
         f = self.inside_fraction
         if not (isinstance(f, (int, float)) and 0 < f <= 1):
-            raise ValueError(f"StagingRules.inside_fraction must be in (0, 1], got {f!r}")
+            raise InvalidInputError(f"StagingRules.inside_fraction must be in (0, 1], got {f!r}")
 
 
 # ---------------------------------------------------------------------------- atlas geometry
@@ -758,9 +760,13 @@ def stage(
     check_choice(common_iliac, ("M1a", "N"), name="common_iliac")
     check_choice(promise_version, ("v2", "v1"), name="promise_version")
     if isinstance(max_oligo_lesions, bool) or not isinstance(max_oligo_lesions, (int, np.integer)):
-        raise ValueError(f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}")
+        raise InvalidInputError(
+            f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}"
+        )
     if max_oligo_lesions < 1:
-        raise ValueError(f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}")
+        raise InvalidInputError(
+            f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}"
+        )
     rules = StagingRules() if rules is None else rules
     for attr in ("grid", "structures"):
         if not hasattr(atlas, attr):
@@ -777,7 +783,7 @@ def stage(
         check_choice(value, OVERRIDES, name=f"override of lesion {key!r}")
         match = [x for x in les if x.name == key or x.id == key]
         if not match:
-            raise ValueError(f"override for unknown lesion {key!r}; lesions: {les.names}")
+            raise InvalidInputError(f"override for unknown lesion {key!r}; lesions: {les.names}")
         ov_map[match[0].name] = value
 
     notes: list[str] = []

@@ -16,7 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from rtplan._validation import as_mask, bounding_box, check_choice
-from rtplan.errors import GridMismatchError, InvalidMaskError, MissingStructureError
+from rtplan.errors import (
+    GridMismatchError,
+    InvalidInputError,
+    InvalidMaskError,
+    MissingStructureError,
+)
 from rtplan.grid import ImageGrid
 
 __all__ = [
@@ -366,7 +371,7 @@ class Structure:
         color: tuple[int, int, int] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"structure name must be a non-empty string, got {name!r}")
+            raise InvalidInputError(f"structure name must be a non-empty string, got {name!r}")
         check_choice(role, ROLES, name=f"role of structure {name!r}")
         full = as_mask(mask, grid, name=f"mask of structure {name!r}")
         bbox = bounding_box(full)
@@ -377,7 +382,9 @@ class Structure:
         else:
             rgb = tuple(int(c) for c in color)  # type: ignore[assignment]
             if len(rgb) != 3 or min(rgb) < 0 or max(rgb) > 255:
-                raise ValueError(f"color of {name!r} must be three ints 0-255, got {color!r}")
+                raise InvalidInputError(
+                    f"color of {name!r} must be three ints 0-255, got {color!r}"
+                )
         for attr, value in (
             ("name", name),
             ("grid", grid),
@@ -532,7 +539,7 @@ class StructureSet(Mapping[str, Structure]):
         for s in structures:
             self.add(s)
         if self.grid is None:
-            raise ValueError("an empty StructureSet needs a grid")
+            raise InvalidInputError("an empty StructureSet needs a grid")
 
     # ------------------------------------------------------------------ mapping
     def add(self, structure: Structure, *, replace: bool = False) -> None:
@@ -546,7 +553,7 @@ class StructureSet(Mapping[str, Structure]):
             )
         existing = self._find(structure.name)
         if existing is not None and not replace:
-            raise ValueError(f"the structure set already has a structure named {existing!r}")
+            raise InvalidInputError(f"the structure set already has a structure named {existing!r}")
         if existing is not None:
             del self._items[existing]
         self._items[structure.name] = structure

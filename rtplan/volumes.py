@@ -79,7 +79,13 @@ import numpy as np
 from scipy import ndimage
 
 from rtplan._validation import as_mask, bounding_box, check_choice
-from rtplan.errors import GeometryError, MissingStructureError, ProtocolError, RtplanWarning
+from rtplan.errors import (
+    GeometryError,
+    InvalidInputError,
+    MissingStructureError,
+    ProtocolError,
+    RtplanWarning,
+)
 from rtplan.grid import ImageGrid, check_same_grid
 from rtplan.margins import Margin, crop_away_from, expand, shrink
 from rtplan.plan import Course, FieldOption, Target
@@ -833,7 +839,7 @@ class OptionSpec:
 
     def __post_init__(self) -> None:
         if self.node_boost and not self.pelvis:
-            raise ValueError(
+            raise InvalidInputError(
                 f"option {self.name!r}: a pelvic-node boost needs whole-pelvis RT (pelvis=True)"
             )
         for f in ("local_boost", "node_boost", "sbrt_bone", "sbrt_node"):
@@ -1136,7 +1142,7 @@ def _lesion_mask(lesions: Any, lesion_id: Any, grid: ImageGrid) -> np.ndarray:
                 arr = np.asarray(m, bool)
                 if arr.shape == grid.shape:
                     return arr
-            raise ValueError(f"lesion {lesion_id!r} has no mask on the anatomy's grid")
+            raise InvalidInputError(f"lesion {lesion_id!r} has no mask on the anatomy's grid")
     raise MissingStructureError(f"no lesion with id {lesion_id!r} in the lesions given")
 
 
@@ -1290,7 +1296,7 @@ def build_option(
                 if s is None:
                     continue
                 if s.name in seen and seen[s.name] is not s:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"option {spec.name!r}: two different volumes named {s.name!r}"
                     )
                 seen[s.name] = s
