@@ -75,6 +75,12 @@ def test_whole_pelvis_costs_more_bowel_dose_than_prostate_bed_alone(t0):
     assert bowel.values[wp] > bowel.values[pb] + 3.0
     v45 = cmp.result(wp).dvhs["Spc_Bowel"].volume_at_dose_cc(45.0)
     assert v45 > cmp.result(pb).dvhs["Spc_Bowel"].volume_at_dose_cc(45.0)
+    # Deville et al., IJROBP 2012 (CLINICAL.md 11d): whole pelvis raised the bladder mean
+    # dose and its low-dose volumes (V20) compared with the prostate bed alone
+    bladder = cmp.table.row("Bladder", "Dmean")
+    assert bladder.values[wp] > bladder.values[pb]
+    v20 = [cmp.result(o).dvhs["Bladder"].volume_at_dose_pct(20.0) for o in (pb, wp)]
+    assert v20[1] > v20[0]
 
 
 def test_a_local_boost_raises_the_lesion_dose_and_little_else(tr, coarse_atlas):
