@@ -497,3 +497,50 @@ def test_no_warning_when_inside_grid(grid, sphere):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         expand(sphere, grid, 3.0)
+
+
+def _point_dilation(mask, grid, margin):
+    """Independent brute force: voxel centres within the octant ellipsoid of a centre of S.
+
+    p is inside when some voxel centre q of ``mask`` has sum over axes of
+    ((p - q)_axis / m_axis(sign))**2 <= 1, with the anatomical margin of each half-axis
+    (LPS: +x left, +y posterior, +z superior). Zero margins allow no step on that side.
+    """
+    z, y, x = grid.axis_coordinates_mm()
+    pts = np.stack(np.meshgrid(z, y, x, indexing="ij"), -1).reshape(-1, 3)
+    src = pts[mask.reshape(-1)]
+    d = pts[:, None, :] - src[None, :, :]  # (P, Q, 3) in (z, y, x) mm
+    pos = (margin.superior, margin.posterior, margin.left)
+    neg = (margin.inferior, margin.anterior, margin.right)
+    total = np.zeros(d.shape[:2])
+    for ax in range(3):
+        semi = np.where(d[..., ax] >= 0, pos[ax], neg[ax])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = np.where(
+                semi > 0, (d[..., ax] / semi) ** 2, np.where(d[..., ax] == 0, 0, np.inf)
+            )
+        total += term
+    return (total <= 1.0 + 1e-9).any(axis=1).reshape(grid.shape)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_expand_is_bracketed_by_independent_point_dilations(seed):
+    """The surface-aware result lies between point dilations by m - h/2 and m + h/2.
+
+    Each border voxel grows from a point at most half a voxel (h = the largest voxel side)
+    beyond its centre, so an independent brute-force dilation of the voxel centres by the
+    physical ellipsoid brackets it: shrunk by h/2 it is inside the result, grown by h/2 it
+    contains it.
+    """
+    g, s, m = small_case(200 + seed)
+    if m.is_zero:
+        m = Margin.uniform(3.0)
+    h = max(g.spacing_mm) / 2
+    out = expand(s, g, m)
+    vals = m.as_dict()
+    grown = Margin(**{k: v + h for k, v in vals.items()})
+    shrunk = Margin(**{k: max(v - h, 0.0) for k, v in vals.items()})
+    outer = _point_dilation(s, g, grown)
+    inner = _point_dilation(s, g, shrunk) if all(v > h for v in vals.values()) else s
+    assert not np.any(out & ~outer), "result reaches further than m + h/2 from every voxel centre"
+    assert not np.any(inner & ~out), "result misses points within m - h/2 of a voxel centre"
