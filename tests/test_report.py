@@ -580,3 +580,32 @@ def test_targets_off_the_main_planes_get_their_own_images(comparison):
     assert text.count("<img ") == 3  # DVHs, the three main planes, the extra axial
     assert "through the centroids of the targets the planes above miss (PTV_SBRT)" in text
     assert "No stage was given" in text and "No PSMA-positive lesion" in text
+
+
+def test_report_of_a_real_comparison_shows_stage_evidence_sources_and_suv(coarse_atlas, tmp_path):
+    """End to end on the shipped atlas: what compare_options computed is what the report says."""
+    from phantoms import sphere_mask
+
+    from rtplan.compare import compare_options
+    from rtplan.lesions import lesions_from_mask
+    from rtplan.staging import stage
+    from rtplan.volumes import suggest_options
+
+    a = coarse_atlas
+    x, y, z = a.landmarks["VUA"]
+    mask = sphere_mask(a.grid, (x, y + 4.0, z), 7.0)
+    suv = np.where(mask, 7.25, 0.5)
+    lesions = lesions_from_mask(mask, a.grid, suv=suv, suv_grid=a.grid)
+    st = stage(lesions, a)
+    cmp = compare_options(a, lesions, suggest_options(st), stage=st, case=st.string)
+    html = rpt.write_report(cmp, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert st.string == "TrN0M0" and "TrN0M0" in html
+    # the lesion table's SUVmax cell holds the SUVmax the lesion was given
+    suv_cell = rpt._fmt_number(st.table()[0]["suv_max"])
+    assert st.table()[0]["suv_max"] == pytest.approx(7.25)
+    assert re.search(r"<td[^>]*>\s*" + re.escape(suv_cell) + r"\s*</td>", html)
+    for r in cmp.results:
+        assert r.option.evidence[:60] in html.replace("\n", " ")
+    for c in cmp.protocol.constraints[:5]:
+        assert c.source.split(",")[0] in html
+    assert "not a treatment plan" in html
