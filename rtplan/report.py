@@ -73,7 +73,9 @@ MODEL_LIMITS = (
     "The doses in this report are an estimate from a fast analytic model, made to compare "
     "field options with each other. They are not a treatment plan and not a dose "
     "calculation: there is no beam arrangement, no optimisation, no heterogeneity "
-    "correction and no delivery uncertainty beyond the PTV margins. Real plans differ, "
+    "correction and no delivery uncertainty beyond the PTV margins, and no OAR sparing: "
+    "the dose falls off with the distance to each PTV only, so organs next to a PTV get "
+    "more intermediate dose than an optimised plan would give them. Real plans differ, "
     "especially where targets and organs overlap or lie close together. Every number must "
     "be checked in a treatment planning system by the treating team before any clinical "
     "decision."
@@ -1219,7 +1221,10 @@ def _glance_section(comparison: Any, colors: dict[str, str]) -> str:
     out.append(
         f'<p class="note">{_PASS_MARK} meets the protocol limit, {_FAIL_MARK} fails it; '
         "the signed number under a value is the headroom to the limit in the row's unit "
-        "(negative: by how much it fails). Estimated doses, not a treatment plan.</p>"
+        "(negative: by how much it fails). Estimated doses, not a treatment plan. "
+        "The model has no OAR sparing: intermediate-dose metrics (V40-V50) of organs next to "
+        "a PTV (rectum, bladder) are pessimistic and fail more often than an optimised plan "
+        "would; compare them between options rather than with the limit.</p>"
     )
     out.append("</section>")
     return "\n".join(out)
