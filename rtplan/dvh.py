@@ -16,8 +16,10 @@ in which the dose varies linearly (gradient from central differences of the dose
 
 The cumulative DVH of these uniform pieces (a sum of hinge functions) is computed on a
 fine dose axis (default 0.01 Gy; hinges at the nearest axis point, so doses are good to
-half a bin) with two :func:`numpy.bincount` calls and two cumulative sums; metrics
-interpolate it. The structure's volume is the CT mask's volume exactly.
+half a bin) with :func:`numpy.bincount` (in chunks of samples) and two cumulative sums;
+metrics interpolate it. Full voxels of large structures are evaluated on contiguous runs
+of the dose box rather than voxel by voxel (same model, equal up to float32 rounding).
+The structure's volume is the CT mask's volume exactly.
 See ``docs/dose_model.md`` for the accuracy measured against closed-form spheres.
 
 Metric strings (see :func:`parse_metric`): ``"D95%"``, ``"D2cc"``, ``"D0.03cc"``,
@@ -70,9 +72,10 @@ DEFAULT_BIN_WIDTH_GY = 0.01
 
 _OCC_EPS = 1e-7  # occupancy below this is treated as empty
 _CHUNK_SLICES = 16  # CT slices processed at once (bounds memory for large structures)
-# full voxels are evaluated box-wide (array slices) when they fill more than 1 / this of
-# their structure's box, else voxel by voxel (neighbour gathers)
+# full voxels are evaluated on runs of the raveled box (shifted slices) when they fill at
+# least 1 / this of their structure's box, else voxel by voxel (neighbour gathers)
 _FIELD_MIN_FILL = 4
+_SAMPLE_CHUNK = 32768  # DVH samples processed at once (temporaries stay in cache)
 
 
 # ---------------------------------------------------------------------------- resampling
@@ -488,39 +491,141 @@ def _padded_box(dose_gy: np.ndarray, s: StructureOnDoseGrid) -> np.ndarray:
     return sub
 
 
-def _dose_samples(dose_gy: np.ndarray, s: StructureOnDoseGrid) -> tuple[np.ndarray, np.ndarray]:
-    """Dose at the centroid of each occupied part and the width of its dose spread (Gy).
+class _Histogram:
+    """Accumulates the hinge coefficients of uniform dose spreads, chunk by chunk.
 
-    The dose box around the structure is padded by one voxel (edge values), so every
-    sample has neighbours along each axis: gradients are central differences, and the
-    curvature term ``h**2 / 24 * d2D/da2`` (box average of a curved dose) uses the same
-    neighbours. Partly occupied voxels gather their neighbours one by one; full voxels do
-    so too when they are few compared with the box, otherwise their values are computed
-    for the whole box with shifted contiguous slices and gathered once (the same model,
-    equal up to float32 rounding).
+    V(d) = sum dens * ((hi - d)+ - (lo - d)+) is a sum of hinges; with the hinge
+    coefficients C on the grid ``k * step``, V(d_k) = step * sum_{l > k} R(l), R = reverse
+    cumsum of C. Hinges are placed at the nearest grid point (dose error <= step / 2), at
+    least one step apart, and each sample's density is set from the rounded positions so
+    that its volume is kept exactly. Coefficients are indexed from grid point 0 (doses
+    are >= 0); chunks of at most :data:`_SAMPLE_CHUNK` samples keep the temporaries small
+    (in cache), and the work buffers are allocated once.
+    """
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.inv = np.float32(1.0 / step)
+        self.coef = np.zeros(0)
+        self.d_min = math.inf
+        self.d_max = -math.inf
+        self.dose_volume = 0.0  # sum of volume * dose, for the mean
+        self._lo = np.empty(_SAMPLE_CHUNK, np.float32)
+        self._diff = np.empty(_SAMPLE_CHUNK, np.float32)
+        self._idx = np.empty((2, _SAMPLE_CHUNK), np.int64)
+        self._dens = np.empty(_SAMPLE_CHUNK, np.float64)
+
+    def add(self, centre: np.ndarray, width: np.ndarray, vol: np.ndarray) -> None:
+        """Add at most ``_SAMPLE_CHUNK`` samples (``width`` is overwritten)."""
+        m = centre.size
+        if m == 0:
+            return
+        half = width
+        half *= np.float32(0.5)
+        lo = np.subtract(centre, half, out=self._lo[:m])
+        np.maximum(lo, np.float32(0.0), out=lo)
+        hi = np.add(centre, half, out=half)
+        self.d_min = min(self.d_min, float(lo.min()))
+        self.d_max = max(self.d_max, float(hi.max()))
+        # grid indices (float32 holds these integers exactly); hinges >= 1 step apart
+        lo *= self.inv
+        np.rint(lo, out=lo)
+        hi *= self.inv
+        np.rint(hi, out=hi)
+        diff = np.subtract(hi, lo, out=self._diff[:m])
+        np.maximum(diff, np.float32(1.0), out=diff)
+        np.add(lo, diff, out=hi)
+        ilo, ihi = self._idx[:, :m]
+        np.copyto(ilo, lo, casting="unsafe")
+        np.copyto(ihi, hi, casting="unsafe")
+        dens = np.multiply(diff, np.float64(self.step), out=self._dens[:m])
+        np.divide(vol, dens, out=dens)
+        up = np.bincount(ihi, weights=dens, minlength=self.coef.size)
+        if up.size > self.coef.size:
+            up[: self.coef.size] += self.coef
+            self.coef = up
+        else:
+            self.coef += up
+        self.coef -= np.bincount(ilo, weights=dens, minlength=self.coef.size)
+        pos = np.maximum(centre, np.float32(0.0), out=diff)
+        self.dose_volume += float(np.multiply(vol, pos, out=dens).sum())
+
+    def dvh(self, name: str, total: float) -> DVH:
+        """The cumulative DVH of everything added, for a structure of volume ``total``."""
+        step = self.step
+        k0 = math.floor(self.d_min / step) - 1
+        n = math.ceil(self.d_max / step) - k0 + 3
+        coef = np.zeros(n)
+        skip = max(-k0, 0)  # grid point -1 (k0 = -1) holds no hinge
+        part = self.coef[k0 + skip : k0 + n]
+        coef[skip : skip + part.size] = part
+        r = np.cumsum(coef[::-1])[::-1]
+        cum = step * (np.cumsum(r[::-1])[::-1] - r)
+        cum = np.clip(cum, 0.0, total)
+        cum = np.minimum.accumulate(cum)  # remove round-off wiggles
+        dose_axis = (k0 + np.arange(n)) * step
+        mean = self.dose_volume / total if total > 0 else 0.0
+        return DVH(name, dose_axis, cum, total, mean, self.d_min, self.d_max)
+
+
+def _dvh_of(dose_gy: np.ndarray, s: StructureOnDoseGrid, step: float) -> DVH:
+    """DVH of ``s`` from the samples of its voxels.
+
+    Each occupied voxel gives a sample: the dose at the centroid of its occupied part and
+    the width of its dose spread. The dose box around the structure is padded by one voxel
+    (edge values), so every sample has neighbours along each axis: gradients are central
+    differences, and the curvature term ``h**2 / 24 * d2D/da2`` (box average of a curved
+    dose) uses the same neighbours. Partly occupied voxels gather their neighbours one by
+    one; full voxels do so too when they are few compared with their box, otherwise their
+    values are computed for runs of the raveled box with shifted contiguous slices
+    (:func:`_full_voxel_samples`, the same model up to float32 rounding).
     """
     sub = _padded_box(dose_gy, s)
+    hist = _Histogram(step)
     npart = s.n_partial  # samples [:npart] are partly occupied voxels, the rest are full
     n = s.local_index.size
-    if (n - npart) * _FIELD_MIN_FILL < sub.size:
-        return _dose_samples_gather(sub, s, n)
-    centre = np.empty(n, np.float32)
-    width = np.empty(n, np.float32)
-    centre[:npart], width[:npart] = _dose_samples_gather(sub, s, npart)
-    _full_voxel_samples(sub, s.local_index[npart:], centre[npart:], width[npart:])
-    return centre, width
+    blocked = (n - npart) * _FIELD_MIN_FILL >= sub.size and _full_ascending(s)
+    stop = npart if blocked else n
+    for a in range(0, stop, _SAMPLE_CHUNK):
+        b = min(a + _SAMPLE_CHUNK, stop)
+        centre, width = _dose_samples_gather(sub, s, a, b)
+        hist.add(centre, width, s.volume_cc[a:b])
+    if blocked:
+        starts = np.arange(npart, n, _SAMPLE_CHUNK)
+        stops = np.minimum(starts + _SAMPLE_CHUNK, n)
+        local = s.local_index
+        run = int((local[stops - 1] - local[starts]).max()) + 1
+        work = np.empty((3, run), np.float32)
+        out = np.empty((2, _SAMPLE_CHUNK), np.float32)
+        ibuf = np.empty(_SAMPLE_CHUNK, np.int64)
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            centre, width = out[0, : b - a], out[1, : b - a]
+            _full_voxel_samples(sub, local[a:b], work, ibuf, centre, width)
+            hist.add(centre, width, s.volume_cc[a:b])
+    return hist.dvh(s.name, float(s.volume_cc.sum()))
+
+
+def _full_ascending(s: StructureOnDoseGrid) -> bool:
+    """Whether the full voxels' local indices ascend (as structure_on_dose_grid builds them)."""
+    cached = s.__dict__.get("_full_ascending")
+    if cached is None:
+        full = s.local_index[s.n_partial :]
+        cached = bool(np.all(full[1:] > full[:-1]))
+        object.__setattr__(s, "_full_ascending", cached)
+    return cached
 
 
 def _dose_samples_gather(
-    sub: np.ndarray, s: StructureOnDoseGrid, n: int
+    sub: np.ndarray, s: StructureOnDoseGrid, start: int, stop: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Samples ``[:n]`` (all partly occupied ones first) from neighbour gathers in ``sub``."""
+    """Samples ``[start:stop]``: centre dose and width (Gy), from neighbour gathers."""
     flat = sub.reshape(-1)
-    local = s.local_index[:n]
+    local = s.local_index[start:stop]
     d0 = np.take(flat, local)
     strides = (sub.shape[1] * sub.shape[2], sub.shape[2], 1)
-    npart = min(s.n_partial, n)
-    scale2 = s._size_scale2[:npart]
+    npart = min(max(s.n_partial - start, 0), stop - start)  # partly occupied ones first
+    scale2 = s._size_scale2[start : start + npart]
+    offset = s.offset_mm[:, start : start + npart]
     corr = np.zeros(d0.shape, np.float32)
     width2 = np.zeros(d0.shape, np.float32)
     spacing = s.dose_grid.spacing_mm
@@ -535,7 +640,7 @@ def _dose_samples_gather(
         up -= two_d0
         up *= np.float32(1.0 / 24.0)  # curvature term h**2 / 24 * d2D/da2 of a full voxel
         up[:npart] *= scale2
-        up[:npart] += g[:npart] * s.offset_mm[ax, :npart]
+        up[:npart] += g[:npart] * offset[ax]
         corr += up
         g *= np.float32(spacing[ax])
         g *= g
@@ -546,48 +651,50 @@ def _dose_samples_gather(
 
 
 def _full_voxel_samples(
-    sub: np.ndarray, local: np.ndarray, centre: np.ndarray, width: np.ndarray
+    sub: np.ndarray,
+    local: np.ndarray,
+    work: np.ndarray,
+    ibuf: np.ndarray,
+    centre: np.ndarray,
+    width: np.ndarray,
 ) -> None:
-    """Samples of full voxels at the raveled indices ``local`` of the padded box ``sub``.
+    """Samples of full voxels at the ascending raveled indices ``local`` of the padded box.
 
     For a full voxel the correction is the curvature term alone: ``sum_a (up_a + dn_a -
     2 d0) / 24 = (sum of the 6 neighbours) / 24 - d0 / 4``, and the width is
-    ``sqrt(sum_a (g_a h_a)**2) = 0.5 * sqrt(sum_a (up_a - dn_a)**2)``. Both are evaluated on
-    the contiguous run of the raveled box in which every voxel has its neighbours inside
-    the array (each neighbour is then a shifted slice), written into ``centre`` and
-    ``width`` at ``local``.
+    ``sqrt(sum_a (g_a h_a)**2) = 0.5 * sqrt(sum_a (up_a - dn_a)**2)``. Both are evaluated
+    on the run of the raveled box from the first to the last voxel of ``local`` (full
+    voxels are interior, so each neighbour is a shifted contiguous slice), then gathered
+    into ``centre`` and ``width``. ``work`` (float32, shape ``(3, >= run)``) and ``ibuf``
+    (int64, ``>= local.size``) are scratch.
     """
     flat = sub.reshape(-1)
     strides = (sub.shape[1] * sub.shape[2], sub.shape[2], 1)
-    lo, hi = strides[0], flat.size - strides[0]
-    nb = np.empty(flat.size, np.float32)  # sum of the 6 neighbours
-    w2 = np.empty(flat.size, np.float32)  # sum of squared central differences
-    tmp = np.empty(hi - lo, np.float32)
-    nb_, w2_ = nb[lo:hi], w2[lo:hi]
-    for ax in range(3):
-        up = flat[lo + strides[ax] : hi + strides[ax]]
-        dn = flat[lo - strides[ax] : hi - strides[ax]]
-        if ax == 0:
-            np.add(up, dn, out=nb_)
-            np.subtract(up, dn, out=w2_)
-            w2_ *= w2_
-        else:
-            nb_ += up
-            nb_ += dn
-            np.subtract(up, dn, out=tmp)
-            tmp *= tmp
-            w2_ += tmp
-    nb_ *= np.float32(1.0 / 24.0)
+    lo, hi = int(local[0]), int(local[-1]) + 1
+    nb, w2, tmp = work[:, : hi - lo]
+    up, dn = flat[lo + strides[0] : hi + strides[0]], flat[lo - strides[0] : hi - strides[0]]
+    np.add(up, dn, out=nb)
+    np.subtract(up, dn, out=w2)
+    w2 *= w2
+    for st in strides[1:]:
+        up, dn = flat[lo + st : hi + st], flat[lo - st : hi - st]
+        nb += up
+        nb += dn
+        np.subtract(up, dn, out=tmp)
+        tmp *= tmp
+        w2 += tmp
+    nb *= np.float32(1.0 / 24.0)
     np.multiply(flat[lo:hi], np.float32(0.75), out=tmp)
-    nb_ += tmp
-    np.take(nb, local, out=centre)
-    np.take(w2, local, out=width)
+    nb += tmp
+    index = np.subtract(local, lo, out=ibuf[: local.size])
+    np.take(w2, index, out=width, mode="clip")  # indices are in range; clip: no copy
     np.sqrt(width, out=width)
     width *= np.float32(0.5)
+    np.take(nb, index, out=centre, mode="clip")
 
 
 def _check_dose(dose: np.ndarray, s: StructureOnDoseGrid) -> None:
-    """Raise ValueError if the dose in the structure's voxels is non-finite or negative."""
+    """Raise InvalidInputError if the dose in the structure's voxels is not finite or < 0."""
     box = dose[tuple(slice(a, b) for a, b in s.box)]
     if box.size <= _FIELD_MIN_FILL * s.flat_index.size:
         # the box holds every voxel of the structure: if it is clean, so is the structure
@@ -650,57 +757,7 @@ def compute_dvh(
                 f"on {dose_grid.describe()}"
             )
     _check_dose(dose, s)
-    centre, width = _dose_samples(dose, s)
-    return _dvh_from_samples(s.name, centre, width, s.volume_cc, bin_width_gy)
-
-
-def _dvh_from_samples(
-    name: str, centre: np.ndarray, width: np.ndarray, vol: np.ndarray, step: float
-) -> DVH:
-    """Cumulative DVH (on the grid ``k * step``) of uniform dose spreads, volume-exact.
-
-    ``width`` is used as scratch space (overwritten).
-    """
-    total = float(vol.sum())
-    half = width
-    half *= np.float32(0.5)
-    lo = np.subtract(centre, half)
-    np.maximum(lo, np.float32(0.0), out=lo)
-    hi = np.add(centre, half, out=half)
-    d_min, d_max = float(lo.min()), float(hi.max())
-    k0 = math.floor(d_min / step) - 1
-    n = math.ceil(d_max / step) - k0 + 3
-    # V(d) = sum dens * ((hi - d)+ - (lo - d)+), a sum of hinges; with the hinge
-    # coefficients C on the grid, V(d_k) = step * sum_{l > k} R(l), R = reverse cumsum of C.
-    # Hinges are placed at the nearest grid point (dose error <= step / 2), at least one
-    # step apart, and each sample's density is set from the rounded positions so that its
-    # volume is kept exactly.
-    inv = np.float32(1.0 / step)
-    lo *= inv
-    ilo = np.rint(lo, out=lo).astype(np.int64)
-    ilo -= k0
-    hi *= inv
-    ihi = np.rint(hi, out=hi).astype(np.int64)
-    ihi -= k0
-    diff = np.subtract(ihi, ilo)
-    np.maximum(diff, 1, out=diff)
-    np.add(ilo, diff, out=ihi)
-    dens = np.multiply(diff, step)
-    np.divide(vol, dens, out=dens)
-    coef = np.bincount(ihi, weights=dens, minlength=n)
-    coef -= np.bincount(ilo, weights=dens, minlength=n)
-    r = np.cumsum(coef[::-1])[::-1]
-    cum = step * (np.cumsum(r[::-1])[::-1] - r)
-    cum = np.clip(cum, 0.0, total)
-    cum = np.minimum.accumulate(cum)  # remove round-off wiggles
-    dose_axis = (k0 + np.arange(n)) * step
-    if total > 0:
-        # multiply + pairwise sum rather than np.dot: no BLAS threads for one dot product
-        pos = np.maximum(centre, np.float32(0.0), out=lo)
-        mean = float(np.multiply(vol, pos, out=dens).sum() / total)
-    else:
-        mean = 0.0
-    return DVH(name, dose_axis, cum, total, mean, d_min, d_max)
+    return _dvh_of(dose, s, bin_width_gy)
 
 
 def compute_dvhs(

@@ -222,6 +222,49 @@ def test_bad_inputs_raise_clear_errors():
         compute_dvh(dose, dose_grid, Structure("E", np.zeros(ct.shape, bool), ct))
 
 
+def test_dose_check_looks_at_the_structure_voxels_only():
+    ct, dose_grid = _grids(10.0)
+    s = structure_on_dose_grid(Structure("S", sphere_mask(ct, CENTRE, 9.0), ct), dose_grid)
+    dose = _field(dose_grid, "radial")
+    ref = compute_dvh(dose, dose_grid, s)
+    corner = tuple(a for a, _ in s.box)  # in the structure's box, outside the sphere
+    assert np.ravel_multi_index(corner, dose.shape) not in set(s.flat_index.tolist())
+    for value in (np.nan, np.inf, -5.0):
+        bad = dose.copy()
+        bad[corner] = value
+        got = compute_dvh(bad, dose_grid, s)
+        assert np.array_equal(got.cumulative_cc, ref.cumulative_cc)
+    bad = dose.copy()
+    bad.reshape(-1)[s.flat_index[-1]] = -1.0  # a full voxel
+    with pytest.raises(ValueError, match="negative"):
+        compute_dvh(bad, dose_grid, s)
+
+
+def test_fast_paths_match_voxel_by_voxel_samples(monkeypatch):
+    """Full voxels evaluated on box runs, in chunks, agree with per-voxel gathers."""
+    import rtplan.dvh as dvh_module
+
+    ct, dose_grid = _grids(30.0)
+    s = structure_on_dose_grid(Structure("S", sphere_mask(ct, CENTRE, 30.0), ct), dose_grid)
+    z, y, x = dose_grid.axis_coordinates_mm()
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    dose = _field(dose_grid, "radial") + 0.02 * xx * yy + 5.0 * np.sin(zz / 7.0)
+    dose = np.clip(dose, 0.0, None)
+    fast = compute_dvh(dose, dose_grid, s)
+    monkeypatch.setattr(dvh_module, "_SAMPLE_CHUNK", 1000)  # several chunks, mixed ones
+    chunked = compute_dvh(dose, dose_grid, s)
+    monkeypatch.setattr(dvh_module, "_FIELD_MIN_FILL", 10**9)  # every voxel by gathers
+    gathered = compute_dvh(dose, dose_grid, s)
+    monkeypatch.setattr(dvh_module, "_SAMPLE_CHUNK", 10**5)  # gathers in one chunk
+    reference = compute_dvh(dose, dose_grid, s)
+    for other in (fast, chunked, gathered):
+        assert np.array_equal(other.dose_gy, reference.dose_gy)
+        assert np.allclose(other.cumulative_cc, reference.cumulative_cc, rtol=0, atol=1e-6)
+        assert other.mean_gy == pytest.approx(reference.mean_gy, abs=1e-5)
+        assert other.min_gy == pytest.approx(reference.min_gy, abs=1e-5)
+        assert other.max_gy == pytest.approx(reference.max_gy, abs=1e-5)
+
+
 # ---------------------------------------------------------------------------- metrics
 @pytest.mark.parametrize(
     ("text", "kind", "at", "at_unit", "unit"),
