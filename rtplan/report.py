@@ -1071,18 +1071,11 @@ _LESION_COLUMNS: tuple[tuple[str, bool, Any, tuple[str, ...]], ...] = (
 
 
 def _lesion_rows(comparison: Any) -> list[dict[str, Any]]:
-    table = _get(comparison.stage, "table")
-    if callable(table):
-        try:
+    """Per-lesion rows of the stage (staged lesions), else of the lesions, else none."""
+    for owner in (comparison.stage, comparison.lesions):
+        table = _get(owner, "table")
+        if callable(table):
             return [dict(r) for r in table()]
-        except Exception:
-            pass
-    table = _get(comparison.lesions, "table")
-    if callable(table):
-        try:
-            return [dict(r) for r in table()]
-        except Exception:
-            pass
     return []
 
 
@@ -1352,12 +1345,9 @@ def _protocol_sources(comparison: Any) -> list[str]:
                 seen[str(s)] = None
     rows = _get(protocol, "rows")
     if callable(rows):
-        try:
-            for item in rows():
-                if len(item) >= 3 and item[2]:
-                    seen[str(item[2])] = None
-        except Exception:
-            pass
+        for item in rows():
+            if len(item) >= 3 and item[2]:
+                seen[str(item[2])] = None
     for c in _get(protocol, "constraints", ()) or ():
         src = _get(c, "source")
         if src:
