@@ -11,8 +11,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rtplan._io import atomic_write_text
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import FieldOption
@@ -128,7 +127,7 @@ class ComparisonTable:
             writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
         text = buf.getvalue()
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text)
         return text
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -158,7 +157,7 @@ class ComparisonTable:
         }
         text = json.dumps(payload, indent=2)
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text)
         return text
 
     def to_pandas(self):  # pragma: no cover - optional dependency
@@ -346,8 +345,8 @@ class Comparison:
         """Write ``metrics.csv`` and ``metrics.json`` (options as columns) into ``folder``."""
         folder = Path(folder)
         csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
-        _atomic_write_text(csv_path, self.table.to_csv())
-        _atomic_write_text(json_path, self.table.to_json())
+        atomic_write_text(csv_path, self.table.to_csv())
+        atomic_write_text(json_path, self.table.to_json())
         return csv_path, json_path
 
     def write_report(self, path: str | Path) -> Path:
@@ -360,25 +359,6 @@ class Comparison:
 def _safe(name: str) -> str:
     """File-name-safe version of an option or case name (``PBRT+WPRT`` -> ``PBRT+WPRT``)."""
     return "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------- running options

@@ -53,6 +53,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from rtplan._io import atomic_path
 from rtplan._validation import check_choice
 from rtplan.errors import (
     DicomInputError,
@@ -787,24 +788,10 @@ def _check_output(
         raise IsADirectoryError(f"{path} is a folder; give a file path")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs are shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -950,8 +937,9 @@ def write_ct_series(
     for_uid = g.frame_of_reference_uid or _new_uid(uid_seed, "for")
     date, time = _now()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    # os.replace renames onto an existing empty folder (checked above) on POSIX
+    with atomic_path(dest) as tmpdir:
+        tmpdir.mkdir()  # honours the umask, unlike mkdtemp
         nz, ny, nx = g.shape
         sz, sy, sx = g.spacing_mm
         for k in range(nz):
@@ -1004,17 +992,6 @@ def write_ct_series(
             ds.RescaleType = "HU"
             ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
             pydicom.dcmwrite(tmpdir / f"CT_{k + 1:04d}.dcm", ds, enforce_file_format=True)
-        if dest.exists():
-            dest.rmdir()  # empty (checked above)
-        os.chmod(tmpdir, 0o777 & ~_current_umask())  # mkdtemp makes 0700
-        os.replace(tmpdir, dest)
-    except BaseException:
-        for f in tmpdir.glob("*"):
-            with contextlib.suppress(OSError):
-                f.unlink()
-        with contextlib.suppress(OSError):
-            tmpdir.rmdir()
-        raise
     logger.info("wrote CT series: %d slices", g.shape[0])
     return dest
 

@@ -30,7 +30,6 @@ import io
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +48,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator
 from scipy import ndimage
 
+from rtplan._io import atomic_write_text
 from rtplan.grid import ImageGrid
 
 __all__ = ["render_report", "write_report"]
@@ -1569,12 +1569,4 @@ def write_report(
             f"cannot write the report {out}: folder {out.parent} does not exist"
         )
     text = render_report(comparison, title=title)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:  # honours the umask, unlike mkstemp
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write_text(out, text)
