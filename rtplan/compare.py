@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rtplan._io import atomic_write_text
+from rtplan._progress import as_progress
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import FieldOption
@@ -405,19 +406,6 @@ def _oar_names(atlas: Any, protocol: Any, oars: Sequence[str] | None) -> list[st
     return names
 
 
-class _Progress:
-    """Adapter so ``progress`` may be None, a callable(str) or an object with ``step``."""
-
-    def __init__(self, progress: Any) -> None:
-        self._p = progress
-
-    def __call__(self, message: str) -> None:
-        if self._p is None:
-            return
-        step = getattr(self._p, "step", None)
-        (step if callable(step) else self._p)(message)
-
-
 def compare_options(
     atlas: Any,
     lesions: Any,
@@ -455,8 +443,9 @@ def compare_options(
         constraints and NTCP models name, where the anatomy has it.
     dose_parameters : DoseModelParameters, optional
         Dose model parameters (defaults documented in docs/dose_model.md).
-    progress : callable or object with ``step(message)``, optional
-        Told about each option as it starts.
+    progress : Progress, callable or bool, optional
+        Told about each option as it starts (see :func:`rtplan._progress.as_progress`);
+        default silent.
 
     Returns
     -------
@@ -491,7 +480,7 @@ def compare_options(
         raise InvalidInputError(f"option names must be unique, got {names}")
     if not options:
         raise InvalidInputError("compare_options needs at least one option")
-    report = _Progress(progress)
+    report = as_progress(False if progress is None else progress)
     params = dose_parameters or DoseModelParameters()
     body = atlas.structures["Body"] if "Body" in atlas.structures else None
     dose_grid = make_dose_grid(atlas.grid, spacing_mm=dose_spacing_mm, body=body)
@@ -508,7 +497,7 @@ def compare_options(
     results: list[OptionResult] = []
     per_option: dict[str, dict[str, Any]] = {}
     for option in options:
-        report(f"{case + ': ' if case else ''}dose estimate for option {option.name}")
+        report.step(f"{case + ': ' if case else ''}dose estimate for option {option.name}")
         od = estimate_option_dose(option, dose_grid, body=body, params=params)
         total = od.total_gy
         conv = [c for c in od.courses if c.technique != "sbrt"]

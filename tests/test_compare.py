@@ -126,3 +126,10 @@ def test_metrics_files_are_written_whole(t0, tmp_path):
     assert csv_path.read_text().splitlines()[0].startswith("group,structure,metric")
     assert json.loads(json_path.read_text())["options"] == list(cmp.table.options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.json"]
+
+
+def test_progress_callback_hears_each_option(coarse_atlas, t0):
+    _, options, _ = t0
+    heard = []
+    compare_options(coarse_atlas, None, options[:1], case="T0", progress=heard.append)
+    assert len(heard) == 1 and options[0].name in heard[0] and heard[0].startswith("T0")
