@@ -64,17 +64,18 @@ class Progress:
     ) -> None:
         self._stream = stream
         self.prefix = prefix
-        if enabled is None:
-            isatty = getattr(self.stream, "isatty", None)
-            try:
-                enabled = bool(isatty()) if isatty is not None else False
-            except (OSError, ValueError):  # a closed or detached stream
-                enabled = False
-        self.enabled: bool = enabled
+        self.enabled: bool = self._is_terminal() if enabled is None else enabled
         self.timings: list[tuple[str, float]] = []
         self.cpu_timings: list[tuple[str, float]] = []
         self._start = time.perf_counter() if start is None else start
         self._depth = 0
+
+    def _is_terminal(self) -> bool:
+        """Whether :attr:`stream` is a terminal (False for a closed or detached stream)."""
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):  # a closed or detached stream
+            return False
 
     @property
     def stream(self) -> TextIO:

@@ -24,26 +24,44 @@ import hashlib
 import importlib.resources
 import json
 import math
+import os
 import re
 import sys
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypeGuard, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
+from rtplan._validation import (
+    PATH_TYPES,
+    check_integers,
+    check_names,
+    check_real,
+    check_reals,
+    check_type,
+    is_integer,
+)
 from rtplan.errors import (
     AtlasNotFoundError,
+    DicomInputError,
     GeometryError,
+    GridMismatchError,
     InvalidInputError,
     MissingStructureError,
     RtplanError,
 )
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet, canonical_name
+
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -198,16 +216,43 @@ class Atlas:
     source : str
         Where the anatomy came from (atlas definition file, DICOM folder, label maps).
     parameters : dict
-        Build parameters (scale, fillings, seed, jitter drawn) for provenance.
+        Build parameters (scale, fillings, seed, jitter drawn) for provenance: numbers,
+        strings, ``None`` and lists or dicts of them.
+
+    Raises
+    ------
+    TypeError
+        When an argument is not of the type above.
+    GridMismatchError
+        When ``ct_hu`` or ``structures`` is not on ``grid``.
     """
 
     name: str
     grid: ImageGrid
-    ct_hu: np.ndarray
+    ct_hu: npt.NDArray[np.float32]
     structures: StructureSet
-    landmarks: dict[str, tuple[float, float, float]]
+    landmarks: dict[str, Vec3]
     source: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_type(self.name, str, name="name")
+        check_type(self.grid, ImageGrid, name="grid")
+        check_type(self.ct_hu, np.ndarray, name="ct_hu", expected_text="a numpy array")
+        check_type(self.structures, StructureSet, name="structures")
+        check_type(self.landmarks, dict, name="landmarks")
+        check_type(self.source, str, name="source")
+        check_type(self.parameters, dict, name="parameters")
+        if self.ct_hu.shape != self.grid.shape:
+            raise GridMismatchError(
+                f"ct_hu of atlas {self.name!r} has shape {self.ct_hu.shape} but its grid is "
+                f"{self.grid.describe()}"
+            )
+        if not self.structures.grid.equals(self.grid):
+            raise GridMismatchError(
+                f"the structures of atlas {self.name!r} are on {self.structures.grid.describe()} "
+                f"but its grid is {self.grid.describe()}"
+            )
 
     def missing(
         self,
@@ -228,7 +273,16 @@ class Atlas:
         -------
         list of str
             Missing structure names, then missing landmark keys, in the order asked.
+
+        Raises
+        ------
+        TypeError
+            When ``structures`` or ``landmarks`` is a single str rather than names.
         """
+        if structures is not None:
+            check_names(structures, name="structures")
+        if landmarks is not None:
+            check_names(landmarks, name="landmarks")
         names = ATLAS_STRUCTURES if structures is None else tuple(structures)
         keys = ATLAS_LANDMARKS if landmarks is None else tuple(landmarks)
         out = [n for n in names if n not in self.structures or self.structures[n].is_empty]
@@ -294,6 +348,7 @@ class Atlas:
         """
         from rtplan.dicom_io import write_ct_series
 
+        check_type(folder, PATH_TYPES, name="folder", expected_text="a str or path")
         return Path(
             write_ct_series(
                 self.ct_hu,
@@ -314,64 +369,78 @@ class Atlas:
 
 # ============================================================================ solids
 
+#: Integer index vectors ``(k, j, i)`` of the rasteriser.
+_Index = npt.NDArray[np.int64]
 
-def _rotation(angles_deg: Sequence[float]) -> np.ndarray:
+
+def _rotation(angles_deg: FloatArray) -> FloatArray:
     """Rotation matrix R = Rz @ Ry @ Rx for angles (about x, y, z) in degrees."""
     ax, ay, az = (math.radians(float(a)) for a in angles_deg)
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    rotation: FloatArray = rz @ ry @ rx
+    return rotation
 
 
-class _Solid:
-    """Elementary solid: bounding box and a point-in-solid test on voxel centres."""
+class _Solid(ABC):
+    """Elementary solid: bounding box and a point-in-solid test on voxel centres.
 
-    def bbox(self, grow: float) -> tuple[np.ndarray, np.ndarray] | None:
-        raise NotImplementedError
+    ``x``, ``y``, ``z`` are LPS coordinates (mm) of voxel centres, broadcastable against
+    each other; ``grow`` (mm) enlarges the solid (used for exclusion gaps).
+    """
 
-    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, grow: float) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def bbox(self, grow: float) -> tuple[FloatArray, FloatArray] | None:
+        """LPS box ``(lo, hi)`` (mm) holding the solid, or ``None`` when it is unbounded."""
+
+    @abstractmethod
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
+        """True where the point ``(x, y, z)`` lies inside the solid grown by ``grow``."""
 
 
 @dataclass
 class _Ellipsoid(_Solid):
-    center: np.ndarray
-    radii: np.ndarray
-    rot: np.ndarray | None = None
+    center: FloatArray
+    radii: FloatArray
+    rot: FloatArray | None = None
 
-    def bbox(self, grow: float) -> tuple[np.ndarray, np.ndarray]:
+    def bbox(self, grow: float) -> tuple[FloatArray, FloatArray]:
         r = self.radii + grow
         half = r if self.rot is None else np.sqrt(((self.rot * r[None, :]) ** 2).sum(axis=1))
         return self.center - half, self.center + half
 
-    def inside(self, x, y, z, grow):
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
         r = self.radii + grow
         dx, dy, dz = x - self.center[0], y - self.center[1], z - self.center[2]
+        inside: BoolMask
         if self.rot is None:
-            return (dx / r[0]) ** 2 + (dy / r[1]) ** 2 + (dz / r[2]) ** 2 <= 1.0
+            inside = (dx / r[0]) ** 2 + (dy / r[1]) ** 2 + (dz / r[2]) ** 2 <= 1.0
+            return inside
         m = self.rot  # local = R^T d
         u = m[0, 0] * dx + m[1, 0] * dy + m[2, 0] * dz
         v = m[0, 1] * dx + m[1, 1] * dy + m[2, 1] * dz
         w = m[0, 2] * dx + m[1, 2] * dy + m[2, 2] * dz
-        return (u / r[0]) ** 2 + (v / r[1]) ** 2 + (w / r[2]) ** 2 <= 1.0
+        inside = (u / r[0]) ** 2 + (v / r[1]) ** 2 + (w / r[2]) ** 2 <= 1.0
+        return inside
 
 
 @dataclass
 class _Box(_Solid):
-    lo: np.ndarray
-    hi: np.ndarray
+    lo: FloatArray
+    hi: FloatArray
 
-    def bbox(self, grow):
+    def bbox(self, grow: float) -> tuple[FloatArray, FloatArray]:
         return self.lo - grow, self.hi + grow
 
-    def inside(self, x, y, z, grow):
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
         lo, hi = self.lo - grow, self.hi + grow
-        return (
+        inside: BoolMask = (
             ((x >= lo[0]) & (x <= hi[0]))
             & ((y >= lo[1]) & (y <= hi[1]))
             & ((z >= lo[2]) & (z <= hi[2]))
         )
+        return inside
 
 
 @dataclass
@@ -380,13 +449,13 @@ class _ECone(_Solid):
 
     z0: float
     z1: float
-    c0: np.ndarray
-    c1: np.ndarray
-    r0: np.ndarray
-    r1: np.ndarray
+    c0: FloatArray
+    c1: FloatArray
+    r0: FloatArray
+    r1: FloatArray
     thickness: float = 0.0
 
-    def bbox(self, grow):
+    def bbox(self, grow: float) -> tuple[FloatArray, FloatArray]:
         rmax = np.maximum(self.r0, self.r1) + grow
         lo_xy = np.minimum(self.c0 - rmax, self.c1 - rmax)
         hi_xy = np.maximum(self.c0 + rmax, self.c1 + rmax)
@@ -395,7 +464,7 @@ class _ECone(_Solid):
             np.array([hi_xy[0], hi_xy[1], self.z1 + grow]),
         )
 
-    def inside(self, x, y, z, grow):
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
         f = np.clip((z - self.z0) / (self.z1 - self.z0), 0.0, 1.0)
         cx = self.c0[0] + f * (self.c1[0] - self.c0[0])
         cy = self.c0[1] + f * (self.c1[1] - self.c0[1])
@@ -403,7 +472,7 @@ class _ECone(_Solid):
         ry = self.r0[1] + f * (self.r1[1] - self.r0[1])
         inz = (z >= self.z0 - grow) & (z <= self.z1 + grow)
         q = ((x - cx) / (rx + grow)) ** 2 + ((y - cy) / (ry + grow)) ** 2
-        out = (q <= 1.0) & inz
+        out: BoolMask = (q <= 1.0) & inz
         if self.thickness > 0:
             t = self.thickness + grow
             ix, iy = np.maximum(rx + grow - t, 1e-3), np.maximum(ry + grow - t, 1e-3)
@@ -415,19 +484,20 @@ class _ECone(_Solid):
 class _Capsule(_Solid):
     """Segment a-b swept by a sphere whose radius varies linearly from ra to rb."""
 
-    a: np.ndarray
-    b: np.ndarray
+    a: FloatArray
+    b: FloatArray
     ra: float
     rb: float
 
-    def bbox(self, grow):
+    def bbox(self, grow: float) -> tuple[FloatArray, FloatArray]:
         r = max(self.ra, self.rb) + grow
         return np.minimum(self.a, self.b) - r, np.maximum(self.a, self.b) + r
 
-    def inside(self, x, y, z, grow):
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
         d = self.b - self.a
         l2 = float(d @ d)
         px, py, pz = x - self.a[0], y - self.a[1], z - self.a[2]
+        t: FloatArray | float
         if l2 <= 1e-12:
             t = 0.0
             qx, qy, qz = px, py, pz
@@ -435,25 +505,29 @@ class _Capsule(_Solid):
             t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / l2, 0.0, 1.0)
             qx, qy, qz = px - t * d[0], py - t * d[1], pz - t * d[2]
         r = self.ra + t * (self.rb - self.ra) + grow
-        return qx * qx + qy * qy + qz * qz <= r * r
+        inside: BoolMask = qx * qx + qy * qy + qz * qz <= r * r
+        return inside
 
 
 @dataclass
 class _HalfSpace(_Solid):
     """Points p with (p - point) . normal >= 0 (the side the normal points to)."""
 
-    point: np.ndarray
-    normal: np.ndarray
+    point: FloatArray
+    normal: FloatArray
 
-    def bbox(self, grow):
+    def bbox(self, grow: float) -> None:
         return None
 
-    def inside(self, x, y, z, grow):
+    def inside(self, x: FloatArray, y: FloatArray, z: FloatArray, grow: float) -> BoolMask:
         n, p = self.normal, self.point
-        return (x - p[0]) * n[0] + (y - p[1]) * n[1] + (z - p[2]) * n[2] >= -grow
+        inside: BoolMask = (x - p[0]) * n[0] + (y - p[1]) * n[1] + (z - p[2]) * n[2] >= -grow
+        return inside
 
 
-def _catmull_rom(points: np.ndarray, radii: np.ndarray, step_mm: float = 6.0):
+def _catmull_rom(
+    points: FloatArray, radii: FloatArray, step_mm: float = 6.0
+) -> tuple[FloatArray, FloatArray]:
     """Resample a centreline through ``points`` as a Catmull-Rom spline (radii linear)."""
     if len(points) < 3:
         return points, radii
@@ -487,33 +561,107 @@ class _Transform:
     x/y radii only (rectal filling); ``fill`` scales about ``anchor`` (bladder filling).
     """
 
-    scale: np.ndarray
-    center: np.ndarray
-    shift: np.ndarray
+    scale: FloatArray
+    center: FloatArray
+    shift: FloatArray
     size: float = 1.0
     fill: float = 1.0
-    anchor: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    anchor: FloatArray = field(default_factory=lambda: np.zeros(3))
     fill_radial: float = 1.0
 
-    def point(self, p: Sequence[float]) -> np.ndarray:
+    def point(self, p: npt.ArrayLike) -> FloatArray:
         q = np.asarray(p, float)
         q = self.anchor + self.fill * (q - self.anchor)
         return self.center + self.scale * (q - self.center) + self.shift
 
-    def radii3(self, r: Sequence[float]) -> np.ndarray:
+    def radii3(self, r: npt.ArrayLike) -> FloatArray:
         f = np.array([self.fill_radial, self.fill_radial, 1.0])
-        return np.asarray(r, float) * self.scale * self.size * self.fill * f
+        radii: FloatArray = np.asarray(r, float) * self.scale * self.size * self.fill * f
+        return radii
 
     def radius(self, r: float) -> float:
-        mean = float(np.prod(self.scale)) ** (1 / 3)
+        mean: float = float(np.prod(self.scale)) ** (1 / 3)
         return float(r) * mean * self.size * self.fill * self.fill_radial
 
 
-def _vec(value: Any, n: int, what: str) -> np.ndarray:
-    a = np.asarray(value, float).reshape(-1)
+# ============================================================================ definition values
+
+#: A table of a parsed atlas definition (TOML). Its values may be of any TOML type; each
+#: is checked by the readers below where it is used, and a wrong one raises naming its key.
+_Table = Mapping[str, object]
+
+
+def _table(value: object, what: str) -> _Table:
+    if not isinstance(value, Mapping):
+        raise RtplanError(f"{what} must be a table, got {value!r}")
+    return value
+
+
+def _tables(value: object, what: str) -> list[_Table]:
+    """An array of tables (``[[...]]`` or ``[{...}, ...]``)."""
+    if not isinstance(value, list):
+        raise RtplanError(f"{what} must be a list of tables, got {value!r}")
+    return [_table(v, f"{what} entry") for v in value]
+
+
+def _require(spec: _Table, key: str, where: str) -> object:
+    if key not in spec:
+        raise RtplanError(f"{where}: missing {key!r}")
+    return spec[key]
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RtplanError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _optional_number(spec: _Table, key: str, where: str) -> float | None:
+    value = spec.get(key)
+    return None if value is None else _number(value, f"{where} {key}")
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise RtplanError(f"{what} must be a string, got {value!r}")
+    return value
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if not isinstance(value, list):
+        raise RtplanError(f"{what} must be a list of strings, got {value!r}")
+    return [_string(v, f"{what} entry") for v in value]
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise RtplanError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _numbers(value: object, what: str, *, expected: str) -> FloatArray:
+    """``value`` as a float array; strings, bools and ragged lists raise naming ``what``."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # a ragged nested list
+        raise RtplanError(f"{what} must be {expected}, got {value!r}") from None
+    if a.dtype.kind not in "iuf":
+        raise RtplanError(f"{what} must be {expected}, got {value!r}")
+    return a.astype(float)
+
+
+def _vec(value: object, n: int, what: str) -> FloatArray:
+    expected = f"{n} finite numbers"
+    a = _numbers(value, what, expected=expected).reshape(-1)
     if a.shape != (n,) or not np.all(np.isfinite(a)):
-        raise RtplanError(f"{what} must be {n} finite numbers, got {value!r}")
+        raise RtplanError(f"{what} must be {expected}, got {value!r}")
     return a
+
+
+def _ints(value: object, n: int, what: str) -> list[int]:
+    if not isinstance(value, list) or len(value) != n or not all(is_integer(v) for v in value):
+        raise RtplanError(f"{what} must be {n} integers, got {value!r}")
+    return [int(v) for v in value]
 
 
 _SHAPE_KEYS: dict[str, frozenset[str]] = {
@@ -541,56 +689,87 @@ _STRUCTURE_KEYS = frozenset(
 )
 
 
-def _make_solids(spec: Mapping[str, Any], tf: _Transform, where: str) -> list[_Solid]:
+def _ellipsoid_solids(spec: _Table, tf: _Transform, w: str) -> list[_Solid]:
+    rot = spec.get("rotate_deg")
+    c = tf.point(_vec(_require(spec, "center", w), 3, f"{w} center"))
+    r = _vec(_require(spec, "radii", w), 3, f"{w} radii")
+    if rot is None:
+        return [_Ellipsoid(c, tf.radii3(r))]
+    mean = np.full(3, tf.radius(1.0))
+    return [_Ellipsoid(c, r * mean, _rotation(_vec(rot, 3, f"{w} rotate_deg")))]
+
+
+def _box_solids(spec: _Table, tf: _Transform, w: str) -> list[_Solid]:
+    lo = _vec(_require(spec, "min", w), 3, f"{w} min")
+    hi = _vec(_require(spec, "max", w), 3, f"{w} max")
+    mid = tf.point((lo + hi) / 2)
+    half = tf.radii3((hi - lo) / 2) / np.array([tf.fill_radial, tf.fill_radial, 1.0])
+    return [_Box(mid - half, mid + half)]
+
+
+def _econe_solids(spec: _Table, tf: _Transform, w: str) -> list[_Solid]:
+    z0, z1 = (float(v) for v in _vec(_require(spec, "z", w), 2, f"{w} z"))
+    c0 = _vec(_require(spec, "center", w), 2, f"{w} center")
+    c1 = _vec(spec.get("center_top", c0), 2, f"{w} center_top")
+    r0 = _vec(_require(spec, "radii", w), 2, f"{w} radii")
+    r1 = _vec(spec.get("radii_top", r0), 2, f"{w} radii_top")
+    p0, p1 = tf.point([*c0, z0]), tf.point([*c1, z1])
+    rr0, rr1 = tf.radii3([*r0, 1.0])[:2], tf.radii3([*r1, 1.0])[:2]
+    thick = tf.radius(_number(spec.get("thickness", 0.0), f"{w} thickness"))
+    return [_ECone(float(p0[2]), float(p1[2]), p0[:2], p1[:2], rr0, rr1, thick)]
+
+
+def _tube_solids(spec: _Table, tf: _Transform, w: str) -> list[_Solid]:
+    pts = _numbers(
+        _require(spec, "points", w), f"{w} points", expected="a list of at least two [x, y, z]"
+    )
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 2:
+        raise RtplanError(f"{w} points must be a list of at least two [x, y, z]")
+    rad = spec.get("radii", spec.get("radius"))
+    if rad is None:
+        raise RtplanError(f"{w}: missing 'radius' (or 'radii', one per point)")
+    expected = f"a number or {len(pts)} numbers (one per point)"
+    radii_given = _numbers(rad, f"{w} radii", expected=expected)
+    if radii_given.ndim > 1 or radii_given.size not in (1, len(pts)):
+        raise RtplanError(f"{w} radii must be {expected}, got {rad!r}")
+    radii = np.broadcast_to(radii_given, (len(pts),)).copy()
+    if _flag(spec.get("spline", True), f"{w} spline"):
+        pts, radii = _catmull_rom(pts, radii)
+    tp = np.array([tf.point(p) for p in pts])
+    tr = [tf.radius(r) for r in radii]
+    return [_Capsule(tp[n], tp[n + 1], tr[n], tr[n + 1]) for n in range(len(tp) - 1)]
+
+
+def _halfspace_solids(spec: _Table, tf: _Transform, w: str) -> list[_Solid]:
+    n = _vec(_require(spec, "normal", w), 3, f"{w} normal") / tf.scale
+    point = tf.point(_vec(_require(spec, "point", w), 3, f"{w} point"))
+    return [_HalfSpace(point, n / np.linalg.norm(n))]
+
+
+_SOLID_BUILDERS = {
+    "ellipsoid": _ellipsoid_solids,
+    "box": _box_solids,
+    "econe": _econe_solids,
+    "tube": _tube_solids,
+    "halfspace": _halfspace_solids,
+}
+
+
+def _make_solids(spec: _Table, tf: _Transform, where: str) -> list[_Solid]:
     """Elementary solids of one shape entry of an atlas definition, transformed."""
     kind = spec.get("type")
+    if not isinstance(kind, str) or kind not in _SOLID_BUILDERS:
+        raise RtplanError(
+            f"{where}: unknown shape type {kind!r}; expected ellipsoid, box, econe, tube or "
+            "halfspace"
+        )
     w = f"{where} shape type={kind!r}"
-    if kind in _SHAPE_KEYS:
-        unknown = set(spec) - _SHAPE_KEYS[kind] - {"type", "op"}
-        if unknown:
-            raise RtplanError(
-                f"{w}: unknown keys {sorted(unknown)}; expected {sorted(_SHAPE_KEYS[kind])}"
-            )
-    if kind == "ellipsoid":
-        rot = spec.get("rotate_deg")
-        c = tf.point(_vec(spec["center"], 3, f"{w} center"))
-        r = _vec(spec["radii"], 3, f"{w} radii")
-        if rot is None:
-            return [_Ellipsoid(c, tf.radii3(r))]
-        mean = np.full(3, tf.radius(1.0))
-        return [_Ellipsoid(c, r * mean, _rotation(_vec(rot, 3, f"{w} rotate_deg")))]
-    if kind == "box":
-        lo, hi = _vec(spec["min"], 3, f"{w} min"), _vec(spec["max"], 3, f"{w} max")
-        mid = tf.point((lo + hi) / 2)
-        half = tf.radii3((hi - lo) / 2) / np.array([tf.fill_radial, tf.fill_radial, 1.0])
-        return [_Box(mid - half, mid + half)]
-    if kind == "econe":
-        z0, z1 = (float(v) for v in _vec(spec["z"], 2, f"{w} z"))
-        c0 = _vec(spec["center"], 2, f"{w} center")
-        c1 = _vec(spec.get("center_top", c0), 2, f"{w} center_top")
-        r0 = _vec(spec["radii"], 2, f"{w} radii")
-        r1 = _vec(spec.get("radii_top", r0), 2, f"{w} radii_top")
-        p0, p1 = tf.point([*c0, z0]), tf.point([*c1, z1])
-        rr0, rr1 = tf.radii3([*r0, 1.0])[:2], tf.radii3([*r1, 1.0])[:2]
-        thick = tf.radius(float(spec.get("thickness", 0.0)))
-        return [_ECone(p0[2], p1[2], p0[:2], p1[:2], rr0, rr1, thick)]
-    if kind == "tube":
-        pts = np.asarray(spec["points"], float)
-        if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 2:
-            raise RtplanError(f"{w} points must be a list of at least two [x, y, z]")
-        rad = spec.get("radii", spec.get("radius"))
-        radii = np.broadcast_to(np.asarray(rad, float), (len(pts),)).copy()
-        if spec.get("spline", True):
-            pts, radii = _catmull_rom(pts, radii)
-        tp = np.array([tf.point(p) for p in pts])
-        tr = [tf.radius(r) for r in radii]
-        return [_Capsule(tp[n], tp[n + 1], tr[n], tr[n + 1]) for n in range(len(tp) - 1)]
-    if kind == "halfspace":
-        n = _vec(spec["normal"], 3, f"{w} normal") / tf.scale
-        return [_HalfSpace(tf.point(_vec(spec["point"], 3, f"{w} point")), n / np.linalg.norm(n))]
-    raise RtplanError(
-        f"{where}: unknown shape type {kind!r}; expected ellipsoid, box, econe, tube or halfspace"
-    )
+    unknown = set(spec) - _SHAPE_KEYS[kind] - {"type", "op"}
+    if unknown:
+        raise RtplanError(
+            f"{w}: unknown keys {sorted(unknown)}; expected {sorted(_SHAPE_KEYS[kind])}"
+        )
+    return _SOLID_BUILDERS[kind](spec, tf, w)
 
 
 # ============================================================================ rasteriser
@@ -607,14 +786,11 @@ class _Raster:
             )
         self.grid = grid
         self.z, self.y, self.x = grid.axis_coordinates_mm()
-        self.origin = np.array([self.z[0], self.y[0], self.x[0]])
-        self.spacing = np.array(grid.spacing_mm)
-        self.shape = np.array(grid.shape)
-        self._o = [float(v) for v in self.origin]
-        self._s = [float(v) for v in self.spacing]
+        self._o = [float(self.z[0]), float(self.y[0]), float(self.x[0])]
+        self._s = [float(v) for v in grid.spacing_mm]
         self._n = [int(v) for v in grid.shape]
 
-    def box(self, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def box(self, lo_xyz: FloatArray, hi_xyz: FloatArray) -> tuple[_Index, _Index]:
         """Index range [start, stop) (k, j, i) of voxel centres inside an LPS box."""
         start, stop = [], []
         for axis, c in ((0, 2), (1, 1), (2, 0)):  # (array axis, LPS component)
@@ -623,9 +799,10 @@ class _Raster:
             b = math.floor((float(hi_xyz[c]) - o) / sp + 1e-9) + 1
             start.append(min(max(a, 0), n))
             stop.append(min(max(b, 0), n))
-        return np.array(start), np.array(stop)
+        return np.array(start, np.int64), np.array(stop, np.int64)
 
-    def coords(self, start: np.ndarray, stop: np.ndarray):
+    def coords(self, start: _Index, stop: _Index) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Broadcastable x, y, z (LPS mm) of the voxel centres of an index box."""
         return (
             self.x[None, None, start[2] : stop[2]],
             self.y[None, start[1] : stop[1], None],
@@ -637,28 +814,36 @@ class _Raster:
 class _Local:
     """A mask stored inside an index box: ``mask`` covers [start, start + shape)."""
 
-    start: np.ndarray
-    mask: np.ndarray
+    start: _Index
+    mask: BoolMask
 
     @property
-    def stop(self) -> np.ndarray:
-        return self.start + np.array(self.mask.shape)
+    def stop(self) -> _Index:
+        stop: _Index = self.start + np.array(self.mask.shape)
+        return stop
 
 
-def _overlap(a0, a1, b0, b1):
+def _overlap(a0: _Index, a1: _Index, b0: _Index, b1: _Index) -> tuple[_Index, _Index] | None:
+    """Intersection ``(lo, hi)`` of two index boxes, or ``None`` when it is empty."""
     lo = [max(int(a), int(b)) for a, b in zip(a0, b0)]
     hi = [min(int(a), int(b)) for a, b in zip(a1, b1)]
     if any(h <= low for low, h in zip(lo, hi)):
         return None
-    return np.array(lo), np.array(hi)
+    return np.array(lo, np.int64), np.array(hi, np.int64)
 
 
-def _sl(lo, hi, origin):
-    return tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, origin))
+def _sl(box: tuple[_Index, _Index], origin: _Index) -> tuple[slice, slice, slice]:
+    """Slices of the index box ``(lo, hi)`` in an array whose first voxel is ``origin``."""
+    (lk, lj, li), (hk, hj, hi), (ok, oj, oi) = (
+        (int(v) for v in box[0]),
+        (int(v) for v in box[1]),
+        (int(v) for v in origin),
+    )
+    return slice(lk - ok, hk - ok), slice(lj - oj, hj - oj), slice(li - oi, hi - oi)
 
 
 def _union_into(
-    target: np.ndarray, t0: np.ndarray, solids: Sequence[_Solid], ras: _Raster, grow: float
+    target: BoolMask, t0: _Index, solids: Sequence[_Solid], ras: _Raster, grow: float
 ) -> None:
     """OR the solids (finite ones) into ``target`` covering the index box starting at t0."""
     t1 = t0 + np.array(target.shape)
@@ -671,11 +856,13 @@ def _union_into(
         ov = _overlap(b0, b1, t0, t1)
         if ov is None:
             continue
-        target[_sl(*ov, t0)] |= s.inside(*ras.coords(*ov), grow)
+        target[_sl(ov, t0)] |= s.inside(*ras.coords(*ov), grow)
 
 
 @dataclass
 class _StructDef:
+    """One ``[[structure]]`` entry of a definition, its solids transformed."""
+
     name: str
     role: str
     export: bool
@@ -688,59 +875,83 @@ class _StructDef:
     intersects: list[list[_Solid]]
     within: list[str]
     exclude: list[tuple[str, float]]
-    raw: Mapping[str, Any]
 
 
 def _build_masks(defs: Sequence[_StructDef], ras: _Raster) -> dict[str, _Local | None]:
+    """Every structure's mask in its own index box, in definition order."""
     masks: dict[str, _Local | None] = {}
     by_name = {d.name: d for d in defs}
     for d in defs:
-        boxes = [ras.box(*b) for s in d.adds if (b := s.bbox(0.0)) is not None]
-        if not boxes:
-            masks[d.name] = None
-            continue
-        t0 = np.min([b[0] for b in boxes], axis=0)
-        t1 = np.max([b[1] for b in boxes], axis=0)
-        if np.any(t1 <= t0):
-            masks[d.name] = None
-            continue
-        local = np.zeros(tuple(t1 - t0), bool)
-        _union_into(local, t0, d.adds, ras, 0.0)
-        if d.subtracts:
-            sub = np.zeros_like(local)
-            _union_into(sub, t0, d.subtracts, ras, 0.0)
-            local &= ~sub
-        for group in d.intersects:
-            keep = np.zeros_like(local)
-            _union_into(keep, t0, group, ras, 0.0)
-            local &= keep
-        for other_name in d.within:
-            other = masks.get(other_name)
-            keep = np.zeros_like(local)
-            if other is not None:
-                ov = _overlap(t0, t1, other.start, other.stop)
-                if ov is not None:
-                    keep[_sl(*ov, t0)] = other.mask[_sl(*ov, other.start)]
-            local &= keep
-        for other_name, gap in d.exclude:
-            other = masks.get(other_name)
-            if other is None:
-                continue
-            if gap > 0:
-                grown = np.zeros_like(local)
-                _union_into(grown, t0, by_name[other_name].adds, ras, gap)
-                local &= ~grown
-            ov = _overlap(t0, t1, other.start, other.stop)
-            if ov is not None:
-                local[_sl(*ov, t0)] &= ~other.mask[_sl(*ov, other.start)]
-        masks[d.name] = _Local(t0, local) if local.any() else None
+        masks[d.name] = _build_mask(d, ras, masks, by_name)
     return masks
+
+
+def _build_mask(
+    d: _StructDef,
+    ras: _Raster,
+    masks: Mapping[str, _Local | None],
+    by_name: Mapping[str, _StructDef],
+) -> _Local | None:
+    """The mask of one structure: its solids, then ``within`` and ``exclude`` structures."""
+    boxes = [ras.box(*b) for s in d.adds if (b := s.bbox(0.0)) is not None]
+    if not boxes:
+        return None
+    t0: _Index = np.min([b[0] for b in boxes], axis=0)
+    t1: _Index = np.max([b[1] for b in boxes], axis=0)
+    if np.any(t1 <= t0):
+        return None
+    local = np.zeros(tuple(int(v) for v in t1 - t0), bool)
+    _union_into(local, t0, d.adds, ras, 0.0)
+    if d.subtracts:
+        sub = np.zeros_like(local)
+        _union_into(sub, t0, d.subtracts, ras, 0.0)
+        local &= ~sub
+    for group in d.intersects:
+        keep = np.zeros_like(local)
+        _union_into(keep, t0, group, ras, 0.0)
+        local &= keep
+    for other_name in d.within:
+        local &= _within(masks.get(other_name), t0, t1)
+    for other_name, gap in d.exclude:
+        _exclude(local, t0, t1, masks.get(other_name), by_name[other_name], ras, gap)
+    return _Local(t0, local) if local.any() else None
+
+
+def _within(other: _Local | None, t0: _Index, t1: _Index) -> BoolMask:
+    """The part of ``other`` inside the index box [t0, t1) (all False when it is absent)."""
+    keep = np.zeros(tuple(int(v) for v in t1 - t0), bool)
+    if other is not None:
+        ov = _overlap(t0, t1, other.start, other.stop)
+        if ov is not None:
+            keep[_sl(ov, t0)] = other.mask[_sl(ov, other.start)]
+    return keep
+
+
+def _exclude(
+    local: BoolMask,
+    t0: _Index,
+    t1: _Index,
+    other: _Local | None,
+    other_def: _StructDef,
+    ras: _Raster,
+    gap: float,
+) -> None:
+    """Remove ``other`` (and its ``add`` solids grown by ``gap`` mm) from ``local``."""
+    if other is None:
+        return
+    if gap > 0:
+        grown = np.zeros_like(local)
+        _union_into(grown, t0, other_def.adds, ras, gap)
+        local &= ~grown
+    ov = _overlap(t0, t1, other.start, other.stop)
+    if ov is not None:
+        local[_sl(ov, t0)] &= ~other.mask[_sl(ov, other.start)]
 
 
 # ============================================================================ definitions
 
 
-def _atlas_root() -> Any:
+def _atlas_root() -> Traversable:
     return importlib.resources.files("rtplan.atlases")
 
 
@@ -756,7 +967,7 @@ def list_atlases() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "atlas.toml").is_file())
 
 
-def _check_hashes(folder: Any, where: str) -> None:
+def _check_hashes(folder: Traversable, where: str) -> None:
     """Compare every file listed in ``hashes.json`` with its SHA-256."""
     hfile = folder / "hashes.json"
     if not hfile.is_file():
@@ -765,6 +976,8 @@ def _check_hashes(folder: Any, where: str) -> None:
         table = json.loads(hfile.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise RtplanError(f"{where}/hashes.json is not valid JSON: {exc}") from None
+    if not isinstance(table, dict):
+        raise RtplanError(f"{where}/hashes.json must map file names to SHA-256 digests")
     for fname, expected in table.items():
         f = folder / fname
         if not f.is_file():
@@ -778,7 +991,7 @@ def _check_hashes(folder: Any, where: str) -> None:
             )
 
 
-def _read_definition(folder: Any, where: str) -> dict[str, Any]:
+def _read_definition(folder: Traversable, where: str) -> _Table:
     _check_hashes(folder, where)
     try:
         return tomllib.loads((folder / "atlas.toml").read_text(encoding="utf-8"))
@@ -788,23 +1001,36 @@ def _read_definition(folder: Any, where: str) -> dict[str, Any]:
 
 @dataclass
 class _Variation:
-    scale: np.ndarray
-    shifts: dict[str, np.ndarray]
+    """Anatomical variation of one build: scale, per-group shifts and sizes, fillings."""
+
+    scale: FloatArray
+    shifts: dict[str, FloatArray]
     sizes: dict[str, float]
     bladder_filling: float
     rectal_filling: float
-    drawn: dict[str, Any]
+    drawn: dict[str, object]
 
 
-def _draw_variation(
-    meta: Mapping[str, Any],
-    groups: Sequence[str],
-    *,
-    scale: float | Sequence[float],
-    bladder_filling: float,
-    rectal_filling: float,
-    seed: int | None,
-) -> _Variation:
+@dataclass
+class _ClippedNormal:
+    """Standard normal draws clipped to +-``clip_sd``."""
+
+    rng: np.random.Generator
+    clip_sd: float
+
+    def vector(self) -> FloatArray:
+        """Three draws."""
+        return np.clip(self.rng.standard_normal(3), -self.clip_sd, self.clip_sd)
+
+    def scalar(self) -> float:
+        """One draw."""
+        return float(np.clip(self.rng.standard_normal(), -self.clip_sd, self.clip_sd))
+
+
+def _check_variation(
+    scale: float | Sequence[float], bladder_filling: float, rectal_filling: float
+) -> FloatArray:
+    """The per-axis scale, after checking the scale and fillings are in range."""
     s = np.broadcast_to(np.asarray(scale, float), (3,)).copy()
     if not np.all(np.isfinite(s)) or np.any(s < 0.8) or np.any(s > 1.25):
         raise InvalidInputError(f"scale must lie in [0.8, 1.25] (per axis x, y, z), got {scale!r}")
@@ -813,176 +1039,269 @@ def _draw_variation(
             raise InvalidInputError(
                 f"{label} must lie in [0.3, 2.5] (1 = the atlas's own), got {v!r}"
             )
-    shifts = {g: np.zeros(3) for g in groups}
-    sizes = dict.fromkeys(groups, 1.0)
-    drawn: dict[str, Any] = {}
-    bf, rf = float(bladder_filling), float(rectal_filling)
+    return s
+
+
+def _draw_variation(
+    meta: _Table,
+    groups: Sequence[str],
+    *,
+    scale: float | Sequence[float],
+    bladder_filling: float,
+    rectal_filling: float,
+    seed: int | None,
+    where: str,
+) -> _Variation:
+    """The variation asked for; with a seed, a random variant drawn from ``[variation]``."""
+    s = _check_variation(scale, bladder_filling, rectal_filling)
+    var = _Variation(
+        scale=s,
+        shifts={g: np.zeros(3) for g in groups},
+        sizes=dict.fromkeys(groups, 1.0),
+        bladder_filling=float(bladder_filling),
+        rectal_filling=float(rectal_filling),
+        drawn={},
+    )
     if seed is not None:
-        var = meta.get("variation", {})
-        rng = np.random.default_rng(seed)
-        clip = float(var.get("clip_sd", 2.0))
-
-        def n(size=None):
-            return np.clip(rng.standard_normal(size), -clip, clip)
-
-        aniso = 1.0 + float(var.get("scale_sd", 0.03)) * n(3)
-        s = s * aniso
-        for g in groups:  # sorted for determinism
-            shifts[g] = float(var.get("translate_sd_mm", 1.5)) * n(3)
-            sizes[g] = 1.0 + float(var.get("size_sd", 0.04)) * float(n())
-        bf *= math.exp(float(var.get("bladder_filling_sd", 0.15)) * float(n()))
-        rf *= math.exp(float(var.get("rectal_filling_sd", 0.1)) * float(n()))
-        fixed = set(var.get("fixed_groups", []))
-        for g in fixed:
-            shifts[g] = np.zeros(3)
-            sizes[g] = 1.0
-        drawn = {
-            "anisotropic_scale": aniso.round(4).tolist(),
-            "group_shift_mm": {g: shifts[g].round(2).tolist() for g in groups},
-            "group_size": {g: round(sizes[g], 4) for g in groups},
-        }
-    return _Variation(s, shifts, sizes, bf, rf, drawn)
+        spreads = _table(meta.get("variation", {}), f"{where} [variation]")
+        _draw_random(var, groups, spreads, seed, f"{where} [variation]")
+    return var
 
 
-def _parse(defn: Mapping[str, Any], var: _Variation, where: str) -> tuple[list[_StructDef], dict]:
-    meta = defn.get("atlas", {})
+def _draw_random(
+    var: _Variation, groups: Sequence[str], spreads: _Table, seed: int, where: str
+) -> None:
+    """Draw a random variant into ``var`` (the draw order is fixed: seeds stay valid)."""
+
+    def sd(key: str, default: float) -> float:
+        return _number(spreads.get(key, default), f"{where} {key}")
+
+    normal = _ClippedNormal(np.random.default_rng(seed), sd("clip_sd", 2.0))
+    aniso = 1.0 + sd("scale_sd", 0.03) * normal.vector()
+    var.scale = var.scale * aniso
+    for g in groups:  # sorted for determinism
+        var.shifts[g] = sd("translate_sd_mm", 1.5) * normal.vector()
+        var.sizes[g] = 1.0 + sd("size_sd", 0.04) * normal.scalar()
+    var.bladder_filling *= math.exp(sd("bladder_filling_sd", 0.15) * normal.scalar())
+    var.rectal_filling *= math.exp(sd("rectal_filling_sd", 0.1) * normal.scalar())
+    for g in set(_strings(spreads.get("fixed_groups", []), f"{where} fixed_groups")):
+        var.shifts[g] = np.zeros(3)
+        var.sizes[g] = 1.0
+    var.drawn = {
+        "anisotropic_scale": aniso.round(4).tolist(),
+        "group_shift_mm": {g: var.shifts[g].round(2).tolist() for g in groups},
+        "group_size": {g: round(var.sizes[g], 4) for g in groups},
+    }
+
+
+def _list(value: object, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise RtplanError(f"{what} must be a list, got {value!r}")
+    return value
+
+
+def _parse(defn: _Table, var: _Variation, where: str) -> tuple[list[_StructDef], dict[str, Vec3]]:
+    """The structures (solids transformed by ``var``) and landmarks of a definition."""
+    meta = _table(defn.get("atlas", {}), f"{where} [atlas]")
     center = _vec(meta.get("scale_center_mm", [0, 0, 0]), 3, f"{where} [atlas] scale_center_mm")
-    anchors = defn.get("filling", {})
-    entries = defn.get("structure", [])
+    anchors = _table(defn.get("filling", {}), f"{where} [filling]")
+    entries = _tables(defn.get("structure", []), f"{where} [[structure]]")
     if not entries:
         raise RtplanError(f"{where}: no [[structure]] entries")
     out: list[_StructDef] = []
     seen: set[str] = set()
     for e in entries:
-        name = e.get("name")
-        if not isinstance(name, str):
-            raise RtplanError(f"{where}: a [[structure]] entry has no name")
-        w = f"{where} structure {name!r}"
-        unknown = set(e) - _STRUCTURE_KEYS
-        if unknown:
-            raise RtplanError(
-                f"{w}: unknown keys {sorted(unknown)}; expected {sorted(_STRUCTURE_KEYS)}"
-            )
-        if name in seen:
-            raise RtplanError(f"{w} is defined twice")
-        group = str(e.get("group", "body"))
-        filling = e.get("filling")
-        fill, fill_radial = 1.0, 1.0
-        anchor = np.zeros(3)
-        if filling == "bladder":
-            fill = var.bladder_filling ** (1 / 3)
-            anchor = _vec(anchors.get("bladder_anchor_mm", [0, 0, 0]), 3, f"{where} anchor")
-        elif filling == "rectal":
-            fill_radial = var.rectal_filling**0.5
-        elif filling is not None:
-            raise RtplanError(f"{w}: filling must be 'bladder' or 'rectal', got {filling!r}")
-        tf = _Transform(
-            scale=var.scale,
-            center=center,
-            shift=var.shifts.get(group, np.zeros(3)),
-            size=var.sizes.get(group, 1.0),
-            fill=fill,
-            anchor=anchor,
-            fill_radial=fill_radial,
-        )
-        adds, subs, ints = [], [], []
-        for spec in e.get("shapes", []):
-            op = spec.get("op", "add")
-            solids = _make_solids(spec, tf, w)
-            if op == "add":
-                adds += solids
-            elif op == "subtract":
-                subs += solids
-            elif op == "intersect":
-                ints.append(solids)
-            else:
-                raise RtplanError(f"{w}: op must be add, subtract or intersect, got {op!r}")
-        exclude = []
-        for x in e.get("exclude", []):
-            xname, gap = (x, 0.0) if isinstance(x, str) else (x["name"], float(x.get("gap_mm", 0)))
-            if xname not in seen:
-                raise RtplanError(f"{w}: excludes {xname!r}, which is not defined before it")
-            exclude.append((xname, gap))
-        for wname in e.get("within", []):
-            if wname not in seen:
-                raise RtplanError(f"{w}: within {wname!r}, which is not defined before it")
-        out.append(
-            _StructDef(
-                name=name,
-                role=str(e.get("role", "organ")),
-                export=bool(e.get("export", True)),
-                group=group,
-                hu=None if e.get("hu") is None else float(e["hu"]),
-                core_hu=None if e.get("core_hu") is None else float(e["core_hu"]),
-                core_depth_mm=float(e.get("core_depth_mm", 0.0)),
-                adds=adds,
-                subtracts=subs,
-                intersects=ints,
-                within=list(e.get("within", [])),
-                exclude=exclude,
-                raw=e,
-            )
-        )
-        seen.add(name)
-    landmarks: dict[str, tuple[float, float, float]] = {}
-    for key, spec in defn.get("landmarks", {}).items():
-        group = str(spec.get("group", "body"))
-        tf = _Transform(
-            scale=var.scale,
-            center=center,
-            shift=var.shifts.get(group, np.zeros(3)),
-        )
-        p = tf.point(_vec(spec["point"], 3, f"{where} landmark {key!r}"))
-        landmarks[key] = (float(p[0]), float(p[1]), float(p[2]))
+        d = _parse_structure(e, var, center, anchors, seen, where)
+        out.append(d)
+        seen.add(d.name)
+    landmarks = _parse_landmarks(
+        _table(defn.get("landmarks", {}), f"{where} [landmarks]"), var, center, where
+    )
     return out, landmarks
 
 
+def _parse_structure(
+    e: _Table,
+    var: _Variation,
+    center: FloatArray,
+    anchors: _Table,
+    seen: set[str],
+    where: str,
+) -> _StructDef:
+    """One ``[[structure]]`` entry; ``seen`` holds the names defined before it."""
+    name = e.get("name")
+    if not isinstance(name, str):
+        raise RtplanError(f"{where}: a [[structure]] entry has no name")
+    w = f"{where} structure {name!r}"
+    unknown = set(e) - _STRUCTURE_KEYS
+    if unknown:
+        raise RtplanError(
+            f"{w}: unknown keys {sorted(unknown)}; expected {sorted(_STRUCTURE_KEYS)}"
+        )
+    if name in seen:
+        raise RtplanError(f"{w} is defined twice")
+    group = _string(e.get("group", "body"), f"{w} group")
+    tf = _structure_transform(e.get("filling"), var, center, anchors, group, w, where)
+    adds, subs, ints = _parse_shapes(e, tf, w)
+    exclude = _parse_exclude(e, seen, w)
+    within = _strings(e.get("within", []), f"{w} within")
+    for wname in within:
+        if wname not in seen:
+            raise RtplanError(f"{w}: within {wname!r}, which is not defined before it")
+    return _StructDef(
+        name=name,
+        role=_string(e.get("role", "organ"), f"{w} role"),
+        export=_flag(e.get("export", True), f"{w} export"),
+        group=group,
+        hu=_optional_number(e, "hu", w),
+        core_hu=_optional_number(e, "core_hu", w),
+        core_depth_mm=_number(e.get("core_depth_mm", 0.0), f"{w} core_depth_mm"),
+        adds=adds,
+        subtracts=subs,
+        intersects=ints,
+        within=within,
+        exclude=exclude,
+    )
+
+
+def _structure_transform(
+    filling: object,
+    var: _Variation,
+    center: FloatArray,
+    anchors: _Table,
+    group: str,
+    w: str,
+    where: str,
+) -> _Transform:
+    """The transform of a structure's solids: its group's shift and size, and its filling."""
+    fill, fill_radial = 1.0, 1.0
+    anchor = np.zeros(3)
+    if filling == "bladder":
+        fill = var.bladder_filling ** (1 / 3)
+        anchor = _vec(anchors.get("bladder_anchor_mm", [0, 0, 0]), 3, f"{where} anchor")
+    elif filling == "rectal":
+        fill_radial = var.rectal_filling**0.5
+    elif filling is not None:
+        raise RtplanError(f"{w}: filling must be 'bladder' or 'rectal', got {filling!r}")
+    return _Transform(
+        scale=var.scale,
+        center=center,
+        shift=var.shifts.get(group, np.zeros(3)),
+        size=var.sizes.get(group, 1.0),
+        fill=fill,
+        anchor=anchor,
+        fill_radial=fill_radial,
+    )
+
+
+def _parse_shapes(
+    e: _Table, tf: _Transform, w: str
+) -> tuple[list[_Solid], list[_Solid], list[list[_Solid]]]:
+    """The ``add``, ``subtract`` and ``intersect`` solids of a structure."""
+    adds: list[_Solid] = []
+    subs: list[_Solid] = []
+    ints: list[list[_Solid]] = []
+    for spec in _tables(e.get("shapes", []), f"{w} shapes"):
+        op = spec.get("op", "add")
+        solids = _make_solids(spec, tf, w)
+        if op == "add":
+            adds += solids
+        elif op == "subtract":
+            subs += solids
+        elif op == "intersect":
+            ints.append(solids)
+        else:
+            raise RtplanError(f"{w}: op must be add, subtract or intersect, got {op!r}")
+    return adds, subs, ints
+
+
+def _parse_exclude(e: _Table, seen: set[str], w: str) -> list[tuple[str, float]]:
+    """``(name, gap_mm)`` of the structures excluded from a structure."""
+    exclude = []
+    for x in _list(e.get("exclude", []), f"{w} exclude"):
+        if isinstance(x, str):
+            xname, gap = x, 0.0
+        else:
+            entry = _table(x, f"{w} exclude entry")
+            xname = _string(_require(entry, "name", f"{w} exclude"), f"{w} exclude name")
+            gap = _number(entry.get("gap_mm", 0), f"{w} exclude gap_mm")
+        if xname not in seen:
+            raise RtplanError(f"{w}: excludes {xname!r}, which is not defined before it")
+        exclude.append((xname, gap))
+    return exclude
+
+
+def _parse_landmarks(
+    table: _Table, var: _Variation, center: FloatArray, where: str
+) -> dict[str, Vec3]:
+    """Landmark points (LPS mm), moved with their group."""
+    landmarks: dict[str, Vec3] = {}
+    for key, value in table.items():
+        w = f"{where} landmark {key!r}"
+        spec = _table(value, w)
+        group = _string(spec.get("group", "body"), f"{w} group")
+        tf = _Transform(
+            scale=var.scale,
+            center=center,
+            shift=var.shifts.get(group, np.zeros(3)),
+        )
+        p = tf.point(_vec(_require(spec, "point", w), 3, w))
+        landmarks[key] = (float(p[0]), float(p[1]), float(p[2]))
+    return landmarks
+
+
 def _default_grid(
-    meta: Mapping[str, Any],
+    meta: _Table,
     var: _Variation,
     *,
-    spacing_mm: Sequence[float] | None,
-    shape: Sequence[int] | None,
+    spacing_mm: FloatArray | None,
+    shape: Shape3 | None,
+    where: str,
 ) -> ImageGrid:
-    center = np.asarray(meta.get("scale_center_mm", [0, 0, 0]), float)
-    fov = np.asarray(meta.get("default_fov_mm", [500.0, 500.0]), float)
-    fov_c = np.asarray(meta.get("default_fov_center_mm", [0.0, 0.0]), float)
-    zr = np.asarray(meta.get("default_z_range_mm", [-80.0, 180.0]), float)
+    """The grid over the definition's field of view (which follows the scaled anatomy)."""
+    w = f"{where} [atlas]"
+    center = _vec(meta.get("scale_center_mm", [0, 0, 0]), 3, f"{w} scale_center_mm")
+    fov = _vec(meta.get("default_fov_mm", [500.0, 500.0]), 2, f"{w} default_fov_mm")
+    fov_c = _vec(meta.get("default_fov_center_mm", [0.0, 0.0]), 2, f"{w} default_fov_center_mm")
+    zr = _vec(meta.get("default_z_range_mm", [-80.0, 180.0]), 2, f"{w} default_z_range_mm")
     sc = var.scale
     # the field of view follows the (scaled) anatomy
     z_lo, z_hi = center[2] + sc[2] * (zr - center[2])
     xc, yc = center[:2] + sc[:2] * (fov_c - center[:2])
     ext = np.array([z_hi - z_lo, fov[1] * sc[1], fov[0] * sc[0]])  # (z, y, x) extent
-    if spacing_mm is None and shape is None:
-        spacing = np.asarray(meta.get("default_spacing_mm", [2.5, 0.9765625, 0.9765625]), float)
-        nxy = np.asarray(meta.get("default_shape_yx", [512, 512]), int)
+    if spacing_mm is not None:
+        spacing = spacing_mm.copy()
+        if shape is None:
+            shp = np.ceil(ext / spacing - 1e-6).astype(int) + np.array([1, 0, 0])
+        else:
+            shp = np.array(shape)
+    elif shape is not None:
+        shp = np.array(shape)
+        spacing = ext / np.maximum(shp - np.array([1, 0, 0]), 1)
+    else:
+        spacing = _vec(
+            meta.get("default_spacing_mm", [2.5, 0.9765625, 0.9765625]),
+            3,
+            f"{w} default_spacing_mm",
+        )
+        nxy = _ints(meta.get("default_shape_yx", [512, 512]), 2, f"{w} default_shape_yx")
         spacing[1:] = spacing[1:] * sc[1::-1]
         nz = math.ceil(ext[0] / spacing[0] - 1e-6) + 1
         shp = np.array([nz, nxy[0], nxy[1]])
-    elif spacing_mm is not None and shape is None:
-        spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,)).copy()
-        shp = np.ceil(ext / spacing - 1e-6).astype(int) + np.array([1, 0, 0])
-    elif spacing_mm is None and shape is not None:
-        shp = np.asarray(shape, int)
-        spacing = ext / np.maximum(shp - np.array([1, 0, 0]), 1)
-    else:
-        spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,)).copy()
-        shp = np.asarray(shape, int)
-    if shp.shape != (3,) or np.any(shp < 1) or np.any(spacing <= 0):
+    if np.any(shp < 1) or np.any(spacing <= 0):
         raise GeometryError(
             f"shape must be three positive ints and spacing_mm three positive mm, got "
-            f"shape={shape!r}, spacing_mm={spacing_mm!r}"
+            f"shape={shape!r}, spacing_mm={None if spacing_mm is None else spacing_mm.tolist()!r}"
         )
     zc = (z_lo + z_hi) / 2
-    origin = (
-        xc - spacing[2] * (shp[2] - 1) / 2,
-        yc - spacing[1] * (shp[1] - 1) / 2,
-        zc - spacing[0] * (shp[0] - 1) / 2,
-    )
     return ImageGrid(
-        shape=tuple(int(v) for v in shp),  # type: ignore[arg-type]
-        spacing_mm=tuple(float(v) for v in spacing),  # type: ignore[arg-type]
-        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        shape=(int(shp[0]), int(shp[1]), int(shp[2])),
+        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        origin_mm=(
+            float(xc - spacing[2] * (shp[2] - 1) / 2),
+            float(yc - spacing[1] * (shp[1] - 1) / 2),
+            float(zc - spacing[0] * (shp[0] - 1) / 2),
+        ),
     )
 
 
@@ -990,96 +1309,125 @@ def _paint(
     defs: Sequence[_StructDef],
     masks: Mapping[str, _Local | None],
     grid: ImageGrid,
-    meta: Mapping[str, Any],
+    meta: _Table,
     noise_seed: int,
-) -> np.ndarray:
-    ct = np.full(grid.shape, float(meta.get("air_hu", -1000.0)), np.float32)
+    where: str,
+) -> npt.NDArray[np.float32]:
+    """The CT (HU): air, each structure's ``hu`` (and ``core_hu``) in order, then noise."""
+    air_hu = _number(meta.get("air_hu", -1000.0), f"{where} [atlas] air_hu")
+    ct = np.full(grid.shape, air_hu, np.float32)
     sp = np.array(grid.spacing_mm)
     for d in defs:
         loc = masks.get(d.name)
         if loc is None or d.hu is None:
             continue
-        sl = _sl(loc.start, loc.stop, np.zeros(3, int))
-        region = ct[sl]
-        np.putmask(region, loc.mask, np.float32(d.hu))
-        if d.core_hu is not None and d.core_depth_mm > 0:
-            n = np.rint(d.core_depth_mm / sp).astype(int)
-            core = (
-                ndimage.minimum_filter(
-                    loc.mask.view(np.uint8), size=tuple(2 * n + 1), mode="constant", cval=0
-                ).astype(bool)
-                if np.any(n > 0)
-                else loc.mask
-            )
-            np.putmask(region, core, np.float32(d.core_hu))
-    noise = float(meta.get("noise_hu", 0.0))
+        region = ct[_sl((loc.start, loc.stop), np.zeros(3, np.int64))]  # a view of ct
+        _paint_structure(region, loc.mask, d.hu, d.core_hu, d.core_depth_mm, sp)
+    noise = _number(meta.get("noise_hu", 0.0), f"{where} [atlas] noise_hu")
     if noise > 0:
-        # a block of 8 noise slices, reused with a different in-plane roll per slice
-        rng = np.random.default_rng(noise_seed)
-        nb = min(8, grid.shape[0])
-        block = rng.standard_normal((nb, *grid.shape[1:]), dtype=np.float32)
-        block *= np.float32(noise)
-        ny, nx = grid.shape[1:]
-        for k in range(grid.shape[0]):
-            shift = ((k // nb) * 37 % ny, (k // nb) * 61 % nx)
-            ct[k] += np.roll(block[k % nb], shift, axis=(0, 1)) if k >= nb else block[k]
+        _add_noise(ct, noise, noise_seed)
     np.clip(ct, -1024.0, 3071.0, out=ct)
     return ct
+
+
+def _paint_structure(
+    region: npt.NDArray[np.float32],
+    mask: BoolMask,
+    hu: float,
+    core_hu: float | None,
+    core_depth_mm: float,
+    spacing_mm: FloatArray,
+) -> None:
+    """Paint ``hu`` on ``mask`` in ``region`` (in place), and ``core_hu`` deeper inside."""
+    np.putmask(region, mask, np.float32(hu))
+    if core_hu is not None and core_depth_mm > 0:
+        n = np.rint(core_depth_mm / spacing_mm).astype(int)
+        core = (
+            ndimage.minimum_filter(
+                mask.view(np.uint8), size=tuple(2 * n + 1), mode="constant", cval=0
+            ).astype(bool)
+            if np.any(n > 0)
+            else mask
+        )
+        np.putmask(region, core, np.float32(core_hu))
+
+
+def _add_noise(ct: npt.NDArray[np.float32], noise_hu: float, seed: int) -> None:
+    """Add seeded Gaussian noise (SD ``noise_hu``) to ``ct`` in place.
+
+    A block of 8 noise slices, reused with a different in-plane roll per slice.
+    """
+    rng = np.random.default_rng(seed)
+    nb = min(8, ct.shape[0])
+    block = rng.standard_normal((nb, *ct.shape[1:]), dtype=np.float32)
+    block *= np.float32(noise_hu)
+    ny, nx = ct.shape[1:]
+    for k in range(ct.shape[0]):
+        shift = ((k // nb) * 37 % ny, (k // nb) * 61 % nx)
+        ct[k] += np.roll(block[k % nb], shift, axis=(0, 1)) if k >= nb else block[k]
 
 
 def _structure_from_local(name: str, loc: _Local | None, grid: ImageGrid, role: str) -> Structure:
     """A Structure from a mask known only inside its index box (no grid-sized array)."""
     if loc is None:
         return Structure.from_cropped(name, np.zeros((1, 1, 1), bool), (0, 0, 0), grid, role=role)
-    return Structure.from_cropped(name, loc.mask, tuple(int(v) for v in loc.start), grid, role=role)
+    k, j, i = (int(v) for v in loc.start)
+    return Structure.from_cropped(name, loc.mask, (k, j, i), grid, role=role)
 
 
-def _build_parametric(
-    folder: Any,
-    where: str,
-    name: str,
-    *,
-    spacing_mm: Sequence[float] | float | None,
-    shape: Sequence[int] | None,
-    grid: ImageGrid | None,
-    scale: float | Sequence[float],
-    bladder_filling: float,
-    rectal_filling: float,
-    seed: int | None,
-    validate: bool,
-) -> Atlas:
+@dataclass(frozen=True)
+class _BuildOptions:
+    """The arguments of :func:`load_atlas` that shape a parametric build, checked."""
+
+    spacing_mm: FloatArray | None  # shape (3,)
+    shape: Shape3 | None
+    grid: ImageGrid | None
+    scale: float | Sequence[float]
+    bladder_filling: float
+    rectal_filling: float
+    seed: int | None
+    validate: bool
+
+    def asked(self) -> list[str]:
+        """Names of the options given a value other than their default."""
+        asked = {
+            "spacing_mm": self.spacing_mm is not None,
+            "shape": self.shape is not None,
+            "grid": self.grid is not None,
+            "scale": bool(np.any(np.asarray(self.scale, float) != 1.0)),
+            "bladder_filling": self.bladder_filling != 1.0,
+            "rectal_filling": self.rectal_filling != 1.0,
+            "seed": self.seed is not None,
+        }
+        return [k for k, v in asked.items() if v]
+
+
+def _build_parametric(folder: Traversable, where: str, name: str, opts: _BuildOptions) -> Atlas:
+    """Rasterise the definition in ``folder`` with the variation and grid of ``opts``."""
     defn = _read_definition(folder, where)
-    meta = defn.get("atlas", {})
-    groups = sorted({str(e.get("group", "body")) for e in defn.get("structure", [])})
+    meta = _table(defn.get("atlas", {}), f"{where} [atlas]")
+    entries = _tables(defn.get("structure", []), f"{where} [[structure]]")
+    groups = sorted({_string(e.get("group", "body"), f"{where} group") for e in entries})
     var = _draw_variation(
         meta,
         groups,
-        scale=scale,
-        bladder_filling=bladder_filling,
-        rectal_filling=rectal_filling,
-        seed=seed,
+        scale=opts.scale,
+        bladder_filling=opts.bladder_filling,
+        rectal_filling=opts.rectal_filling,
+        seed=opts.seed,
+        where=where,
     )
     defs, landmarks = _parse(defn, var, where)
+    grid = opts.grid
     if grid is None:
-        if spacing_mm is not None:
-            spacing_mm = np.broadcast_to(np.asarray(spacing_mm, float), (3,)).tolist()
-        grid = _default_grid(meta, var, spacing_mm=spacing_mm, shape=shape)
-    ras = _Raster(grid)
-    masks = _build_masks(defs, ras)
-    ct = _paint(defs, masks, grid, meta, 0 if seed is None else int(seed))
+        grid = _default_grid(meta, var, spacing_mm=opts.spacing_mm, shape=opts.shape, where=where)
+    masks = _build_masks(defs, _Raster(grid))
+    ct = _paint(defs, masks, grid, meta, 0 if opts.seed is None else int(opts.seed), where)
     structures = StructureSet(grid=grid)
     for d in defs:
         if d.export:
             structures.add(_structure_from_local(d.name, masks.get(d.name), grid, d.role))
-    params = {
-        "scale": np.broadcast_to(np.asarray(scale, float), (3,)).tolist(),
-        "bladder_filling": float(bladder_filling),
-        "rectal_filling": float(rectal_filling),
-        "seed": seed,
-        "effective_bladder_filling": round(var.bladder_filling, 4),
-        "effective_rectal_filling": round(var.rectal_filling, 4),
-        **var.drawn,
-    }
+    params = _provenance(opts, var)
     atlas = Atlas(
         name=name,
         grid=grid,
@@ -1089,8 +1437,9 @@ def _build_parametric(
         source=f"{where}/atlas.toml",
         parameters=params,
     )
-    if validate:
-        problems = validate_anatomy(atlas, relations=defn.get("relations", {}))
+    if opts.validate:
+        relations = _table(defn.get("relations", {}), f"{where} [relations]")
+        problems = validate_anatomy(atlas, relations=relations)
         if problems:
             raise GeometryError(
                 f"atlas {name!r} built with {params} is not anatomically valid: "
@@ -1099,17 +1448,24 @@ def _build_parametric(
     return atlas
 
 
+def _provenance(opts: _BuildOptions, var: _Variation) -> dict[str, object]:
+    """The build parameters recorded in :attr:`Atlas.parameters`."""
+    return {
+        "scale": np.broadcast_to(np.asarray(opts.scale, float), (3,)).tolist(),
+        "bladder_filling": float(opts.bladder_filling),
+        "rectal_filling": float(opts.rectal_filling),
+        "seed": opts.seed,
+        "effective_bladder_filling": round(var.bladder_filling, 4),
+        "effective_rectal_filling": round(var.rectal_filling, 4),
+        **var.drawn,
+    }
+
+
 # ============================================================================ validation
 
 
-def _z_top_bottom(s: Structure) -> tuple[float, float]:
-    (_, _), (_, _), (z0, z1) = s.bounds_mm
-    half = s.grid.spacing_mm[0] / 2
-    return z0 + half, z1 - half
-
-
 def validate_anatomy(
-    atlas: Atlas, *, relations: Mapping[str, Any] | None = None, check_overlaps: bool = True
+    atlas: Atlas, *, relations: Mapping[str, object] | None = None, check_overlaps: bool = True
 ) -> list[str]:
     """Check an atlas for forbidden overlaps and broken anatomical relations.
 
@@ -1124,7 +1480,9 @@ def validate_anatomy(
     atlas : Atlas
         The anatomy to check.
     relations : mapping, optional
-        The ``[relations]`` table of an atlas definition.
+        The ``[relations]`` table of an atlas definition: ``anterior``, ``superior``,
+        ``left_of`` and ``lateral`` map to lists of ``[a, b]`` name pairs, ``volume_cc``
+        to a table of ``name = [lo, hi]`` ranges in cc.
     check_overlaps : bool
         Whether to check pairwise overlaps.
 
@@ -1132,47 +1490,78 @@ def validate_anatomy(
     -------
     list of str
         One sentence per problem; empty when the anatomy is valid.
+
+    Raises
+    ------
+    TypeError
+        When ``atlas`` is not an :class:`Atlas` or ``relations`` not a mapping.
+    InvalidInputError
+        When an entry of ``relations`` is not a pair of names or a volume range.
     """
+    check_type(atlas, Atlas, name="atlas")
+    if relations is not None:
+        check_type(relations, Mapping, name="relations", expected_text="a mapping")
+    check_type(check_overlaps, bool, name="check_overlaps")
     ss = atlas.structures
-    problems: list[str] = []
     present = [ss[n] for n in ss.names if not ss[n].is_empty]
-    if "Body" in ss and not ss["Body"].is_empty:
-        body = ss["Body"]
-        for s in present:
-            if s.name == "Body":
-                continue
-            ov = _overlap_local(s, body)
-            if ov < s.voxel_count:
-                problems.append(f"{s.name} has {s.voxel_count - ov} voxels outside Body")
+    problems = _outside_body(ss, present)
     if check_overlaps:
-        cand = [s for s in present if s.name not in _NOT_VALIDATED_FOR_OVERLAP]
-        for n, a in enumerate(cand):
-            for b in cand[n + 1 :]:
-                if frozenset((a.name, b.name)) in _ALLOWED_OVERLAPS:
-                    continue
-                ov = _overlap_local(a, b)
-                if ov:
-                    problems.append(
-                        f"{a.name} and {b.name} overlap by {ov * a.grid.voxel_volume_cc:.2f} cc"
-                    )
+        problems += _forbidden_overlaps(present)
     problems += _check_relations(atlas, relations or {})
     return problems
 
 
+def _outside_body(ss: StructureSet, present: Sequence[Structure]) -> list[str]:
+    if "Body" not in ss or ss["Body"].is_empty:
+        return []
+    body = ss["Body"]
+    problems = []
+    for s in present:
+        if s.name == "Body":
+            continue
+        ov = _overlap_local(s, body)
+        if ov < s.voxel_count:
+            problems.append(f"{s.name} has {s.voxel_count - ov} voxels outside Body")
+    return problems
+
+
+def _forbidden_overlaps(present: Sequence[Structure]) -> list[str]:
+    problems = []
+    cand = [s for s in present if s.name not in _NOT_VALIDATED_FOR_OVERLAP]
+    for n, a in enumerate(cand):
+        for b in cand[n + 1 :]:
+            if frozenset((a.name, b.name)) in _ALLOWED_OVERLAPS:
+                continue
+            ov = _overlap_local(a, b)
+            if ov:
+                problems.append(
+                    f"{a.name} and {b.name} overlap by {ov * a.grid.voxel_volume_cc:.2f} cc"
+                )
+    return problems
+
+
+def _bbox_index(s: Structure) -> tuple[_Index, _Index] | None:
+    """The index box ``(start, stop)`` of a structure, or ``None`` when it is empty."""
+    if s.bbox is None:
+        return None
+    return (
+        np.array([sl.start for sl in s.bbox], np.int64),
+        np.array([sl.stop for sl in s.bbox], np.int64),
+    )
+
+
 def _overlap_local(a: Structure, b: Structure) -> int:
-    if a.bbox is None or b.bbox is None:
+    """Number of voxels in both structures (computed on their bounding boxes)."""
+    ba, bb = _bbox_index(a), _bbox_index(b)
+    if ba is None or bb is None:
         return 0
-    a0 = np.array([s.start for s in a.bbox])
-    a1 = np.array([s.stop for s in a.bbox])
-    b0 = np.array([s.start for s in b.bbox])
-    b1 = np.array([s.stop for s in b.bbox])
-    ov = _overlap(a0, a1, b0, b1)
+    ov = _overlap(ba[0], ba[1], bb[0], bb[1])
     if ov is None:
         return 0
-    return int(np.count_nonzero(a.cropped_mask[_sl(*ov, a0)] & b.cropped_mask[_sl(*ov, b0)]))
+    return int(np.count_nonzero(a.cropped_mask[_sl(ov, ba[0])] & b.cropped_mask[_sl(ov, bb[0])]))
 
 
-def _position(atlas: Atlas, name: str) -> np.ndarray | None:
+def _position(atlas: Atlas, name: str) -> FloatArray | None:
     if name in atlas.landmarks:
         return np.asarray(atlas.landmarks[name], float)
     if name in atlas.structures and not atlas.structures[name].is_empty:
@@ -1180,11 +1569,65 @@ def _position(atlas: Atlas, name: str) -> np.ndarray | None:
     return None
 
 
-def _check_relations(atlas: Atlas, rel: Mapping[str, Any]) -> list[str]:
+def _sequence(value: object, what: str) -> list[object] | tuple[object, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(f"{what} must be a list, got {value!r}")
+    return value
+
+
+def _name_pairs(rel: Mapping[str, object], key: str) -> list[tuple[str, str]]:
+    """The ``[a, b]`` name pairs of one kind of relation."""
+    pairs = []
+    for item in _sequence(rel.get(key, []), f"relations {key}"):
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(isinstance(v, str) for v in item)
+        ):
+            raise InvalidInputError(
+                f"relations {key}: each entry must be a pair of names, got {item!r}"
+            )
+        pairs.append((str(item[0]), str(item[1])))
+    return pairs
+
+
+def _volume_ranges(rel: Mapping[str, object]) -> list[tuple[str, float, float]]:
+    """``(name, lo, hi)`` of the ``volume_cc`` relations (cc)."""
+    table = rel.get("volume_cc", {})
+    if not isinstance(table, Mapping):
+        raise InvalidInputError(f"relations volume_cc must be a table, got {table!r}")
+    out = []
+    for name, rng in table.items():
+        lo, hi = _range(rng, f"relations volume_cc {name!r}")
+        out.append((str(name), lo, hi))
+    return out
+
+
+def _range(value: object, what: str) -> tuple[float, float]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = value
+        if _is_number(lo) and _is_number(hi):
+            return float(lo), float(hi)
+    raise InvalidInputError(f"{what} must be a range [lo, hi] in cc, got {value!r}")
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """True for an int or float that is not a bool (a TOML number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_relations(atlas: Atlas, rel: Mapping[str, object]) -> list[str]:
+    return (
+        _order_problems(atlas, rel) + _lateral_problems(atlas, rel) + _volume_problems(atlas, rel)
+    )
+
+
+def _order_problems(atlas: Atlas, rel: Mapping[str, object]) -> list[str]:
+    """Broken ``anterior``, ``superior`` and ``left_of`` relations."""
     problems: list[str] = []
     axes = {"anterior": (1, -1), "superior": (2, 1), "left_of": (0, 1)}
     for key, (axis, sign) in axes.items():
-        for a, b in rel.get(key, []):
+        for a, b in _name_pairs(rel, key):
             pa, pb = _position(atlas, a), _position(atlas, b)
             if pa is None or pb is None:
                 problems.append(f"relation {a} {key} {b}: {a if pa is None else b} is missing")
@@ -1193,7 +1636,13 @@ def _check_relations(atlas: Atlas, rel: Mapping[str, Any]) -> list[str]:
                     f"{a} is not {key.replace('_of', '')} {b} ({'xyz'[axis]} {pa[axis]:.1f} vs "
                     f"{pb[axis]:.1f} mm)"
                 )
-    for a, b in rel.get("lateral", []):  # a entirely lateral to b (same side as a)
+    return problems
+
+
+def _lateral_problems(atlas: Atlas, rel: Mapping[str, object]) -> list[str]:
+    """Broken ``lateral`` relations: a lies entirely lateral to b (on a's side)."""
+    problems: list[str] = []
+    for a, b in _name_pairs(rel, "lateral"):
         if a not in atlas.structures or b not in atlas.structures:
             problems.append(f"relation {a} lateral to {b}: a structure is missing")
             continue
@@ -1202,7 +1651,13 @@ def _check_relations(atlas: Atlas, rel: Mapping[str, Any]) -> list[str]:
         (bx0, bx1), _, _ = sb.bounds_mm
         if (sa.centroid_mm[0] > 0 and not ax0 > bx1) or (sa.centroid_mm[0] <= 0 and not ax1 < bx0):
             problems.append(f"{a} is not entirely lateral to {b}")
-    for a, (lo, hi) in rel.get("volume_cc", {}).items():
+    return problems
+
+
+def _volume_problems(atlas: Atlas, rel: Mapping[str, object]) -> list[str]:
+    """Structures missing or with a volume out of their ``volume_cc`` range."""
+    problems: list[str] = []
+    for a, lo, hi in _volume_ranges(rel):
         if a not in atlas.structures:
             problems.append(f"{a} is missing (volume range {lo}-{hi} cc)")
             continue
@@ -1215,7 +1670,7 @@ def _check_relations(atlas: Atlas, rel: Mapping[str, Any]) -> list[str]:
 # ============================================================================ landmarks
 
 
-def _slice_centroid(s: Structure, which: str) -> tuple[float, float, float]:
+def _slice_centroid(s: Structure, which: Literal["top", "bottom"]) -> Vec3:
     """Centroid of the top (``"top"``) or bottom slice of a structure, at that slice's z."""
     assert s.bbox is not None
     local = s.cropped_mask
@@ -1226,7 +1681,19 @@ def _slice_centroid(s: Structure, which: str) -> tuple[float, float, float]:
     return (float(p[0]), float(p[1]), float(p[2]))
 
 
-def derive_landmarks(structures: StructureSet) -> dict[str, tuple[float, float, float]]:
+#: Landmarks at the centroid of the top or bottom slice of a structure.
+_SLICE_LANDMARKS: tuple[tuple[str, str, Literal["top", "bottom"]], ...] = (
+    ("PubicSymphysis_Top", "PubicSymphys", "top"),
+    ("FemurHead_Top_L", "Femur_Head_L", "top"),
+    ("FemurHead_Top_R", "Femur_Head_R", "top"),
+    ("PenileBulb_Top", "PenileBulb", "top"),
+    ("AorticBifurcation", "A_Aorta", "bottom"),
+    ("S3_Bottom", "VB_S3", "bottom"),
+    ("VUA", "Bladder", "bottom"),
+)
+
+
+def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
     """Landmarks that can be derived from structures (LPS mm, z = the level).
 
     * ``PubicSymphysis_Top``, ``FemurHead_Top_L/R``, ``PenileBulb_Top``: centroid of the
@@ -1251,23 +1718,21 @@ def derive_landmarks(structures: StructureSet) -> dict[str, tuple[float, float, 
     -------
     dict of str to (x, y, z)
         Only the landmarks whose structures are present.
+
+    Raises
+    ------
+    TypeError
+        When ``structures`` is not a :class:`StructureSet`.
     """
-    out: dict[str, tuple[float, float, float]] = {}
+    check_type(structures, StructureSet, name="structures")
+    out: dict[str, Vec3] = {}
 
     def get(name: str) -> Structure | None:
         if name in structures and not structures[name].is_empty:
             return structures[name]
         return None
 
-    for key, sname, which in (
-        ("PubicSymphysis_Top", "PubicSymphys", "top"),
-        ("FemurHead_Top_L", "Femur_Head_L", "top"),
-        ("FemurHead_Top_R", "Femur_Head_R", "top"),
-        ("PenileBulb_Top", "PenileBulb", "top"),
-        ("AorticBifurcation", "A_Aorta", "bottom"),
-        ("S3_Bottom", "VB_S3", "bottom"),
-        ("VUA", "Bladder", "bottom"),
-    ):
+    for key, sname, which in _SLICE_LANDMARKS:
         s = get(sname)
         if s is not None:
             out[key] = _slice_centroid(s, which)
@@ -1283,24 +1748,29 @@ def derive_landmarks(structures: StructureSet) -> dict[str, tuple[float, float, 
                 m = (a + b) / 2
                 out[key] = (float(m[0]), float(m[1]), float(m[2]))
     if s1 is not None:
-        assert s1.bbox is not None
-        top = s1.cropped_mask[-1]
-        jj, ii = np.nonzero(top)
-        mid = ii.mean()
-        near = np.abs(ii - mid) <= max(1, round(10.0 / s1.grid.spacing_mm[2]))
-        sign = s1.grid.axis_signs[1]  # +1: row index increases posteriorly
-        jsel = jj[near].min() if sign > 0 else jj[near].max()
-        idx = np.array([s1.bbox[0].stop - 1, jsel + s1.bbox[1].start, mid + s1.bbox[2].start])
-        p = s1.grid.index_to_lps(idx.astype(float))
-        out["SacralPromontory"] = (float(p[0]), float(p[1]), float(p[2]))
+        out["SacralPromontory"] = _sacral_promontory(s1)
     return out
+
+
+def _sacral_promontory(s1: Structure) -> Vec3:
+    """Most anterior voxel of the top slice of ``s1`` within 10 mm of its middle column."""
+    assert s1.bbox is not None
+    top = s1.cropped_mask[-1]
+    jj, ii = np.nonzero(top)
+    mid = ii.mean()
+    near = np.abs(ii - mid) <= max(1, round(10.0 / s1.grid.spacing_mm[2]))
+    sign = s1.grid.axis_signs[1]  # +1: row index increases posteriorly
+    jsel = jj[near].min() if sign > 0 else jj[near].max()
+    idx = np.array([s1.bbox[0].stop - 1, jsel + s1.bbox[1].start, mid + s1.bbox[2].start])
+    p = s1.grid.index_to_lps(idx.astype(float))
+    return (float(p[0]), float(p[1]), float(p[2]))
 
 
 # ============================================================================ loaders
 
 
 def load_atlas(
-    name_or_path: str | Path = "male_pelvis_postop",
+    name_or_path: str | os.PathLike[str] = "male_pelvis_postop",
     *,
     spacing_mm: Sequence[float] | float | None = None,
     shape: Sequence[int] | None = None,
@@ -1345,6 +1815,8 @@ def load_atlas(
 
     Raises
     ------
+    TypeError
+        When an argument is not of the type above (e.g. a number for ``name_or_path``).
     AtlasNotFoundError
         When no shipped atlas has that name and no such folder exists.
     GeometryError
@@ -1358,66 +1830,106 @@ def load_atlas(
     >>> sorted(atlas.missing())
     []
     """
-    if isinstance(name_or_path, Path) or (
-        isinstance(name_or_path, str) and ("/" in name_or_path or "\\" in name_or_path)
-    ):
-        path = Path(name_or_path)
-    elif isinstance(name_or_path, str) and name_or_path in list_atlases():
-        folder = _atlas_root() / name_or_path
-        return _build_parametric(
-            folder,
-            f"rtplan.atlases/{name_or_path}",
-            name_or_path,
-            spacing_mm=spacing_mm,
-            shape=shape,
-            grid=grid,
-            scale=scale,
-            bladder_filling=bladder_filling,
-            rectal_filling=rectal_filling,
-            seed=seed,
-            validate=validate,
-        )
-    else:
-        path = Path(str(name_or_path))
+    check_type(
+        name_or_path, PATH_TYPES, name="name_or_path", expected_text="an atlas name or a path"
+    )
+    opts = _build_options(
+        spacing_mm=spacing_mm,
+        shape=shape,
+        grid=grid,
+        scale=scale,
+        bladder_filling=bladder_filling,
+        rectal_filling=rectal_filling,
+        seed=seed,
+        validate=validate,
+    )
+    if _is_shipped_name(name_or_path):
+        where = f"rtplan.atlases/{name_or_path}"
+        return _build_parametric(_atlas_root() / name_or_path, where, name_or_path, opts)
+    path = Path(name_or_path)
     if not path.is_dir():
         raise AtlasNotFoundError(
             f"no atlas {str(name_or_path)!r}: not a shipped atlas ({', '.join(list_atlases())}) "
             "and not a folder"
         )
     if (path / "atlas.toml").is_file():
-        return _build_parametric(
-            path,
-            str(path),
-            path.name,
-            spacing_mm=spacing_mm,
-            shape=shape,
-            grid=grid,
-            scale=scale,
-            bladder_filling=bladder_filling,
-            rectal_filling=rectal_filling,
-            seed=seed,
-            validate=validate,
-        )
-    asked = {
-        "spacing_mm": spacing_mm is not None,
-        "shape": shape is not None,
-        "grid": grid is not None,
-        "scale": np.any(np.asarray(scale, float) != 1.0),
-        "bladder_filling": bladder_filling != 1.0,
-        "rectal_filling": rectal_filling != 1.0,
-        "seed": seed is not None,
-    }
-    if any(asked.values()):
+        return _build_parametric(path, str(path), path.name, opts)
+    asked = opts.asked()
+    if asked:
         raise InvalidInputError(
-            f"{', '.join(k for k, v in asked.items() if v)} can only be used with a "
-            f"parametric atlas, not with the patient anatomy in {path}"
+            f"{', '.join(asked)} can only be used with a parametric atlas, not with the "
+            f"patient anatomy in {path}"
         )
     if list(path.glob("*.nii")) + list(path.glob("*.nii.gz")):
         return atlas_from_label_maps(path)
     return atlas_from_dicom(path)
 
 
-def _to_identity(arrays: Sequence[np.ndarray], grid: ImageGrid):
+def _is_shipped_name(name_or_path: str | os.PathLike[str]) -> TypeGuard[str]:
+    """True for a str without path separators that names a shipped atlas."""
+    return (
+        isinstance(name_or_path, str)
+        and "/" not in name_or_path
+        and "\\" not in name_or_path
+        and name_or_path in list_atlases()
+    )
+
+
+def _build_options(
+    *,
+    spacing_mm: Sequence[float] | float | None,
+    shape: Sequence[int] | None,
+    grid: ImageGrid | None,
+    scale: float | Sequence[float],
+    bladder_filling: float,
+    rectal_filling: float,
+    seed: int | None,
+    validate: bool,
+) -> _BuildOptions:
+    """The build arguments of :func:`load_atlas`, type-checked, with spacing and shape as 3."""
+    if spacing_mm is not None:
+        check_reals(spacing_mm, name="spacing_mm")
+    if shape is not None:
+        check_integers(shape, name="shape")
+    if grid is not None:
+        check_type(grid, ImageGrid, name="grid")
+    check_reals(scale, name="scale")
+    check_real(bladder_filling, name="bladder_filling")
+    check_real(rectal_filling, name="rectal_filling")
+    if seed is not None and not is_integer(seed):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    check_type(validate, bool, name="validate", expected_text="True or False")
+    return _BuildOptions(
+        spacing_mm=None if spacing_mm is None else _three_mm(spacing_mm),
+        shape=None if shape is None else _three_ints(shape),
+        grid=grid,
+        scale=scale,
+        bladder_filling=float(bladder_filling),
+        rectal_filling=float(rectal_filling),
+        seed=None if seed is None else int(seed),
+        validate=validate,
+    )
+
+
+def _three_mm(spacing_mm: Sequence[float] | float) -> FloatArray:
+    """``spacing_mm`` as (sz, sy, sx): one number means the same spacing on every axis."""
+    a = np.asarray(spacing_mm, float)
+    if a.ndim > 1 or a.size not in (1, 3):
+        raise GeometryError(
+            f"spacing_mm must be a number or three numbers (sz, sy, sx) in mm, got {spacing_mm!r}"
+        )
+    return np.broadcast_to(a, (3,)).copy()
+
+
+def _three_ints(shape: Sequence[int]) -> Shape3:
+    if len(shape) != 3:
+        raise GeometryError(f"shape must be three positive ints (nz, ny, nx), got {shape!r}")
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def _to_identity(
+    arrays: Sequence[npt.NDArray[_ScalarT]], grid: ImageGrid
+) -> tuple[list[npt.NDArray[_ScalarT]], ImageGrid]:
     """Flip arrays (and the grid) so that the direction is the identity."""
     signs = grid.axis_signs
     if all(s > 0 for s in signs):
@@ -1428,7 +1940,7 @@ def _to_identity(arrays: Sequence[np.ndarray], grid: ImageGrid):
     new = ImageGrid(
         shape=grid.shape,
         spacing_mm=grid.spacing_mm,
-        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
         frame_of_reference_uid=grid.frame_of_reference_uid,
     )
     return [np.ascontiguousarray(np.flip(a, axis=axes)) for a in arrays], new
@@ -1437,17 +1949,17 @@ def _to_identity(arrays: Sequence[np.ndarray], grid: ImageGrid):
 def _finish_user_atlas(
     name: str,
     grid: ImageGrid,
-    ct: np.ndarray | None,
+    ct: npt.NDArray[np.generic] | None,
     structures: StructureSet,
     source: str,
 ) -> Atlas:
-    if ct is None:
-        ct = _pseudo_ct(structures, grid)
+    """The atlas of user anatomy: a pseudo-CT when there is no CT, derived landmarks."""
+    ct_hu = _pseudo_ct(structures, grid) if ct is None else np.asarray(ct, np.float32)
     landmarks = derive_landmarks(structures)
     atlas = Atlas(
         name=name,
         grid=grid,
-        ct_hu=np.asarray(ct, np.float32),
+        ct_hu=ct_hu,
         structures=structures,
         landmarks=landmarks,
         source=source,
@@ -1456,7 +1968,7 @@ def _finish_user_atlas(
     return atlas
 
 
-def _pseudo_ct(structures: StructureSet, grid: ImageGrid) -> np.ndarray:
+def _pseudo_ct(structures: StructureSet, grid: ImageGrid) -> npt.NDArray[np.float32]:
     ct = np.full(grid.shape, -1000.0, np.float32)
     for prefixes, hu in _PSEUDO_CT_HU:
         for name in structures.names:
@@ -1468,9 +1980,9 @@ def _pseudo_ct(structures: StructureSet, grid: ImageGrid) -> np.ndarray:
 
 
 def atlas_from_dicom(
-    folder: str | Path,
+    folder: str | os.PathLike[str],
     *,
-    rtstruct: str | Path | None = None,
+    rtstruct: str | os.PathLike[str] | None = None,
     series_uid: str | None = None,
 ) -> Atlas:
     """The patient's anatomy from a DICOM CT series and an RTSTRUCT.
@@ -1493,45 +2005,55 @@ def atlas_from_dicom(
 
     Raises
     ------
+    TypeError
+        When an argument is not of the type above.
     AtlasNotFoundError
         When the folder does not exist.
     DicomInputError
         When there is no RTSTRUCT, or several and none was chosen.
     """
     from rtplan.dicom_io import read_ct_series, read_rtstruct  # lazy: optional coupling
-    from rtplan.errors import DicomInputError
 
+    check_type(folder, PATH_TYPES, name="folder", expected_text="a str or path")
+    if rtstruct is not None:
+        check_type(rtstruct, PATH_TYPES, name="rtstruct", expected_text="a str or path")
+    if series_uid is not None:
+        check_type(series_uid, str, name="series_uid")
     path = Path(folder)
     if not path.is_dir():
         raise AtlasNotFoundError(f"DICOM folder {path} does not exist")
     ct = read_ct_series(path, series_uid=series_uid)
-    if rtstruct is None:
-        candidates = _find_rtstructs(path)
-        if not candidates:
-            raise DicomInputError(
-                f"no RTSTRUCT in {path}; pass rtstruct= or add the structure set file"
-            )
-        if len(candidates) > 1:
-            raise DicomInputError(
-                f"several RTSTRUCT files in {path}: {', '.join(p.name for p in candidates)}; "
-                "choose one with rtstruct="
-            )
-        rtstruct = candidates[0]
-    ss = read_rtstruct(rtstruct, ct.grid, map_names=True)
+    rs_path = Path(rtstruct) if rtstruct is not None else _the_rtstruct(path)
+    ss = read_rtstruct(rs_path, ct.grid, map_names=True)
     names = list(ss.names)
-    arrays, grid = _to_identity([ct.hu] + [ss[n].mask for n in names], ct.grid)
+    (ct_hu,), grid = _to_identity([np.asarray(ct.hu)], ct.grid)
+    masks, _ = _to_identity([ss[n].mask for n in names], ct.grid)
     structures = StructureSet(
-        [
-            Structure(n, a, grid, role=ss[n].role, color=ss[n].color)
-            for n, a in zip(names, arrays[1:])
-        ],
+        [Structure(n, m, grid, role=ss[n].role, color=ss[n].color) for n, m in zip(names, masks)],
         grid=grid,
     )
-    return _finish_user_atlas(path.name, grid, arrays[0], structures, str(path))
+    return _finish_user_atlas(path.name, grid, ct_hu, structures, str(path))
+
+
+def _the_rtstruct(folder: Path) -> Path:
+    """The one RTSTRUCT file in ``folder`` (searched recursively)."""
+    candidates = _find_rtstructs(folder)
+    if not candidates:
+        raise DicomInputError(
+            f"no RTSTRUCT in {folder}; pass rtstruct= or add the structure set file"
+        )
+    if len(candidates) > 1:
+        raise DicomInputError(
+            f"several RTSTRUCT files in {folder}: {', '.join(p.name for p in candidates)}; "
+            "choose one with rtstruct="
+        )
+    return candidates[0]
 
 
 def _find_rtstructs(folder: Path) -> list[Path]:
+    """Files under ``folder`` that are DICOM with Modality RTSTRUCT (others are skipped)."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     out = []
     for p in sorted(folder.rglob("*")):
@@ -1541,9 +2063,9 @@ def _find_rtstructs(folder: Path) -> list[Path]:
             with warnings.catch_warnings():  # non-DICOM files make pydicom warn
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"])
-        except Exception:  # not a DICOM file
+        except InvalidDicomError:  # not a DICOM file (no preamble / DICM prefix)
             continue
-        if getattr(ds, "Modality", None) == "RTSTRUCT":
+        if ds.get("Modality") == "RTSTRUCT":
             out.append(p)
     return out
 
@@ -1559,9 +2081,9 @@ def _map_label_name(raw: str) -> str:
 
 
 def atlas_from_label_maps(
-    folder: str | Path,
+    folder: str | os.PathLike[str],
     *,
-    ct: str | Path | None = None,
+    ct: str | os.PathLike[str] | None = None,
     labels: Mapping[int, str] | None = None,
     femur_head_length_mm: float = 70.0,
 ) -> Atlas:
@@ -1592,23 +2114,23 @@ def atlas_from_label_maps(
     labels : mapping of int to str, optional
         Class names of a multilabel file.
     femur_head_length_mm : float
-        Length of femur kept from its top as ``Femur_Head_*``.
+        Length of femur kept from its top as ``Femur_Head_*`` (mm, > 0).
 
     Raises
     ------
     ImportError
         When nibabel is not installed (``pip install rtplan[nifti]``).
+    TypeError
+        When an argument is not of the type above.
+    InvalidInputError
+        When ``femur_head_length_mm`` is not a positive finite length.
     AtlasNotFoundError
         When the folder has no NIfTI files.
     GeometryError
         When the files disagree in geometry or the affine is not axial.
     """
-    try:
-        import nibabel as nib
-    except ImportError:  # pragma: no cover - nibabel is installed in the test env
-        raise ImportError(
-            "reading NIfTI label maps needs nibabel: pip install 'rtplan[nifti]'"
-        ) from None
+    _check_label_map_arguments(folder, ct, labels, femur_head_length_mm)
+    _require_nibabel()
     path = Path(folder)
     files = sorted(path.glob("*.nii")) + sorted(path.glob("*.nii.gz"))
     ct_names = {"ct", "image", "img", "ct_image"}
@@ -1616,61 +2138,121 @@ def atlas_from_label_maps(
     files = [f for f in files if f is not ct_file]
     if not files:
         raise AtlasNotFoundError(f"no NIfTI label maps (*.nii, *.nii.gz) in {path}")
-
-    def load(f: Path) -> tuple[np.ndarray, ImageGrid]:
-        img = nib.load(str(f))
-        data = np.asanyarray(img.dataobj)
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise GeometryError(f"{f} holds a {data.ndim}-D array; expected 3-D")
-        g = ImageGrid.from_affine(img.affine, data.shape, convention="RAS")
-        return ImageGrid.array_from_ijk(data), g
-
     mapping = dict(labels) if labels is not None else _read_label_table(path)
-    raw: list[tuple[str, np.ndarray]] = []
-    grid0: ImageGrid | None = None
+    raw, grid0 = _read_label_masks(files, mapping)
+    masks, grid = _to_identity([m for _, m in raw], grid0)
+    ct_path = Path(ct) if ct is not None else ct_file
+    ct_hu = None if ct_path is None else _read_label_map_ct(ct_path, grid)
+    structures = _structures_from_labels(
+        [(name, m) for (name, _), m in zip(raw, masks)], grid, femur_head_length_mm
+    )
+    return _finish_user_atlas(path.name, grid, ct_hu, structures, str(path))
+
+
+def _check_label_map_arguments(
+    folder: str | os.PathLike[str],
+    ct: str | os.PathLike[str] | None,
+    labels: Mapping[int, str] | None,
+    femur_head_length_mm: float,
+) -> None:
+    check_type(folder, PATH_TYPES, name="folder", expected_text="a str or path")
+    if ct is not None:
+        check_type(ct, PATH_TYPES, name="ct", expected_text="a str or path")
+    if labels is not None:
+        check_type(labels, Mapping, name="labels", expected_text="a mapping of int to str")
+        bad = [(k, v) for k, v in labels.items() if not is_integer(k) or not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"labels must map int label values to str names, got {bad[:3]!r}")
+    check_real(femur_head_length_mm, name="femur_head_length_mm")
+    if not math.isfinite(femur_head_length_mm) or femur_head_length_mm <= 0:
+        raise InvalidInputError(
+            f"femur_head_length_mm must be a positive length in mm, got {femur_head_length_mm!r}"
+        )
+
+
+def _require_nibabel() -> None:
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:  # pragma: no cover - nibabel is installed in the test env
+        raise ImportError(
+            "reading NIfTI label maps needs nibabel: pip install 'rtplan[nifti]'"
+        ) from None
+
+
+def _load_nifti(f: Path) -> tuple[npt.NDArray[np.generic], ImageGrid]:
+    """A NIfTI image as an rtplan ``[k, j, i]`` array and its (LPS) grid."""
+    import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
+
+    img = nib.load(str(f))
+    if not isinstance(img, SpatialImage) or img.affine is None:
+        raise GeometryError(f"{f} is not a NIfTI image with an affine")
+    data: npt.NDArray[np.generic] = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise GeometryError(f"{f} holds a {data.ndim}-D array; expected 3-D")
+    g = ImageGrid.from_affine(img.affine, data.shape, convention="RAS")
+    return ImageGrid.array_from_ijk(data), g
+
+
+def _read_label_masks(
+    files: Sequence[Path], mapping: Mapping[int, str]
+) -> tuple[list[tuple[str, BoolMask]], ImageGrid]:
+    """``(class name, mask)`` of every class, and the grid shared by the files.
+
+    One multilabel file with a class mapping, or one binary file per class.
+    """
+    raw: list[tuple[str, BoolMask]] = []
     if len(files) == 1 and mapping:
-        arr, grid0 = load(files[0])
-        values = np.unique(arr)
-        for v in values:
+        arr, grid0 = _load_nifti(files[0])
+        for v in np.unique(arr).tolist():
             if v == 0:
                 continue
             cname = mapping.get(int(v), f"label_{int(v)}")
             raw.append((cname, arr == v))
-    else:
-        for f in files:
-            arr, g = load(f)
-            if grid0 is None:
-                grid0 = g
-            elif not grid0.equals(g, atol_mm=0.01):
-                raise GeometryError(
-                    f"{f.name} is on {g.describe()} but {files[0].name} is on "
-                    f"{grid0.describe()}; label maps must share one grid"
-                )
-            raw.append((_nifti_stem(f), arr != 0))
-    assert grid0 is not None
-    ct_arr = None
-    if ct is not None or ct_file is not None:
-        ct_path = Path(ct) if ct is not None else ct_file
-        assert ct_path is not None
-        if ct_path.is_dir():
-            from rtplan.dicom_io import read_ct_series
+        return raw, grid0
+    first: ImageGrid | None = None
+    for f in files:
+        arr, g = _load_nifti(f)
+        if first is None:
+            first = g
+        elif not first.equals(g, atol_mm=0.01):
+            raise GeometryError(
+                f"{f.name} is on {g.describe()} but {files[0].name} is on "
+                f"{first.describe()}; label maps must share one grid"
+            )
+        raw.append((_nifti_stem(f), arr != 0))
+    assert first is not None  # files is not empty
+    return raw, first
 
-            series = read_ct_series(ct_path)
-            (ct_id,), ct_grid = _to_identity([series.hu], series.grid)
-            ct_arr = ct_id
-        else:
-            ct_arr, ct_grid = load(ct_path)
-            (ct_arr,), ct_grid = _to_identity([ct_arr], ct_grid)
-    arrays, grid = _to_identity([m for _, m in raw], grid0)
-    if ct_arr is not None and not ct_grid.equals(grid, atol_mm=0.01):
+
+def _read_label_map_ct(ct_path: Path, grid: ImageGrid) -> npt.NDArray[np.generic]:
+    """The CT of label maps (NIfTI file or DICOM folder), flipped; it must be on ``grid``."""
+    if ct_path.is_dir():
+        from rtplan.dicom_io import read_ct_series
+
+        series = read_ct_series(ct_path)
+        (dicom_ct,), ct_grid = _to_identity([np.asarray(series.hu)], series.grid)
+        ct_arr: npt.NDArray[np.generic] = dicom_ct
+    else:
+        raw_ct, raw_grid = _load_nifti(ct_path)
+        (nifti_ct,), ct_grid = _to_identity([raw_ct], raw_grid)
+        ct_arr = nifti_ct
+    if not ct_grid.equals(grid, atol_mm=0.01):
         raise GeometryError(
             f"the CT is on {ct_grid.describe()} but the label maps are on {grid.describe()}; "
             "resample one onto the other first"
         )
+    return ct_arr
+
+
+def _structures_from_labels(
+    named_masks: Sequence[tuple[str, BoolMask]], grid: ImageGrid, femur_head_length_mm: float
+) -> StructureSet:
+    """Structures with TG-263 names; femurs cropped to their heads; a derived symphysis."""
     structures = StructureSet(grid=grid)
-    for (rname, _), mask in zip(raw, arrays):
+    for rname, mask in named_masks:
         if not mask.any():
             continue
         name = _map_label_name(rname)
@@ -1686,10 +2268,11 @@ def atlas_from_label_maps(
         ps = _symphysis_from_hips(structures, grid)
         if ps is not None:
             structures.add(Structure("PubicSymphys", ps, grid))
-    return _finish_user_atlas(path.name, grid, ct_arr, structures, str(path))
+    return structures
 
 
 def _read_label_table(folder: Path) -> dict[int, str]:
+    """The class table of a multilabel file: a ``*.json`` or ``*.txt`` file in ``folder``."""
     for f in sorted(folder.glob("*.json")):
         try:
             table = json.loads(f.read_text(encoding="utf-8"))
@@ -1714,15 +2297,16 @@ def _read_label_table(folder: Path) -> dict[int, str]:
     return {}
 
 
-def _crop_top(mask: np.ndarray, grid: ImageGrid, length_mm: float) -> np.ndarray:
+def _crop_top(mask: BoolMask, grid: ImageGrid, length_mm: float) -> BoolMask:
     z = grid.axis_coordinates_mm()[0]
     ks = np.flatnonzero(mask.any(axis=(1, 2)))
     top = z[ks].max()
     keep = z >= top - length_mm
-    return mask & keep[:, None, None]
+    cropped: BoolMask = mask & keep[:, None, None]
+    return cropped
 
 
-def _symphysis_from_hips(structures: StructureSet, grid: ImageGrid) -> np.ndarray | None:
+def _symphysis_from_hips(structures: StructureSet, grid: ImageGrid) -> BoolMask | None:
     left, right = structures["Bone_Ilium_L"], structures["Bone_Ilium_R"]
     mid_x = (left.centroid_mm[0] + right.centroid_mm[0]) / 2
     both = left.mask | right.mask

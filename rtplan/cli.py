@@ -14,24 +14,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shutil
 import sys
-import tempfile
 import textwrap
 import traceback
-import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn, TextIO, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
+from rtplan._clinical_args import (
+    add_context_arguments,
+    context_from_args,
+    reference_values,
+    tracer_from_args,
+)
+from rtplan._io import staged_output
 from rtplan._progress import Progress
-from rtplan.errors import RtplanError, RtplanWarning
+from rtplan._typing import BoolMask, FloatArray, Vec3
+from rtplan.atlas import Atlas, atlas_from_dicom, atlas_from_label_maps, list_atlases, load_atlas
+from rtplan.context import scan_meaning, subgroup_lines
+from rtplan.demo import plan_case, run_demo, write_case_outputs
+from rtplan.dicom_io import read_pet_suv, read_rtstruct, write_rtstruct
+from rtplan.errors import DicomInputError, InvalidInputError, RtplanError, RtplanWarning
+from rtplan.figures import save_atlas_views
+from rtplan.grid import ImageGrid, resample_to_grid
+from rtplan.lesions import (
+    LesionRow,
+    Lesions,
+    PetMethod,
+    ReferenceRegion,
+    lesions_from_mask,
+    lesions_from_pet,
+    lesions_from_structures,
+)
+from rtplan.protocol import (
+    Protocol,
+    ProtocolConstraint,
+    list_protocols,
+    load_protocol,
+    protocol_text,
+)
+from rtplan.protocol_diff import diff_protocols, format_diff
+from rtplan.report import DEFAULT_TRACER
+from rtplan.staging import Stage
+from rtplan.staging import stage as stage_lesions
+from rtplan.tracers import Tracer, parse_reference
 
-__all__ = ["build_parser", "lesion_table_text", "main", "parse_pet_method", "staged_output"]
+__all__ = [
+    "PetMethodArgs",
+    "build_parser",
+    "lesion_table_text",
+    "main",
+    "parse_pet_method",
+    "staged_output",
+]
 
 PROG = "rtplan"
 DEFAULT_PROTOCOL = "nrg_salvage"
@@ -53,6 +93,9 @@ EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+
+#: What every command function takes and returns (the exit status).
+_Command = Callable[[argparse.Namespace, Progress], int]
 
 
 # ============================================================================ helpers
@@ -87,108 +130,29 @@ def _fail(message: str) -> NoReturn:
     raise RtplanError(message)
 
 
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def _resolved(path: str | os.PathLike[str]) -> Path:
-    return Path(path).expanduser().resolve()
-
-
-@contextlib.contextmanager
-def staged_output(
-    out: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    inputs: Iterable[str | os.PathLike[str] | None] = (),
-) -> Iterator[Path]:
-    """Write an output folder all at once: into a temporary sibling, renamed at the end.
-
-    Parameters
-    ----------
-    out : path
-        The output folder to create. It must not exist, or be an empty folder, unless
-        ``force`` is given (then it is replaced, after the new one is complete).
-    force : bool
-        Replace an existing non-empty ``out``.
-    inputs : iterable of path
-        Input files and folders of the run: ``out`` may neither lie inside an input
-        folder (never write into an input folder) nor be or contain an input (``force``
-        would delete it).
-
-    Yields
-    ------
-    Path
-        The temporary folder to write into (same parent as ``out``, so the final rename
-        is atomic on one file system). If the block raises, the temporary folder is
-        removed and ``out`` is left as it was.
-
-    Raises
-    ------
-    RtplanError
-        If ``out`` is a file, a non-empty folder without ``force``, or overlaps an input.
-    """
-    target = _resolved(out)
-    if target.exists() and not target.is_dir():
-        _fail(f"output {str(out)!r} exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        _fail(f"output folder {str(out)!r} exists and is not empty; use --force to replace it")
-    for item in inputs:
-        if item is None:
-            continue
-        src = _resolved(item)
-        if src.is_dir() and _is_within(target, src):
-            _fail(
-                f"output folder {str(out)!r} is inside the input folder {str(item)!r}; "
-                "choose an --out outside the inputs"
-            )
-        if _is_within(src, target):
-            _fail(
-                f"output folder {str(out)!r} contains the input {str(item)!r}; choose another --out"
-            )
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        if target.exists():
-            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """:func:`warnings.showwarning` replacement: one ``rtplan: warning: ...`` line."""
     stream = file if file is not None else sys.stderr
     text = " ".join(str(message).split())
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: the warning is lost
         stream.write(f"{PROG}: warning: {text}\n")
 
 
-def _spacing(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+def _spacing(values: Sequence[float] | None) -> Vec3 | None:
+    """``--spacing Z Y X`` in mm, checked to be 0.2-20 mm each (None when not given)."""
     if values is None:
         return None
     out = tuple(float(v) for v in values)
-    if any(not (0.2 <= v <= 20.0) for v in out):
+    if len(out) != 3 or any(not (0.2 <= v <= 20.0) for v in out):
         raise ValueError(f"--spacing must be three numbers between 0.2 and 20 mm, got {values}")
-    return out  # type: ignore[return-value]
+    return (out[0], out[1], out[2])
 
 
 def _positive_mm(text: str) -> float:
@@ -202,9 +166,8 @@ def _positive_mm(text: str) -> float:
 
 
 # ============================================================================ inputs
-def _require_dir(path: str | None, option: str) -> Path | None:
-    if path is None:
-        return None
+def _require_dir(path: str, option: str) -> Path:
+    """``path`` as an existing folder (the error names ``option``)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{option} folder {path!r} does not exist")
@@ -213,9 +176,8 @@ def _require_dir(path: str | None, option: str) -> Path | None:
     return p
 
 
-def _require_file(path: str | None, option: str) -> Path | None:
-    if path is None:
-        return None
+def _require_file(path: str, option: str) -> Path:
+    """``path`` as an existing file (the error names ``option``)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{option} file {path!r} does not exist")
@@ -224,7 +186,59 @@ def _require_file(path: str | None, option: str) -> Path | None:
     return p
 
 
-def parse_pet_method(text: str) -> dict[str, Any]:
+def _optional_dir(path: str | None, option: str) -> Path | None:
+    return None if path is None else _require_dir(path, option)
+
+
+def _optional_file(path: str | None, option: str) -> Path | None:
+    return None if path is None else _require_file(path, option)
+
+
+class _PetMethodName(TypedDict):
+    method: PetMethod
+
+
+class PetMethodArgs(_PetMethodName, total=False):
+    """Keyword arguments of :func:`rtplan.lesions.lesions_from_pet` for one PET method.
+
+    ``method`` is always there; ``references`` maps a reference region to its SUVmean
+    (g/mL) or to the mask it is measured in.
+    """
+
+    threshold_suv: float
+    percent: float
+    reference: ReferenceRegion
+    references: dict[str, float | BoolMask]
+
+
+_REFERENCES: Mapping[str, ReferenceRegion] = {"liver": "liver", "blood": "blood_pool"}
+
+
+def _pet_method(name: str, arg: str) -> PetMethodArgs | None:
+    """The method of ``name:arg``, or None when the numbers are out of range.
+
+    Raises ValueError when ``arg`` is not a number.
+    """
+    if name == "suv":
+        value = float(arg)
+        return {"method": "fixed", "threshold_suv": value} if 0 < value < 1000 else None
+    if name == "pct":
+        value = float(arg.rstrip("%"))
+        return {"method": "percent_max", "percent": value} if 0 < value < 100 else None
+    if name in _REFERENCES:
+        ref = _REFERENCES[name]
+        if not arg:
+            return {"method": "reference", "reference": ref}
+        try:  # MEAN or MEAN,SD: the threshold is the mean; the SD is checked, not used
+            mean = parse_reference(f"{name}:{arg}").mean_suv
+        except InvalidInputError:
+            return None
+        if mean is not None:
+            return {"method": "reference", "reference": ref, "references": {ref: mean}}
+    return None
+
+
+def parse_pet_method(text: str) -> PetMethodArgs:
     """Keyword arguments of :func:`rtplan.lesions.lesions_from_pet` from a CLI method string.
 
     Parameters
@@ -235,13 +249,15 @@ def parse_pet_method(text: str) -> dict[str, Any]:
         SUV 3 first);
         ``"liver"`` / ``"blood"``: SUV above the SUVmean of the liver / the blood pool
         (PROMISE miPSMA score >= 2 / >= 1), measured in the ``Liver`` / ``A_Aorta``
-        structure; ``"liver:5.2"`` / ``"blood:1.8"`` give the SUVmean instead.
+        structure; ``"liver:5.2"`` / ``"blood:1.8"`` give the SUVmean instead
+        (``"liver:5.2,1.1"`` also gives its SD, which is checked but does not enter
+        the threshold: the threshold is the SUVmean, PROMISE miPSMA).
 
     Returns
     -------
-    dict
-        ``method`` and its parameters; for a reference method ``reference`` and, when a
-        number was given, ``references``.
+    PetMethodArgs
+        A dict: ``method`` and its parameters; for a reference method ``reference`` and,
+        when a number was given, ``references``.
 
     Raises
     ------
@@ -257,50 +273,37 @@ def parse_pet_method(text: str) -> dict[str, Any]:
     >>> parse_pet_method("liver:5.2")
     {'method': 'reference', 'reference': 'liver', 'references': {'liver': 5.2}}
     """
-    forms = "suv:<SUV>, pct:<percent of SUVmax>, liver[:<SUVmean>] or blood[:<SUVmean>]"
+    forms = (
+        "suv:<SUV>, pct:<percent of SUVmax>, liver[:<SUVmean>[,<SD>]] or "
+        "blood[:<SUVmean>[,<SD>]]"
+    )
+    problem = f"--lesions-from-pet {text!r} is not understood; expected {forms}"
     name, _, arg = text.strip().partition(":")
-    name = name.strip().lower()
-    arg = arg.strip()
     try:
-        if name == "suv":
-            value = float(arg)
-            if value > 0 and value < 1000:
-                return {"method": "fixed", "threshold_suv": value}
-        elif name == "pct":
-            value = float(arg.rstrip("%"))
-            if 0 < value < 100:
-                return {"method": "percent_max", "percent": value}
-        elif name in ("liver", "blood"):
-            ref = "liver" if name == "liver" else "blood_pool"
-            if not arg:
-                return {"method": "reference", "reference": ref}
-            value = float(arg)
-            if value > 0 and value < 1000:
-                return {"method": "reference", "reference": ref, "references": {ref: value}}
-    except ValueError:
-        pass
-    raise ValueError(f"--lesions-from-pet {text!r} is not understood; expected {forms}")
+        method = _pet_method(name.strip().lower(), arg.strip())
+    except ValueError:  # a number that is not one
+        raise ValueError(problem) from None
+    if method is None:
+        raise ValueError(problem)
+    return method
 
 
-_REFERENCE_STRUCTURES = {"liver": "Liver", "blood_pool": "A_Aorta"}
+#: Where the reference SUVmean of ``--lesions-from-pet liver`` / ``blood`` is measured.
+_REFERENCE_STRUCTURES: Mapping[str, str] = {"liver": "Liver", "blood_pool": "A_Aorta"}
 #: Organs with physiological PSMA-ligand uptake or excretion, never counted as lesions.
 _PHYSIOLOGICAL = ("Bladder", "Kidney_L", "Kidney_R", "Bowel", "Bowel_Small", "Colon")
 
 
-def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> Any:
+def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> Atlas:
     """The patient's anatomy (an Atlas) from --ct with --structures or --labels."""
-    from rtplan import atlas as atlas_mod
-
     ct_dir = _require_dir(args.ct, "--ct")
-    structures = _require_file(args.structures, "--structures")
-    labels = _require_dir(args.labels, "--labels")
-    from rtplan.errors import DicomInputError
-
+    structures = _optional_file(args.structures, "--structures")
+    labels = _optional_dir(args.labels, "--labels")
     with progress.step("reading CT and structures"):
         if labels is not None:
-            return atlas_mod.atlas_from_label_maps(labels, ct=ct_dir)
+            return atlas_from_label_maps(labels, ct=ct_dir)
         try:
-            return atlas_mod.atlas_from_dicom(ct_dir, rtstruct=structures)
+            return atlas_from_dicom(ct_dir, rtstruct=structures)
         except DicomInputError as exc:
             if structures is None and "RTSTRUCT" in str(exc):
                 raise DicomInputError(
@@ -309,24 +312,49 @@ def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> An
             raise
 
 
-def _read_nifti_labels(path: Path, grid: Any) -> Any:
-    """A NIfTI label map as an array on ``grid`` (resampled by nearest neighbour if needed)."""
+def _nifti_array_and_affine(path: Path) -> tuple[npt.NDArray[np.generic], FloatArray]:
+    """The voxel array (``[i, j, k]``) and the RAS affine of a NIfTI file.
+
+    Raises
+    ------
+    RtplanError
+        Naming the file, when nibabel is missing or cannot read it as an image.
+    """
     try:
         import nibabel
+        from nibabel.filebasedimages import ImageFileError
+        from nibabel.spatialimages import HeaderDataError, ImageDataError, SpatialImage
     except ImportError:  # pragma: no cover - nibabel is an optional dependency
         _fail("reading NIfTI lesion masks needs nibabel: pip install 'rtplan[nifti]'")
-    from rtplan.grid import ImageGrid, resample_to_grid
-
+    # what nibabel raises on a file that is not (or no longer) a readable image:
+    # unknown format or header, truncated data, a broken gzip stream
+    unreadable = (
+        ImageFileError,
+        HeaderDataError,
+        ImageDataError,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+    )
     try:
-        img = nibabel.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise RtplanError(f"--lesions {path}: not a readable NIfTI file ({exc})") from None
+        img = nibabel.load(path)
+        if not isinstance(img, SpatialImage) or img.affine is None:
+            _fail(f"--lesions {path}: not a NIfTI image with an affine ({type(img).__name__})")
+        data: npt.NDArray[np.generic] = np.asanyarray(img.dataobj)
+    except unreadable as exc:
+        raise RtplanError(f"--lesions {path}: not a readable NIfTI file ({exc})") from exc
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _read_nifti_labels(path: Path, grid: ImageGrid) -> npt.NDArray[np.generic]:
+    """A NIfTI label map as an array on ``grid`` (resampled by nearest neighbour if needed)."""
+    data, affine = _nifti_array_and_affine(path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         _fail(f"--lesions {path}: expected a 3-D label map, got shape {data.shape}")
-    source = ImageGrid.from_affine(img.affine, data.shape, convention="RAS")
+    source = ImageGrid.from_affine(affine, data.shape, convention="RAS")
     labels = ImageGrid.array_from_ijk(data)
     if source.equals(grid):
         return np.ascontiguousarray(labels)
@@ -346,18 +374,19 @@ def _read_nifti_labels(path: Path, grid: Any) -> Any:
     return resample_to_grid(labels, source, grid, order=0)
 
 
-def _read_lesions(path: Path, atlas: Any, rois: str | None, suv: Any) -> Any:
+def _read_lesions(
+    path: Path,
+    atlas: Atlas,
+    rois: str | None,
+    suv: FloatArray | None,
+    references: Mapping[str, float | BoolMask] | None = None,
+) -> Lesions:
     """Lesions from a NIfTI label map or an RTSTRUCT with lesion ROIs."""
-    from rtplan.lesions import lesions_from_mask, lesions_from_structures
-
     if path.name.lower().endswith((".nii", ".nii.gz")):
         labels = _read_nifti_labels(path, atlas.grid)
-        return lesions_from_mask(labels, atlas.grid, suv=suv)
-    from rtplan import dicom_io
-    from rtplan.errors import DicomInputError
-
+        return lesions_from_mask(labels, atlas.grid, suv=suv, references=references)
     try:
-        structures = dicom_io.read_rtstruct(path, atlas.grid, map_names=False)
+        structures = read_rtstruct(path, atlas.grid, map_names=False)
     except DicomInputError as exc:
         raise DicomInputError(
             f"--lesions {path} is neither a NIfTI label map (.nii, .nii.gz) nor a usable "
@@ -378,15 +407,22 @@ def _read_lesions(path: Path, atlas: Any, rois: str | None, suv: Any) -> Any:
             f"{path.name} has no ROI of interpreted type GTV; name the lesion ROIs with "
             f"--lesion-rois (it has {', '.join(structures.names)})"
         )
-    return lesions_from_structures(chosen, suv=suv)
+    return lesions_from_structures(chosen, suv=suv, references=references)
 
 
-def _pet_lesions(suv: Any, atlas: Any, method: dict[str, Any]) -> Any:
+def _pet_lesions(
+    suv: FloatArray | None,
+    atlas: Atlas,
+    method: PetMethodArgs,
+    references: Mapping[str, float | BoolMask] | None = None,
+) -> Lesions:
     """Lesions segmented on the PET (resampled to the CT grid)."""
-    from rtplan.lesions import lesions_from_pet
-
+    if suv is None:
+        _fail("--lesions-from-pet needs the PET series: add --pet DIR")
     ss, grid = atlas.structures, atlas.grid
-    kwargs = dict(method)
+    kwargs = method.copy()
+    if references:
+        kwargs["references"] = {**references, **kwargs.get("references", {})}
     ref = kwargs.get("reference")
     if ref is not None and "references" not in kwargs:
         organ = _REFERENCE_STRUCTURES[ref]
@@ -405,80 +441,95 @@ def _pet_lesions(suv: Any, atlas: Any, method: dict[str, Any]) -> Any:
     return lesions_from_pet(suv, grid, exclude=exclude, search_region=body, **kwargs)
 
 
-def _load_patient(args: argparse.Namespace, progress: Progress) -> tuple[Any, Any]:
-    """(atlas, lesions) of a ``plan``/``stage`` run."""
-    from rtplan.lesions import Lesions
-
+def _check_lesion_options(args: argparse.Namespace) -> None:
+    """Refuse contradictory lesion options of ``plan`` / ``stage``."""
     if args.lesions is not None and args.lesions_from_pet is not None:
         _fail("give either --lesions or --lesions-from-pet, not both")
     if args.lesions_from_pet is not None and args.pet is None:
         _fail("--lesions-from-pet needs the PET series: add --pet DIR")
     if args.lesion_rois is not None and args.lesions is None:
         _fail("--lesion-rois needs --lesions RTSTRUCT")
-    pet_method = parse_pet_method(args.lesions_from_pet) if args.lesions_from_pet else None
-    lesion_path = _require_file(args.lesions, "--lesions")
-    pet_dir = _require_dir(args.pet, "--pet")
-    atlas = _load_atlas_from_patient(args, progress)
-    suv = None
-    if pet_dir is not None:
-        from rtplan import dicom_io
 
+
+def _load_patient(
+    args: argparse.Namespace, progress: Progress
+) -> tuple[Atlas, Lesions, Tracer | None]:
+    """(atlas, lesions, tracer) of a ``plan``/``stage`` run."""
+    _check_lesion_options(args)
+    pet_method = parse_pet_method(args.lesions_from_pet) if args.lesions_from_pet else None
+    lesion_path = _optional_file(args.lesions, "--lesions")
+    pet_dir = _optional_dir(args.pet, "--pet")
+    tracer = tracer_from_args(args.tracer, pet_dir)
+    atlas = _load_atlas_from_patient(args, progress)
+    references = (
+        reference_values(args.reference, atlas.structures, tracer) if args.reference else None
+    )
+    suv: FloatArray | None = None
+    if pet_dir is not None:
         with progress.step("reading PET (SUV)"):
-            suv, _ = dicom_io.read_pet_suv(pet_dir, atlas.grid)
+            suv, _ = read_pet_suv(pet_dir, atlas.grid)
+    if references is not None and suv is None:
+        _fail("--reference needs the PET series: add --pet DIR")
     with progress.step("finding lesions"):
         if lesion_path is not None:
-            lesions = _read_lesions(lesion_path, atlas, args.lesion_rois, suv)
+            lesions = _read_lesions(lesion_path, atlas, args.lesion_rois, suv, references)
         elif pet_method is not None:
-            lesions = _pet_lesions(suv, atlas, pet_method)
+            lesions = _pet_lesions(suv, atlas, pet_method, references)
         else:
             lesions = Lesions([], grid=atlas.grid)
-    return atlas, lesions
+    return atlas, lesions, tracer
 
 
-_LESION_COLUMNS = (
-    ("name", "lesion"),
-    ("category", "miTNM"),
-    ("region", "region"),
-    ("side", "side"),
-    ("volume_cc", "volume [cc]"),
-    ("suv_max", "SUVmax"),
-    ("mipsma_score", "miPSMA"),
-    ("source", "source"),
-)
+_LESION_TITLES = ("lesion", "miTNM", "region", "side", "volume [cc]", "SUVmax", "miPSMA", "source")
 
 
-def _lesion_rows(stage: Any, lesions: Any) -> list[dict[str, Any]]:
-    """Per-lesion rows of the staged lesions (falls back to the unstaged lesions)."""
-    staged = getattr(stage, "lesions", None)
-    for candidate in (staged, lesions):
-        table = getattr(candidate, "table", None)
-        if callable(table):
-            return list(table())
-        if isinstance(candidate, (list, tuple)) and candidate:
-            return [r if isinstance(r, dict) else r.row() for r in candidate]
-    return []
+def _lesion_cells(row: LesionRow) -> list[str]:
+    """The cells of one lesion under :data:`_LESION_TITLES`."""
+    values = (
+        row["name"],
+        row["category"],
+        row["region"],
+        row["side"],
+        row["volume_cc"],
+        row["suv_max"],
+        row["mipsma_score"],
+        row["source"],
+    )
+    return [_cell(v) for v in values]
 
 
-def lesion_table_text(stage: Any, lesions: Any) -> str:
-    """The lesion table printed by ``rtplan stage``: one line per lesion."""
-    rows = _lesion_rows(stage, lesions)
+def lesion_table_text(stage: Stage) -> str:
+    """The lesion table printed by ``rtplan stage``: one line per staged lesion.
+
+    Parameters
+    ----------
+    stage : Stage
+        A patient stage; its lesions carry the staging fields.
+
+    Returns
+    -------
+    str
+        A header and one line per lesion (name, miTNM category, region, side, volume in
+        cc, SUVmax, miPSMA score, source), or ``"no PSMA-positive lesion"``.
+    """
+    rows = stage.table()
     if not rows:
         return "no PSMA-positive lesion"
-    cols = [(key, title) for key, title in _LESION_COLUMNS if any(key in r for r in rows)]
-    cells = [[_cell(r.get(key)) for key, _ in cols] for r in rows]
-    widths = [max(len(title), *(len(c[n]) for c in cells)) for n, (_, title) in enumerate(cols)]
-    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(cols, widths)).rstrip()]
+    cells = [_lesion_cells(r) for r in rows]
+    widths = [max(len(t), *(len(c[n]) for c in cells)) for n, t in enumerate(_LESION_TITLES)]
+    lines = ["  ".join(title.ljust(w) for title, w in zip(_LESION_TITLES, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
-def _stage_text(stage: Any, *, detailed: bool = False) -> str:
-    text = str(getattr(stage, "string", None) or stage)
-    extra = getattr(stage, "detailed", None) if detailed else None
-    return f"{text} ({extra})" if extra else text
+def _stage_text(stage: Stage, *, detailed: bool = False) -> str:
+    """``"TrN1M0"``, with the PROMISE form in brackets when ``detailed``."""
+    if detailed and stage.detailed:
+        return f"{stage.string} ({stage.detailed})"
+    return stage.string
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
@@ -486,7 +537,7 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -498,8 +549,6 @@ def _cell(value: Any) -> str:
 
 # ============================================================================ commands
 def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan.demo import run_demo
-
     summary = run_demo(
         args.out,
         spacing_mm=_spacing(args.spacing),
@@ -515,17 +564,15 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan.demo import plan_case, write_case_outputs
-    from rtplan.protocol import load_protocol
-
     inputs = [args.ct, args.pet, args.structures, args.labels, args.lesions]
     if args.protocol and Path(args.protocol).exists():
         inputs.append(args.protocol)
     _require_dir(args.ct, "--ct")
-    protocol = load_protocol(args.protocol or DEFAULT_PROTOCOL)
+    protocol = _load_protocol(args.protocol)
+    context = context_from_args(args)
     case = args.case or _default_case(Path(args.ct))
     with staged_output(args.out, force=args.force, inputs=inputs) as tmp:
-        atlas, lesions = _load_patient(args, progress)
+        atlas, lesions, tracer = _load_patient(args, progress)
         comparison = plan_case(
             atlas,
             lesions,
@@ -533,25 +580,33 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
             case=case,
             dose_spacing_mm=args.dose_spacing,
             progress=progress,
+            context=context,
+            tracer=tracer,
         )
         write_case_outputs(comparison, tmp, ct_folder=Path(args.ct), progress=progress)
     if not args.quiet:
-        print(f"stage: {_stage_text(comparison.stage)}")
+        if comparison.stage is not None:  # plan_case always stages
+            print(f"stage: {_stage_text(comparison.stage)}")
         print(f"options: {', '.join(comparison.options)}")
         print(f"written: {args.out}")
     return EXIT_OK
 
 
 def _cmd_stage(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan.staging import stage as stage_fn
-
-    atlas, lesions = _load_patient(args, progress)
+    context = context_from_args(args)
+    atlas, lesions, tracer = _load_patient(args, progress)
     with progress.step("staging"):
-        stage = stage_fn(lesions, atlas)
+        stage = stage_lesions(lesions, atlas)
     print(f"stage: {_stage_text(stage, detailed=True)}")
-    print(lesion_table_text(stage, lesions))
-    for note in getattr(stage, "notes", ()):
+    print(lesion_table_text(stage))
+    for note in stage.notes:
         print(f"note: {note}")
+    if context is not None:
+        tracer_name = tracer.name if tracer is not None else DEFAULT_TRACER
+        for line in scan_meaning(stage.string, context, tracer_name):
+            print(f"context: {line}")
+        for line in subgroup_lines(stage.string, context):
+            print(f"evidence: {line}")
     return EXIT_OK
 
 
@@ -566,30 +621,22 @@ def _default_case(ct: Path) -> str:
     return folder.name or "rtplan"
 
 
-def _load_protocol(name_or_path: str | None) -> Any:
-    from rtplan.protocol import load_protocol
-
+def _load_protocol(name_or_path: str | None) -> Protocol:
     return load_protocol(name_or_path or DEFAULT_PROTOCOL)
 
 
 def _cmd_atlas_list(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan.atlas import list_atlases
-
     for name in list_atlases():
         print(name)
     return EXIT_OK
 
 
-def _load_named_atlas(args: argparse.Namespace, progress: Progress) -> Any:
-    from rtplan.atlas import load_atlas
-
+def _load_named_atlas(args: argparse.Namespace, progress: Progress) -> Atlas:
     with progress.step(f"building atlas {args.name}"):
         return load_atlas(args.name, spacing_mm=_spacing(args.spacing))
 
 
 def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan import dicom_io
-
     with staged_output(args.out, force=args.force) as tmp:
         atlas = _load_named_atlas(args, progress)
         with progress.step("writing CT series"):
@@ -600,7 +647,7 @@ def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
             )
         if not args.no_structures:
             with progress.step("writing RTSTRUCT"):
-                dicom_io.write_rtstruct(
+                write_rtstruct(
                     list(atlas.structures.values()),
                     ct_dir,
                     tmp / f"RS_{atlas.name}.dcm",
@@ -612,12 +659,10 @@ def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_atlas_show(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan import figures
-
     with staged_output(args.out, force=args.force) as tmp:
         atlas = _load_named_atlas(args, progress)
         with progress.step("drawing views"):
-            written = figures.save_atlas_views(atlas, tmp)
+            written = save_atlas_views(atlas, tmp)
     if not args.quiet:
         for path in written:
             print(Path(args.out) / Path(path).name)
@@ -625,23 +670,15 @@ def _cmd_atlas_show(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_protocol_list(args: argparse.Namespace, progress: Progress) -> int:
-    from rtplan.protocol import list_protocols, load_protocol
-
-    for name in list_protocols():
-        print(f"{name}  {load_protocol(name).title}")
+    names = list_protocols()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {load_protocol(name).title}")
     return EXIT_OK
 
 
-def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
-    protocol = _load_protocol(args.protocol)
-    if args.toml:
-        from rtplan.protocol import protocol_text
-
-        sys.stdout.write(protocol_text(args.protocol or DEFAULT_PROTOCOL))
-        return EXIT_OK
-    print(f"{protocol.name}: {protocol.title}")
-    if protocol.path:
-        print(f"file: {protocol.path}")
+def _print_protocol_values(protocol: Protocol) -> None:
+    """Every value of ``protocol`` (but its name and title) with its source, as a table."""
     rows = [(p, _value_text(v), s) for p, v, s in protocol.rows() if not p.startswith("protocol.")]
     width = max((len(p) for p, _, _ in rows), default=4)
     vwidth = min(max((len(v) for _, v, _ in rows), default=5), 24)
@@ -649,6 +686,17 @@ def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
     print(f"{'key'.ljust(width)}  {'value'.ljust(vwidth)}  source")
     for path, value, source in rows:
         print(f"{path.ljust(width)}  {value.ljust(vwidth)}  {source}")
+
+
+def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
+    protocol = _load_protocol(args.protocol)
+    if args.toml:
+        sys.stdout.write(protocol_text(args.protocol or DEFAULT_PROTOCOL))
+        return EXIT_OK
+    print(f"{protocol.name}: {protocol.title}")
+    if protocol.path:
+        print(f"file: {protocol.path}")
+    _print_protocol_values(protocol)
     if protocol.constraints:
         print()
         print("constraints")
@@ -661,14 +709,19 @@ def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
     return EXIT_OK
 
 
-def _constraint_text(c: Any) -> str:
+def _constraint_text(c: ProtocolConstraint) -> str:
     """``Rectum V65Gy <= 35 %  [conventional, 5 fx]  source`` for one protocol constraint."""
-    limit = f"{c.op} {c.limit:g} {c.unit}"
-    scope = getattr(c, "applies_to", "all")
-    fractions = getattr(c, "fractions", None)
-    if fractions is not None:
-        scope += f", {fractions} fx"
-    return f"{c.structure} {c.metric} {limit}  [{scope}]  {getattr(c, 'source', '')}".rstrip()
+    scope = c.applies_to
+    if c.fractions is not None:
+        scope += f", {c.fractions} fx"
+    return f"{c.structure} {c.metric} {c.text}  [{scope}]  {c.source}".rstrip()
+
+
+def _cmd_protocol_diff(args: argparse.Namespace, progress: Progress) -> int:
+    a, b = _load_protocol(args.protocol_a), _load_protocol(args.protocol_b)
+    rows = diff_protocols(a, b, sources=args.sources)
+    print(format_diff(rows, args.protocol_a, args.protocol_b))
+    return EXIT_OK
 
 
 def _cmd_protocol_validate(args: argparse.Namespace, progress: Progress) -> int:
@@ -714,6 +767,8 @@ lesions (PSMA-positive, each becomes a GTV):
                      liver         SUV above the liver SUVmean (PROMISE miPSMA score
                                    >= 2), measured in the Liver structure
                      liver:5.2     the same with the liver SUVmean given
+                     liver:5.2,1.1 the same with its SD (recorded; the threshold is
+                                   the mean)
                      blood[:1.8]   SUV above the blood-pool SUVmean (miPSMA >= 1),
                                    measured in A_Aorta or given
                      Urinary activity (Bladder, kidneys, bowel where contoured) and
@@ -866,25 +921,32 @@ def _add_patient_inputs(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``rtplan`` command (all subcommands)."""
-    from rtplan import __version__
-
-    parser = _Parser(
-        prog=PROG,
-        formatter_class=_Formatter,
-        description=_wrap(
-            "PSMA PET/CT-guided salvage radiotherapy planning after prostatectomy: "
-            "stage the lesions (PROMISE miTNM), build the target volumes of every sensible field "
-            "option, estimate dose and compare the options; write RTSTRUCT, RTDOSE and a report."
-        ),
-        epilog=_MAIN_EPILOG,
+def _add_dose_spacing(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--dose-spacing",
+        type=_positive_mm,
+        default=2.5,
+        metavar="MM",
+        help="voxel size of the dose grid in mm, cubic (default 2.5)",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
-    # demo
+
+def _add_protocol_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "protocol",
+        nargs="?",
+        metavar="FILE",
+        help=f"TOML file or name (default {DEFAULT_PROTOCOL})",
+    )
+
+
+def _leaf(p: argparse.ArgumentParser, func: _Command) -> None:
+    """Finish a command's parser: the general options, and the function it runs."""
+    _add_common(p)
+    p.set_defaults(func=func)
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "demo",
         help="run the four example cases on the shipped atlas",
@@ -897,13 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_out(p, default="rtplan-demo")
     _add_spacing(p, "CT")
-    p.add_argument(
-        "--dose-spacing",
-        type=_positive_mm,
-        default=2.5,
-        metavar="MM",
-        help="voxel size of the dose grid in mm, cubic (default 2.5)",
-    )
+    _add_dose_spacing(p)
     p.add_argument(
         "--case",
         action="append",
@@ -916,10 +972,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cases run in N worker processes (default 2 on a machine with 2+ cores)",
     )
-    _add_common(p)
-    p.set_defaults(func=_cmd_demo)
+    _leaf(p, _cmd_demo)
 
-    # plan
+
+def _add_plan_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "plan",
         help="stage, build and compare the options for your own patient",
@@ -931,6 +987,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _add_patient_inputs(p)
+    add_context_arguments(p)
     g = p.add_argument_group("planning")
     g.add_argument(
         "--protocol",
@@ -938,13 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"protocol TOML file or shipped name (default {DEFAULT_PROTOCOL}; "
         "see 'rtplan protocol list')",
     )
-    g.add_argument(
-        "--dose-spacing",
-        type=_positive_mm,
-        default=2.5,
-        metavar="MM",
-        help="voxel size of the dose grid in mm, cubic (default 2.5)",
-    )
+    _add_dose_spacing(g)
     g.add_argument(
         "--case",
         metavar="LABEL",
@@ -952,10 +1003,10 @@ def build_parser() -> argparse.ArgumentParser:
         "its parent's when it is called CT, DICOM...)",
     )
     _add_out(p)
-    _add_common(p)
-    p.set_defaults(func=_cmd_plan)
+    _leaf(p, _cmd_plan)
 
-    # stage
+
+def _add_stage_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "stage",
         help="print the miTNM stage and the lesion table",
@@ -967,10 +1018,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _add_patient_inputs(p)
-    _add_common(p)
-    p.set_defaults(func=_cmd_stage)
+    add_context_arguments(p)
+    _leaf(p, _cmd_stage)
 
-    # atlas
+
+def _add_atlas_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "atlas",
         help="list, export or show the shipped atlases",
@@ -981,8 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="atlas_command", metavar="ACTION", parser_class=_Parser)
     asub.required = True
     q = asub.add_parser("list", help="names of the shipped atlases", formatter_class=_Formatter)
-    _add_common(q)
-    q.set_defaults(func=_cmd_atlas_list)
+    _leaf(q, _cmd_atlas_list)
     for action, helptext, func in (
         ("export", "Write the atlas CT series (+ RTSTRUCT) to a folder.", _cmd_atlas_export),
         ("show", "Write axial, coronal and sagittal PNG views.", _cmd_atlas_show),
@@ -1001,13 +1052,13 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "export":
             q.add_argument("--no-structures", action="store_true", help="write the CT series only")
         _add_out(q)
-        _add_common(q)
-        q.set_defaults(func=func)
+        _leaf(q, func)
 
-    # protocol
+
+def _add_protocol_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "protocol",
-        help="list, show or validate protocols",
+        help="list, show, validate or diff protocols",
         description=_wrap(
             "Treatment protocols: margins, prescriptions and constraints with sources."
         ),
@@ -1017,46 +1068,108 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="protocol_command", metavar="ACTION", parser_class=_Parser)
     psub.required = True
     q = psub.add_parser("list", help="the shipped protocols", formatter_class=_Formatter)
-    _add_common(q)
-    q.set_defaults(func=_cmd_protocol_list)
+    _leaf(q, _cmd_protocol_list)
     q = psub.add_parser(
         "show",
         help="every value of a protocol with its source",
         formatter_class=_Formatter,
         epilog=_PROTOCOL_EPILOG,
     )
-    q.add_argument(
-        "protocol",
-        nargs="?",
-        metavar="FILE",
-        help=f"TOML file or name (default {DEFAULT_PROTOCOL})",
-    )
+    _add_protocol_argument(q)
     q.add_argument(
         "--toml",
         action="store_true",
         help="print the protocol file itself, to copy and edit "
         "(rtplan protocol show --toml nrg_salvage > mine.toml)",
     )
-    _add_common(q)
-    q.set_defaults(func=_cmd_protocol_show)
+    _leaf(q, _cmd_protocol_show)
     q = psub.add_parser(
         "validate",
         help="check a protocol file (keys, units, ranges, sources)",
         formatter_class=_Formatter,
         epilog=_PROTOCOL_EPILOG,
     )
-    q.add_argument(
-        "protocol",
-        nargs="?",
-        metavar="FILE",
-        help=f"TOML file or name (default {DEFAULT_PROTOCOL})",
+    _add_protocol_argument(q)
+    _leaf(q, _cmd_protocol_validate)
+    q = psub.add_parser(
+        "diff",
+        help="what differs between two protocols, value by value",
+        formatter_class=_Formatter,
+        epilog=_PROTOCOL_EPILOG,
     )
-    _add_common(q)
-    q.set_defaults(func=_cmd_protocol_validate)
+    q.add_argument("protocol_a", metavar="A", help="TOML file or shipped name")
+    q.add_argument("protocol_b", metavar="B", help="TOML file or shipped name")
+    q.add_argument("--sources", action="store_true", help="also compare every value's source")
+    _leaf(q, _cmd_protocol_diff)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rtplan`` command (all subcommands).
+
+    Every command's parser sets ``func`` (the function that runs it), ``quiet`` and
+    ``debug``.
+    """
+    from rtplan import __version__  # the package root: imported once it is complete
+
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description=_wrap(
+            "PSMA PET/CT-guided salvage radiotherapy planning after prostatectomy: "
+            "stage the lesions (PROMISE miTNM), build the target volumes of every sensible field "
+            "option, estimate dose and compare the options; write RTSTRUCT, RTDOSE and a report."
+        ),
+        epilog=_MAIN_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_demo_parser(sub)
+    _add_plan_parser(sub)
+    _add_stage_parser(sub)
+    _add_atlas_parser(sub)
+    _add_protocol_parser(sub)
     return parser
 
 
 # ============================================================================ main
+@contextlib.contextmanager
+def _warnings_as_lines(debug: bool) -> Iterator[None]:
+    """Show rtplan's warnings (once each) as ``rtplan: warning: ...`` lines.
+
+    Those of the libraries underneath (pydicom, matplotlib...) are shown only with
+    ``--debug`` (and then, like rtplan's, with their source line).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("default" if debug else "ignore")
+        warnings.simplefilter("default", RtplanWarning)
+        if not debug:
+            warnings.showwarning = _print_warning
+        yield
+
+
+def _run(func: _Command, args: argparse.Namespace, progress: Progress, *, debug: bool) -> int:
+    """Run a command; turn what it raises into a message on stderr and an exit status."""
+    try:
+        return func(args, progress)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except _INPUT_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+        return EXIT_INPUT
+    except Exception as exc:  # the last resort: a bug in rtplan, to be reported
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run again with --debug for the traceback, and please report it)\n"
+        )
+        return EXIT_INTERNAL
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rtplan`` command.
 
@@ -1076,34 +1189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    debug = bool(getattr(args, "debug", False))
-    progress = Progress(enabled=False if getattr(args, "quiet", False) else None)
-    func: Callable[[argparse.Namespace, Progress], int] = args.func
-    with warnings.catch_warnings():
-        # rtplan's warnings are shown (once each) as "rtplan: warning: ..." lines; those of
-        # the libraries underneath (pydicom, matplotlib...) only with --debug
-        warnings.simplefilter("default" if debug else "ignore")
-        warnings.simplefilter("default", RtplanWarning)
-        if not debug:
-            warnings.showwarning = _print_warning
-        try:
-            return func(args, progress)
-        except KeyboardInterrupt:
-            sys.stderr.write(f"{PROG}: interrupted\n")
-            return EXIT_INTERRUPTED
-        except _INPUT_ERRORS as exc:
-            if debug:
-                traceback.print_exc()
-            sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
-            return EXIT_INPUT
-        except Exception as exc:
-            if debug:
-                traceback.print_exc()
-            sys.stderr.write(
-                f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
-                "(run again with --debug for the traceback, and please report it)\n"
-            )
-            return EXIT_INTERNAL
+    debug: bool = args.debug
+    progress = Progress(enabled=False if args.quiet else None)
+    func: _Command = args.func
+    with _warnings_as_lines(debug):
+        return _run(func, args, progress, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,23 +8,46 @@ report, the CSV/JSON export and the DICOM export all read the comparison.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
+import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rtplan._io import atomic_write_text
-from rtplan._progress import as_progress
+from rtplan._progress import Progress, ProgressLike, as_progress
+from rtplan._typing import FloatArray
+from rtplan.atlas import Atlas
+from rtplan.context import ClinicalContext
+from rtplan.dose_estimate import (
+    DoseModelParameters,
+    OptionDose,
+    estimate_option_dose,
+    make_dose_grid,
+)
+from rtplan.dvh import (
+    DVH,
+    StructureOnDoseGrid,
+    compute_dvh,
+    evaluate_constraint,
+    lkb_ntcp,
+    structure_on_dose_grid,
+)
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
-from rtplan.plan import FieldOption
-from rtplan.structures import Structure
+from rtplan.lesions import Lesions
+from rtplan.plan import FieldOption, Target
+from rtplan.protocol import Protocol, load_protocol
+from rtplan.staging import Stage
+from rtplan.structures import Structure, StructureSet
+from rtplan.tracers import Tracer
+from rtplan.volumes import OptionSpec, build_options
 
 __all__ = [
     "DEFAULT_OARS",
@@ -34,6 +57,9 @@ __all__ = [
     "OptionResult",
     "compare_options",
 ]
+
+#: A value of :meth:`ComparisonTable.records`: text, a number, or nothing.
+RecordValue = str | float | None
 
 
 @dataclass(frozen=True)
@@ -86,6 +112,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    """``value``, or ``None`` for NaN and infinities (which JSON cannot hold)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class ComparisonTable:
     """The options side by side: one :class:`MetricRow` per metric, options as columns."""
@@ -93,11 +126,11 @@ class ComparisonTable:
     options: tuple[str, ...]
     rows: tuple[MetricRow, ...]
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, RecordValue]]:
         """Rows as dicts: metadata keys, one value key and one status key per option."""
         out = []
         for r in self.rows:
-            rec: dict[str, Any] = {
+            rec: dict[str, RecordValue] = {
                 "group": r.group,
                 "structure": r.structure,
                 "metric": r.metric,
@@ -133,12 +166,6 @@ class ComparisonTable:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """JSON text ``{"options": [...], "rows": [...]}``; written to ``path`` when given."""
-
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            return v
-
         payload = {
             "options": list(self.options),
             "rows": [
@@ -148,9 +175,9 @@ class ComparisonTable:
                     "metric": r.metric,
                     "unit": r.unit,
                     "limit": r.limit,
-                    "values": {o: clean(r.values.get(o)) for o in self.options},
+                    "values": {o: _finite_or_none(r.values.get(o)) for o in self.options},
                     "status": {o: r.status.get(o) for o in self.options},
-                    "headroom": {o: clean(r.headroom.get(o)) for o in self.options},
+                    "headroom": {o: _finite_or_none(r.headroom.get(o)) for o in self.options},
                     "source": r.source,
                 }
                 for r in self.rows
@@ -161,12 +188,32 @@ class ComparisonTable:
             atomic_write_text(Path(path), text)
         return text
 
-    def to_pandas(self):  # pragma: no cover - optional dependency
-        """A pandas DataFrame indexed by row label (needs pandas installed)."""
-        import pandas as pd
+    def to_pandas(self) -> object:
+        """A ``pandas.DataFrame`` of the values: options as columns, row labels as index.
 
+        pandas is optional and rtplan does not install it (nor its type information,
+        hence the return type ``object``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per option, indexed by :attr:`MetricRow.label`.
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed; the message says ``pip install pandas``.
+        """
+        try:
+            pandas = importlib.import_module("pandas")
+        except ImportError as err:
+            raise ImportError(
+                "ComparisonTable.to_pandas needs pandas, which rtplan does not install; "
+                "install it with `pip install pandas` (or use to_csv / to_json / records)"
+            ) from err
         data = {o: [r.values.get(o) for r in self.rows] for o in self.options}
-        return pd.DataFrame(data, index=[r.label for r in self.rows])
+        frame: object = pandas.DataFrame(data, index=[r.label for r in self.rows])
+        return frame
 
     def row(self, structure: str, metric: str) -> MetricRow:
         """The row of one structure's metric; ``KeyError`` if absent."""
@@ -191,7 +238,7 @@ class ComparisonTable:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class OptionResult:
     """Everything computed for one option.
 
@@ -201,25 +248,25 @@ class OptionResult:
         The option (courses, targets, ADT flag, evidence line).
     dose_grid : ImageGrid
         Grid of the dose arrays (default 2.5 mm cubic).
-    dose_gy : ndarray of float, shape ``dose_grid.shape``
+    dose_gy : ndarray of float64, shape ``dose_grid.shape``
         Total physical dose of all courses, Gy.
-    eqd2_gy : ndarray of float or None
+    eqd2_gy : ndarray of float64 or None
         Composite EQD2 (alpha/beta 3 Gy unless stated), Gy, where courses differ in
         fractionation.
-    course_doses_gy : dict of str to ndarray
-        Physical dose per course.
-    dvhs : dict of str to object
-        Structure name -> DVH (:class:`rtplan.dvh.DVH`) of the total dose.
+    course_doses_gy : dict of str to ndarray of float64
+        Physical dose per course, Gy.
+    dvhs : dict of str to DVH
+        Structure name -> :class:`rtplan.dvh.DVH` of the total dose.
     structures : list of Structure
         The option's own structures (GTV/CTV/PTV) on the CT grid.
     """
 
     option: FieldOption
     dose_grid: ImageGrid
-    dose_gy: np.ndarray
-    eqd2_gy: np.ndarray | None = None
-    course_doses_gy: dict[str, np.ndarray] = field(default_factory=dict)
-    dvhs: dict[str, Any] = field(default_factory=dict)
+    dose_gy: FloatArray
+    eqd2_gy: FloatArray | None = None
+    course_doses_gy: dict[str, FloatArray] = field(default_factory=dict)
+    dvhs: dict[str, DVH] = field(default_factory=dict)
     structures: list[Structure] = field(default_factory=list)
 
     @property
@@ -228,7 +275,7 @@ class OptionResult:
         return self.option.name
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Comparison:
     """The options of one case side by side.
 
@@ -236,13 +283,13 @@ class Comparison:
     ----------
     case : str
         Case label (e.g. ``"TrN0M0"`` or a patient-free identifier).
-    atlas : object
+    atlas : Atlas
         The :class:`rtplan.atlas.Atlas` (CT, structures, landmarks).
-    lesions : object
+    lesions : Lesions or None
         The :class:`rtplan.lesions.Lesions`.
-    stage : object
+    stage : Stage or None
         The :class:`rtplan.staging.Stage`.
-    protocol : object
+    protocol : Protocol
         The :class:`rtplan.protocol.Protocol` used.
     results : list of OptionResult
         One per option, in order.
@@ -252,17 +299,24 @@ class Comparison:
         Name and parameters of the dose model (for reports).
     created : datetime
         When the comparison was computed.
+    context : ClinicalContext or None
+        PSA and pathology (:class:`rtplan.context.ClinicalContext`) that set the PET
+        result in context in the report.
+    tracer : Tracer or None
+        The PET tracer (:class:`rtplan.tracers.Tracer`), when known.
     """
 
     case: str
-    atlas: Any
-    lesions: Any
-    stage: Any
-    protocol: Any
+    atlas: Atlas
+    lesions: Lesions | None
+    stage: Stage | None
+    protocol: Protocol
     results: list[OptionResult]
     table: ComparisonTable
     dose_model: str = ""
     created: datetime = field(default_factory=datetime.now)
+    context: ClinicalContext | None = None
+    tracer: Tracer | None = None
 
     @property
     def options(self) -> list[str]:
@@ -352,7 +406,7 @@ class Comparison:
 
     def write_report(self, path: str | Path) -> Path:
         """Write the self-contained HTML report (see :func:`rtplan.report.write_report`)."""
-        from rtplan.report import write_report
+        from rtplan.report import write_report  # report reads Comparison: import when used
 
         return write_report(self, path)
 
@@ -362,7 +416,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)
 
 
-# ---------------------------------------------------------------------------- running options
+# ---------------------------------------------------------------------------- checking input
 #: OARs reported for every option when the anatomy has them (in this order); structures
 #: named by the protocol's constraints and NTCP models are added after these.
 DEFAULT_OARS: tuple[str, ...] = (
@@ -377,22 +431,114 @@ DEFAULT_OARS: tuple[str, ...] = (
 )
 
 
-def _unique_by_name(structures: Sequence[Structure]) -> list[Structure]:
-    seen: dict[str, Structure] = {}
-    for s in structures:
-        seen.setdefault(s.name, s)
-    return list(seen.values())
+def _type_name(value: object) -> str:
+    return type(value).__name__
 
 
-def _option_structures(option: FieldOption) -> list[Structure]:
-    out: list[Structure] = []
-    for t in option.targets:
-        out.extend(s for s in (t.gtv, t.ctv, t.ptv) if s is not None)
-    out.extend(option.extra_structures)
-    return _unique_by_name(out)
+def _check_case_inputs(
+    atlas: Atlas,
+    lesions: Lesions | None,
+    stage: Stage | None,
+    protocol: str | Path | Protocol,
+    case: str,
+) -> None:
+    """Raise TypeError naming the first argument of :func:`compare_options` of a wrong type."""
+    if not isinstance(atlas, Atlas):
+        raise TypeError(f"atlas must be an rtplan.atlas.Atlas, got {_type_name(atlas)}")
+    if lesions is not None and not isinstance(lesions, Lesions):
+        raise TypeError(
+            f"lesions must be rtplan.lesions.Lesions (e.g. from lesions_from_mask) or None, "
+            f"got {_type_name(lesions)}"
+        )
+    if stage is not None and not isinstance(stage, Stage):
+        raise TypeError(
+            f"stage must be an rtplan.staging.Stage (from rtplan.staging.stage) or None, "
+            f"got {_type_name(stage)}"
+        )
+    if not isinstance(protocol, (str, Path, Protocol)):
+        raise TypeError(
+            f"protocol must be a protocol name, a TOML path or an rtplan.protocol.Protocol, "
+            f"got {_type_name(protocol)}"
+        )
+    if not isinstance(case, str):
+        raise TypeError(f"case must be a str, got {_type_name(case)}")
 
 
-def _oar_names(atlas: Any, protocol: Any, oars: Sequence[str] | None) -> list[str]:
+def _check_context(context: ClinicalContext | None, tracer: Tracer | None) -> None:
+    """Raise TypeError when ``context`` or ``tracer`` is not of its contract type."""
+    if context is not None and not isinstance(context, ClinicalContext):
+        raise TypeError(
+            f"context must be an rtplan.context.ClinicalContext or None, got {_type_name(context)}"
+        )
+    if tracer is not None and not isinstance(tracer, Tracer):
+        raise TypeError(
+            "tracer must be an rtplan.tracers.Tracer (rtplan.tracers.get_tracer(name)) or None, "
+            f"got {_type_name(tracer)}"
+        )
+
+
+def _check_model_inputs(
+    dose_spacing_mm: float,
+    oars: Sequence[str] | None,
+    dose_parameters: DoseModelParameters | None,
+) -> float:
+    """Check the dose-model arguments of :func:`compare_options`; the spacing as a float."""
+    given: object = dose_spacing_mm  # checked as the caller gave it, whatever its type
+    if isinstance(given, bool) or not isinstance(given, numbers.Real):
+        raise TypeError(f"dose_spacing_mm must be a number of mm, got {_type_name(given)}")
+    spacing_mm = float(given)
+    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise InvalidInputError(
+            f"dose_spacing_mm must be a positive number of mm, got {spacing_mm}"
+        )
+    if oars is not None and (
+        isinstance(oars, str)
+        or not isinstance(oars, Sequence)
+        or not all(isinstance(n, str) for n in oars)
+    ):
+        raise TypeError(f"oars must be a sequence of structure names (str) or None, got {oars!r}")
+    if dose_parameters is not None and not isinstance(dose_parameters, DoseModelParameters):
+        raise TypeError(
+            f"dose_parameters must be rtplan.dose_estimate.DoseModelParameters or None, "
+            f"got {_type_name(dose_parameters)}"
+        )
+    return spacing_mm
+
+
+def _field_options(
+    options: Sequence[FieldOption] | Sequence[OptionSpec],
+    atlas: Atlas,
+    lesions: Lesions | None,
+    protocol: Protocol,
+) -> list[FieldOption]:
+    """The options as built FieldOptions (OptionSpecs are built here), checked."""
+    given: object = options  # checked as the caller gave it, whatever its type
+    if isinstance(given, str) or not isinstance(given, Sequence):
+        raise TypeError(
+            f"options must be a sequence of FieldOption (rtplan.volumes.build_options) or of "
+            f"OptionSpec (rtplan.volumes.suggest_options), got {_type_name(given)}"
+        )
+    items: list[object] = list(given)
+    specs = [o for o in items if isinstance(o, OptionSpec)]
+    if items and len(specs) == len(items):
+        # option specifications (rtplan.volumes.suggest_options): build their volumes first
+        items = list(build_options(specs, atlas, lesions, protocol))
+    built = [o for o in items if isinstance(o, FieldOption)]
+    if len(built) != len(items):
+        bad = {_type_name(o) for o in items if not isinstance(o, FieldOption)}
+        raise TypeError(
+            f"options must be FieldOptions (rtplan.volumes.build_options) or all OptionSpecs "
+            f"(rtplan.volumes.suggest_options); got {', '.join(sorted(bad))}"
+        )
+    names = [o.name for o in built]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"option names must be unique, got {names}")
+    if not built:
+        raise InvalidInputError("compare_options needs at least one option")
+    return built
+
+
+def _oar_names(atlas: Atlas, protocol: Protocol, oars: Sequence[str] | None) -> list[str]:
     ss = atlas.structures
     wanted = list(oars) if oars is not None else list(DEFAULT_OARS)
     if oars is None:
@@ -406,18 +552,21 @@ def _oar_names(atlas: Any, protocol: Any, oars: Sequence[str] | None) -> list[st
     return names
 
 
+# ---------------------------------------------------------------------------- running options
 def compare_options(
-    atlas: Any,
-    lesions: Any,
-    options: Sequence[FieldOption],
+    atlas: Atlas,
+    lesions: Lesions | None,
+    options: Sequence[FieldOption] | Sequence[OptionSpec],
     *,
-    protocol: Any = "nrg_salvage",
-    stage: Any = None,
+    protocol: str | Path | Protocol = "nrg_salvage",
+    stage: Stage | None = None,
     case: str = "",
     dose_spacing_mm: float = 2.5,
     oars: Sequence[str] | None = None,
-    dose_parameters: Any = None,
-    progress: Any = None,
+    dose_parameters: DoseModelParameters | None = None,
+    progress: Progress | ProgressLike | bool | None = None,
+    context: ClinicalContext | None = None,
+    tracer: Tracer | None = None,
 ) -> Comparison:
     """Estimate the dose of every option and lay the options side by side.
 
@@ -446,10 +595,22 @@ def compare_options(
     progress : Progress, callable or bool, optional
         Told about each option as it starts (see :func:`rtplan._progress.as_progress`);
         default silent.
+    context : ClinicalContext, optional
+        PSA and pathology; the report then says what the PET result means at this PSA.
+    tracer : Tracer, optional
+        The PET tracer (:func:`rtplan.tracers.get_tracer`); sets the detection-rate source.
 
     Returns
     -------
     Comparison
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (the message names it), e.g. ``options`` that are
+        not a sequence of FieldOption, or of OptionSpec.
+    InvalidInputError
+        No option, option names that repeat, a spacing that is not positive.
 
     Notes
     -----
@@ -459,178 +620,217 @@ def compare_options(
     course is reported). NTCP uses the EQD2 composite of all courses with the model's
     alpha/beta. The dose is an estimate for comparing options, not a treatment plan.
     """
-    from rtplan.dose_estimate import DoseModelParameters, estimate_option_dose, make_dose_grid
-    from rtplan.dvh import compute_dvh, evaluate_constraint, lkb_ntcp, structure_on_dose_grid
-    from rtplan.protocol import load_protocol
-
-    protocol = load_protocol(protocol)
-    if options and all(not isinstance(o, FieldOption) for o in options):
-        # option specifications (rtplan.volumes.suggest_options): build their volumes first
-        from rtplan.volumes import build_options
-
-        options = build_options(list(options), atlas, lesions, protocol)
-    bad = [type(o).__name__ for o in options if not isinstance(o, FieldOption)]
-    if bad:
-        raise TypeError(
-            f"options must be FieldOptions (rtplan.volumes.build_options) or all OptionSpecs "
-            f"(rtplan.volumes.suggest_options); got {', '.join(sorted(set(bad)))}"
-        )
-    names = [o.name for o in options]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"option names must be unique, got {names}")
-    if not options:
-        raise InvalidInputError("compare_options needs at least one option")
+    _check_case_inputs(atlas, lesions, stage, protocol, case)
+    _check_context(context, tracer)
+    spacing_mm = _check_model_inputs(dose_spacing_mm, oars, dose_parameters)
+    proto = load_protocol(protocol)
+    built = _field_options(options, atlas, lesions, proto)
     report = as_progress(False if progress is None else progress)
-    params = dose_parameters or DoseModelParameters()
+    params = DoseModelParameters() if dose_parameters is None else dose_parameters
     body = atlas.structures["Body"] if "Body" in atlas.structures else None
-    dose_grid = make_dose_grid(atlas.grid, spacing_mm=dose_spacing_mm, body=body)
-    oar_names = _oar_names(atlas, protocol, oars)
-    resampled: dict[int, Any] = {}
-
-    def on_grid(s: Structure) -> Any:
-        key = id(s)
-        if key not in resampled:
-            resampled[key] = (s, structure_on_dose_grid(s, dose_grid))
-        return resampled[key][1]
-
-    oar_structs = [atlas.structures[n] for n in oar_names]
+    dose_grid = make_dose_grid(atlas.grid, spacing_mm=spacing_mm, body=body)
+    setting = _Setting.of(atlas.structures, proto, dose_grid, _oar_names(atlas, proto, oars))
     results: list[OptionResult] = []
-    per_option: dict[str, dict[str, Any]] = {}
-    for option in options:
+    per_option: dict[str, dict[_RowKey, _Cell]] = {}
+    for option in built:
         report.step(f"{case + ': ' if case else ''}dose estimate for option {option.name}")
         od = estimate_option_dose(option, dose_grid, body=body, params=params)
-        total = od.total_gy
-        conv = [c for c in od.courses if c.technique != "sbrt"]
-        conv_dose = total if len(conv) == len(od.courses) else sum(c.dose_gy for c in conv)
-        structs = _option_structures(option)
-        dvhs = {s.name: compute_dvh(total, dose_grid, on_grid(s)) for s in oar_structs + structs}
-        # values keyed (group, structure, metric, unit) -> (value, status, headroom, limit, source)
-        vals: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
-
-        # targets: each is evaluated on the dose of the courses that treat it, against the
-        # sum of its prescriptions in those courses; the hot spot (D2%) on the PTV minus
-        # the PTVs of higher prescription (TG-263 "PTV!") so a SIB is not counted as one
-        rx: dict[str, float] = {}
-        target_dose: dict[str, np.ndarray] = {}
-        in_courses: dict[str, set[int]] = {}
-        for n_course, (course, cd) in enumerate(zip(option.courses, od.courses)):
-            for t in course.targets:
-                in_courses.setdefault(t.name, set()).add(n_course)
-                rx[t.name] = rx.get(t.name, 0.0) + t.prescription_gy
-                prev = target_dose.get(t.name)
-                target_dose[t.name] = cd.dose_gy if prev is None else prev + cd.dose_gy
-        targets = _unique_targets(option)
-        for t in targets:
-            d, p = target_dose[t.name], rx[t.name]
-            tdvh = compute_dvh(d, dose_grid, on_grid(t.ptv))
-            vals[("Target", t.name, "Volume", "cc")] = (t.ptv.volume_cc,)
-            vals[("Target", t.name, "Rx", "Gy")] = (p,)
-            vals[("Target", t.name, "D95%", "Gy")] = (tdvh.dose_at_volume_pct(95.0),)
-            vals[("Target", t.name, "V95%Rx", "%")] = (tdvh.volume_at_dose_pct(0.95 * p),)
-            higher = [
-                u.ptv
-                for u in targets
-                if rx[u.name] > p and u.ptv is not t.ptv and in_courses[u.name] & in_courses[t.name]
-            ]
-            hot = _minus(t.ptv, higher)
-            if hot is not None:
-                hdvh = tdvh if hot is t.ptv else compute_dvh(d, dose_grid, hot)
-                vals[("Target", t.name, "D2%", "%Rx")] = (100.0 * hdvh.dose_at_volume_pct(2.0) / p,)
-            if t.ctv is not None and not t.ctv.is_empty:
-                cdvh = compute_dvh(d, dose_grid, on_grid(t.ctv))
-                vals[("Target", t.ctv.name, "Volume", "cc")] = (t.ctv.volume_cc,)
-                vals[("Target", t.ctv.name, "D98%", "%Rx")] = (
-                    100.0 * cdvh.dose_at_volume_pct(98.0) / p,
-                )
-
-        # OAR constraints of the conventional courses (physical dose of those courses)
-        conv_dvhs = (
-            dvhs
-            if conv_dose is total
-            else {s.name: compute_dvh(conv_dose, dose_grid, on_grid(s)) for s in oar_structs}
-        )
-        if conv:
-            for c in protocol.constraints_for("conventional"):
-                key = atlas.structures.resolve(c.structure)
-                if key is None or key not in conv_dvhs:
-                    continue
-                r = evaluate_constraint(c, conv_dvhs[key])
-                vals[("OAR", key, c.metric, c.unit)] = (
-                    r.value,
-                    "pass" if r.passed else "fail",
-                    r.margin,
-                    c.text,
-                    c.source,
-                )
-        for course, cd in zip(option.courses, od.courses):
-            if course.technique != "sbrt":
-                continue
-            for c in protocol.constraints_for("sbrt", fractions=course.fractions):
-                key = atlas.structures.resolve(c.structure)
-                if key is None or key not in oar_names:
-                    continue
-                r = evaluate_constraint(
-                    c, compute_dvh(cd.dose_gy, dose_grid, on_grid(atlas.structures[key]))
-                )
-                row_key = ("OAR (SBRT)", key, c.metric, c.unit)
-                old = vals.get(row_key)
-                if old is None or r.margin < old[2]:
-                    vals[row_key] = (
-                        r.value,
-                        "pass" if r.passed else "fail",
-                        r.margin,
-                        f"{c.text} ({course.fractions} fx)",
-                        c.source,
-                    )
-        for s in oar_structs:
-            vals[("OAR", s.name, "Dmean", "Gy")] = (dvhs[s.name].mean_gy,)
-            vals[("OAR", s.name, "D0.03cc", "Gy")] = (dvhs[s.name].dose_at_volume_cc(0.03),)
-
-        # NTCP on the EQD2 composite
-        eqd2_cache: dict[float, np.ndarray] = {}
-        for sname, model in protocol.ntcp_models.items():
-            key = atlas.structures.resolve(sname)
-            if key is None:
-                continue
-            ab = float(model.alpha_beta_gy)
-            if ab not in eqd2_cache:
-                eqd2_cache[ab] = od.eqd2_gy(ab)
-            edvh = compute_dvh(eqd2_cache[ab], dose_grid, on_grid(atlas.structures[key]))
-            vals[("NTCP", key, f"NTCP {model.parameter_set}", "%")] = (
-                100.0 * lkb_ntcp(edvh, model.to_lkb()),
-                None,
-                None,
-                None,
-                f"LKB TD50={model.td50_gy:g} Gy, m={model.m:g}, n={model.n:g}, "
-                f"alpha/beta={ab:g} Gy; {model.source}",
-            )
-        eqd2 = eqd2_cache.get(3.0)
-        if eqd2 is None and len({c.fractions for c in od.courses}) > 1:
-            eqd2 = od.eqd2_gy(3.0)
-        results.append(
-            OptionResult(
-                option=option,
-                dose_grid=dose_grid,
-                dose_gy=total,
-                eqd2_gy=eqd2,
-                course_doses_gy={c.name: c.dose_gy for c in od.courses},
-                dvhs=dvhs,
-                structures=structs,
-            )
-        )
-        per_option[option.name] = vals
-
-    table = _assemble_table(names, per_option)
+        result, cells = _evaluate_option(setting, option, od)
+        results.append(result)
+        per_option[option.name] = cells
     return Comparison(
         case=case,
         atlas=atlas,
         lesions=lesions,
         stage=stage,
-        protocol=protocol,
+        protocol=proto,
         results=results,
-        table=table,
-        dose_model=_describe_model(params, dose_spacing_mm),
+        table=_assemble_table([o.name for o in built], per_option),
+        dose_model=_describe_model(params, spacing_mm),
+        context=context,
+        tracer=tracer,
     )
+
+
+# ---------------------------------------------------------------------------- one option
+#: Row of the table: (group, structure, metric, unit).
+_RowKey = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What a constraint (or a model) says about a value: status, headroom, limit, source."""
+
+    status: str | None
+    headroom: float | None
+    limit: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One option's entry of a table row: the value and, for checked rows, the verdict."""
+
+    value: float
+    verdict: _Verdict | None = None
+
+
+class _OnDoseGrid:
+    """Structures resampled to the dose grid, each once (keyed by identity)."""
+
+    def __init__(self, dose_grid: ImageGrid) -> None:
+        self.dose_grid = dose_grid
+        # the structure is kept with its resampling so that its id() is not reused
+        self._resampled: dict[int, tuple[Structure, StructureOnDoseGrid]] = {}
+
+    def __call__(self, structure: Structure) -> StructureOnDoseGrid:
+        key = id(structure)
+        if key not in self._resampled:
+            self._resampled[key] = (structure, structure_on_dose_grid(structure, self.dose_grid))
+        return self._resampled[key][1]
+
+    def dvh(self, dose_gy: FloatArray, structure: Structure) -> DVH:
+        """DVH of ``structure`` for a dose on the dose grid."""
+        return compute_dvh(dose_gy, self.dose_grid, self(structure))
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every option of one comparison is evaluated against."""
+
+    structures: StructureSet
+    protocol: Protocol
+    dose_grid: ImageGrid
+    oar_names: tuple[str, ...]
+    oars: tuple[Structure, ...]
+    on_grid: _OnDoseGrid
+
+    @classmethod
+    def of(
+        cls, structures: StructureSet, protocol: Protocol, dose_grid: ImageGrid, oars: list[str]
+    ) -> _Setting:
+        return cls(
+            structures,
+            protocol,
+            dose_grid,
+            tuple(oars),
+            tuple(structures[n] for n in oars),
+            _OnDoseGrid(dose_grid),
+        )
+
+
+def _evaluate_option(
+    setting: _Setting, option: FieldOption, od: OptionDose
+) -> tuple[OptionResult, dict[_RowKey, _Cell]]:
+    """The result of one option and its cells of the table, row by row in table order."""
+    total = od.total_gy
+    structs = _option_structures(option)
+    dvhs = {s.name: setting.on_grid.dvh(total, s) for s in (*setting.oars, *structs)}
+    # later steps overwrite a cell of an earlier step in place (same row, new value)
+    cells = _target_cells(setting, option, od)
+    cells.update(_conventional_constraint_cells(setting, od, total, dvhs))
+    cells.update(_sbrt_constraint_cells(setting, option, od))
+    cells.update(_oar_summary_cells(setting, dvhs))
+    eqd2_by_alpha_beta: dict[float, FloatArray] = {}
+    cells.update(_ntcp_cells(setting, od, eqd2_by_alpha_beta))
+    eqd2 = eqd2_by_alpha_beta.get(3.0)
+    if eqd2 is None and len({c.fractions for c in od.courses}) > 1:
+        eqd2 = od.eqd2_gy(3.0)
+    result = OptionResult(
+        option=option,
+        dose_grid=setting.dose_grid,
+        dose_gy=total,
+        eqd2_gy=eqd2,
+        course_doses_gy={c.name: c.dose_gy for c in od.courses},
+        dvhs=dvhs,
+        structures=structs,
+    )
+    return result, cells
+
+
+def _unique_by_name(structures: Sequence[Structure]) -> list[Structure]:
+    seen: dict[str, Structure] = {}
+    for s in structures:
+        seen.setdefault(s.name, s)
+    return list(seen.values())
+
+
+def _option_structures(option: FieldOption) -> list[Structure]:
+    out: list[Structure] = []
+    for t in option.targets:
+        out.extend(s for s in (t.gtv, t.ctv, t.ptv) if s is not None)
+    out.extend(option.extra_structures)
+    return _unique_by_name(out)
+
+
+def _unique_targets(option: FieldOption) -> list[Target]:
+    seen: dict[str, Target] = {}
+    for t in option.targets:
+        seen.setdefault(t.name, t)
+    return list(seen.values())
+
+
+@dataclass(frozen=True, eq=False)
+class _TargetDose:
+    """A target's dose over the courses that treat it, against its summed prescription."""
+
+    dose_gy: FloatArray
+    prescription_gy: float
+    courses: frozenset[int]
+
+
+def _target_doses(option: FieldOption, od: OptionDose) -> dict[str, _TargetDose]:
+    rx: dict[str, float] = {}
+    dose: dict[str, FloatArray] = {}
+    in_courses: dict[str, set[int]] = {}
+    for n_course, (course, cd) in enumerate(zip(option.courses, od.courses)):
+        for t in course.targets:
+            in_courses.setdefault(t.name, set()).add(n_course)
+            rx[t.name] = rx.get(t.name, 0.0) + t.prescription_gy
+            prev = dose.get(t.name)
+            dose[t.name] = cd.dose_gy if prev is None else prev + cd.dose_gy
+    return {n: _TargetDose(dose[n], rx[n], frozenset(in_courses[n])) for n in rx}
+
+
+def _target_cells(setting: _Setting, option: FieldOption, od: OptionDose) -> dict[_RowKey, _Cell]:
+    """Coverage of every target on the dose of the courses that treat it.
+
+    Each target is evaluated against the sum of its prescriptions in those courses; the
+    hot spot (D2%) on the PTV minus the PTVs of higher prescription (TG-263 ``"PTV!"``)
+    so that a simultaneous integrated boost is not counted as one.
+    """
+    grid = setting.dose_grid
+    doses = _target_doses(option, od)
+    targets = _unique_targets(option)
+    cells: dict[_RowKey, _Cell] = {}
+    for t in targets:
+        td = doses[t.name]
+        d, p = td.dose_gy, td.prescription_gy
+        tdvh = compute_dvh(d, grid, setting.on_grid(t.ptv))
+        cells[("Target", t.name, "Volume", "cc")] = _Cell(t.ptv.volume_cc)
+        cells[("Target", t.name, "Rx", "Gy")] = _Cell(p)
+        cells[("Target", t.name, "D95%", "Gy")] = _Cell(tdvh.dose_at_volume_pct(95.0))
+        cells[("Target", t.name, "V95%Rx", "%")] = _Cell(tdvh.volume_at_dose_pct(0.95 * p))
+        higher = [
+            u.ptv
+            for u in targets
+            if doses[u.name].prescription_gy > p
+            and u.ptv is not t.ptv
+            and doses[u.name].courses & td.courses
+        ]
+        hot = _minus(t.ptv, higher)
+        if hot is not None:
+            hdvh = tdvh if hot is t.ptv else compute_dvh(d, grid, hot)
+            cells[("Target", t.name, "D2%", "%Rx")] = _Cell(
+                100.0 * hdvh.dose_at_volume_pct(2.0) / p
+            )
+        if t.ctv is not None and not t.ctv.is_empty:
+            cdvh = compute_dvh(d, grid, setting.on_grid(t.ctv))
+            cells[("Target", t.ctv.name, "Volume", "cc")] = _Cell(t.ctv.volume_cc)
+            cells[("Target", t.ctv.name, "D98%", "%Rx")] = _Cell(
+                100.0 * cdvh.dose_at_volume_pct(98.0) / p
+            )
+    return cells
 
 
 def _minus(ptv: Structure, others: Sequence[Structure]) -> Structure | None:
@@ -648,20 +848,95 @@ def _minus(ptv: Structure, others: Sequence[Structure]) -> Structure | None:
     return Structure(f"{ptv.name}!", mask, ptv.grid, role="ptv")
 
 
-def _unique_targets(option: FieldOption) -> list[Any]:
-    seen: dict[str, Any] = {}
-    for t in option.targets:
-        seen.setdefault(t.name, t)
-    return list(seen.values())
+def _conventional_constraint_cells(
+    setting: _Setting, od: OptionDose, total: FloatArray, dvhs: dict[str, DVH]
+) -> dict[_RowKey, _Cell]:
+    """OAR constraints of the conventional courses, on the physical dose of those courses."""
+    conv = [c for c in od.courses if c.technique != "sbrt"]
+    if not conv:
+        return {}
+    if len(conv) == len(od.courses):
+        conv_dvhs = dvhs
+    else:
+        conv_dose = np.zeros(setting.dose_grid.shape, np.float64)
+        for course in conv:
+            conv_dose += course.dose_gy
+        conv_dvhs = {s.name: setting.on_grid.dvh(conv_dose, s) for s in setting.oars}
+    cells: dict[_RowKey, _Cell] = {}
+    for c in setting.protocol.constraints_for("conventional"):
+        key = setting.structures.resolve(c.structure)
+        if key is None or key not in conv_dvhs:
+            continue
+        r = evaluate_constraint(c, conv_dvhs[key])
+        verdict = _Verdict("pass" if r.passed else "fail", r.margin, c.text, c.source)
+        cells[("OAR", key, c.metric, c.unit)] = _Cell(r.value, verdict)
+    return cells
 
 
+def _sbrt_constraint_cells(
+    setting: _Setting, option: FieldOption, od: OptionDose
+) -> dict[_RowKey, _Cell]:
+    """SBRT constraints on each SBRT course's own dose; the worst course is kept per row."""
+    cells: dict[_RowKey, _Cell] = {}
+    worst_margin: dict[_RowKey, float] = {}
+    for course, cd in zip(option.courses, od.courses):
+        if course.technique != "sbrt":
+            continue
+        for c in setting.protocol.constraints_for("sbrt", fractions=course.fractions):
+            key = setting.structures.resolve(c.structure)
+            if key is None or key not in setting.oar_names:
+                continue
+            r = evaluate_constraint(c, setting.on_grid.dvh(cd.dose_gy, setting.structures[key]))
+            row_key = ("OAR (SBRT)", key, c.metric, c.unit)
+            if row_key in worst_margin and not r.margin < worst_margin[row_key]:
+                continue
+            worst_margin[row_key] = r.margin
+            limit = f"{c.text} ({course.fractions} fx)"
+            verdict = _Verdict("pass" if r.passed else "fail", r.margin, limit, c.source)
+            cells[row_key] = _Cell(r.value, verdict)
+    return cells
+
+
+def _oar_summary_cells(setting: _Setting, dvhs: dict[str, DVH]) -> dict[_RowKey, _Cell]:
+    """Mean and near-maximum dose of every OAR on the total physical dose."""
+    cells: dict[_RowKey, _Cell] = {}
+    for s in setting.oars:
+        cells[("OAR", s.name, "Dmean", "Gy")] = _Cell(dvhs[s.name].mean_gy)
+        cells[("OAR", s.name, "D0.03cc", "Gy")] = _Cell(dvhs[s.name].dose_at_volume_cc(0.03))
+    return cells
+
+
+def _ntcp_cells(
+    setting: _Setting, od: OptionDose, eqd2_by_alpha_beta: dict[float, FloatArray]
+) -> dict[_RowKey, _Cell]:
+    """LKB NTCP on the EQD2 composite; the EQD2 doses are left in ``eqd2_by_alpha_beta``."""
+    cells: dict[_RowKey, _Cell] = {}
+    for sname, model in setting.protocol.ntcp_models.items():
+        key = setting.structures.resolve(sname)
+        if key is None:
+            continue
+        ab = float(model.alpha_beta_gy)
+        if ab not in eqd2_by_alpha_beta:
+            eqd2_by_alpha_beta[ab] = od.eqd2_gy(ab)
+        edvh = setting.on_grid.dvh(eqd2_by_alpha_beta[ab], setting.structures[key])
+        source = (
+            f"LKB TD50={model.td50_gy:g} Gy, m={model.m:g}, n={model.n:g}, "
+            f"alpha/beta={ab:g} Gy; {model.source}"
+        )
+        cells[("NTCP", key, f"NTCP {model.parameter_set}", "%")] = _Cell(
+            100.0 * lkb_ntcp(edvh, model.to_lkb()), _Verdict(None, None, None, source)
+        )
+    return cells
+
+
+# ---------------------------------------------------------------------------- the table
 _GROUP_ORDER = {"Target": 0, "OAR": 1, "OAR (SBRT)": 2, "NTCP": 3}
 
 
 def _assemble_table(
-    options: Sequence[str], per_option: dict[str, dict[tuple[str, str, str, str], tuple[Any, ...]]]
+    options: Sequence[str], per_option: dict[str, dict[_RowKey, _Cell]]
 ) -> ComparisonTable:
-    keys: list[tuple[str, str, str, str]] = []
+    keys: list[_RowKey] = []
     for o in options:
         for k in per_option[o]:
             if k not in keys:
@@ -669,15 +944,19 @@ def _assemble_table(
     keys.sort(key=lambda k: _GROUP_ORDER.get(k[0], 9))  # stable: keeps first-seen order
     rows = []
     for k in keys:
-        values, status, headroom = {}, {}, {}
-        limit, source = None, ""
+        values: dict[str, float | None] = {}
+        status: dict[str, str | None] = {}
+        headroom: dict[str, float | None] = {}
+        limit: str | None = None
+        source = ""
         for o in options:
-            v = per_option[o].get(k)
-            values[o] = None if v is None else float(v[0])
-            if v is not None and len(v) > 1:
-                status[o], headroom[o] = v[1], v[2]
-                limit = v[3] or limit
-                source = v[4] or source
+            cell = per_option[o].get(k)
+            values[o] = None if cell is None else float(cell.value)
+            if cell is not None and cell.verdict is not None:
+                v = cell.verdict
+                status[o], headroom[o] = v.status, v.headroom
+                limit = v.limit or limit
+                source = v.source or source
         rows.append(
             MetricRow(
                 group=k[0],
@@ -694,9 +973,7 @@ def _assemble_table(
     return ComparisonTable(tuple(options), tuple(rows))
 
 
-def _describe_model(params: Any, dose_spacing_mm: float) -> str:
-    from dataclasses import fields
-
+def _describe_model(params: DoseModelParameters, dose_spacing_mm: float) -> str:
     parts = [f"{f.name}={getattr(params, f.name)!r}" for f in fields(params)]
     return (
         "rtplan analytic dose estimate (distance-to-PTV fall-off for IMRT/VMAT and SBRT, "

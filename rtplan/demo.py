@@ -39,21 +39,34 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._io import staged_output
 from rtplan._progress import Progress, ProgressLike, as_progress
+from rtplan._typing import BoolMask, FloatArray, Vec3
+from rtplan.atlas import Atlas, load_atlas
+from rtplan.compare import Comparison, compare_options
+from rtplan.context import ClinicalContext
+from rtplan.dicom_io import write_ct_series
 from rtplan.errors import InvalidInputError, MissingStructureError
 from rtplan.grid import ImageGrid
+from rtplan.lesions import Lesions, lesions_from_structures
+from rtplan.protocol import Protocol, load_protocol
 from rtplan.staging import BONE_STRUCTURES
+from rtplan.staging import stage as stage_lesions
 from rtplan.structures import Structure
+from rtplan.tracers import Tracer
+from rtplan.volumes import build_options, suggest_options
 
 __all__ = [
     "DEMO_ATLAS",
     "DEMO_CASE_NAMES",
     "Case",
+    "CaseOutputs",
     "CaseSummary",
     "DemoSummary",
     "case_lesions",
@@ -125,7 +138,7 @@ class Case:
     expected_stage: str
 
     @property
-    def label_map(self) -> np.ndarray:
+    def label_map(self) -> npt.NDArray[np.int16]:
         """Lesion label map on the atlas grid: 0 background, lesion ``n`` has value ``n``."""
         if not self.gtvs:
             raise InvalidInputError(f"case {self.name} has no lesion")
@@ -134,7 +147,7 @@ class Case:
             out[g.mask] = n
         return out
 
-    def suv_image(self, grid: ImageGrid) -> np.ndarray:
+    def suv_image(self, grid: ImageGrid) -> npt.NDArray[np.float32]:
         """A synthetic PSMA PET SUV image on ``grid``: background plus the lesions.
 
         Each lesion is its :attr:`suv_max` at the voxel deepest inside it, falling off
@@ -157,16 +170,13 @@ class Case:
         return suv
 
 
-def _s(atlas: Any, name: str) -> Structure:
-    return atlas.structures[name]
-
-
 Box = tuple[slice, slice, slice]
 
 
-def _box_around(grid: ImageGrid, centre_mm: Sequence[float], reach_mm: float) -> Box:
+def _box_around(grid: ImageGrid, centre_mm: npt.ArrayLike, reach_mm: float) -> Box:
     """Index box ``(k, j, i)`` covering ``reach_mm`` around an LPS point (clipped to the grid)."""
-    idx = grid.lps_to_index(np.asarray(centre_mm, float))
+    centre = np.asarray(centre_mm, dtype=np.float64)
+    idx = grid.lps_to_index(centre)
     out = []
     for c, sp, n in zip(idx, grid.spacing_mm, grid.shape):
         half = math.ceil(reach_mm / sp) + 1
@@ -174,33 +184,33 @@ def _box_around(grid: ImageGrid, centre_mm: Sequence[float], reach_mm: float) ->
         hi = min(n, math.ceil(c) + half + 1)
         if hi <= lo:
             raise MissingStructureError(
-                f"demo: the point {tuple(np.round(centre_mm, 1))} mm lies outside the grid"
+                f"demo: the point {tuple(np.round(centre, 1))} mm lies outside the grid"
             )
         out.append(slice(lo, hi))
     return (out[0], out[1], out[2])
 
 
-def _sphere(grid: ImageGrid, centre_mm: Sequence[float], radius_mm: float) -> np.ndarray:
+def _sphere(grid: ImageGrid, centre_mm: npt.ArrayLike, radius_mm: float) -> BoolMask:
     """Voxels of ``grid`` whose centre lies within ``radius_mm`` of ``centre_mm`` (LPS)."""
     z_mm, y_mm, x_mm = grid.axis_coordinates_mm()
-    cx, cy, cz = (float(c) for c in centre_mm)
+    cx, cy, cz = (float(c) for c in np.asarray(centre_mm, dtype=np.float64))
     dz = ((z_mm - cz) ** 2)[:, None, None]
     dy = ((y_mm - cy) ** 2)[None, :, None]
     dx = ((x_mm - cx) ** 2)[None, None, :]
     return (dz + dy + dx) <= radius_mm**2
 
 
-def _named(atlas: Any, names: Iterable[str]) -> list[Structure]:
+def _named(atlas: Atlas, names: Iterable[str]) -> list[Structure]:
     """The structures of ``names`` that the atlas has."""
     return [atlas.structures[n] for n in names if n in atlas.structures]
 
 
-def _bone_names(atlas: Any) -> list[str]:
+def _bone_names(atlas: Atlas) -> list[str]:
     """The atlas's bone structures (by the staging module's bone name prefixes)."""
     return [n for n in atlas.structures if n.startswith(BONE_STRUCTURES)]
 
 
-def _union_in_box(structures: Iterable[Structure], box: Box) -> np.ndarray:
+def _union_in_box(structures: Iterable[Structure], box: Box) -> BoolMask:
     """Union of ``structures`` inside ``box`` (an array of the box's shape)."""
     shape = tuple(sl.stop - sl.start for sl in box)
     out = np.zeros(shape, bool)
@@ -218,21 +228,21 @@ def _union_in_box(structures: Iterable[Structure], box: Box) -> np.ndarray:
     return out
 
 
-def _vessel_names(atlas: Any) -> list[str]:
+def _vessel_names(atlas: Atlas) -> list[str]:
     return [n for n in atlas.structures.names if n.startswith(_VESSEL_PREFIXES)]
 
 
-def _gtv(name: str, local: np.ndarray, box: Box, grid: ImageGrid) -> Structure:
+def _gtv(name: str, local: BoolMask, box: Box, grid: ImageGrid) -> Structure:
     offset = (box[0].start, box[1].start, box[2].start)
     return Structure.from_cropped(name, local, offset, grid, role="gtv")
 
 
-def _centreline_point(atlas: Any, vessel: str, fraction: float = 0.5) -> np.ndarray:
+def _centreline_point(atlas: Atlas, vessel: str, fraction: float = 0.5) -> FloatArray:
     """LPS point on the centreline of ``vessel`` at ``fraction`` of its cranio-caudal extent.
 
     The centre of the vessel's cross-section on the axial slice at that height.
     """
-    s = _s(atlas, vessel)
+    s = atlas.structures[vessel]
     if s.bbox is None:
         raise MissingStructureError(f"demo: the atlas structure {vessel!r} is empty")
     local = s.cropped_mask
@@ -241,11 +251,11 @@ def _centreline_point(atlas: Any, vessel: str, fraction: float = 0.5) -> np.ndar
     jj, ii = np.nonzero(local[k_local])
     k0, j0, i0 = (sl.start for sl in s.bbox)
     idx = (k0 + k_local, j0 + jj.mean(), i0 + ii.mean())
-    return np.asarray(atlas.grid.index_to_lps(idx), float)
+    return np.asarray(atlas.grid.index_to_lps(idx), dtype=np.float64)
 
 
 def _place_node(
-    atlas: Any,
+    atlas: Atlas,
     vessel: str,
     preferred: Sequence[tuple[float, float, float]],
     *,
@@ -275,7 +285,7 @@ def _place_node(
     )
     bowel = _union_in_box(_named(atlas, ["Spc_Bowel"]), box)
     directions = [*preferred, *(d for d in _IN_PLANE if d not in preferred)]
-    best: tuple[float, np.ndarray] | None = None
+    best: tuple[float, BoolMask] | None = None
     for direction in directions:
         unit = np.asarray(direction, float)
         unit /= np.linalg.norm(unit)
@@ -297,15 +307,17 @@ def _place_node(
     return _gtv(f"GTVn_{kind}_{side}", _largest_component(best[1]), box, grid)
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
+def _largest_component(mask: BoolMask) -> BoolMask:
+    """The largest 6-connected component of ``mask`` (``mask`` itself when it has one)."""
     labels, n = ndimage.label(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
+    largest: BoolMask = labels == (int(np.argmax(sizes)) + 1)
+    return largest
 
 
-def _local_recurrence(atlas: Any) -> Structure:
+def _local_recurrence(atlas: Atlas) -> Structure:
     """A ~1.4 cc sphere at the vesicourethral anastomosis, 3 mm posterior of it.
 
     Kept out of the rectum, anal canal and bone (a soft-tissue nodule in the bed).
@@ -320,7 +332,7 @@ def _local_recurrence(atlas: Any) -> Structure:
     return _gtv("GTVp_VUA", _largest_component(sphere & ~avoid), box, grid)
 
 
-def _bone_lesion(atlas: Any) -> Structure:
+def _bone_lesion(atlas: Atlas) -> Structure:
     """A ~2 cc lesion in the right ilium (or the S1 body if the ilium is too thin).
 
     Centred at the point of the bone farthest from its surface; the sphere is cut to the
@@ -330,7 +342,7 @@ def _bone_lesion(atlas: Any) -> Structure:
     for bone in ("Bone_Ilium_R", "VB_S1", "Sacrum"):
         if bone not in atlas.structures:
             continue
-        s = _s(atlas, bone)
+        s = atlas.structures[bone]
         if s.bbox is None:
             continue
         local = np.pad(s.cropped_mask, 1)
@@ -372,7 +384,7 @@ _IN_PLANE: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def demo_cases(atlas: Any) -> list[Case]:
+def demo_cases(atlas: Atlas) -> list[Case]:
     """The four demo cases (T0N0M0, TrN0M0, N1M0, M1b) on ``atlas``.
 
     Parameters
@@ -443,27 +455,27 @@ def demo_cases(atlas: Any) -> list[Case]:
     ]
 
 
-def case_lesions(case: Case, atlas: Any) -> Any:
+def case_lesions(case: Case, atlas: Atlas) -> Lesions:
     """The :class:`rtplan.lesions.Lesions` of a demo case, with SUVs from its synthetic PET.
 
     Lesion ``L<n>`` is ``case.gtvs[n - 1]`` (its ``source`` names the GTV).
     """
-    from rtplan.lesions import Lesions, lesions_from_structures
-
     if not case.gtvs:
         return Lesions([], grid=atlas.grid)
     return lesions_from_structures(case.gtvs, suv=case.suv_image(atlas.grid))
 
 
 def plan_case(
-    atlas: Any,
-    lesions: Any,
+    atlas: Atlas,
+    lesions: Lesions,
     *,
-    protocol: Any = "nrg_salvage",
+    protocol: str | Path | Protocol = "nrg_salvage",
     case: str = "",
     dose_spacing_mm: float = 2.5,
     progress: Progress | ProgressLike | bool | None = False,
-) -> Any:
+    context: ClinicalContext | None = None,
+    tracer: Tracer | None = None,
+) -> Comparison:
     """Stage the lesions, suggest and build the options, and compare them.
 
     Parameters
@@ -480,21 +492,20 @@ def plan_case(
         Cubic voxel size of the dose grid, mm.
     progress : Progress, callable or bool
         Where to report the steps.
+    context : ClinicalContext, optional
+        PSA and pathology, shown in the report with what the PET result means at that PSA.
+    tracer : Tracer, optional
+        The PET tracer.
 
     Returns
     -------
     Comparison
         With the stage (``comparison.stage``) and one result per suggested option.
     """
-    from rtplan.compare import compare_options
-    from rtplan.protocol import load_protocol
-    from rtplan.staging import stage as stage_fn
-    from rtplan.volumes import build_options, suggest_options
-
     prog = as_progress(progress)
     proto = load_protocol(protocol)
     with prog.step("staging"):
-        stage = stage_fn(lesions, atlas)
+        stage = stage_lesions(lesions, atlas)
     with prog.step("target volumes"):
         specs = suggest_options(stage, proto)
         options = build_options(specs, atlas, lesions, proto)
@@ -508,6 +519,8 @@ def plan_case(
             case=case,
             dose_spacing_mm=dose_spacing_mm,
             progress=prog,
+            context=context,
+            tracer=tracer,
         )
 
 
@@ -521,12 +534,65 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
             continue
         try:
             os.link(f, dst / f.name)
-        except OSError:
+        except OSError:  # another file system, or no hard links: a copy does the same
             shutil.copy2(f, dst / f.name)
 
 
+class CaseOutputs(TypedDict):
+    """The files :func:`write_case_outputs` wrote for one case.
+
+    Attributes
+    ----------
+    ct : Path
+        The CT series folder the RTSTRUCT and RTDOSE files refer to.
+    rtstruct : Path
+        The RTSTRUCT of the anatomy and the targets of every option.
+    rtdose : list of Path
+        One RTDOSE per option, in the order of the options.
+    csv, json : Path
+        The metrics table.
+    report : Path
+        The HTML report.
+    """
+
+    ct: Path
+    rtstruct: Path
+    rtdose: list[Path]
+    csv: Path
+    json: Path
+    report: Path
+
+
+def _case_ct(
+    atlas: Atlas,
+    out: Path,
+    ct_folder: str | os.PathLike[str] | None,
+    *,
+    copy_ct: bool,
+    patient_name: str,
+    patient_id: str,
+    prog: Progress,
+) -> Path:
+    """The CT series of a case folder: written anew, linked in from ``ct_folder``, or that."""
+    if ct_folder is None:
+        with prog.step("writing CT series"):
+            return write_ct_series(
+                atlas.ct_hu,
+                atlas.grid,
+                out / "ct",
+                patient_name=patient_name,
+                patient_id=patient_id,
+                series_description=f"rtplan {atlas.name}"[:64],
+            )
+    if copy_ct:
+        with prog.step("linking CT series"):
+            _link_or_copy_tree(Path(ct_folder), out / "ct")
+        return out / "ct"
+    return Path(ct_folder)
+
+
 def write_case_outputs(
-    comparison: Any,
+    comparison: Comparison,
     folder: str | os.PathLike[str],
     *,
     ct_folder: str | os.PathLike[str] | None = None,
@@ -534,7 +600,7 @@ def write_case_outputs(
     patient_name: str = "RTPLAN^DEMO",
     patient_id: str = "RTPLAN-DEMO",
     progress: Progress | ProgressLike | bool | None = False,
-) -> dict[str, Any]:
+) -> CaseOutputs:
     """Write the DICOM files, metrics and report of one case into ``folder`` (existing).
 
     Parameters
@@ -556,44 +622,37 @@ def write_case_outputs(
 
     Returns
     -------
-    dict
-        ``"ct"`` (Path), ``"rtstruct"`` (Path), ``"rtdose"`` (list of Path, one per option),
-        ``"csv"``, ``"json"``, ``"report"`` (Path).
+    CaseOutputs
+        A dict: ``"ct"`` (Path), ``"rtstruct"`` (Path), ``"rtdose"`` (list of Path, one
+        per option), ``"csv"``, ``"json"``, ``"report"`` (Path).
     """
-    from rtplan import dicom_io
-
     prog = as_progress(progress)
     out = Path(folder)
-    atlas = comparison.atlas
-    written: dict[str, Any] = {}
-    if ct_folder is None:
-        with prog.step("writing CT series"):
-            ct = Path(
-                dicom_io.write_ct_series(
-                    atlas.ct_hu,
-                    atlas.grid,
-                    out / "ct",
-                    patient_name=patient_name,
-                    patient_id=patient_id,
-                    series_description=f"rtplan {atlas.name}"[:64],
-                )
-            )
-    elif copy_ct:
-        with prog.step("linking CT series"):
-            ct = out / "ct"
-            _link_or_copy_tree(Path(ct_folder), ct)
-    else:
-        ct = Path(ct_folder)
-    written["ct"] = ct
+    ct = _case_ct(
+        comparison.atlas,
+        out,
+        ct_folder,
+        copy_ct=copy_ct,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        prog=prog,
+    )
     with prog.step("writing RTSTRUCT"):
-        written["rtstruct"] = Path(comparison.write_rtstruct(out, ct_folder=ct))
+        rtstruct = Path(comparison.write_rtstruct(out, ct_folder=ct))
     with prog.step("writing RTDOSE"):
-        written["rtdose"] = [Path(p) for p in comparison.write_rtdose(out, ct_folder=ct)]
+        rtdose = [Path(p) for p in comparison.write_rtdose(out, ct_folder=ct)]
     with prog.step("writing metrics"):
-        written["csv"], written["json"] = (Path(p) for p in comparison.write_metrics(out))
+        csv_path, json_path = comparison.write_metrics(out)
     with prog.step("writing report"):
-        written["report"] = Path(comparison.write_report(out / "report.html"))
-    return written
+        report = Path(comparison.write_report(out / "report.html"))
+    return CaseOutputs(
+        ct=ct,
+        rtstruct=rtstruct,
+        rtdose=rtdose,
+        csv=Path(csv_path),
+        json=Path(json_path),
+        report=report,
+    )
 
 
 # ============================================================================ running
@@ -697,14 +756,14 @@ def _folder_bytes(folder: Path) -> int:
 
 def run_case(
     case: Case,
-    atlas: Any,
+    atlas: Atlas,
     folder: str | os.PathLike[str],
     *,
-    protocol: Any = "nrg_salvage",
+    protocol: str | Path | Protocol = "nrg_salvage",
     dose_spacing_mm: float = 2.5,
     ct_folder: str | os.PathLike[str] | None = None,
     progress: Progress | ProgressLike | bool | None = False,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Comparison, CaseOutputs]:
     """Stage, suggest, build, compare and write one case into ``folder``.
 
     Parameters
@@ -727,7 +786,7 @@ def run_case(
 
     Returns
     -------
-    (Comparison, dict)
+    (Comparison, CaseOutputs)
         The comparison and the written files (see :func:`write_case_outputs`).
     """
     prog = as_progress(progress)
@@ -749,47 +808,66 @@ def run_case(
     return comparison, written
 
 
-# State handed to forked workers (set in the parent just before the pool starts).
-_JOB: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _CaseJob:
+    """Everything one case of a demo run needs (handed to a forked worker by name).
+
+    ``tmp`` is the run's temporary output folder, ``out_dir`` its final place, ``ct``
+    the CT series written once for all cases; ``parallel`` says the cases run in
+    worker processes (their messages then carry the case name).
+    """
+
+    case: Case
+    atlas: Atlas
+    protocol: Protocol
+    dose_spacing_mm: float
+    tmp: Path
+    out_dir: Path
+    ct: Path
+    progress: Progress
+    parallel: bool
 
 
-def _case_job(
-    name: str,
-) -> tuple[CaseSummary, list[tuple[str, float]], list[tuple[str, float]]]:
+#: The jobs of the demo run in progress, by case name: set in the parent just before the
+#: worker pool is forked (a forked worker sees them without pickling the atlas), cleared
+#: when the run ends.
+_JOBS: dict[str, _CaseJob] = {}
+
+#: What a case job sends back: its summary, and its steps' wall and CPU times (s).
+_JobResult = tuple[CaseSummary, list[tuple[str, float]], list[tuple[str, float]]]
+
+
+def _case_job(name: str) -> _JobResult:
     """Run one case (in the parent or a forked worker): summary, wall and CPU step times."""
-    job = _JOB
-    parent: Progress = job["progress"]
-    prog = parent.child(f"[{name}] ") if job["parallel"] else parent
+    job = _JOBS[name]
+    prog = job.progress.child(f"[{name}] ") if job.parallel else job.progress
     n_before, n_cpu_before = len(prog.timings), len(prog.cpu_timings)
     t0 = time.perf_counter()
-    folder = job["tmp"] / name
+    folder = job.tmp / name
     with prog.step(f"case {name}"):
         comparison, _ = run_case(
-            job["cases"][name],
-            job["atlas"],
+            job.case,
+            job.atlas,
             folder,
-            protocol=job["protocol"],
-            dose_spacing_mm=job["dose_spacing_mm"],
-            ct_folder=job["ct"],
+            protocol=job.protocol,
+            dose_spacing_mm=job.dose_spacing_mm,
+            ct_folder=job.ct,
             progress=prog,
         )
     summary = CaseSummary(
         name=name,
-        stage=str(comparison.stage),
+        stage="" if comparison.stage is None else comparison.stage.string,
         options=list(comparison.options),
         seconds=time.perf_counter() - t0,
         bytes_written=_folder_bytes(folder),
-        folder=job["out_dir"] / name,
+        folder=job.out_dir / name,
     )
     return summary, prog.timings[n_before:], prog.cpu_timings[n_cpu_before:]
 
 
 def _preload() -> None:
-    """Import the modules every case needs once, before the workers are forked."""
-    import rtplan.compare
-    import rtplan.report
-    import rtplan.staging
-    import rtplan.volumes  # noqa: F401
+    """Import what the cases load on first use once, before the workers are forked."""
+    import rtplan.report  # noqa: F401
 
     with contextlib.suppress(ImportError):  # rt-utils (opencv) is imported on use
         import rt_utils  # noqa: F401
@@ -818,12 +896,56 @@ def _disk_bytes(folder: Path) -> int:
     return total
 
 
+def _case_names(cases: Sequence[str] | None) -> list[str]:
+    """The demo cases to run, by their canonical names, each once, in the order given."""
+    wanted = list(cases) if cases else list(DEMO_CASE_NAMES)
+    lookup = {n.lower(): n for n in DEMO_CASE_NAMES}
+    unknown = [c for c in wanted if c.lower() not in lookup]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown demo case {', '.join(map(repr, unknown))}; the cases are "
+            f"{', '.join(DEMO_CASE_NAMES)}"
+        )
+    return list(dict.fromkeys(lookup[c.lower()] for c in wanted))
+
+
+def _worker_count(jobs: int | None, n_cases: int, prog: Progress) -> int:
+    """Worker processes for ``n_cases`` cases (1: the cases run in this process)."""
+    if jobs is not None and (int(jobs) != jobs or jobs < 1):
+        raise InvalidInputError(f"jobs must be a positive integer, got {jobs!r}")
+    n_jobs = _default_jobs(n_cases) if jobs is None else min(int(jobs), n_cases)
+    if type(prog) is not Progress or not _can_fork():
+        return 1  # a callback cannot be called from worker processes; no fork: serial
+    return n_jobs
+
+
+def _demo_ct(atlas: Atlas, folder: Path) -> Path:
+    """The demo patient's CT series, written once for all cases."""
+    return write_ct_series(
+        atlas.ct_hu,
+        atlas.grid,
+        folder,
+        patient_name="RTPLAN^DEMO",
+        patient_id="RTPLAN-DEMO",
+        series_description=f"rtplan demo {atlas.name}"[:64],
+    )
+
+
+def _run_jobs(names: Sequence[str], n_jobs: int) -> list[_JobResult]:
+    """Run the cases of :data:`_JOBS` named ``names``, in ``n_jobs`` forked workers."""
+    if n_jobs == 1:
+        return [_case_job(name) for name in names]
+    _preload()
+    with multiprocessing.get_context("fork").Pool(n_jobs) as pool:
+        return pool.map(_case_job, names, chunksize=1)
+
+
 def run_demo(
     out_dir: str | os.PathLike[str] = "rtplan-demo",
     *,
     spacing_mm: Sequence[float] | None = None,
     cases: Sequence[str] | None = None,
-    protocol: Any = "nrg_salvage",
+    protocol: str | Path | Protocol = "nrg_salvage",
     dose_spacing_mm: float = 2.5,
     jobs: int | None = None,
     force: bool = False,
@@ -869,67 +991,39 @@ def run_demo(
     RtplanError
         If ``out_dir`` exists and is not empty (without ``force``), or a step fails.
     """
-    from rtplan import dicom_io
-    from rtplan.atlas import load_atlas
-    from rtplan.cli import staged_output
-    from rtplan.protocol import load_protocol
-
-    wanted = list(cases) if cases else list(DEMO_CASE_NAMES)
-    lookup = {n.lower(): n for n in DEMO_CASE_NAMES}
-    unknown = [c for c in wanted if c.lower() not in lookup]
-    if unknown:
-        raise InvalidInputError(
-            f"unknown demo case {', '.join(map(repr, unknown))}; the cases are "
-            f"{', '.join(DEMO_CASE_NAMES)}"
-        )
-    wanted = list(dict.fromkeys(lookup[c.lower()] for c in wanted))
-    if jobs is not None and (int(jobs) != jobs or jobs < 1):
-        raise InvalidInputError(f"jobs must be a positive integer, got {jobs!r}")
+    wanted = _case_names(cases)
     prog = as_progress(progress)
-    n_jobs = _default_jobs(len(wanted)) if jobs is None else min(int(jobs), len(wanted))
-    if type(prog) is not Progress or not _can_fork():
-        n_jobs = 1  # a callback cannot be called from worker processes; no fork: serial
+    n_jobs = _worker_count(jobs, len(wanted), prog)
     t0 = time.perf_counter()
     summary = DemoSummary(out_dir=Path(out_dir))
     proto = load_protocol(protocol)
     with staged_output(out_dir, force=force) as tmp:
         with prog.step("building atlas"):
-            spacing = tuple(float(s) for s in spacing_mm) if spacing_mm is not None else None
+            spacing: Vec3 | None = None
+            if spacing_mm is not None:
+                z_mm, y_mm, x_mm = (float(s) for s in spacing_mm)
+                spacing = (z_mm, y_mm, x_mm)
             atlas = load_atlas(DEMO_ATLAS, spacing_mm=spacing)
         with prog.step("placing demo lesions"):
             all_cases = {c.name: c for c in demo_cases(atlas)}
         with prog.step("writing CT series"):
-            ct = Path(
-                dicom_io.write_ct_series(
-                    atlas.ct_hu,
-                    atlas.grid,
-                    tmp / ".ct",
-                    patient_name="RTPLAN^DEMO",
-                    patient_id="RTPLAN-DEMO",
-                    series_description=f"rtplan demo {atlas.name}"[:64],
-                )
+            ct = _demo_ct(atlas, tmp / ".ct")
+        for name in wanted:
+            _JOBS[name] = _CaseJob(
+                case=all_cases[name],
+                atlas=atlas,
+                protocol=proto,
+                dose_spacing_mm=dose_spacing_mm,
+                tmp=tmp,
+                out_dir=Path(out_dir),
+                ct=ct,
+                progress=prog,
+                parallel=n_jobs > 1,
             )
-        _JOB.update(
-            atlas=atlas,
-            cases=all_cases,
-            protocol=proto,
-            dose_spacing_mm=dose_spacing_mm,
-            tmp=tmp,
-            ct=ct,
-            out_dir=Path(out_dir),
-            progress=prog,
-            parallel=n_jobs > 1,
-        )
         try:
-            if n_jobs > 1:
-                _preload()
-                ctx = multiprocessing.get_context("fork")
-                with ctx.Pool(n_jobs) as pool:
-                    results = pool.map(_case_job, wanted, chunksize=1)
-            else:
-                results = [_case_job(name) for name in wanted]
+            results = _run_jobs(wanted, n_jobs)
         finally:
-            _JOB.clear()
+            _JOBS.clear()
         shutil.rmtree(ct)
         summary.disk_bytes = _disk_bytes(tmp)
         for case_summary, timings, cpu_timings in results:

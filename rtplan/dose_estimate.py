@@ -32,8 +32,9 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.special import ndtr
 
+from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import bounding_box
-from rtplan.dvh import occupancy_on_grid
+from rtplan.dvh import Float32Array, occupancy_on_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption
@@ -88,7 +89,7 @@ def alpha_beta_gy_for(name: str, role: str = "organ") -> float:
     return ALPHA_BETA_GY["late"]
 
 
-def _check_radiobiology(dose: np.ndarray, fractions: float, alpha_beta_gy: float) -> None:
+def _check_radiobiology(dose: FloatArray, fractions: float, alpha_beta_gy: float) -> None:
     if not (isinstance(fractions, (int, np.integer)) or float(fractions).is_integer()):
         raise InvalidInputError(f"fractions must be a positive integer, got {fractions!r}")
     if fractions < 1:
@@ -103,7 +104,7 @@ def _check_radiobiology(dose: np.ndarray, fractions: float, alpha_beta_gy: float
         raise InvalidInputError("dose_gy must not be negative")
 
 
-def bed_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.ndarray | float:
+def bed_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> FloatArray | float:
     """Biologically effective dose, ``BED = D * (1 + d / (alpha/beta))`` with ``d = D / n``.
 
     Parameters
@@ -131,7 +132,7 @@ def bed_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.n
     return float(out) if out.ndim == 0 else out
 
 
-def eqd2_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> np.ndarray | float:
+def eqd2_gy(dose_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float) -> FloatArray | float:
     """Equivalent dose in 2 Gy fractions, ``EQD2 = D * (d + a/b) / (2 + a/b)``, ``d = D / n``.
 
     Parameters
@@ -371,6 +372,14 @@ def make_dose_grid(
     >>> make_dose_grid(ct).shape
     (10, 40, 40)
     """
+    if not isinstance(reference_grid, ImageGrid):
+        raise TypeError(
+            f"reference_grid must be an rtplan.grid.ImageGrid, got {type(reference_grid).__name__}"
+        )
+    if body is not None and not isinstance(body, Structure):
+        raise TypeError(
+            f"body must be an rtplan.structures.Structure or None, got {type(body).__name__}"
+        )
     sp = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise InvalidInputError(f"spacing_mm must be positive, got {spacing_mm!r}")
@@ -398,7 +407,7 @@ def make_dose_grid(
 # ---------------------------------------------------------------------------- geometry
 def _as_dose_grid_mask(
     body: Structure | npt.ArrayLike | None, dose_grid: ImageGrid
-) -> np.ndarray | None:
+) -> BoolMask | None:
     if body is None:
         return None
     if isinstance(body, Structure):
@@ -411,7 +420,7 @@ def _as_dose_grid_mask(
     return arr > 0
 
 
-def _upsample_axis(arr: np.ndarray, axis: int, factor: int, n_out: int) -> np.ndarray:
+def _upsample_axis(arr: Float32Array, axis: int, factor: int, n_out: int) -> Float32Array:
     """Linear interpolation from block centres (blocks of ``factor`` voxels) to voxels."""
     n_in = arr.shape[axis]
     pos = (np.arange(n_out) + 0.5) / factor - 0.5
@@ -421,33 +430,43 @@ def _upsample_axis(arr: np.ndarray, axis: int, factor: int, n_out: int) -> np.nd
     t = (pos - i0).astype(np.float32)
     shape = [1, 1, 1]
     shape[axis] = n_out
-    return np.take(arr, i0, axis=axis) * (1 - t).reshape(shape) + np.take(
-        arr, i1, axis=axis
-    ) * t.reshape(shape)
+    lower: Float32Array = np.take(arr, i0, axis=axis)
+    upper: Float32Array = np.take(arr, i1, axis=axis)
+    return lower * (1 - t).reshape(shape) + upper * t.reshape(shape)
 
 
 @dataclass(frozen=True, eq=False)
 class _TargetGeometry:
     """Signed distance (mm, > 0 outside) to a PTV surface on the dose grid."""
 
-    signed_mm: np.ndarray  # float32, full dose grid
-    inside: np.ndarray  # bool, full dose grid (occupancy >= 0.5)
+    signed_mm: Float32Array  # full dose grid
+    inside: BoolMask  # full dose grid (occupancy >= 0.5)
     volume_cc: float
+
+
+def _occupied(occupancy: Float32Array) -> BoolMask:
+    """Voxels at least half occupied; if none, the most occupied ones (a tiny PTV)."""
+    inside = occupancy >= 0.5
+    if not inside.any():
+        inside = occupancy >= occupancy.max()
+    return inside
+
+
+def _slices(lo: npt.NDArray[np.intp], hi: npt.NDArray[np.intp]) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def _target_geometry(
     ptv: Structure, dose_grid: ImageGrid, params: DoseModelParameters
 ) -> _TargetGeometry:
+    """Signed distance to the PTV: exact in a box around it, coarse beyond, blended between."""
     if ptv.is_empty:
         raise GeometryError(f"PTV {ptv.name!r} is empty")
     occ = occupancy_on_grid(ptv, dose_grid)
-    inside = occ >= 0.5
-    if not inside.any():  # a PTV smaller than half a dose voxel: keep its densest voxel
-        inside = occ >= occ.max()
+    inside = _occupied(occ)  # a PTV smaller than half a dose voxel keeps its densest voxel
     shape = np.array(dose_grid.shape)
     sp = np.array(dose_grid.spacing_mm)
     h = float(sp.min())
-    # --- fine, exact EDT in a box around the PTV
     bb = bounding_box(inside)
     assert bb is not None
     lo = np.array([b.start for b in bb])
@@ -455,69 +474,104 @@ def _target_geometry(
     pad = np.ceil(params.fine_reach_mm / sp).astype(int)
     blo = np.maximum(lo - pad, 0)
     bhi = np.minimum(hi + pad, shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(blo, bhi))
-    ins_box = inside[box]
+    box = _slices(blo, bhi)
+    fine = _fine_signed_mm(occ[box], inside[box], lo - blo, hi - blo, sp)
+    factor = max(1, round(params.coarse_voxel_mm / h))
+    signed = np.empty(dose_grid.shape, np.float32)
+    if bool(np.all(blo == 0) and np.all(bhi == shape)):  # the box covers the whole grid
+        signed[...] = fine
+    else:
+        signed[...] = _coarse_distance_mm(ptv, dose_grid, factor)
+        # blend the fine values into the coarse ones over the outer 10 mm of the box
+        w = _blend_weights(blo, bhi, shape, sp, min(10.0, params.fine_reach_mm))
+        signed[box] = w * fine + (1 - w) * signed[box]
+    return _TargetGeometry(signed, inside, float(occ.sum()) * dose_grid.voxel_volume_cc)
+
+
+def _fine_signed_mm(
+    occ_box: Float32Array,
+    ins_box: BoolMask,
+    lo: npt.NDArray[np.intp],
+    hi: npt.NDArray[np.intp],
+    sp: FloatArray,
+) -> Float32Array:
+    """Exact signed distance (mm) in a box around the PTV, whose voxels ``lo:hi`` hold it.
+
+    Outside: the distance to the nearest PTV voxel less half a voxel; inside: minus the
+    depth (a distance transform over the PTV's own bounding box plus one voxel is
+    enough); partly occupied voxels: ``(0.5 - occupancy) * h``.
+    """
+    h = float(sp.min())
     fine = ndimage.distance_transform_edt(~ins_box, sampling=sp).astype(np.float32)
     fine -= np.float32(0.5 * h)
-    # depth inside: an EDT over the PTV's own bounding box (plus one voxel) is enough
-    ilo = np.maximum(lo - blo - 1, 0)
-    ihi = np.minimum(hi - blo + 1, bhi - blo)
-    ibox = tuple(slice(int(a), int(b)) for a, b in zip(ilo, ihi))
+    ibox = _slices(np.maximum(lo - 1, 0), np.minimum(hi + 1, np.array(ins_box.shape)))
     in_sub = ins_box[ibox]
     in_d = ndimage.distance_transform_edt(in_sub, sampling=sp).astype(np.float32)
     depth_part = fine[ibox]
     depth_part[in_sub] = -(in_d[in_sub] - np.float32(0.5 * h))
-    occ_box = occ[box]
     partial = (occ_box > 1e-3) & (occ_box < 0.999)
-    fine = np.where(partial, (0.5 - occ_box) * h, fine).astype(np.float32)
-    # --- coarse EDT everywhere (far field), linearly interpolated
-    factor = max(1, round(params.coarse_voxel_mm / h))
-    signed = np.empty(dose_grid.shape, np.float32)
-    box_covers_grid = bool(np.all(blo == 0) and np.all(bhi == shape))
-    if not box_covers_grid:
-        # coarse grid of factor**3 blocks of dose voxels, same corner as the dose grid
-        cshape = tuple(int(n) for n in -(-shape // factor))
-        x0, y0, z0 = dose_grid.origin_mm
-        half = 0.5 * (factor - 1)
-        coarse_grid = ImageGrid(
-            shape=cshape,
-            spacing_mm=tuple(float(v) for v in sp * factor),
-            origin_mm=(x0 + half * sp[2], y0 + half * sp[1], z0 + half * sp[0]),
-            frame_of_reference_uid=dose_grid.frame_of_reference_uid,
-        )
-        coarse_occ = occupancy_on_grid(ptv, coarse_grid)
-        cin = coarse_occ >= 0.5
-        if not cin.any():
-            cin = coarse_occ >= coarse_occ.max()
-        cd = ndimage.distance_transform_edt(~cin, sampling=sp * factor).astype(np.float32)
-        cd = np.maximum(cd - 0.5 * h * factor, 0.0)
-        for ax in range(3):
-            cd = _upsample_axis(cd, ax, factor, int(shape[ax]))
-        signed[...] = cd
-        # blend the fine values into the coarse ones over the outer 10 mm of the box
-        blend_mm = min(10.0, params.fine_reach_mm)
-        kk, jj, ii = (np.arange(a, b) for a, b in zip(blo, bhi))
-        edge = []
-        for idx, a, b, n, s in zip((kk, jj, ii), blo, bhi, shape, sp):
-            e = np.full(idx.shape, np.inf)
-            if a > 0:
-                e = np.minimum(e, (idx - a) * s)
-            if b < n:
-                e = np.minimum(e, (b - 1 - idx) * s)
-            edge.append(e)
-        dist_edge = np.minimum(
-            np.minimum(edge[0][:, None, None], edge[1][None, :, None]), edge[2][None, None, :]
-        )
-        w = np.clip(dist_edge / blend_mm, 0.0, 1.0).astype(np.float32)
-        signed[box] = w * fine + (1 - w) * signed[box]
-    else:
-        signed[...] = fine
-    return _TargetGeometry(signed, inside, float(occ.sum()) * dose_grid.voxel_volume_cc)
+    return np.where(partial, (0.5 - occ_box) * h, fine).astype(np.float32)
+
+
+def _coarse_distance_mm(ptv: Structure, dose_grid: ImageGrid, factor: int) -> Float32Array:
+    """Distance (mm) outside the PTV on blocks of ``factor**3`` dose voxels, interpolated.
+
+    The coarse grid has the dose grid's corner; its distances are linearly interpolated
+    back to the dose voxels.
+    """
+    shape = np.array(dose_grid.shape)
+    sp = np.array(dose_grid.spacing_mm)
+    h = float(sp.min())
+    x0, y0, z0 = dose_grid.origin_mm
+    half = 0.5 * (factor - 1)
+    nz, ny, nx = (int(n) for n in -(-shape // factor))
+    cshape: Shape3 = (nz, ny, nx)
+    csz, csy, csx = (float(v) for v in sp * factor)
+    cspacing: Vec3 = (csz, csy, csx)
+    coarse_grid = ImageGrid(
+        shape=cshape,
+        spacing_mm=cspacing,
+        origin_mm=(x0 + half * sp[2], y0 + half * sp[1], z0 + half * sp[0]),
+        frame_of_reference_uid=dose_grid.frame_of_reference_uid,
+    )
+    cin = _occupied(occupancy_on_grid(ptv, coarse_grid))
+    cd = ndimage.distance_transform_edt(~cin, sampling=sp * factor).astype(np.float32)
+    cd = np.maximum(cd - 0.5 * h * factor, 0.0)
+    for ax in range(3):
+        cd = _upsample_axis(cd, ax, factor, int(shape[ax]))
+    return cd
+
+
+def _blend_weights(
+    blo: npt.NDArray[np.intp],
+    bhi: npt.NDArray[np.intp],
+    shape: npt.NDArray[np.intp],
+    sp: FloatArray,
+    blend_mm: float,
+) -> Float32Array:
+    """Weight of the fine distance in the box ``blo:bhi`` (1 deep inside).
+
+    It is 0 at the faces of the box that lie inside the grid and rises linearly to 1 at
+    ``blend_mm`` from them.
+    """
+    kk, jj, ii = (np.arange(a, b) for a, b in zip(blo, bhi))
+    edge: list[FloatArray] = []
+    for idx, a, b, n, s in zip((kk, jj, ii), blo, bhi, shape, sp):
+        e = np.full(idx.shape, np.inf)
+        if a > 0:
+            e = np.minimum(e, (idx - a) * s)
+        if b < n:
+            e = np.minimum(e, (b - 1 - idx) * s)
+        edge.append(e)
+    dist_edge = np.minimum(
+        np.minimum(edge[0][:, None, None], edge[1][None, :, None]), edge[2][None, None, :]
+    )
+    return np.clip(dist_edge / blend_mm, 0.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- profiles
 def _profile(
-    signed_mm: np.ndarray,
+    signed_mm: Float32Array,
     *,
     plateau: float,
     surface: float,
@@ -525,8 +579,8 @@ def _profile(
     penumbra_mm: float,
     tail_fraction: float,
     tail_mm: float,
-    tail_weight: np.ndarray | float = 1.0,
-) -> np.ndarray:
+    tail_weight: FloatArray | float = 1.0,
+) -> Float32Array:
     """Relative dose as a function of the signed distance to the PTV surface.
 
     ``tail_weight`` (broadcastable) multiplies the low-dose tail (used for the sup-inf
@@ -596,7 +650,7 @@ def _check_course(course: Course) -> None:
 
 def _imrt_or_sbrt_dose(
     course: Course, dose_grid: ImageGrid, params: DoseModelParameters
-) -> np.ndarray:
+) -> FloatArray:
     dose = np.zeros(dose_grid.shape, np.float32)
     for t in course.targets:
         geom = _target_geometry(t.ptv, dose_grid, params)
@@ -613,7 +667,7 @@ def _imrt_or_sbrt_dose(
         else:
             r_eq = (3.0 * geom.volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
             # coplanar arcs: the tail fades beyond the PTV's superior-inferior extent
-            slices = geom.inside.any(axis=(1, 2))
+            slices = np.asarray(geom.inside.any(axis=(1, 2)))
             dz_mm = ndimage.distance_transform_edt(~slices) * dose_grid.spacing_mm[0]
             z_weight = np.exp(-dz_mm / params.imrt_tail_z_mm)[:, None, None]
             rel = _profile(
@@ -632,7 +686,7 @@ def _imrt_or_sbrt_dose(
     return dose.astype(np.float64)
 
 
-def _edge_profile_2d(proj: np.ndarray, sp2: np.ndarray, params: DoseModelParameters) -> np.ndarray:
+def _edge_profile_2d(proj: BoolMask, sp2: FloatArray, params: DoseModelParameters) -> FloatArray:
     """In-field fraction of a beam whose aperture is ``proj`` grown by the block margin."""
     # one MLC leaf pair per row (slice): a single opening from the first to the last
     # projected PTV column of the row, so the gap between two nodal chains is open too
@@ -654,9 +708,9 @@ def _edge_profile_2d(proj: np.ndarray, sp2: np.ndarray, params: DoseModelParamet
 def _box_dose(
     course: Course,
     dose_grid: ImageGrid,
-    body: np.ndarray | None,
+    body: BoolMask | None,
     params: DoseModelParameters,
-) -> np.ndarray:
+) -> FloatArray:
     sz, sy, sx = dose_grid.spacing_mm
     tissue = np.ones(dose_grid.shape, np.float32) if body is None else body.astype(np.float32)
     dose = np.zeros(dose_grid.shape, np.float64)
@@ -672,10 +726,10 @@ def _box_dose(
         for beam in params.crt_beams:
             if beam in ("AP", "PA"):  # along +y (AP enters anteriorly) or -y
                 axis, sp2 = 1, np.array([sz, sx])
-                field = _edge_profile_2d(ptv.any(axis=1), sp2, params)[:, None, :]
+                field = _edge_profile_2d(np.asarray(ptv.any(axis=1)), sp2, params)[:, None, :]
             else:  # RL enters on the patient's right (-x) and travels +x; LR the reverse
                 axis, sp2 = 2, np.array([sz, sy])
-                field = _edge_profile_2d(ptv.any(axis=2), sp2, params)[:, :, None]
+                field = _edge_profile_2d(np.asarray(ptv.any(axis=2)), sp2, params)[:, :, None]
             step = sy if axis == 1 else sx
             if beam in ("AP", "RL"):
                 depth = (np.cumsum(tissue, axis=axis) - 0.5 * tissue) * step
@@ -691,13 +745,31 @@ def _box_dose(
 
 
 # ---------------------------------------------------------------------------- public API
+def _checked_model_inputs(
+    dose_grid: ImageGrid, params: DoseModelParameters | None
+) -> DoseModelParameters:
+    """The model parameters (defaults for None) after checking both arguments' types."""
+    if not isinstance(dose_grid, ImageGrid):
+        raise TypeError(
+            f"dose_grid must be an rtplan.grid.ImageGrid, got {type(dose_grid).__name__}"
+        )
+    if params is None:
+        return DoseModelParameters()
+    if not isinstance(params, DoseModelParameters):
+        raise TypeError(
+            f"params must be rtplan.dose_estimate.DoseModelParameters or None, "
+            f"got {type(params).__name__}"
+        )
+    return params
+
+
 def estimate_course_dose(
     course: Course,
     dose_grid: ImageGrid,
     *,
     body: Structure | npt.ArrayLike | None = None,
     params: DoseModelParameters | None = None,
-) -> np.ndarray:
+) -> FloatArray:
     """Estimated physical dose (Gy) of one course on the dose grid.
 
     Parameters
@@ -727,10 +799,12 @@ def estimate_course_dose(
         Frames of reference that differ; a body array of the wrong shape.
     ValueError
         A non-positive or NaN prescription; invalid parameters.
+    TypeError
+        ``course``, ``dose_grid`` or ``params`` of the wrong type.
     """
-    params = params or DoseModelParameters()
     if not isinstance(course, Course):
         raise TypeError(f"course must be an rtplan.plan.Course, got {type(course).__name__}")
+    params = _checked_model_inputs(dose_grid, params)
     if not dose_grid.is_standard_orientation:
         raise GeometryError("the dose grid must have the standard axial orientation")
     _check_course(course)
@@ -761,7 +835,7 @@ class CourseDose:
     name: str
     technique: str
     fractions: int
-    dose_gy: np.ndarray
+    dose_gy: FloatArray
     prescriptions_gy: dict[str, float]
 
 
@@ -782,21 +856,21 @@ class OptionDose:
     courses: tuple[CourseDose, ...]
 
     @property
-    def total_gy(self) -> np.ndarray:
+    def total_gy(self) -> FloatArray:
         """Physical dose summed over courses, Gy (new array)."""
         out = np.zeros(self.dose_grid.shape, np.float64)
         for c in self.courses:
             out += c.dose_gy
         return out
 
-    def eqd2_gy(self, alpha_beta_gy: float) -> np.ndarray:
+    def eqd2_gy(self, alpha_beta_gy: float) -> FloatArray:
         """Voxel-wise EQD2 (Gy) summed over courses, each with its own fractionation."""
         out = np.zeros(self.dose_grid.shape, np.float64)
         for c in self.courses:
             out += eqd2_gy(c.dose_gy, c.fractions, alpha_beta_gy)
         return out
 
-    def bed_gy(self, alpha_beta_gy: float) -> np.ndarray:
+    def bed_gy(self, alpha_beta_gy: float) -> FloatArray:
         """Voxel-wise BED (Gy) summed over courses."""
         out = np.zeros(self.dose_grid.shape, np.float64)
         for c in self.courses:
@@ -834,7 +908,18 @@ def estimate_option_dose(
     Returns
     -------
     OptionDose
+
+    Raises
+    ------
+    TypeError
+        ``option``, ``dose_grid`` or ``params`` of the wrong type.
     """
+    if not isinstance(option, FieldOption):
+        raise TypeError(
+            f"option must be an rtplan.plan.FieldOption (rtplan.volumes.build_option), "
+            f"got {type(option).__name__}"
+        )
+    params = _checked_model_inputs(dose_grid, params)
     body_mask = _as_dose_grid_mask(body, dose_grid)
     courses = []
     for c in option.courses:

@@ -33,14 +33,21 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
+from rtplan._typing import FloatArray
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure
+
+#: float32 arrays: occupancies and centroid offsets on the dose grid.
+Float32Array = npt.NDArray[np.float32]
+#: int64 index arrays (raveled voxel indices).
+IndexArray = npt.NDArray[np.int64]
 
 __all__ = [
     "DMAX_VOLUME_CC",
@@ -76,6 +83,26 @@ _CHUNK_SLICES = 16  # CT slices processed at once (bounds memory for large struc
 # least 1 / this of their structure's box, else voxel by voxel (neighbour gathers)
 _FIELD_MIN_FILL = 4
 _SAMPLE_CHUNK = 32768  # DVH samples processed at once (temporaries stay in cache)
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _check_structure_and_grid(structure: object, dose_grid: object) -> None:
+    """Raise TypeError naming ``structure`` or ``dose_grid`` when of the wrong type."""
+    if not isinstance(structure, Structure):
+        raise TypeError(
+            f"structure must be an rtplan.structures.Structure, got {type(structure).__name__}"
+        )
+    if not isinstance(dose_grid, ImageGrid):
+        raise TypeError(
+            f"dose_grid must be an rtplan.grid.ImageGrid, got {type(dose_grid).__name__}"
+        )
+
+
+def _check_dvh(dvh: object) -> None:
+    if not isinstance(dvh, DVH):
+        raise TypeError(
+            f"dvh must be an rtplan.dvh.DVH (from compute_dvh), got {type(dvh).__name__}"
+        )
 
 
 # ---------------------------------------------------------------------------- resampling
@@ -223,7 +250,7 @@ def _occupancy_moments(
     return box, m0, offsets
 
 
-def occupancy_on_grid(structure: Structure, dose_grid: ImageGrid) -> np.ndarray:
+def occupancy_on_grid(structure: Structure, dose_grid: ImageGrid) -> Float32Array:
     """Fraction of every dose voxel that ``structure`` occupies.
 
     Parameters
@@ -246,6 +273,8 @@ def occupancy_on_grid(structure: Structure, dose_grid: ImageGrid) -> np.ndarray:
         standard orientation.
     GridMismatchError
         If the frames of reference differ.
+    TypeError
+        If ``structure`` is not a Structure or ``dose_grid`` not an ImageGrid.
 
     Examples
     --------
@@ -255,6 +284,7 @@ def occupancy_on_grid(structure: Structure, dose_grid: ImageGrid) -> np.ndarray:
     >>> occupancy_on_grid(Structure("cube", m, g), dg)[0, 0, 0]
     np.float32(1.0)
     """
+    _check_structure_and_grid(structure, dose_grid)
     box, m0, _ = _occupancy_moments(structure, dose_grid, moments=False)
     out = np.zeros(dose_grid.shape, np.float32)
     out[box] = np.clip(m0, 0.0, 1.0)
@@ -296,13 +326,13 @@ class StructureOnDoseGrid:
 
     name: str
     dose_grid: ImageGrid
-    flat_index: np.ndarray
-    volume_cc: np.ndarray
-    occupancy: np.ndarray
-    offset_mm: np.ndarray
+    flat_index: IndexArray
+    volume_cc: FloatArray
+    occupancy: Float32Array
+    offset_mm: Float32Array
     source_volume_cc: float
     box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-    local_index: np.ndarray
+    local_index: IndexArray
     n_partial: int
     role: str = "organ"
 
@@ -311,16 +341,18 @@ class StructureOnDoseGrid:
         """Volume represented on the dose grid (equals the mask volume), in cc."""
         return float(self.volume_cc.sum())
 
-    @property
-    def _size_scale2(self) -> np.ndarray:
-        # (occupancy ** (1/3)) ** 2: squared size of the occupied part relative to a voxel
-        cached = self.__dict__.get("_scale2")
-        if cached is None:
-            cached = np.cbrt(self.occupancy) ** 2
-            object.__setattr__(self, "_scale2", cached)
-        return cached
+    @cached_property
+    def _size_scale2(self) -> Float32Array:
+        """(occupancy ** (1/3)) ** 2: squared size of the occupied part relative to a voxel."""
+        return np.cbrt(self.occupancy) ** 2
 
-    def occupancy_array(self) -> np.ndarray:
+    @cached_property
+    def _full_ascending(self) -> bool:
+        """Whether the full voxels' local indices ascend (as structure_on_dose_grid builds them)."""
+        full = self.local_index[self.n_partial :]
+        return bool(np.all(full[1:] > full[:-1]))
+
+    def occupancy_array(self) -> Float32Array:
         """Occupied fraction on the full dose grid (a new float32 array)."""
         out = np.zeros(self.dose_grid.size, np.float32)
         out[self.flat_index] = self.occupancy
@@ -347,7 +379,10 @@ def structure_on_dose_grid(structure: Structure, dose_grid: ImageGrid) -> Struct
         Empty structure, structure outside the dose grid, or non-standard orientation.
     GridMismatchError
         Different frames of reference.
+    TypeError
+        If ``structure`` is not a Structure or ``dose_grid`` not an ImageGrid.
     """
+    _check_structure_and_grid(structure, dose_grid)
     box, m0, offsets = _occupancy_moments(structure, dose_grid, moments=True)
     assert offsets is not None
     sel = m0 > _OCC_EPS
@@ -406,19 +441,19 @@ class DVH:
     """
 
     structure: str
-    dose_gy: np.ndarray
-    cumulative_cc: np.ndarray
+    dose_gy: FloatArray
+    cumulative_cc: FloatArray
     volume_cc: float
     mean_gy: float
     min_gy: float
     max_gy: float
 
     @property
-    def cumulative_pct(self) -> np.ndarray:
+    def cumulative_pct(self) -> FloatArray:
         """Cumulative DVH in % of the structure volume."""
         return 100.0 * self.cumulative_cc / self.volume_cc
 
-    def differential(self) -> tuple[np.ndarray, np.ndarray]:
+    def differential(self) -> tuple[FloatArray, FloatArray]:
         """Differential DVH: bin centres (Gy) and volume in each bin (cc)."""
         dv = self.cumulative_cc[:-1] - self.cumulative_cc[1:]
         centres = 0.5 * (self.dose_gy[:-1] + self.dose_gy[1:])
@@ -540,7 +575,8 @@ class _Histogram:
         np.copyto(ihi, hi, casting="unsafe")
         dens = np.multiply(diff, np.float64(self.step), out=self._dens[:m])
         np.divide(vol, dens, out=dens)
-        up = np.bincount(ihi, weights=dens, minlength=self.coef.size)
+        # weighted counts are float64 (the stubs say intp): no copy
+        up = np.bincount(ihi, weights=dens, minlength=self.coef.size).astype(np.float64, copy=False)
         if up.size > self.coef.size:
             up[: self.coef.size] += self.coef
             self.coef = up
@@ -563,7 +599,7 @@ class _Histogram:
         cum = step * (np.cumsum(r[::-1])[::-1] - r)
         cum = np.clip(cum, 0.0, total)
         cum = np.minimum.accumulate(cum)  # remove round-off wiggles
-        dose_axis = (k0 + np.arange(n)) * step
+        dose_axis = ((k0 + np.arange(n)) * step).astype(np.float64, copy=False)
         mean = self.dose_volume / total if total > 0 else 0.0
         return DVH(name, dose_axis, cum, total, mean, self.d_min, self.d_max)
 
@@ -584,7 +620,7 @@ def _dvh_of(dose_gy: np.ndarray, s: StructureOnDoseGrid, step: float) -> DVH:
     hist = _Histogram(step)
     npart = s.n_partial  # samples [:npart] are partly occupied voxels, the rest are full
     n = s.local_index.size
-    blocked = (n - npart) * _FIELD_MIN_FILL >= sub.size and _full_ascending(s)
+    blocked = (n - npart) * _FIELD_MIN_FILL >= sub.size and s._full_ascending
     stop = npart if blocked else n
     for a in range(0, stop, _SAMPLE_CHUNK):
         b = min(a + _SAMPLE_CHUNK, stop)
@@ -603,16 +639,6 @@ def _dvh_of(dose_gy: np.ndarray, s: StructureOnDoseGrid, step: float) -> DVH:
             _full_voxel_samples(sub, local[a:b], work, ibuf, centre, width)
             hist.add(centre, width, s.volume_cc[a:b])
     return hist.dvh(s.name, float(s.volume_cc.sum()))
-
-
-def _full_ascending(s: StructureOnDoseGrid) -> bool:
-    """Whether the full voxels' local indices ascend (as structure_on_dose_grid builds them)."""
-    cached = s.__dict__.get("_full_ascending")
-    if cached is None:
-        full = s.local_index[s.n_partial :]
-        cached = bool(np.all(full[1:] > full[:-1]))
-        object.__setattr__(s, "_full_ascending", cached)
-    return cached
 
 
 def _dose_samples_gather(
@@ -739,7 +765,19 @@ def compute_dvh(
         Wrong dose shape, or a resampled structure built for another grid.
     ValueError
         Non-finite or negative dose, non-positive bin width.
+    TypeError
+        ``dose_grid`` not an ImageGrid, ``structure`` neither a Structure nor a
+        StructureOnDoseGrid.
     """
+    if not isinstance(dose_grid, ImageGrid):
+        raise TypeError(
+            f"dose_grid must be an rtplan.grid.ImageGrid, got {type(dose_grid).__name__}"
+        )
+    if not isinstance(structure, (Structure, StructureOnDoseGrid)):
+        raise TypeError(
+            f"structure must be a Structure or a StructureOnDoseGrid, "
+            f"got {type(structure).__name__}"
+        )
     dose = np.asarray(dose_gy)
     if dose.shape != dose_grid.shape:
         raise GridMismatchError(
@@ -774,6 +812,11 @@ def compute_dvhs(
     dict of str to DVH
         Keyed by structure name, in the input order.
     """
+    if isinstance(structures, (str, Structure)) or not isinstance(structures, Iterable):
+        raise TypeError(
+            f"structures must be a StructureSet, a mapping or an iterable of structures, "
+            f"got {type(structures).__name__}"
+        )
     items = structures.values() if isinstance(structures, Mapping) else structures
     out: dict[str, DVH] = {}
     for s in items:
@@ -823,7 +866,11 @@ class Metric:
             raise InvalidInputError(f"metric {self.text!r} needs a positive prescription_gy")
         if self.kind == "V":
             assert self.at is not None
-            dose = self.at * prescription_gy / 100.0 if self.at_unit == "%Rx" else self.at
+            if self.at_unit == "%Rx":
+                assert prescription_gy is not None  # checked above
+                dose = self.at * prescription_gy / 100.0
+            else:
+                dose = self.at
             vol = dvh.volume_at_dose_cc(dose)
             return vol if self.unit == "cc" else 100.0 * vol / dvh.volume_cc
         if self.kind == "D":
@@ -998,6 +1045,8 @@ def parse_constraint(text: str, *, structure: str, source: str = "") -> Constrai
     >>> (c.metric, c.op, c.limit, c.unit)
     ('V65Gy', '<=', 35.0, '%')
     """
+    if not isinstance(text, str):
+        raise TypeError(f"constraint text must be a str, got {type(text).__name__}")
     m = _CONSTRAINT_RE.match(text)
     if m is None:
         raise InvalidInputError(
@@ -1038,6 +1087,11 @@ def evaluate_constraint(
     >>> round(r.value, 1), r.passed, round(r.margin, 1)
     (35.0, True, 0.0)
     """
+    if not isinstance(constraint, Constraint):
+        raise TypeError(
+            f"constraint must be an rtplan.dvh.Constraint, got {type(constraint).__name__}"
+        )
+    _check_dvh(dvh)
     value = constraint.parsed.evaluate(dvh, prescription_gy=prescription_gy)
     lim, op = constraint.limit, constraint.op
     passed = {
@@ -1072,6 +1126,7 @@ def geud_gy(dvh: DVH, n: float) -> float:
     float
         gEUD in Gy.
     """
+    _check_dvh(dvh)
     if not n > 0:
         raise InvalidInputError(f"the gEUD volume parameter n must be positive, got {n!r}")
     d, v = _dose_volume_pairs(dvh)
@@ -1082,7 +1137,7 @@ def geud_gy(dvh: DVH, n: float) -> float:
         return 0.0
     a = 1.0 / n
     # computed on doses scaled by the maximum to avoid overflow for small n
-    return dmax * float(np.sum(v * (d / dmax) ** a)) ** n
+    return dmax * float(float(np.sum(v * (d / dmax) ** a)) ** n)  # float ** float: float here
 
 
 @dataclass(frozen=True)
@@ -1193,6 +1248,11 @@ def lkb_ntcp(
     float
         Probability in [0, 1].
     """
+    _check_dvh(dvh)
+    if parameters is not None and not isinstance(parameters, LKBParameters):
+        raise TypeError(
+            f"parameters must be rtplan.dvh.LKBParameters or None, got {type(parameters).__name__}"
+        )
     td50 = td50_gy if td50_gy is not None else (parameters.td50_gy if parameters else None)
     mm = m if m is not None else (parameters.m if parameters else None)
     nn = n if n is not None else (parameters.n if parameters else None)

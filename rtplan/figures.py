@@ -10,15 +10,20 @@ with the true aspect ratio of the voxels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from rtplan._io import atomic_path
+from rtplan._typing import FloatArray, Vec3
+from rtplan._validation import check_type
+from rtplan.atlas import Atlas
 from rtplan.errors import GeometryError, MissingStructureError
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet
@@ -31,25 +36,42 @@ VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
 #: Soft-tissue window (level, width) in HU; tool default.
 _WINDOW_HU = (40.0, 400.0)
 
+#: Array axis (k, j, i) each view slices along.
+_VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+_X_LABELS = {
+    "axial": "x (mm, patient left →)",
+    "coronal": "x (mm, patient left →)",
+    "sagittal": "y (mm, posterior →)",
+}
+_Y_LABELS = {
+    "axial": "y (mm, posterior ↓)",
+    "coronal": "z (mm, superior ↑)",
+    "sagittal": "z (mm, superior ↑)",
+}
 
-def _standardise(ct: np.ndarray, grid: ImageGrid) -> tuple[np.ndarray, ImageGrid, bool]:
+# LPS box ((xmin, xmax), (ymin, ymax), (zmin, zmax)) in mm
+_Box = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
+
+def _standardise(
+    ct: npt.NDArray[_ScalarT], grid: ImageGrid
+) -> tuple[npt.NDArray[_ScalarT], ImageGrid, bool]:
     """Flip to the identity direction for display (returns whether a flip happened)."""
     signs = grid.axis_signs
     if all(s > 0 for s in signs):
         return ct, grid, False
     axes = tuple(n for n, s in enumerate(signs) if s < 0)
     last = [(n - 1) if s < 0 else 0 for n, s in zip(grid.shape, signs)]
-    g = ImageGrid(
-        shape=grid.shape,
-        spacing_mm=grid.spacing_mm,
-        origin_mm=tuple(float(v) for v in grid.index_to_lps(last)),  # type: ignore[arg-type]
-    )
+    x0, y0, z0 = (float(v) for v in grid.index_to_lps(last))
+    g = ImageGrid(shape=grid.shape, spacing_mm=grid.spacing_mm, origin_mm=(x0, y0, z0))
     return np.flip(ct, axis=axes), g, True
 
 
 def _slice_arrays(
-    volume: np.ndarray, grid: ImageGrid, view: str, index: int
-) -> tuple[np.ndarray, list[float], np.ndarray, np.ndarray]:
+    volume: npt.NDArray[_ScalarT], grid: ImageGrid, view: str, index: int
+) -> tuple[npt.NDArray[_ScalarT], list[float], FloatArray, FloatArray]:
     """2-D slice, imshow extent (mm) and the coordinates of its columns and rows."""
     z, y, x = grid.axis_coordinates_mm()
     sz, sy, sx = grid.spacing_mm
@@ -70,7 +92,7 @@ def _slice_arrays(
 
 def _structure_outline_data(
     s: Structure, axis: int, index: int, signs: tuple[int, int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.uint8]] | None:
     """2-D mask of a structure on a displayed slice with its column and row coordinates.
 
     ``index`` is the slice index along array ``axis`` in the display (identity) frame;
@@ -101,15 +123,110 @@ def _structure_outline_data(
     return cols, rows, np.pad(local, 1).astype(np.uint8)
 
 
+def _structure_list(structures: StructureSet | Iterable[Structure] | None) -> list[Structure]:
+    if isinstance(structures, StructureSet):
+        return list(structures.values())
+    return list(structures or [])
+
+
+def _shown_box(grid: ImageGrid, items: Sequence[Structure], zoom_to_body: bool) -> _Box | None:
+    """The grid's box cut to the external structure + 10 mm, or ``None`` without zoom.
+
+    The external structure is the first non-empty one of role ``"external"`` in ``items``.
+    """
+    if not zoom_to_body:
+        return None
+    body = next((s for s in items if s.role == "external" and not s.is_empty), None)
+    if body is None:
+        return None
+    (zx0, zx1), (zy0, zy1), (zz0, zz1) = ((lo - 10.0, hi + 10.0) for lo, hi in body.bounds_mm)
+    (gx0, gx1), (gy0, gy1), (gz0, gz1) = grid.bounds_mm
+    return (
+        (max(gx0, zx0), min(gx1, zx1)),
+        (max(gy0, zy0), min(gy1, zy1)),
+        (max(gz0, zz0), min(gz1, zz1)),
+    )
+
+
+def _panel_ratios(box: _Box, views: Sequence[str]) -> list[float]:
+    """Width / height of each view's panel showing ``box``."""
+    (x0, x1), (y0, y1), (z0, z1) = box
+    ext_mm = {
+        "axial": (x1 - x0, y1 - y0),
+        "coronal": (x1 - x0, z1 - z0),
+        "sagittal": (y1 - y0, z1 - z0),
+    }
+    return [ext_mm[v][0] / ext_mm[v][1] for v in views]
+
+
+def _draw_structures(
+    ax: Axes,
+    items: Sequence[Structure],
+    view: str,
+    index: int,
+    signs: tuple[int, int, int],
+    handles: dict[str, Line2D],
+) -> None:
+    """Outline the structures cut by the slice in their colours; add their legend handles."""
+    for s in items:
+        if s.is_empty:
+            continue
+        data = _structure_outline_data(s, _VIEW_AXIS[view], index, signs)
+        if data is None:
+            continue
+        r, g, b = s.color
+        color = (r / 255, g / 255, b / 255)
+        ax.contour(*data, levels=[0.5], colors=[color], linewidths=0.8)
+        handles.setdefault(s.name, Line2D([], [], color=color, lw=1.5))
+
+
+def _draw_landmarks(
+    ax: Axes, landmarks: Mapping[str, Sequence[float]], view: str, here_mm: float, grid: ImageGrid
+) -> None:
+    """Mark the landmarks within one voxel (at least 3 mm) of the slice at ``here_mm``."""
+    axis = _VIEW_AXIS[view]
+    for key, p in landmarks.items():
+        point = np.asarray(p, float)
+        if abs(point[2 - axis] - here_mm) > max(grid.spacing_mm[axis], 3.0):
+            continue
+        u, w = {
+            "axial": (point[0], point[1]),
+            "coronal": (point[0], point[2]),
+            "sagittal": (point[1], point[2]),
+        }[view]
+        ax.plot([u], [w], marker="+", color="cyan", ms=8, mew=1.5)
+        ax.annotate(
+            key, (u, w), color="cyan", fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+
+
+def _label_panel(ax: Axes, view: str, here_mm: float, box: _Box | None) -> None:
+    """Limits (when zoomed), title with the slice position, axis labels."""
+    label = f"{view} {'zyx'[_VIEW_AXIS[view]]} = {here_mm:.1f} mm"
+    if box is not None:
+        (x0, x1), (y0, y1), (z0, z1) = box
+        lims = {
+            "axial": ((x0, x1), (y1, y0)),
+            "coronal": ((x0, x1), (z0, z1)),
+            "sagittal": ((y0, y1), (z0, z1)),
+        }[view]
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel(_X_LABELS[view], fontsize=8)
+    ax.set_ylabel(_Y_LABELS[view], fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def plot_ct_views(
-    ct_hu: np.ndarray,
+    ct_hu: npt.ArrayLike,
     grid: ImageGrid,
     *,
     structures: StructureSet | Iterable[Structure] | None = None,
     center_mm: Sequence[float] | None = None,
     views: Sequence[str] = VIEWS,
     window_hu: tuple[float, float] = _WINDOW_HU,
-    landmarks: dict[str, tuple[float, float, float]] | None = None,
+    landmarks: Mapping[str, Sequence[float]] | None = None,
     title: str | None = None,
     legend: bool = True,
     zoom_to_body: bool = True,
@@ -151,114 +268,46 @@ def plot_ct_views(
         When ``ct_hu`` does not have the grid's shape, a view is unknown or the centre
         lies outside the grid.
     """
-    ct = np.asarray(ct_hu)
-    if ct.shape != grid.shape:
-        raise GeometryError(f"ct_hu has shape {ct.shape} but the grid has shape {grid.shape}")
+    ct_in = np.asarray(ct_hu)
+    if ct_in.shape != grid.shape:
+        raise GeometryError(f"ct_hu has shape {ct_in.shape} but the grid has shape {grid.shape}")
     for v in views:
         if v not in VIEWS:
             raise GeometryError(f"unknown view {v!r}; expected one of {', '.join(VIEWS)}")
     signs = grid.axis_signs
-    ct, g, _ = _standardise(ct, grid)
+    ct, g, _ = _standardise(ct_in, grid)
     center = np.asarray(grid.center_mm if center_mm is None else center_mm, float)
     idx = np.rint(g.lps_to_index(center)).astype(int)
     if not np.all((idx >= 0) & (idx < np.array(g.shape))):
         raise GeometryError(
             f"center_mm {tuple(center.round(1))} lies outside the grid {grid.describe()}"
         )
-    items = (
-        list(structures.values())
-        if isinstance(structures, StructureSet)
-        else list(structures or [])
-    )
-    zoom = None
-    if zoom_to_body:
-        body = next((s for s in items if s.role == "external" and not s.is_empty), None)
-        if body is not None:
-            zoom = tuple((lo - 10.0, hi + 10.0) for lo, hi in body.bounds_mm)
+    items = _structure_list(structures)
+    box = _shown_box(g, items, zoom_to_body)
     level, width = window_hu
-    z, y, x = g.axis_coordinates_mm()
-    (gx0, gx1), (gy0, gy1), (gz0, gz1) = g.bounds_mm
-    if zoom is not None:  # the panels show the intersection of the grid and the zoom box
-        (zx0, zx1), (zy0, zy1), (zz0, zz1) = zoom
-        gx0, gx1, gy0, gy1 = max(gx0, zx0), min(gx1, zx1), max(gy0, zy0), min(gy1, zy1)
-        gz0, gz1 = max(gz0, zz0), min(gz1, zz1)
-        zoom = ((gx0, gx1), (gy0, gy1), (gz0, gz1))
-    ext_mm = {
-        "axial": (gx1 - gx0, gy1 - gy0),
-        "coronal": (gx1 - gx0, gz1 - gz0),
-        "sagittal": (gy1 - gy0, gz1 - gz0),
-    }
-    ratios = [ext_mm[v][0] / ext_mm[v][1] for v in views]
+    coords = g.axis_coordinates_mm()  # (z, y, x)
+    ratios = _panel_ratios(g.bounds_mm if box is None else box, views)
     fig_h = 5.0
     fig = Figure(figsize=(fig_h * sum(ratios) + (2.2 if legend and items else 0.4), fig_h + 0.6))
     axes = fig.subplots(1, len(views), gridspec_kw={"width_ratios": ratios}, squeeze=False)[0]
-    handles: dict[str, Any] = {}
+    handles: dict[str, Line2D] = {}
     for ax, view in zip(axes, views):
-        index = {"axial": idx[0], "coronal": idx[1], "sagittal": idx[2]}[view]
-        img, extent, _, _ = _slice_arrays(ct, g, view, int(index))
-        origin = "upper" if view == "axial" else "lower"
+        axis = _VIEW_AXIS[view]
+        index = int(idx[axis])
+        here_mm = float(coords[axis][index])
+        img, extent, _, _ = _slice_arrays(ct, g, view, index)
         ax.imshow(
             img,
             cmap="gray",
             vmin=level - width / 2,
             vmax=level + width / 2,
             extent=extent,
-            origin=origin,
+            origin="upper" if view == "axial" else "lower",
             interpolation="nearest",
         )
-        for s in items:
-            if s.is_empty:
-                continue
-            axis = {"axial": 0, "coronal": 1, "sagittal": 2}[view]
-            data = _structure_outline_data(s, axis, int(index), signs)
-            if data is None:
-                continue
-            color = tuple(c / 255 for c in s.color)
-            ax.contour(*data, levels=[0.5], colors=[color], linewidths=0.8)
-            handles.setdefault(s.name, Line2D([], [], color=color, lw=1.5))
-        for key, p in (landmarks or {}).items():
-            p = np.asarray(p, float)
-            axis = {"axial": 0, "coronal": 1, "sagittal": 2}[view]
-            here = (z[idx[0]], y[idx[1]], x[idx[2]])[axis]
-            if abs(p[2 - axis] - here) > max(g.spacing_mm[axis], 3.0):
-                continue
-            u, v = {"axial": (p[0], p[1]), "coronal": (p[0], p[2]), "sagittal": (p[1], p[2])}[view]
-            ax.plot([u], [v], marker="+", color="cyan", ms=8, mew=1.5)
-            ax.annotate(
-                key, (u, v), color="cyan", fontsize=6, xytext=(3, 3), textcoords="offset points"
-            )
-        label = {
-            "axial": f"axial z = {z[idx[0]]:.1f} mm",
-            "coronal": f"coronal y = {y[idx[1]]:.1f} mm",
-            "sagittal": f"sagittal x = {x[idx[2]]:.1f} mm",
-        }[view]
-        if zoom is not None:
-            (x0, x1), (y0, y1), (z0, z1) = zoom
-            lims = {
-                "axial": ((x0, x1), (y1, y0)),
-                "coronal": ((x0, x1), (z0, z1)),
-                "sagittal": ((y0, y1), (z0, z1)),
-            }[view]
-            ax.set_xlim(*lims[0])
-            ax.set_ylim(*lims[1])
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel(
-            {
-                "axial": "x (mm, patient left →)",
-                "coronal": "x (mm, patient left →)",
-                "sagittal": "y (mm, posterior →)",
-            }[view],
-            fontsize=8,
-        )
-        ax.set_ylabel(
-            {
-                "axial": "y (mm, posterior ↓)",
-                "coronal": "z (mm, superior ↑)",
-                "sagittal": "z (mm, superior ↑)",
-            }[view],
-            fontsize=8,
-        )
-        ax.tick_params(labelsize=7)
+        _draw_structures(ax, items, view, index, signs, handles)
+        _draw_landmarks(ax, landmarks or {}, view, here_mm, g)
+        _label_panel(ax, view, here_mm, box)
     if legend and handles:
         fig.legend(
             list(handles.values()),
@@ -281,8 +330,33 @@ def _atomic_savefig(fig: Figure, path: Path, dpi: int) -> Path:
     return path
 
 
+def _views_centre(atlas: Atlas, center_mm: Sequence[float] | str | None) -> Vec3:
+    """The LPS point (mm) the slices of :func:`save_atlas_views` pass through."""
+    ss = atlas.structures
+    if isinstance(center_mm, str):
+        if center_mm in atlas.landmarks:
+            x, y, z = atlas.landmarks[center_mm]
+            return (x, y, z)
+        if center_mm in ss and not ss[center_mm].is_empty:
+            return ss[center_mm].centroid_mm
+        raise MissingStructureError(
+            f"center {center_mm!r} is neither a landmark nor a structure of atlas {atlas.name!r}"
+        )
+    if center_mm is None:
+        if "PubicSymphysis_Top" not in atlas.landmarks:
+            return atlas.grid.center_mm
+        p = atlas.landmarks["PubicSymphysis_Top"]
+        center = (p[0], p[1] + 80.0, p[2] + 30.0)
+        # keep the point on the grid (y + 80 mm lands in the pelvis centre)
+        if not atlas.grid.contains_index(atlas.grid.lps_to_nearest_index(center)):
+            return atlas.grid.center_mm
+        return center
+    x, y, z = (float(v) for v in center_mm)
+    return (x, y, z)
+
+
 def save_atlas_views(
-    atlas: Any,
+    atlas: Atlas,
     path: str | Path,
     *,
     structures: Iterable[str] | None = None,
@@ -296,7 +370,7 @@ def save_atlas_views(
     Parameters
     ----------
     atlas : Atlas
-        Anything with ``name``, ``grid``, ``ct_hu``, ``structures`` and ``landmarks``.
+        The anatomy (:class:`rtplan.atlas.Atlas`): its CT, structures and landmarks.
     path : str or Path
         A ``.png`` file: one picture with the three views side by side. Otherwise a
         folder: ``<name>_axial.png``, ``<name>_coronal.png``, ``<name>_sagittal.png`` and
@@ -321,10 +395,13 @@ def save_atlas_views(
 
     Raises
     ------
+    TypeError
+        When ``atlas`` is not an :class:`~rtplan.atlas.Atlas`.
     MissingStructureError
         When a named structure or centre is not in the atlas.
     """
-    ss: StructureSet = atlas.structures
+    check_type(atlas, Atlas, name="atlas", expected_text="an rtplan.atlas.Atlas")
+    ss = atlas.structures
     names = list(ss.names) if structures is None else list(structures)
     missing = [n for n in names if n not in ss]
     if missing:
@@ -332,64 +409,33 @@ def save_atlas_views(
             f"cannot outline {', '.join(missing)}: not in atlas {atlas.name!r}"
         )
     chosen = [ss[n] for n in names]
-    if isinstance(center_mm, str):
-        if center_mm in atlas.landmarks:
-            center = tuple(atlas.landmarks[center_mm])
-        elif center_mm in ss and not ss[center_mm].is_empty:
-            center = ss[center_mm].centroid_mm
-        else:
-            raise MissingStructureError(
-                f"center {center_mm!r} is neither a landmark nor a structure of atlas "
-                f"{atlas.name!r}"
-            )
-    elif center_mm is None:
-        if "PubicSymphysis_Top" in atlas.landmarks:
-            p = atlas.landmarks["PubicSymphysis_Top"]
-            center = (p[0], p[1] + 80.0, p[2] + 30.0)
-            # keep the point on the grid (y + 80 mm lands in the pelvis centre)
-            if not atlas.grid.contains_index(atlas.grid.lps_to_nearest_index(center)):
-                center = atlas.grid.center_mm
-        else:
-            center = atlas.grid.center_mm
-    else:
-        center = tuple(float(v) for v in center_mm)
+    center = _views_centre(atlas, center_mm)
     marks = dict(atlas.landmarks) if show_landmarks else None
     out = Path(path)
-    written: list[Path] = []
     title = f"{atlas.name}: CT with structure outlines"
-    if out.suffix.lower() == ".png":
-        fig = plot_ct_views(
+
+    def views_figure(views: Sequence[str], title: str) -> Figure:
+        return plot_ct_views(
             atlas.ct_hu,
             atlas.grid,
             structures=chosen,
             center_mm=center,
+            views=views,
             window_hu=window_hu,
             landmarks=marks,
             title=title,
         )
-        written.append(_atomic_savefig(fig, out, dpi))
-        return written
+
+    if out.suffix.lower() == ".png":
+        return [_atomic_savefig(views_figure(VIEWS, title), out, dpi)]
     out.mkdir(parents=True, exist_ok=True)
-    for view in VIEWS:
-        fig = plot_ct_views(
-            atlas.ct_hu,
-            atlas.grid,
-            structures=chosen,
-            center_mm=center,
-            views=[view],
-            window_hu=window_hu,
-            landmarks=marks,
-            title=f"{atlas.name}: {view}",
+    written = [
+        _atomic_savefig(
+            views_figure([view], f"{atlas.name}: {view}"), out / f"{atlas.name}_{view}.png", dpi
         )
-        written.append(_atomic_savefig(fig, out / f"{atlas.name}_{view}.png", dpi))
-    fig = plot_ct_views(
-        atlas.ct_hu,
-        atlas.grid,
-        structures=chosen,
-        center_mm=center,
-        window_hu=window_hu,
-        landmarks=marks,
-        title=title,
+        for view in VIEWS
+    ]
+    written.append(
+        _atomic_savefig(views_figure(VIEWS, title), out / f"{atlas.name}_views.png", dpi)
     )
-    written.append(_atomic_savefig(fig, out / f"{atlas.name}_views.png", dpi))
     return written

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from numbers import Real
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 
 __all__ = [
@@ -42,11 +44,40 @@ _DIRECTION_ATOL = 1e-4
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def _as_vec3(value: Sequence[float], name: str) -> tuple[float, float, float]:
-    arr = np.asarray(value, dtype=float).reshape(-1)
+def _numeric(value: object, name: str) -> npt.NDArray[np.generic]:
+    """``value`` as an array of numbers; strings, bools and other objects raise TypeError.
+
+    (``np.asarray(value, float)`` would turn ``"2.5"`` into a number silently.)
+    """
+    arr = np.asarray(value)
+    ok = arr.dtype.kind in "iuf" or (
+        arr.dtype.kind == "O"
+        and all(isinstance(v, Real) and not isinstance(v, bool) for v in arr.reshape(-1))
+    )
+    if not ok:
+        raise TypeError(f"{name} must be numbers, got {type(value).__name__} {value!r}")
+    return arr
+
+
+def _as_vec3(value: object, name: str) -> Vec3:
+    arr = _numeric(value, name).astype(float).reshape(-1)
     if arr.shape != (3,) or not np.all(np.isfinite(arr)):
         raise GeometryError(f"{name} must be three finite numbers, got {value!r}")
     return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def _as_shape3(value: object) -> Shape3:
+    arr = _numeric(value, "shape").astype(np.float64).reshape(-1)
+    valid = arr.shape == (3,) and bool(np.all(np.isfinite(arr)))
+    if not valid or np.any(arr != np.round(arr)) or np.any(arr < 1):
+        raise GeometryError(f"shape must be three positive integers, got {value!r}")
+    return (int(arr[0]), int(arr[1]), int(arr[2]))
+
+
+def _check_grid(value: object, name: str) -> None:
+    """Raise TypeError naming the argument unless ``value`` is an :class:`ImageGrid`."""
+    if not isinstance(value, ImageGrid):
+        raise TypeError(f"{name} must be an ImageGrid, got {type(value).__name__}")
 
 
 def _check_axial_direction(direction: npt.ArrayLike) -> tuple[float, ...]:
@@ -90,7 +121,11 @@ class ImageGrid:
     Raises
     ------
     GeometryError
-        On a non-positive shape or spacing, non-finite numbers, or an oblique direction.
+        On a non-positive or non-integral shape, a non-positive spacing, non-finite
+        numbers, or an oblique direction.
+    TypeError
+        When shape, spacing or origin are not numbers, or the FrameOfReferenceUID is
+        neither a str nor None.
 
     Examples
     --------
@@ -101,19 +136,22 @@ class ImageGrid:
     [1.0, 2.0, 3.0]
     """
 
-    shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    origin_mm: tuple[float, float, float]
+    shape: Shape3
+    spacing_mm: Vec3
+    origin_mm: Vec3
     direction: tuple[float, ...] = field(default=_IDENTITY)
     frame_of_reference_uid: str | None = None
 
     def __post_init__(self) -> None:
-        shape = tuple(int(n) for n in np.asarray(self.shape).reshape(-1))
-        if len(shape) != 3 or min(shape) < 1:
-            raise GeometryError(f"shape must be three positive integers, got {self.shape!r}")
+        shape = _as_shape3(self.shape)
         spacing = _as_vec3(self.spacing_mm, "spacing_mm")
         if min(spacing) <= 0:
             raise GeometryError(f"spacing_mm must be positive, got {self.spacing_mm!r}")
+        uid = self.frame_of_reference_uid
+        if uid is not None and not isinstance(uid, str):
+            raise TypeError(
+                f"frame_of_reference_uid must be a str or None, got {type(uid).__name__} {uid!r}"
+            )
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing_mm", spacing)
         object.__setattr__(self, "origin_mm", _as_vec3(self.origin_mm, "origin_mm"))
@@ -132,9 +170,9 @@ class ImageGrid:
     ) -> ImageGrid:
         """Build a grid from its parts; see the class docstring for their meaning."""
         return cls(
-            shape=tuple(shape),  # type: ignore[arg-type]
-            spacing_mm=tuple(spacing_mm),  # type: ignore[arg-type]
-            origin_mm=tuple(origin_mm),  # type: ignore[arg-type]
+            shape=_as_shape3(shape),
+            spacing_mm=_as_vec3(spacing_mm, "spacing_mm"),
+            origin_mm=_as_vec3(origin_mm, "origin_mm"),
             direction=_IDENTITY if direction is None else tuple(np.ravel(direction)),
             frame_of_reference_uid=frame_of_reference_uid,
         )
@@ -225,7 +263,7 @@ class ImageGrid:
         return cls(
             shape=(len(pos), int(rows), int(columns)),
             spacing_mm=(step, float(ps[0]), float(ps[1])),
-            origin_mm=tuple(pos[0]),  # type: ignore[arg-type]
+            origin_mm=_as_vec3(pos[0], "ImagePositionPatient"),
             direction=tuple(direction.reshape(-1)),
             frame_of_reference_uid=frame_of_reference_uid,
         )
@@ -278,19 +316,19 @@ class ImageGrid:
         return cls(
             shape=(nk, nj, ni),
             spacing_mm=(float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0])),
-            origin_mm=tuple(origin),  # type: ignore[arg-type]
+            origin_mm=_as_vec3(origin, "affine translation"),
             direction=tuple(direction.reshape(-1)),
             frame_of_reference_uid=frame_of_reference_uid,
         )
 
     @staticmethod
-    def array_from_ijk(data: npt.ArrayLike) -> np.ndarray:
+    def array_from_ijk(data: npt.ArrayLike) -> npt.NDArray[np.generic]:
         """Reorder a NIfTI-order ``[i, j, k]`` array to rtplan's ``[k, j, i]`` (a view)."""
         return np.transpose(np.asarray(data), (2, 1, 0))
 
     # ------------------------------------------------------------------ properties
     @property
-    def direction_matrix(self) -> np.ndarray:
+    def direction_matrix(self) -> FloatArray:
         """The 3 x 3 direction matrix (a fresh array); columns: col, row, slice axes."""
         return np.array(self.direction, dtype=float).reshape(3, 3)
 
@@ -310,7 +348,7 @@ class ImageGrid:
         return self.direction == _IDENTITY
 
     @property
-    def affine(self) -> np.ndarray:
+    def affine(self) -> FloatArray:
         """4 x 4 matrix mapping ``(k, j, i, 1)`` array indices to ``(x, y, z, 1)`` LPS mm."""
         m = np.zeros((4, 4))
         d = self.direction_matrix
@@ -339,9 +377,10 @@ class ImageGrid:
         return int(np.prod(self.shape))
 
     @property
-    def extent_mm(self) -> tuple[float, float, float]:
+    def extent_mm(self) -> Vec3:
         """Physical size ``(z, y, x)`` of the grid in mm, voxel edge to voxel edge."""
-        return tuple(n * s for n, s in zip(self.shape, self.spacing_mm))  # type: ignore[return-value]
+        (nz, ny, nx), (sz, sy, sx) = self.shape, self.spacing_mm
+        return (nz * sz, ny * sy, nx * sx)
 
     @property
     def bounds_mm(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
@@ -349,14 +388,18 @@ class ImageGrid:
         c0 = self.index_to_lps([-0.5, -0.5, -0.5])
         c1 = self.index_to_lps([n - 0.5 for n in self.shape])
         lo, hi = np.minimum(c0, c1), np.maximum(c0, c1)
-        return tuple((float(a), float(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+        return (
+            (float(lo[0]), float(hi[0])),
+            (float(lo[1]), float(hi[1])),
+            (float(lo[2]), float(hi[2])),
+        )
 
     @property
-    def center_mm(self) -> tuple[float, float, float]:
+    def center_mm(self) -> Vec3:
         """LPS position ``(x, y, z)`` of the grid centre in mm."""
-        return tuple(self.index_to_lps([(n - 1) / 2 for n in self.shape]).tolist())  # type: ignore[return-value]
+        return _as_vec3(self.index_to_lps([(n - 1) / 2 for n in self.shape]), "center_mm")
 
-    def axis_coordinates_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def axis_coordinates_mm(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """LPS coordinate of every slice, row and column centre.
 
         Returns
@@ -370,14 +413,15 @@ class ImageGrid:
         sz, sy, sx = self.spacing_mm
         x0, y0, z0 = self.origin_mm
         nz, ny, nx = self.shape
+        f64 = np.float64
         return (
-            z0 + sk * sz * np.arange(nz),
-            y0 + sj * sy * np.arange(ny),
-            x0 + si * sx * np.arange(nx),
+            z0 + sk * sz * np.arange(nz, dtype=f64),
+            y0 + sj * sy * np.arange(ny, dtype=f64),
+            x0 + si * sx * np.arange(nx, dtype=f64),
         )
 
     # ------------------------------------------------------------------ transforms
-    def index_to_lps(self, indices: npt.ArrayLike) -> np.ndarray:
+    def index_to_lps(self, indices: npt.ArrayLike) -> FloatArray:
         """Map ``(k, j, i)`` array indices (integer or fractional) to LPS mm.
 
         Parameters
@@ -396,9 +440,10 @@ class ImageGrid:
                 f"indices must have a last axis of length 3, got shape {idx.shape}"
             )
         a = self.affine
-        return idx @ a[:3, :3].T + a[:3, 3]
+        out: FloatArray = idx @ a[:3, :3].T + a[:3, 3]
+        return out
 
-    def lps_to_index(self, points_mm: npt.ArrayLike) -> np.ndarray:
+    def lps_to_index(self, points_mm: npt.ArrayLike) -> FloatArray:
         """Map LPS positions in mm to fractional ``(k, j, i)`` array indices.
 
         The exact inverse of :meth:`index_to_lps` (axial directions are diagonal,
@@ -419,14 +464,15 @@ class ImageGrid:
         out[..., 2] = (rel @ d[:, 0]) / sx
         return out
 
-    def lps_to_nearest_index(self, points_mm: npt.ArrayLike) -> np.ndarray:
+    def lps_to_nearest_index(self, points_mm: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Nearest integer ``(k, j, i)`` indices of LPS positions (may lie outside the grid)."""
         return np.rint(self.lps_to_index(points_mm)).astype(np.int64)
 
-    def contains_index(self, indices: npt.ArrayLike) -> np.ndarray:
+    def contains_index(self, indices: npt.ArrayLike) -> BoolMask:
         """True where integer ``(k, j, i)`` indices lie inside the grid."""
         idx = np.asarray(indices)
-        return np.all((idx >= 0) & (idx < np.asarray(self.shape)), axis=-1)
+        inside: BoolMask = np.all((idx >= 0) & (idx < np.asarray(self.shape)), axis=-1)
+        return inside
 
     # ------------------------------------------------------------------ crop / pad
     def crop(self, slices: tuple[slice, slice, slice]) -> ImageGrid:
@@ -444,6 +490,8 @@ class ImageGrid:
         """
         if len(slices) != 3:
             raise GeometryError(f"crop needs three slices, got {slices!r}")
+        if not all(isinstance(s, slice) for s in slices):
+            raise TypeError(f"crop needs three slice objects, got {slices!r}")
         starts, sizes = [], []
         for s, n in zip(slices, self.shape):
             start, stop, step = s.indices(n)
@@ -452,9 +500,9 @@ class ImageGrid:
             starts.append(start)
             sizes.append(stop - start)
         return ImageGrid(
-            shape=tuple(sizes),  # type: ignore[arg-type]
+            shape=_as_shape3(sizes),
             spacing_mm=self.spacing_mm,
-            origin_mm=tuple(self.index_to_lps(starts).tolist()),  # type: ignore[arg-type]
+            origin_mm=_as_vec3(self.index_to_lps(starts), "origin_mm"),
             direction=self.direction,
             frame_of_reference_uid=self.frame_of_reference_uid,
         )
@@ -465,13 +513,13 @@ class ImageGrid:
         Negative widths crop. The origin moves by ``before`` voxels.
         """
         pw = np.broadcast_to(np.asarray(pad_width, dtype=int), (3, 2))
-        shape = tuple(int(n + b + a) for n, (b, a) in zip(self.shape, pw))
+        shape = [int(n + b + a) for n, (b, a) in zip(self.shape, pw)]
         if min(shape) < 1:
             raise GeometryError(f"padding {pw.tolist()} leaves an empty grid")
         return ImageGrid(
-            shape=shape,  # type: ignore[arg-type]
+            shape=_as_shape3(shape),
             spacing_mm=self.spacing_mm,
-            origin_mm=tuple(self.index_to_lps(-pw[:, 0]).tolist()),  # type: ignore[arg-type]
+            origin_mm=_as_vec3(self.index_to_lps(-pw[:, 0]), "origin_mm"),
             direction=self.direction,
             frame_of_reference_uid=self.frame_of_reference_uid,
         )
@@ -513,10 +561,23 @@ def check_same_grid(*grids: ImageGrid, names: Sequence[str] | None = None) -> No
     *grids : ImageGrid
         Grids to compare.
     names : sequence of str, optional
-        What each grid belongs to, for the message.
+        What each grid belongs to, for the message; one name per grid.
+
+    Raises
+    ------
+    GridMismatchError
+        When a grid differs from the first.
+    TypeError
+        When an argument is not an :class:`ImageGrid`.
+    InvalidInputError
+        When ``names`` does not give one name per grid.
     """
+    for n, g in enumerate(grids):
+        _check_grid(g, f"grid {n} of check_same_grid")
     if not grids:
         return
+    if names is not None and (isinstance(names, str) or len(names) != len(grids)):
+        raise InvalidInputError(f"names must give one name per grid ({len(grids)}), got {names!r}")
     labels = list(names) if names is not None else [f"grid {n}" for n in range(len(grids))]
     for g, label in zip(grids[1:], labels[1:]):
         if not grids[0].equals(g):
@@ -526,6 +587,28 @@ def check_same_grid(*grids: ImageGrid, names: Sequence[str] | None = None) -> No
             )
 
 
+@overload
+def resample_to_grid(
+    array: npt.ArrayLike,
+    source: ImageGrid,
+    target: ImageGrid,
+    *,
+    order: Literal[1] = 1,
+    fill_value: float = 0.0,
+) -> FloatArray: ...
+
+
+@overload
+def resample_to_grid(
+    array: npt.ArrayLike,
+    source: ImageGrid,
+    target: ImageGrid,
+    *,
+    order: Literal[0, 1],
+    fill_value: float = 0.0,
+) -> npt.NDArray[np.generic]: ...
+
+
 def resample_to_grid(
     array: npt.ArrayLike,
     source: ImageGrid,
@@ -533,7 +616,7 @@ def resample_to_grid(
     *,
     order: Literal[0, 1] = 1,
     fill_value: float = 0.0,
-) -> np.ndarray:
+) -> npt.NDArray[np.generic]:
     """Resample an array from one axial grid onto another.
 
     Parameters
@@ -557,7 +640,15 @@ def resample_to_grid(
     ------
     GridMismatchError
         When both grids carry different FrameOfReferenceUIDs.
+    TypeError
+        When ``source`` or ``target`` is not an :class:`ImageGrid`.
+    InvalidInputError
+        When ``order`` is not 0 or 1.
     """
+    _check_grid(source, "source")
+    _check_grid(target, "target")
+    if isinstance(order, bool) or order not in (0, 1):
+        raise InvalidInputError(f"order must be 0 (nearest) or 1 (trilinear), got {order!r}")
     a = np.asarray(array)
     if a.shape != source.shape:
         raise GridMismatchError(
@@ -588,4 +679,5 @@ def resample_to_grid(
     )
     if order == 0 and np.issubdtype(a.dtype, np.bool_):
         return out.astype(bool)
-    return out
+    resampled: npt.NDArray[np.generic] = out
+    return resampled

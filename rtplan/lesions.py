@@ -27,12 +27,13 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, overload
+from typing import Literal, TypedDict, Unpack, overload
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._typing import BoolMask, FloatArray
 from rtplan._validation import as_mask, bounding_box, check_choice
 from rtplan.errors import (
     GridMismatchError,
@@ -51,9 +52,12 @@ __all__ = [
     "SUVPEAK_VOLUME_CC",
     "Connectivity",
     "Lesion",
+    "LesionRow",
     "Lesions",
     "PetMethod",
     "ReferenceRegion",
+    "References",
+    "StagingFields",
     "lesions_from_mask",
     "lesions_from_pet",
     "lesions_from_structures",
@@ -74,13 +78,72 @@ CONNECTIVITIES: tuple[int, ...] = (6, 18, 26)
 #: J Nucl Med 2009;50 Suppl 1:122S-150S, "1 cm^3 spherical volume of interest").
 SUVPEAK_VOLUME_CC = 1.0
 
+#: Reference regions for the miPSMA score: ``"blood_pool"``, ``"liver"``, ``"parotid"``
+#: mapped to a boolean mask on the image grid or to the region's SUVmean (a number).
+References = Mapping[str, npt.ArrayLike]
+
+#: Integer label map on a grid: 0 background, ``n`` the voxels of lesion ``n``.
+LabelMap = npt.NDArray[np.int32]
+
 _KindOfMask = Literal["auto", "mask", "labels"]
 
 
-def _structure_element(connectivity: int) -> np.ndarray:
-    check_choice(connectivity, CONNECTIVITIES, name="connectivity")
+def _structure_element(connectivity: int) -> BoolMask:
+    if connectivity not in CONNECTIVITIES:
+        raise InvalidInputError(
+            f"connectivity must be one of {', '.join(map(repr, CONNECTIVITIES))}; "
+            f"got {connectivity!r}"
+        )
     rank = {6: 1, 18: 2, 26: 3}[int(connectivity)]
     return ndimage.generate_binary_structure(3, rank)
+
+
+def _find_objects(labels: LabelMap, n_labels: int) -> list[tuple[slice, ...] | None]:
+    """Bounding boxes of labels ``1 .. n_labels``; ``None`` for a label that is absent.
+
+    (scipy-stubs leave the ``None`` out of :func:`scipy.ndimage.find_objects`.)
+    """
+    return list(ndimage.find_objects(labels, max_label=n_labels))
+
+
+def _check_grid(grid: ImageGrid | None, name: str, *, optional: bool = False) -> None:
+    """Raise TypeError naming ``name`` unless ``grid`` is an ImageGrid (or None if optional)."""
+    if grid is None and optional:
+        return
+    if not isinstance(grid, ImageGrid):
+        kind = "an rtplan.grid.ImageGrid" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {kind}, got {type(grid).__name__}")
+
+
+class StagingFields(TypedDict, total=False):
+    """The fields of a :class:`Lesion` that staging fills in (see :meth:`Lesion.with_staging`)."""
+
+    category: str | None
+    region: str | None
+    region_code: str | None
+    side: str | None
+    region_uncertain: bool
+    notes: tuple[str, ...]
+
+
+class LesionRow(TypedDict):
+    """One row of the lesion table (:meth:`Lesion.row`, :meth:`Lesions.table`)."""
+
+    id: int
+    name: str
+    category: str | None
+    region: str | None
+    region_code: str | None
+    side: str | None
+    region_uncertain: bool
+    volume_cc: float
+    suv_max: float | None
+    suv_mean: float | None
+    suv_peak: float | None
+    mipsma_score: int | None
+    centroid_mm: tuple[float, float, float]
+    source: str
+    notes: str
 
 
 # ---------------------------------------------------------------------------- Lesion
@@ -140,6 +203,10 @@ class Lesion:
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if isinstance(self.id, bool) or not isinstance(self.id, int):
+            raise TypeError(f"lesion id must be an int, got {type(self.id).__name__}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"lesion name must be a str, got {type(self.name).__name__}")
         if not isinstance(self.structure, Structure):
             raise TypeError(f"lesion {self.name!r}: structure must be a Structure")
         if self.structure.is_empty:
@@ -151,7 +218,7 @@ class Lesion:
         return self.structure.grid
 
     @property
-    def mask(self) -> np.ndarray:
+    def mask(self) -> BoolMask:
         """Full boolean mask on :attr:`grid` (a new array)."""
         return self.structure.mask
 
@@ -165,11 +232,23 @@ class Lesion:
         """LPS centre of mass ``(x, y, z)`` in mm."""
         return self.structure.centroid_mm
 
-    def with_staging(self, **fields: Any) -> Lesion:
-        """A copy with staging fields replaced (``category``, ``region``, ``notes``...)."""
+    def with_staging(self, **fields: Unpack[StagingFields]) -> Lesion:
+        """A copy with staging fields replaced (``category``, ``region``, ``notes``...).
+
+        Raises
+        ------
+        TypeError
+            For a field that is not a staging field (see :class:`StagingFields`).
+        """
+        unknown = sorted(set(fields) - set(StagingFields.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"with_staging sets only the staging fields "
+                f"({', '.join(StagingFields.__annotations__)}), not {', '.join(unknown)}"
+            )
         return replace(self, **fields)
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> LesionRow:
         """One table row: id, name, category, region, side, volume, SUVs, centroid."""
         x, y, z = self.centroid_mm
         return {
@@ -218,7 +297,8 @@ class Lesions(Sequence[Lesion]):
     (0, [])
     """
 
-    def __init__(self, lesions: Iterable[Lesion] = (), *, grid: ImageGrid | None = None):
+    def __init__(self, lesions: Iterable[Lesion] = (), *, grid: ImageGrid | None = None) -> None:
+        _check_grid(grid, "grid", optional=True)
         items = tuple(lesions)
         for les in items:
             if not isinstance(les, Lesion):
@@ -274,11 +354,11 @@ class Lesions(Sequence[Lesion]):
         """Sum of the lesion volumes in cc."""
         return float(sum(les.volume_cc for les in self._items))
 
-    def table(self) -> list[dict[str, Any]]:
+    def table(self) -> list[LesionRow]:
         """One dict per lesion (see :meth:`Lesion.row`)."""
         return [les.row() for les in self._items]
 
-    def label_map(self) -> np.ndarray:
+    def label_map(self) -> LabelMap:
         """int32 array on :attr:`grid`: 0 background, lesion ``n`` (position) is ``n + 1``."""
         out = np.zeros(self._grid.shape, np.int32)
         for n, les in enumerate(self._items, start=1):
@@ -296,12 +376,12 @@ class Lesions(Sequence[Lesion]):
 
 
 # ---------------------------------------------------------------------------- SUV helpers
-def _peak_kernel(spacing_mm: Sequence[float], volume_cc: float) -> np.ndarray:
+def _peak_kernel(spacing_mm: Sequence[float], volume_cc: float) -> BoolMask:
     radius_mm = (3.0 * volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
     half = [math.floor(radius_mm / s) for s in spacing_mm]
     axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing_mm)]
     dz, dy, dx = np.meshgrid(*axes, indexing="ij")
-    return (dz**2 + dy**2 + dx**2) <= radius_mm**2 + 1e-9
+    return np.asarray(dz**2 + dy**2 + dx**2 <= radius_mm**2 + 1e-9, dtype=np.bool_)
 
 
 def suv_peak(
@@ -342,6 +422,7 @@ def suv_peak(
     >>> suv_peak(np.full(g.shape, 3.0), m, g)
     3.0
     """
+    _check_grid(grid, "grid")
     s = np.asarray(suv, dtype=np.float64)
     m = as_mask(mask, grid, name="lesion mask")
     if s.shape != grid.shape:
@@ -353,8 +434,8 @@ def suv_peak(
 
 
 def _suv_peak_local(
-    s: np.ndarray,
-    local: np.ndarray,
+    s: FloatArray,
+    local: BoolMask,
     bbox: tuple[slice, ...],
     grid: ImageGrid,
     volume_cc: float = SUVPEAK_VOLUME_CC,
@@ -378,16 +459,21 @@ def _suv_peak_local(
 
 
 def _reference_means(
-    references: Mapping[str, Any] | None, suv: np.ndarray, grid: ImageGrid
+    references: References | None, suv: FloatArray, grid: ImageGrid
 ) -> dict[str, float]:
     """SUVmean of each reference region (masks on ``grid``, or numbers as given)."""
     out: dict[str, float] = {}
     if not references:
         return out
+    if not isinstance(references, Mapping):
+        raise TypeError(
+            f"references must map region names to masks or SUVmean numbers, "
+            f"got {type(references).__name__}"
+        )
     for key, value in references.items():
         check_choice(key, REFERENCE_REGIONS, name="reference region name")
         if np.ndim(value) == 0:
-            v = float(value)
+            v = float(np.asarray(value, dtype=np.float64))
             if not (v > 0 and math.isfinite(v)):
                 raise InvalidInputError(
                     f"reference SUVmean of {key!r} must be positive, got {value!r}"
@@ -451,12 +537,12 @@ def mipsma_score(suv_max: float, references: Mapping[str, float]) -> tuple[int |
 
 # ---------------------------------------------------------------------------- building
 def _build(
-    labels: np.ndarray,
+    labels: LabelMap,
     grid: ImageGrid,
     *,
     sources: Sequence[str],
     target_grid: ImageGrid | None,
-    suv: np.ndarray | None,
+    suv: FloatArray | None,
     ref_means: Mapping[str, float],
     min_volume_cc: float,
     notes: Sequence[Sequence[str]] | None = None,
@@ -469,11 +555,11 @@ def _build(
     n_labels = len(sources)
     out_grid = grid if target_grid is None else target_grid
     if target_grid is not None and not grid.equals(target_grid):
-        out_labels = resample_to_grid(labels, grid, target_grid, order=0)
+        out_labels = np.asarray(resample_to_grid(labels, grid, target_grid, order=0), np.int32)
     else:
         out_labels = labels
-    objects = ndimage.find_objects(out_labels, max_label=n_labels)
-    src_objects = ndimage.find_objects(labels, max_label=n_labels)
+    objects = _find_objects(out_labels, n_labels)
+    src_objects = _find_objects(labels, n_labels)
     lesions: list[Lesion] = []
     for n in range(1, n_labels + 1):
         sl = objects[n - 1]
@@ -495,32 +581,49 @@ def _build(
         structure = Structure.from_cropped(
             name, local, tuple(s.start for s in sl), out_grid, role="gtv"
         )
-        stats: dict[str, Any] = {}
-        lesion_notes = list(notes[n - 1]) if notes is not None else []
+        lesion = Lesion(
+            id=lesion_id,
+            name=name,
+            structure=structure,
+            source=sources[n - 1],
+            notes=tuple(notes[n - 1]) if notes is not None else (),
+        )
         if suv is not None:
             src_sl = src_objects[n - 1]
-            assert src_sl is not None
-            src_local = labels[src_sl] == n
-            values = suv[src_sl][src_local]
-            stats["suv_max"] = float(values.max())
-            stats["suv_mean"] = float(values.mean())
-            stats["suv_peak"] = _suv_peak_local(suv, src_local, src_sl, grid)
-            if ref_means:
-                score, note = mipsma_score(stats["suv_max"], ref_means)
-                stats["mipsma_score"] = score
-                if note:
-                    lesion_notes.append(note)
-        lesions.append(
-            Lesion(
-                id=lesion_id,
-                name=name,
-                structure=structure,
-                source=sources[n - 1],
-                notes=tuple(lesion_notes),
-                **stats,
-            )
-        )
+            assert src_sl is not None  # the label is on the output grid, so it was here
+            lesion = _with_suv_statistics(lesion, suv, labels[src_sl] == n, src_sl, grid, ref_means)
+        lesions.append(lesion)
     return Lesions(lesions, grid=out_grid)
+
+
+def _with_suv_statistics(
+    lesion: Lesion,
+    suv: FloatArray,
+    local: BoolMask,
+    bbox: tuple[slice, ...],
+    grid: ImageGrid,
+    ref_means: Mapping[str, float],
+) -> Lesion:
+    """``lesion`` with SUVmax, SUVmean, SUVpeak and the miPSMA score of its voxels on ``grid``.
+
+    ``local`` is the lesion's mask inside ``bbox`` of ``grid`` (the grid of ``suv``).
+    """
+    values = suv[bbox][local]
+    suv_max = float(values.max())
+    score: int | None = None
+    notes = list(lesion.notes)
+    if ref_means:
+        score, note = mipsma_score(suv_max, ref_means)
+        if note:
+            notes.append(note)
+    return replace(
+        lesion,
+        suv_max=suv_max,
+        suv_mean=float(values.mean()),
+        suv_peak=_suv_peak_local(suv, local, bbox, grid),
+        mipsma_score=score,
+        notes=tuple(notes),
+    )
 
 
 def _check_min_volume(min_volume_cc: float) -> float:
@@ -532,9 +635,10 @@ def _check_min_volume(min_volume_cc: float) -> float:
 
 def _prepare_suv(
     suv: npt.ArrayLike | None, suv_grid: ImageGrid | None, grid: ImageGrid
-) -> np.ndarray | None:
+) -> FloatArray | None:
     if suv is None:
         return None
+    _check_grid(suv_grid, "suv_grid", optional=True)
     s = np.asarray(suv, dtype=np.float64)
     sg = grid if suv_grid is None else suv_grid
     if s.ndim != 3 or s.shape != sg.shape:
@@ -544,8 +648,56 @@ def _prepare_suv(
     if not np.all(np.isfinite(s)):
         raise InvalidInputError("suv contains NaN or infinite values")
     if not sg.equals(grid):
-        s = resample_to_grid(s, sg, grid, order=1)
+        s = np.asarray(resample_to_grid(s, sg, grid, order=1), dtype=np.float64)
     return s
+
+
+def _suv_and_references(
+    suv: npt.ArrayLike | None,
+    suv_grid: ImageGrid | None,
+    grid: ImageGrid,
+    references: References | None,
+) -> tuple[FloatArray | None, dict[str, float]]:
+    """The SUV image on ``grid`` (if any) and the SUVmean of each reference region."""
+    s = _prepare_suv(suv, suv_grid, grid)
+    if s is None:
+        if references:
+            raise InvalidInputError("references (for the miPSMA score) need an suv image")
+        return None, {}
+    return s, _reference_means(references, s, grid)
+
+
+def _array_labels(
+    mask_or_labels: npt.ArrayLike, grid: ImageGrid, kind: _KindOfMask, element: BoolMask
+) -> tuple[LabelMap, list[str]]:
+    """Label map (labels 1..n) and the source of each label, of a mask or label-map array."""
+    a = np.asarray(mask_or_labels)
+    if a.ndim != 3:
+        raise InvalidMaskError(f"lesion mask must be a 3-D array [slice, row, col], got {a.ndim}-D")
+    if a.shape != grid.shape:
+        raise InvalidMaskError(
+            f"lesion mask has shape {a.shape} but its grid has shape {grid.shape}"
+        )
+    if a.dtype != np.bool_:
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise InvalidMaskError(f"lesion mask must be bool or integer, got dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a) & (a == np.round(a))):
+            raise InvalidMaskError("lesion label map holds non-integer values")
+        if np.any(a < 0):
+            raise InvalidMaskError("lesion label map holds negative labels")
+    binary = a.dtype == np.bool_ or bool(np.all((a == 0) | (a == 1)))
+    if kind == "mask" and not binary:
+        raise InvalidMaskError(
+            "lesion mask holds values other than 0 and 1; pass kind='labels' for a label map"
+        )
+    if kind == "labels" or (kind == "auto" and not binary):
+        values = np.unique(a)
+        values = values[values != 0]
+        lut = np.zeros(int(values.max()) + 1 if values.size else 1, np.int32)
+        lut[values.astype(np.int64)] = np.arange(1, values.size + 1)
+        return lut[a.astype(np.int64)], [f"label {int(v)}" for v in values]
+    components, n = ndimage.label(a.astype(bool), structure=element)
+    return components.astype(np.int32), ["mask component"] * n
 
 
 def lesions_from_mask(
@@ -558,7 +710,7 @@ def lesions_from_mask(
     connectivity: Connectivity = 26,
     suv: npt.ArrayLike | None = None,
     suv_grid: ImageGrid | None = None,
-    references: Mapping[str, Any] | None = None,
+    references: References | None = None,
 ) -> Lesions:
     """Lesions from a boolean mask (one lesion per connected component) or a label map.
 
@@ -605,6 +757,8 @@ def lesions_from_mask(
         When ``suv`` is not on its grid.
     ValueError
         On a bad ``kind``, ``connectivity`` or ``min_volume_cc``.
+    TypeError
+        When ``grid``, ``target_grid`` or ``suv_grid`` is not an ImageGrid.
 
     Examples
     --------
@@ -615,44 +769,13 @@ def lesions_from_mask(
     >>> len(lesions_from_mask(np.zeros(g.shape, bool), g))
     0
     """
+    _check_grid(grid, "grid")
+    _check_grid(target_grid, "target_grid", optional=True)
     check_choice(kind, ("auto", "mask", "labels"), name="kind")
     min_volume_cc = _check_min_volume(min_volume_cc)
     element = _structure_element(connectivity)
-    a = np.asarray(mask_or_labels)
-    if a.ndim != 3:
-        raise InvalidMaskError(f"lesion mask must be a 3-D array [slice, row, col], got {a.ndim}-D")
-    if a.shape != grid.shape:
-        raise InvalidMaskError(
-            f"lesion mask has shape {a.shape} but its grid has shape {grid.shape}"
-        )
-    if a.dtype != np.bool_:
-        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-            raise InvalidMaskError(f"lesion mask must be bool or integer, got dtype {a.dtype}")
-        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a) & (a == np.round(a))):
-            raise InvalidMaskError("lesion label map holds non-integer values")
-        if np.any(a < 0):
-            raise InvalidMaskError("lesion label map holds negative labels")
-    binary = a.dtype == np.bool_ or bool(np.all((a == 0) | (a == 1)))
-    as_labels = kind == "labels" or (kind == "auto" and not binary)
-    if kind == "mask" and not binary:
-        raise InvalidMaskError(
-            "lesion mask holds values other than 0 and 1; pass kind='labels' for a label map"
-        )
-    if as_labels:
-        values = np.unique(a)
-        values = values[values != 0]
-        lut = np.zeros(int(values.max()) + 1 if values.size else 1, np.int32)
-        lut[values.astype(np.int64)] = np.arange(1, values.size + 1)
-        labels = lut[a.astype(np.int64)]
-        sources = [f"label {int(v)}" for v in values]
-    else:
-        labels, n = ndimage.label(a.astype(bool), structure=element)
-        labels = labels.astype(np.int32)
-        sources = ["mask component"] * n
-    s = _prepare_suv(suv, suv_grid, grid)
-    ref_means = _reference_means(references, s, grid) if s is not None else {}
-    if references and s is None:
-        raise InvalidInputError("references (for the miPSMA score) need an suv image")
+    labels, sources = _array_labels(mask_or_labels, grid, kind, element)
+    s, ref_means = _suv_and_references(suv, suv_grid, grid, references)
     return _build(
         labels,
         grid,
@@ -664,6 +787,66 @@ def lesions_from_mask(
     )
 
 
+def _chosen_structures(
+    structures: StructureSet | Iterable[Structure],
+    names: Iterable[str] | None,
+    target_grid: ImageGrid | None,
+) -> tuple[list[Structure], ImageGrid]:
+    """The structures to turn into lesions, in order, and their common grid."""
+    if isinstance(structures, StructureSet):
+        ss = structures
+        chosen = [ss[n] for n in names] if names is not None else list(ss.values())
+        return chosen, ss.grid
+    if isinstance(structures, (str, Structure)) or not isinstance(structures, Iterable):
+        raise TypeError(
+            f"structures must be a StructureSet or an iterable of Structure, "
+            f"got {type(structures).__name__}"
+        )
+    items = list(structures)
+    for s in items:
+        if not isinstance(s, Structure):
+            raise TypeError(f"expected Structure objects, got {type(s).__name__}")
+    if names is not None:
+        wanted = list(names)
+        by_name = {s.name: s for s in items}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise MissingStructureError(
+                f"no structure named {', '.join(map(repr, missing))}; have {', '.join(by_name)}"
+            )
+        chosen = [by_name[n] for n in wanted]
+    else:
+        chosen = items
+    if chosen:
+        check_same_grid(*(s.grid for s in chosen), names=[s.name for s in chosen])
+        return chosen, chosen[0].grid
+    if target_grid is None:
+        raise InvalidInputError("no structures given and no target_grid: cannot tell the grid")
+    return chosen, target_grid
+
+
+def _structure_labels(chosen: Sequence[Structure], grid: ImageGrid) -> tuple[LabelMap, list[str]]:
+    """Label map of the non-empty structures (an earlier one keeps shared voxels)."""
+    labels = np.zeros(grid.shape, np.int32)
+    sources: list[str] = []
+    for s in chosen:
+        if s.is_empty:
+            warnings.warn(f"structure {s.name!r} is empty; skipped", RtplanWarning, stacklevel=3)
+            continue
+        sub = labels[s.bbox]
+        overlap = sub[s.cropped_mask]
+        if np.any(overlap):
+            warnings.warn(
+                f"structure {s.name!r} overlaps an earlier lesion structure; the shared "
+                "voxels stay with the earlier one",
+                RtplanWarning,
+                stacklevel=3,
+            )
+        sub[s.cropped_mask & (sub == 0)] = len(sources) + 1
+        sources.append(f"ROI {s.name!r}")
+    return labels, sources
+
+
 def lesions_from_structures(
     structures: StructureSet | Iterable[Structure],
     *,
@@ -672,7 +855,7 @@ def lesions_from_structures(
     min_volume_cc: float = 0.0,
     suv: npt.ArrayLike | None = None,
     suv_grid: ImageGrid | None = None,
-    references: Mapping[str, Any] | None = None,
+    references: References | None = None,
 ) -> Lesions:
     """Lesions from structures (e.g. RTSTRUCT ROIs): each structure is one lesion.
 
@@ -698,54 +881,15 @@ def lesions_from_structures(
         When the structures are not on one grid.
     MissingStructureError
         When a name in ``names`` is not in the set.
+    TypeError
+        When ``structures`` is not a StructureSet or an iterable of Structure, or
+        ``target_grid`` / ``suv_grid`` is not an ImageGrid.
     """
+    _check_grid(target_grid, "target_grid", optional=True)
     min_volume_cc = _check_min_volume(min_volume_cc)
-    if isinstance(structures, StructureSet):
-        ss = structures
-        chosen = [ss[n] for n in names] if names is not None else list(ss.values())
-        grid = ss.grid
-    else:
-        items = list(structures)
-        for s in items:
-            if not isinstance(s, Structure):
-                raise TypeError(f"expected Structure objects, got {type(s).__name__}")
-        if names is not None:
-            wanted = list(names)
-            by_name = {s.name: s for s in items}
-            missing = [n for n in wanted if n not in by_name]
-            if missing:
-                raise MissingStructureError(
-                    f"no structure named {', '.join(map(repr, missing))}; have {', '.join(by_name)}"
-                )
-            chosen = [by_name[n] for n in wanted]
-        else:
-            chosen = items
-        grid = chosen[0].grid if chosen else target_grid
-        if chosen:
-            check_same_grid(*(s.grid for s in chosen), names=[s.name for s in chosen])
-    if grid is None:
-        raise InvalidInputError("no structures given and no target_grid: cannot tell the grid")
-    labels = np.zeros(grid.shape, np.int32)
-    sources: list[str] = []
-    for s in chosen:
-        if s.is_empty:
-            warnings.warn(f"structure {s.name!r} is empty; skipped", RtplanWarning, stacklevel=2)
-            continue
-        sub = labels[s.bbox]
-        overlap = sub[s.cropped_mask]
-        if np.any(overlap):
-            warnings.warn(
-                f"structure {s.name!r} overlaps an earlier lesion structure; the shared "
-                "voxels stay with the earlier one",
-                RtplanWarning,
-                stacklevel=2,
-            )
-        sub[s.cropped_mask & (sub == 0)] = len(sources) + 1
-        sources.append(f"ROI {s.name!r}")
-    sv = _prepare_suv(suv, suv_grid, grid)
-    if references and sv is None:
-        raise InvalidInputError("references (for the miPSMA score) need an suv image")
-    ref_means = _reference_means(references, sv, grid) if sv is not None else {}
+    chosen, grid = _chosen_structures(structures, names, target_grid)
+    labels, sources = _structure_labels(chosen, grid)
+    sv, ref_means = _suv_and_references(suv, suv_grid, grid, references)
     return _build(
         labels,
         grid,
@@ -764,6 +908,29 @@ def _positive(value: float, name: str) -> float:
     return v
 
 
+@dataclass(frozen=True, eq=False)
+class _Segmentation:
+    """Lesion labels 1..count on the PET grid, with notes per label and how they were found."""
+
+    labels: LabelMap
+    count: int
+    notes: list[list[str]]  # per label, or empty when no label has notes
+    description: str
+
+
+@dataclass(frozen=True)
+class _Thresholds:
+    """The threshold settings of :func:`lesions_from_pet`, as the caller gave them."""
+
+    method: PetMethod
+    threshold_suv: float
+    percent: float
+    reference: ReferenceRegion
+    reference_factor: float
+    floor_suv: float
+    neighbourhood_mm: float
+
+
 def lesions_from_pet(
     suv: npt.ArrayLike,
     grid: ImageGrid,
@@ -771,7 +938,7 @@ def lesions_from_pet(
     method: PetMethod = "percent_max",
     threshold_suv: float = 3.0,
     percent: float = 41.0,
-    references: Mapping[str, Any] | None = None,
+    references: References | None = None,
     reference: ReferenceRegion = "liver",
     reference_factor: float = 1.0,
     floor_suv: float = 3.0,
@@ -861,84 +1028,125 @@ def lesions_from_pet(
         or a ``"reference"`` method without that reference region.
     InvalidMaskError
         On a region mask of the wrong shape.
+    TypeError
+        When ``grid`` or ``target_grid`` is not an ImageGrid.
     """
     check_choice(method, PET_METHODS, name="method")
     check_choice(reference, REFERENCE_REGIONS, name="reference")
+    _check_grid(grid, "grid")
+    _check_grid(target_grid, "target_grid", optional=True)
     min_volume_cc = _check_min_volume(min_volume_cc)
     structure = _structure_element(connectivity)
+    s = _pet_suv(suv, grid)
+    allowed = _allowed_voxels(grid, search_region, exclude)
+    ref_means = _reference_means(references, s, grid)
+    thresholds = _Thresholds(
+        method,
+        threshold_suv,
+        percent,
+        reference,
+        reference_factor,
+        floor_suv,
+        neighbourhood_mm,
+    )
+    seg = _segment(s, grid, allowed, structure, thresholds, ref_means)
+    if seeds_mm is not None:  # keep only components near a seed
+        labels, n, notes = _keep_seeded(
+            seg.labels, seg.count, seg.notes, grid, seeds_mm, seed_tolerance_mm
+        )
+        seg = _Segmentation(labels, n, notes, seg.description)
+    seg = _by_decreasing_suv_max(seg, s)
+    return _build(
+        seg.labels,
+        grid,
+        sources=[seg.description] * seg.count,
+        target_grid=target_grid,
+        suv=s,
+        ref_means=ref_means,
+        min_volume_cc=min_volume_cc,
+        notes=seg.notes or None,
+    )
+
+
+def _pet_suv(suv: npt.ArrayLike, grid: ImageGrid) -> FloatArray:
+    """The SUV image as float64, checked against its grid and for finite values."""
     s = np.asarray(suv, dtype=np.float64)
     if s.ndim != 3 or s.shape != grid.shape:
         raise GridMismatchError(f"suv has shape {s.shape} but its grid has shape {grid.shape}")
     if not np.all(np.isfinite(s)):
         raise InvalidInputError("suv contains NaN or infinite values")
+    return s
+
+
+def _allowed_voxels(
+    grid: ImageGrid, search_region: npt.ArrayLike | None, exclude: npt.ArrayLike | None
+) -> BoolMask:
+    """Voxels that may be lesion: inside ``search_region`` and outside ``exclude``."""
     allowed = np.ones(grid.shape, bool)
     if search_region is not None:
         allowed &= as_mask(search_region, grid, name="search_region")
     if exclude is not None:
         allowed &= ~as_mask(exclude, grid, name="exclude")
-    ref_means = _reference_means(references, s, grid)
+    return allowed
 
-    notes: list[list[str]] = []
-    if method == "fixed":
-        thr = _positive(threshold_suv, "threshold_suv")
+
+def _segment(
+    s: FloatArray,
+    grid: ImageGrid,
+    allowed: BoolMask,
+    structure: BoolMask,
+    th: _Thresholds,
+    ref_means: Mapping[str, float],
+) -> _Segmentation:
+    """Connected lesion components by the threshold method of ``th``."""
+    if th.method == "fixed":
+        thr = _positive(th.threshold_suv, "threshold_suv")
         labels, n = ndimage.label((s >= thr) & allowed, structure=structure)
-        desc = f"PET fixed SUV>={thr:g}"
-    elif method == "reference":
-        if reference not in ref_means:
+        return _Segmentation(labels.astype(np.int32), n, [], f"PET fixed SUV>={thr:g}")
+    if th.method == "reference":
+        if th.reference not in ref_means:
             raise InvalidInputError(
-                f"method 'reference' needs references[{reference!r}] (a mask of the "
+                f"method 'reference' needs references[{th.reference!r}] (a mask of the "
                 "reference region or its SUVmean)"
             )
-        thr = _positive(reference_factor, "reference_factor") * ref_means[reference]
+        thr = _positive(th.reference_factor, "reference_factor") * ref_means[th.reference]
         labels, n = ndimage.label((s > thr) & allowed, structure=structure)
-        desc = f"PET {reference_factor:g} x {reference} SUVmean (SUV>{thr:.2f})"
-    else:
-        p = float(percent)
-        if not 0 < p < 100:
-            raise InvalidInputError(f"percent must lie strictly between 0 and 100, got {percent!r}")
-        floor = _positive(floor_suv, "floor_suv")
-        reach = _positive(neighbourhood_mm, "neighbourhood_mm")
-        labels, n, notes = _percent_max_labels(s, grid, allowed, p / 100.0, floor, reach, structure)
-        desc = f"PET percent_max {p:g}%"
-    labels = labels.astype(np.int32)
+        desc = f"PET {th.reference_factor:g} x {th.reference} SUVmean (SUV>{thr:.2f})"
+        return _Segmentation(labels.astype(np.int32), n, [], desc)
+    p = float(th.percent)
+    if not 0 < p < 100:
+        raise InvalidInputError(f"percent must lie strictly between 0 and 100, got {th.percent!r}")
+    floor = _positive(th.floor_suv, "floor_suv")
+    reach = _positive(th.neighbourhood_mm, "neighbourhood_mm")
+    labels_pm, n, notes = _percent_max_labels(s, grid, allowed, p / 100.0, floor, reach, structure)
+    return _Segmentation(labels_pm, n, notes, f"PET percent_max {p:g}%")
 
-    # seeds: keep only components near a seed
-    if seeds_mm is not None:
-        labels, n, notes = _keep_seeded(labels, n, notes, grid, seeds_mm, seed_tolerance_mm)
 
-    # order by decreasing SUVmax
-    if n:
-        maxima = [
-            float(s[sl][labels[sl] == k].max()) if sl is not None else -np.inf
-            for k, sl in enumerate(ndimage.find_objects(labels, max_label=n), start=1)
-        ]
-        order = np.argsort(-np.asarray(maxima), kind="stable")
-        lut = np.zeros(n + 1, np.int32)
-        lut[order + 1] = np.arange(1, n + 1)
-        labels = lut[labels]
-        if notes:
-            notes = [notes[k] for k in order]
-    return _build(
-        labels,
-        grid,
-        sources=[desc] * n,
-        target_grid=target_grid,
-        suv=s,
-        ref_means=ref_means,
-        min_volume_cc=min_volume_cc,
-        notes=notes or None,
-    )
+def _by_decreasing_suv_max(seg: _Segmentation, s: FloatArray) -> _Segmentation:
+    """The labels renumbered by decreasing SUVmax (ties keep their order)."""
+    n = seg.count
+    if not n:
+        return seg
+    maxima = [
+        float(s[sl][seg.labels[sl] == k].max()) if sl is not None else -np.inf
+        for k, sl in enumerate(_find_objects(seg.labels, n), start=1)
+    ]
+    order = np.argsort(-np.asarray(maxima), kind="stable")
+    lut = np.zeros(n + 1, np.int32)
+    lut[order + 1] = np.arange(1, n + 1)
+    notes = [seg.notes[k] for k in order] if seg.notes else seg.notes
+    return _Segmentation(lut[seg.labels], n, notes, seg.description)
 
 
 def _percent_max_labels(
-    s: np.ndarray,
+    s: FloatArray,
     grid: ImageGrid,
-    allowed: np.ndarray,
+    allowed: BoolMask,
     fraction: float,
     floor: float,
     reach_mm: float,
-    structure: np.ndarray,
-) -> tuple[np.ndarray, int, list[list[str]]]:
+    structure: BoolMask,
+) -> tuple[LabelMap, int, list[list[str]]]:
     """Per-lesion threshold at ``fraction`` of each candidate's own SUVmax."""
     cand, n_cand = ndimage.label((s >= floor) & allowed, structure=structure)
     out = np.zeros(grid.shape, np.int32)
@@ -947,7 +1155,7 @@ def _percent_max_labels(
         return out, 0, notes
     pad = [math.ceil(reach_mm / sp) + 1 for sp in grid.spacing_mm]
     n_out = 0
-    for c, sl in enumerate(ndimage.find_objects(cand), start=1):
+    for c, sl in enumerate(_find_objects(cand.astype(np.int32), n_cand), start=1):
         if sl is None:
             continue
         crop = tuple(
@@ -983,13 +1191,13 @@ def _percent_max_labels(
 
 
 def _keep_seeded(
-    labels: np.ndarray,
+    labels: LabelMap,
     n: int,
     notes: list[list[str]],
     grid: ImageGrid,
     seeds_mm: Sequence[Sequence[float]],
     tolerance_mm: float,
-) -> tuple[np.ndarray, int, list[list[str]]]:
+) -> tuple[LabelMap, int, list[list[str]]]:
     pts = np.asarray(seeds_mm, dtype=float).reshape(-1, 3)
     tol = float(tolerance_mm)
     if not (tol >= 0 and math.isfinite(tol)):

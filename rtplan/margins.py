@@ -107,7 +107,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from rtplan._validation import as_mask
+from rtplan._typing import BoolMask, FloatArray
+from rtplan._validation import as_mask, check_type
 from rtplan.errors import (
     GridMismatchError,
     InvalidMarginError,
@@ -130,6 +131,14 @@ __all__ = [
 ]
 
 _DIRECTIONS = ("right", "left", "anterior", "posterior", "superior", "inferior")
+
+#: Integer index arrays (voxel offsets, flat indices).
+_IntArray = npt.NDArray[np.intp]
+#: Fixed-point cost arrays of the min-plus passes.
+_Int16Array = npt.NDArray[np.int16]
+#: Sub-slice points toward one side: (sign, positions in the border index, height z in mm,
+#: power weight), see :func:`_border_weights`.
+_SubSlicePoints = tuple[int, _IntArray, FloatArray, npt.NDArray[np.float32]]
 
 #: Relative slack on the threshold ``N**2 - w <= 1``, so that a voxel lying exactly on
 #: the margin (e.g. a margin that is a multiple of the spacing) is kept despite float32
@@ -188,12 +197,12 @@ class Margin:
     @property
     def is_uniform(self) -> bool:
         """True when all six directions are equal."""
-        return len({getattr(self, n) for n in _DIRECTIONS}) == 1
+        return len(set(self._values())) == 1
 
     @property
     def max_mm(self) -> float:
         """The largest of the six margins, in mm."""
-        return max(getattr(self, n) for n in _DIRECTIONS)
+        return max(self._values())
 
     def mirrored(self) -> Margin:
         """The margin with each direction swapped with its opposite (right <-> left, ...)."""
@@ -208,7 +217,11 @@ class Margin:
 
     def as_dict(self) -> dict[str, float]:
         """The six margins in mm, keyed by direction."""
-        return {n: getattr(self, n) for n in _DIRECTIONS}
+        return dict(zip(_DIRECTIONS, self._values()))
+
+    def _values(self) -> tuple[float, float, float, float, float, float]:
+        """The six margins in mm, in the order of ``_DIRECTIONS``."""
+        return (self.right, self.left, self.anterior, self.posterior, self.superior, self.inferior)
 
 
 MarginLike = Margin | float
@@ -217,7 +230,7 @@ MarginLike = Margin | float
 def _check_mm(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (Real, np.integer, np.floating)):
         raise InvalidMarginError(f"{name} must be a number of millimetres, got {value!r}")
-    v = float(value)  # type: ignore[arg-type]
+    v = float(value)
     if not math.isfinite(v) or v < 0:
         raise InvalidMarginError(f"{name} must be a finite distance >= 0 mm, got {value!r}")
     return v
@@ -237,7 +250,7 @@ def _as_margin(margin: object, name: str = "margin") -> Margin:
 # ---------------------------------------------------------------------------- geometry
 
 
-def _axis_margins(margin: Margin, grid: ImageGrid) -> tuple[np.ndarray, np.ndarray]:
+def _axis_margins(margin: Margin, grid: ImageGrid) -> tuple[FloatArray, FloatArray]:
     """Margins toward decreasing (``lo``) and increasing (``hi``) index along (k, j, i)."""
     sk, sj, si = grid.axis_signs
     # increasing k is superior when sk > 0; increasing j posterior; increasing i left
@@ -246,8 +259,8 @@ def _axis_margins(margin: Margin, grid: ImageGrid) -> tuple[np.ndarray, np.ndarr
         (margin.anterior, margin.posterior, sj),
         (margin.right, margin.left, si),
     ]
-    lo = np.array([a if s > 0 else b for a, b, s in pairs])
-    hi = np.array([b if s > 0 else a for a, b, s in pairs])
+    lo = np.array([a if s > 0 else b for a, b, s in pairs], dtype=np.float64)
+    hi = np.array([b if s > 0 else a for a, b, s in pairs], dtype=np.float64)
     return lo, hi
 
 
@@ -262,7 +275,7 @@ def _side_name(axis: int, toward_high: bool, grid: ImageGrid) -> str:
 _K_CAP = 6.0
 
 
-def _max_scale(lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray) -> float:
+def _max_scale(lo: FloatArray, hi: FloatArray, spacing: FloatArray) -> float:
     """Largest ellipsoid scale ``k`` a border voxel may get (see the module notes)."""
     mmax = float(max(lo.max(), hi.max()))
     if mmax == 0.0:
@@ -270,15 +283,17 @@ def _max_scale(lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray) -> float:
     return min(1.0 + 0.5 * float(spacing.max()) / mmax, _K_CAP)
 
 
-def _reach_voxels(lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray, kmax: float):
+def _reach_voxels(
+    lo: FloatArray, hi: FloatArray, spacing: FloatArray, kmax: float
+) -> tuple[_IntArray, _IntArray]:
     """Largest offsets (voxels) toward decreasing / increasing index that can be reached."""
     eps = 1e-9
-    rlo = np.floor(kmax * lo / spacing * (1 + _THRESHOLD_RTOL) + eps).astype(int)
-    rhi = np.floor(kmax * hi / spacing * (1 + _THRESHOLD_RTOL) + eps).astype(int)
+    rlo = np.floor(kmax * lo / spacing * (1 + _THRESHOLD_RTOL) + eps).astype(np.intp)
+    rhi = np.floor(kmax * hi / spacing * (1 + _THRESHOLD_RTOL) + eps).astype(np.intp)
     return rlo, rhi
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+def _bbox(mask: BoolMask) -> tuple[slice, slice, slice] | None:
     """Bounding box of a 3-D bool mask (as ``_validation.bounding_box``, ~2x faster).
 
     Reduces whole slices as 64-bit words: on a 512 x 512 x 120 grid this is the
@@ -331,7 +346,7 @@ _CENTRES = ((0, 0, 0), (-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1),
 
 
 @functools.lru_cache(maxsize=1)
-def _tap_weights() -> np.ndarray:
+def _tap_weights() -> npt.NDArray[np.float32]:
     """(39, 7) weights giving F at the voxel and at its neighbours -k, +k, -j, +j, -i, +i."""
     index = {tuple(t): n for n, t in enumerate(_TAPS.tolist())}
     binom = _SMOOTH
@@ -350,17 +365,18 @@ def _tap_weights() -> np.ndarray:
 _SUB_SLICE = 0.3
 
 
-def _scale(delta, h, mmax: float, kmax: float):
+def _scale(delta: FloatArray, h: FloatArray, mmax: float, kmax: float) -> FloatArray:
     """Ellipsoid scale moving the reach along the normal by ``delta`` (see the notes)."""
     with np.errstate(over="ignore", divide="ignore"):  # margins of ~1e-300 mm
         scale = np.where(h > 0, 1.0 + delta / np.where(h > 0, h, 1.0), kmax)
         np.minimum(scale, 1.0 + delta / mmax, out=scale)
-    return np.minimum(scale, kmax)
+    capped: FloatArray = np.minimum(scale, kmax)
+    return capped
 
 
 def _border_weights(
-    box: np.ndarray, spacing: np.ndarray, lo: np.ndarray, hi: np.ndarray, kmax: float
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
+    box: BoolMask, spacing: FloatArray, lo: FloatArray, hi: FloatArray, kmax: float
+) -> tuple[_IntArray, npt.NDArray[np.float32], list[_SubSlicePoints]]:
     """Border voxels of ``box``, their power weights ``w >= 0`` and their sub-slice points.
 
     ``box`` must have at least two False voxels of padding on every side. The sub-voxel
@@ -440,7 +456,7 @@ def _border_weights(
     nz = g[pos, 0] / gnorm[pos]
     f_low = np.minimum(fv[pos, 1], fv[pos, 2])
     d0 = delta[pos]
-    sources = []
+    sources: list[_SubSlicePoints] = []
     for sign, f_next in ((1, fv[pos, 2]), (-1, fv[pos, 1])):
         # the outward normal's component along this direction: +n_z toward the lower
         # side of F along the slice axis, -n_z toward the higher one
@@ -478,7 +494,7 @@ def _pass_costs(
     return out
 
 
-def _minplus_pass(d: np.ndarray, axis: int, costs: list[tuple[int, int]]) -> np.ndarray:
+def _minplus_pass(d: _Int16Array, axis: int, costs: list[tuple[int, int]]) -> _Int16Array:
     """``out[p] = min_t d[p - t] + c(t)`` along ``axis`` (t = 0 costs 0), int16.
 
     ``axis`` should not be the last one: numpy is several times faster on the long
@@ -502,7 +518,18 @@ def _minplus_pass(d: np.ndarray, axis: int, costs: list[tuple[int, int]]) -> np.
     return out
 
 
-def _add_sub_slice_points(d1, idx, sources, shape, core, hz, lo, hi, kmax, unit) -> None:
+def _add_sub_slice_points(
+    d1: _Int16Array,
+    idx: _IntArray,
+    sources: list[_SubSlicePoints],
+    shape: tuple[int, ...],
+    core: tuple[slice, slice, slice],
+    hz: float,
+    lo: FloatArray,
+    hi: FloatArray,
+    kmax: float,
+    unit: float,
+) -> None:
     """Lower ``d1`` (after the pass along k) by the costs of the sub-slice points.
 
     A point at height ``z`` (mm) beyond a border voxel toward ``sign`` with weight ``w``
@@ -547,12 +574,12 @@ def _add_sub_slice_points(d1, idx, sources, shape, core, hz, lo, hi, kmax, unit)
 
 
 def _grow_box(
-    box: np.ndarray,
+    box: BoolMask,
     core: tuple[slice, slice, slice],
-    spacing: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-) -> np.ndarray:
+    spacing: FloatArray,
+    lo: FloatArray,
+    hi: FloatArray,
+) -> BoolMask:
     """Expansion of the True voxels of ``box`` (all inside ``core``) within ``box``.
 
     ``box`` is padded around ``core`` by at least the reach of the margin plus one
@@ -582,7 +609,7 @@ def _grow_box(
     del d2
     out_t = np.zeros((nk, ni, nj), bool)
     thr = int(np.floor(unit * (1.0 + _THRESHOLD_RTOL)))
-    below: dict[int, np.ndarray] = {}
+    below: dict[int, BoolMask] = {}
     width = d2t.shape[1]
     for t, c in [(0, 0), *_pass_costs(lo[2], hi[2], spacing[2], kmax, unit)]:
         start = ci.start + t
@@ -594,30 +621,41 @@ def _grow_box(
     return out_t.transpose(0, 2, 1)
 
 
-def _cut_box(mask: np.ndarray, bbox: tuple[slice, ...], pad_lo, pad_hi):
+def _cut_box(
+    mask: BoolMask, bbox: tuple[slice, slice, slice], pad_lo: _IntArray, pad_hi: _IntArray
+) -> tuple[BoolMask, _IntArray, tuple[slice, slice, slice]]:
     """Copy ``mask[bbox]`` into a zero box padded by ``pad_lo``/``pad_hi`` voxels per axis.
 
     Returns the box, its grid-index origin (may be negative) and the core slices.
     """
     starts = np.array([s.start for s in bbox]) - pad_lo
     sizes = np.array([s.stop - s.start for s in bbox]) + pad_lo + pad_hi
-    box = np.zeros(tuple(int(v) for v in sizes), bool)
-    box[tuple(slice(int(p), int(p) + (s.stop - s.start)) for p, s in zip(pad_lo, bbox))] = mask[
-        bbox
-    ]
-    core = tuple(slice(int(p), int(p) + (s.stop - s.start)) for p, s in zip(pad_lo, bbox))
+    box: BoolMask = np.zeros(tuple(int(v) for v in sizes), bool)
+    core = _core_slices(pad_lo, bbox)
+    box[core] = mask[bbox]
     return box, starts, core
 
 
+def _core_slices(pad_lo: _IntArray, bbox: tuple[slice, slice, slice]) -> tuple[slice, slice, slice]:
+    """Where ``bbox`` lies inside a box padded by ``pad_lo`` voxels below it."""
+    k, j, i = (int(p) for p in pad_lo)
+    sk, sj, si = bbox
+    return (
+        slice(k, k + (sk.stop - sk.start)),
+        slice(j, j + (sj.stop - sj.start)),
+        slice(i, i + (si.stop - si.start)),
+    )
+
+
 def _paste(
-    box: np.ndarray,
-    starts: np.ndarray,
+    box: BoolMask,
+    starts: _IntArray,
     grid: ImageGrid,
     *,
     on_outside: Literal["raise", "warn", "ignore"],
     name: str,
     what: str,
-) -> np.ndarray:
+) -> BoolMask:
     """Place a box result on the full grid, handling the part outside the grid."""
     shape = np.array(grid.shape)
     stops = starts + np.array(box.shape)
@@ -661,14 +699,14 @@ def _paste(
 
 
 def _expand(
-    mask: np.ndarray,
+    mask: BoolMask,
     grid: ImageGrid,
     margin: Margin,
     *,
     on_outside: Literal["raise", "warn", "ignore"],
     name: str,
     what: str = "expanding",
-) -> np.ndarray:
+) -> BoolMask:
     bbox = _bbox(mask)
     if bbox is None:
         return np.zeros(grid.shape, bool)
@@ -685,7 +723,7 @@ def _expand(
     return _paste(grown, starts, grid, on_outside=on_outside, name=name, what=what)
 
 
-def _shrink(mask: np.ndarray, grid: ImageGrid, margin: Margin) -> np.ndarray:
+def _shrink(mask: BoolMask, grid: ImageGrid, margin: Margin) -> BoolMask:
     bbox = _bbox(mask)
     if bbox is None:
         return np.zeros(grid.shape, bool)
@@ -703,7 +741,9 @@ def _shrink(mask: np.ndarray, grid: ImageGrid, margin: Margin) -> np.ndarray:
     c = np.maximum(reach + 1, 2)
     pad = c + reach + 1
     box, starts, _ = _cut_box(mask, bbox, pad, pad)
-    inner_core = tuple(slice(int(v), int(n - v)) for v, n in zip(c, box.shape))
+    ck, cj, ci = (int(v) for v in c)
+    nk, nj, ni = box.shape
+    inner_core = (slice(ck, nk - ck), slice(cj, nj - cj), slice(ci, ni - ci))
     outer = ~box
     comp = np.zeros_like(box)
     comp[inner_core] = outer[inner_core]
@@ -715,6 +755,13 @@ def _shrink(mask: np.ndarray, grid: ImageGrid, margin: Margin) -> np.ndarray:
 # ---------------------------------------------------------------------------- public API
 
 
+def _check_arguments(grid: object, name: object, clip: object = False) -> None:
+    """Raise ``TypeError`` naming the argument on a grid, name or clip of the wrong type."""
+    check_type(grid, ImageGrid, name="grid")
+    check_type(name, str, name="name")
+    check_type(clip, (bool, np.bool_), name="clip", expected_text="True or False")
+
+
 def expand(
     mask: npt.ArrayLike,
     grid: ImageGrid,
@@ -722,7 +769,7 @@ def expand(
     *,
     clip: bool = False,
     name: str = "structure",
-) -> np.ndarray:
+) -> BoolMask:
     """Grow a structure by a margin in millimetres (see the module notes for the semantics).
 
     Parameters
@@ -771,6 +818,7 @@ def expand(
     >>> int(expand(one, g, 2.5)[:, 4, 4].sum())    # 2.5 mm = one slice up and down
     3
     """
+    _check_arguments(grid, name, clip)
     m = _as_margin(margin)
     a = as_mask(mask, grid, name=name)
     return _expand(a, grid, m, on_outside="warn" if clip else "raise", name=name)
@@ -782,7 +830,7 @@ def shrink(
     margin: MarginLike,
     *,
     name: str = "structure",
-) -> np.ndarray:
+) -> BoolMask:
     """Move the border of a structure inward by a margin in millimetres.
 
     ``shrink(S, M)`` is the complement of ``expand(complement of S, M mirrored)``:
@@ -821,6 +869,7 @@ def shrink(
     >>> int(shrink(cube, g, 1.0).sum())    # 1 mm strips one voxel in-plane only
     27
     """
+    _check_arguments(grid, name)
     m = _as_margin(margin)
     a = as_mask(mask, grid, name=name)
     return _shrink(a, grid, m)
@@ -834,7 +883,7 @@ def ring(
     *,
     clip: bool = False,
     name: str = "structure",
-) -> np.ndarray:
+) -> BoolMask:
     """Shell around a structure from ``inner`` mm to ``outer`` mm outside it.
 
     ``ring = expand(S, outer) - expand(S, inner)``; ``inner = 0`` gives a ring that
@@ -872,8 +921,10 @@ def ring(
     >>> int(r.sum()), bool(r[2, 4, 4])
     (4, False)
     """
+    _check_arguments(grid, name, clip)
     m_in, m_out = _as_margin(inner, "inner"), _as_margin(outer, "outer")
-    bad = [d for d in _DIRECTIONS if getattr(m_out, d) < getattr(m_in, d)]
+    inner_mm, outer_mm = m_in.as_dict(), m_out.as_dict()
+    bad = [d for d in _DIRECTIONS if outer_mm[d] < inner_mm[d]]
     if bad:
         raise InvalidMarginError(
             f"ring of {name!r}: the outer margin must be >= the inner margin in every "
@@ -891,7 +942,7 @@ def wall(
     thickness: MarginLike,
     *,
     name: str = "structure",
-) -> np.ndarray:
+) -> BoolMask:
     """The layer of a structure within ``thickness`` mm of its border (e.g. a bladder wall).
 
     ``wall = S - shrink(S, thickness)``.
@@ -920,12 +971,13 @@ def wall(
     >>> int(wall(cube, g, 1.0).sum()), int(wall(np.zeros(g.shape, bool), g, 1.0).sum())
     (48, 0)
     """
+    _check_arguments(grid, name)
     m = _as_margin(thickness, "thickness")
     a = as_mask(mask, grid, name=name)
     return a & ~_shrink(a, grid, m)
 
 
-def _masks_same_shape(masks: tuple[npt.ArrayLike, ...], what: str) -> list[np.ndarray]:
+def _masks_same_shape(masks: tuple[npt.ArrayLike, ...], what: str) -> list[BoolMask]:
     if not masks:
         raise InvalidMaskError(f"{what} needs at least one mask")
     arrays = [as_mask(m, name=f"mask {n} of {what}") for n, m in enumerate(masks)]
@@ -938,7 +990,7 @@ def _masks_same_shape(masks: tuple[npt.ArrayLike, ...], what: str) -> list[np.nd
     return arrays
 
 
-def union(*masks: npt.ArrayLike) -> np.ndarray:
+def union(*masks: npt.ArrayLike) -> BoolMask:
     """Voxels in any of the masks (a new array).
 
     Examples
@@ -955,7 +1007,7 @@ def union(*masks: npt.ArrayLike) -> np.ndarray:
     return out
 
 
-def intersection(*masks: npt.ArrayLike) -> np.ndarray:
+def intersection(*masks: npt.ArrayLike) -> BoolMask:
     """Voxels in every one of the masks (a new array).
 
     Examples
@@ -971,7 +1023,7 @@ def intersection(*masks: npt.ArrayLike) -> np.ndarray:
     return out
 
 
-def difference(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
+def difference(a: npt.ArrayLike, b: npt.ArrayLike) -> BoolMask:
     """Voxels of ``a`` that are not in ``b`` (a new array).
 
     Examples
@@ -993,7 +1045,7 @@ def crop_away_from(
     name: str = "structure",
     avoid_name: str = "avoidance structure",
     avoid_grid: ImageGrid | None = None,
-) -> np.ndarray:
+) -> BoolMask:
     """Remove from a structure every voxel within ``gap`` mm of an avoidance structure.
 
     ``crop_away_from(S, A, grid, gap) = S - expand(A, gap)``; the expansion of ``A``
@@ -1036,6 +1088,8 @@ def crop_away_from(
     >>> int(crop_away_from(ptv, np.zeros(g.shape, bool), g, 5.0).sum())
     7
     """
+    _check_arguments(grid, name)
+    check_type(avoid_name, str, name="avoid_name")
     if avoid_grid is not None:
         check_same_grid(grid, avoid_grid, names=[f"{name!r}", f"{avoid_name!r}"])
     m = _as_margin(gap, "gap")

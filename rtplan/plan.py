@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rtplan._validation import check_choice
+from rtplan._validation import check_choice, check_type
 from rtplan.errors import InvalidInputError
 from rtplan.structures import Structure
 
 __all__ = ["TECHNIQUES", "Course", "FieldOption", "Target", "Technique"]
 
 Technique = Literal["imrt", "3dcrt", "sbrt"]
-TECHNIQUES: tuple[str, ...] = ("imrt", "3dcrt", "sbrt")
+TECHNIQUES: tuple[Technique, ...] = ("imrt", "3dcrt", "sbrt")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,14 @@ class Target:
     gtv: Structure | None = None
 
     def __post_init__(self) -> None:
+        check_type(self.ptv, Structure, name="Target.ptv")
+        for name, s in (("ctv", self.ctv), ("gtv", self.gtv)):
+            check_type(
+                s,
+                (Structure, type(None)),
+                name=f"Target.{name}",
+                expected_text="a Structure or None",
+            )
         rx = float(self.prescription_gy)
         if not rx > 0 or rx != rx:
             raise InvalidInputError(
@@ -74,17 +82,20 @@ class Course:
     """
 
     name: str
-    technique: str
+    technique: Technique
     fractions: int
     targets: tuple[Target, ...]
 
     def __post_init__(self) -> None:
+        check_type(self.name, str, name="Course.name")
         check_choice(self.technique, TECHNIQUES, name=f"technique of course {self.name!r}")
         if int(self.fractions) != self.fractions or self.fractions < 1:
             raise InvalidInputError(f"fractions of course {self.name!r} must be a positive integer")
         if not self.targets:
             raise InvalidInputError(f"course {self.name!r} has no target")
         object.__setattr__(self, "targets", tuple(self.targets))
+        for t in self.targets:
+            check_type(t, Target, name=f"a target of course {self.name!r}")
 
     def dose_per_fraction_gy(self, target: Target) -> float:
         """Dose per fraction of one target of this course, in Gy."""
@@ -117,9 +128,12 @@ class FieldOption:
     extra_structures: tuple[Structure, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        check_type(self.name, str, name="FieldOption.name")
         if not self.courses:
             raise InvalidInputError(f"option {self.name!r} has no course")
         object.__setattr__(self, "courses", tuple(self.courses))
+        for c in self.courses:
+            check_type(c, Course, name=f"a course of option {self.name!r}")
 
     @property
     def targets(self) -> list[Target]:

@@ -148,8 +148,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from rtplan.dvh import Constraint, LKBParameters
 from rtplan.errors import ProtocolError
@@ -165,6 +166,7 @@ __all__ = [
     "Prescription",
     "Protocol",
     "ProtocolConstraint",
+    "ProtocolValue",
     "list_protocols",
     "load_protocol",
     "protocol_text",
@@ -176,6 +178,10 @@ _APPLIES = ("conventional", "sbrt", "all")
 _TOOL_DEFAULT = "tool default"
 _MAX_MARGIN_MM = 50.0
 _MAX_DOSE_GY = 120.0
+
+#: A checked protocol value: a number (mm, Gy or a positive factor; float), a number of
+#: fractions (int), a string or choice (str), or a list of structure names (tuple of str).
+ProtocolValue = float | int | str | tuple[str, ...]
 
 
 # ---------------------------------------------------------------------------- schema
@@ -388,17 +394,17 @@ class NtcpModel:
 
 
 # ---------------------------------------------------------------------------- checks
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_field(path: str, value: object, field: _Field) -> Any:
+def _check_field(path: str, value: object, field: _Field) -> ProtocolValue:
     """Return the checked value of one leaf, or raise ProtocolError naming ``path``."""
     kind = field.kind
     if kind in ("mm", "gy", "positive"):
         if not _is_number(value):
             raise ProtocolError(f"{path}: expected a number, got {value!r}")
-        v = float(value)  # type: ignore[arg-type]
+        v = float(value)
         if kind == "mm" and not 0 <= v <= _MAX_MARGIN_MM:
             raise ProtocolError(
                 f"{path}: a margin or distance must be between 0 and {_MAX_MARGIN_MM:g} mm, "
@@ -420,23 +426,41 @@ def _check_field(path: str, value: object, field: _Field) -> Any:
             raise ProtocolError(f"{path}: expected a non-empty string, got {value!r}")
         return value
     if kind == "choice":
-        if value not in field.choices:
+        if not isinstance(value, str) or value not in field.choices:
             raise ProtocolError(
                 f"{path}: expected one of {', '.join(map(repr, field.choices))}, got {value!r}"
             )
         return value
     if kind == "str_list":
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(s, str) and s for s in value)
-        ):
+        names = [s for s in value if isinstance(s, str) and s] if isinstance(value, list) else []
+        if not names or not isinstance(value, list) or len(names) != len(value):
             raise ProtocolError(f"{path}: expected a non-empty list of strings, got {value!r}")
-        return tuple(value)
+        return tuple(names)
     raise AssertionError(kind)  # pragma: no cover
 
 
-def _source_of(path: str, section: Mapping[str, Any]) -> str | None:
+def _as_float(path: str, value: ProtocolValue) -> float:
+    """A checked value that must be a number, as float (raise naming ``path`` otherwise)."""
+    if not _is_number(value):
+        raise ProtocolError(f"{path}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _as_int(path: str, value: ProtocolValue) -> int:
+    """A checked value that must be a whole number (a number of fractions)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{path}: expected a whole number, got {value!r}")
+    return value
+
+
+def _as_str(path: str, value: ProtocolValue) -> str:
+    """A checked value that must be a string (a name or a choice)."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+def _source_of(path: str, section: Mapping[str, object]) -> str | None:
     src = section.get("source")
     if src is None:
         return None
@@ -449,7 +473,7 @@ def _check_section(
     path: str,
     section: object,
     fields: Mapping[str, _Field],
-    values: dict[str, Any],
+    values: dict[str, ProtocolValue],
     sources: dict[str, str],
     *,
     needs_source: bool = True,
@@ -492,7 +516,7 @@ def _check_section(
             sources[leaf] = source
 
 
-def _get(data: Mapping[str, Any], dotted: str) -> object:
+def _get(data: Mapping[str, object], dotted: str) -> object:
     node: object = data
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -502,6 +526,62 @@ def _get(data: Mapping[str, Any], dotted: str) -> object:
 
 
 _MISSING = object()
+
+
+def _check_constraint(n: int, c: object) -> ProtocolConstraint:
+    """Check the ``n``-th ``[[constraints]]`` table and build its constraint."""
+    path = f"constraints[{n}]"
+    if not isinstance(c, Mapping):
+        raise ProtocolError(f"{path}: expected a table, got {c!r}")
+    for key in c:
+        if key not in _CONSTRAINT_KEYS:
+            raise ProtocolError(
+                f"unknown key {path}.{key} (valid keys: {', '.join(_CONSTRAINT_KEYS)})"
+            )
+    for key in ("structure", "metric", "op", "limit", "unit", "source"):
+        if key not in c:
+            raise ProtocolError(f"missing value: {path}.{key} is required")
+
+    def text(key: str, field: _Field, value: object) -> str:
+        return _as_str(f"{path}.{key}", _check_field(f"{path}.{key}", value, field))
+
+    structure = text("structure", _Field("str"), c["structure"])
+    metric = c["metric"]
+    path = f"constraints[{n}] ({structure} {metric})"
+    if not isinstance(metric, str):
+        raise ProtocolError(f"{path}.metric: expected a string, got {metric!r}")
+    op = text("op", _Field("choice", True, _OPS), c["op"])
+    limit = c["limit"]
+    if not _is_number(limit) or limit < 0:
+        raise ProtocolError(f"{path}.limit: expected a number >= 0, got {limit!r}")
+    unit = text("unit", _Field("choice", True, _UNITS), c["unit"])
+    if unit == "%" and limit > 100:
+        raise ProtocolError(f"{path}.limit: a percentage must be <= 100")
+    source = text("source", _Field("str"), c["source"])
+    applies = text("applies_to", _Field("choice", True, _APPLIES), c.get("applies_to", "all"))
+    fx = c.get("fractions")
+    fractions = None
+    if fx is not None:
+        fractions = _as_int(
+            f"{path}.fractions", _check_field(f"{path}.fractions", fx, _Field("fractions"))
+        )
+    note = c.get("note", "")
+    if not isinstance(note, str):
+        raise ProtocolError(f"{path}.note: expected a string")
+    try:
+        return ProtocolConstraint(
+            structure,
+            metric,
+            op,
+            float(limit),
+            unit,
+            source,
+            applies_to=applies,
+            fractions=fractions,
+            note=note,
+        )
+    except ValueError as exc:
+        raise ProtocolError(f"{path}.metric/unit: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- Protocol
@@ -527,16 +607,20 @@ class Protocol:
     """
 
     def __init__(
-        self, data: Mapping[str, Any], *, name: str | None = None, path: str | None = None
+        self,
+        data: Mapping[str, Any],  # the parsed TOML document: any TOML value until checked
+        *,
+        name: str | None = None,
+        path: str | None = None,
     ) -> None:
-        self._data: dict[str, Any] = copy.deepcopy(dict(data))
+        self._data: dict[str, Any] = copy.deepcopy(dict(data))  # TOML document, as read
         self.path = path
-        self._values: dict[str, Any] = {}
+        self._values: dict[str, ProtocolValue] = {}
         self._sources: dict[str, str] = {}
         self._constraints: tuple[ProtocolConstraint, ...] = ()
         self._ntcp: dict[str, NtcpModel] = {}
         self.validate()
-        self.name: str = name or self._values["protocol.name"]
+        self.name: str = name or _as_str("protocol.name", self._values["protocol.name"])
 
     # -------------------------------------------------------------- validation
     def validate(self) -> Protocol:
@@ -560,7 +644,7 @@ class Protocol:
 
     def _validate(self) -> None:
         data = self._data
-        values: dict[str, Any] = {}
+        values: dict[str, ProtocolValue] = {}
         sources: dict[str, str] = {}
         for key in data:
             if key not in _TOP_LEVEL:
@@ -589,7 +673,7 @@ class Protocol:
         self._values, self._sources = values, sources
 
     @staticmethod
-    def _check_ptv(section: str, values: dict[str, Any]) -> None:
+    def _check_ptv(section: str, values: Mapping[str, ProtocolValue]) -> None:
         dirs = list(_DIRECTIONS)
         has = [d for d in dirs if f"{section}.{d}" in values]
         if f"{section}.uniform" in values:
@@ -606,7 +690,9 @@ class Protocol:
             )
 
     @staticmethod
-    def _check_alpha_beta(node: object, values: dict[str, Any], sources: dict[str, str]) -> None:
+    def _check_alpha_beta(
+        node: object, values: dict[str, ProtocolValue], sources: dict[str, str]
+    ) -> None:
         if not isinstance(node, Mapping):
             raise ProtocolError(f"alpha_beta: expected a table, got {node!r}")
         fields = {k: _Field("positive") for k in node if k not in _META}
@@ -614,7 +700,7 @@ class Protocol:
 
     @staticmethod
     def _check_ntcp(
-        node: object, values: dict[str, Any], sources: dict[str, str]
+        node: object, values: dict[str, ProtocolValue], sources: dict[str, str]
     ) -> dict[str, NtcpModel]:
         if not isinstance(node, Mapping):
             raise ProtocolError(f"ntcp: expected a table, got {node!r}")
@@ -624,15 +710,17 @@ class Protocol:
             _check_section(path, sec, _NTCP_FIELDS, values, sources)
             out[structure] = NtcpModel(
                 structure=structure,
-                model=values[f"{path}.model"],
-                parameter_set=values[f"{path}.parameter_set"],
-                td50_gy=values[f"{path}.td50_gy"],
-                m=values[f"{path}.m"],
-                n=values[f"{path}.n"],
-                endpoint=values.get(f"{path}.endpoint", ""),
+                model=_as_str(f"{path}.model", values[f"{path}.model"]),
+                parameter_set=_as_str(f"{path}.parameter_set", values[f"{path}.parameter_set"]),
+                td50_gy=_as_float(f"{path}.td50_gy", values[f"{path}.td50_gy"]),
+                m=_as_float(f"{path}.m", values[f"{path}.m"]),
+                n=_as_float(f"{path}.n", values[f"{path}.n"]),
+                endpoint=_as_str(f"{path}.endpoint", values.get(f"{path}.endpoint", "")),
                 source=sources[f"{path}.td50_gy"],
-                alpha_beta_gy=values.get(f"{path}.alpha_beta_gy", 3.0),
-                caveat=values.get(f"{path}.caveat", ""),
+                alpha_beta_gy=_as_float(
+                    f"{path}.alpha_beta_gy", values.get(f"{path}.alpha_beta_gy", 3.0)
+                ),
+                caveat=_as_str(f"{path}.caveat", values.get(f"{path}.caveat", "")),
             )
         return out
 
@@ -640,63 +728,20 @@ class Protocol:
     def _check_constraints(node: object) -> tuple[ProtocolConstraint, ...]:
         if not isinstance(node, list):
             raise ProtocolError(f"constraints: expected an array of tables, got {node!r}")
-        out = []
-        for n, c in enumerate(node):
-            path = f"constraints[{n}]"
-            if not isinstance(c, Mapping):
-                raise ProtocolError(f"{path}: expected a table, got {c!r}")
-            for key in c:
-                if key not in _CONSTRAINT_KEYS:
-                    raise ProtocolError(
-                        f"unknown key {path}.{key} (valid keys: {', '.join(_CONSTRAINT_KEYS)})"
-                    )
-            for key in ("structure", "metric", "op", "limit", "unit", "source"):
-                if key not in c:
-                    raise ProtocolError(f"missing value: {path}.{key} is required")
-            structure = _check_field(f"{path}.structure", c["structure"], _Field("str"))
-            path = f"constraints[{n}] ({structure} {c['metric']})"
-            if not isinstance(c["metric"], str):
-                raise ProtocolError(f"{path}.metric: expected a string, got {c['metric']!r}")
-            op = _check_field(f"{path}.op", c["op"], _Field("choice", True, _OPS))
-            if not _is_number(c["limit"]) or c["limit"] < 0:
-                raise ProtocolError(f"{path}.limit: expected a number >= 0, got {c['limit']!r}")
-            unit = _check_field(f"{path}.unit", c["unit"], _Field("choice", True, _UNITS))
-            if unit == "%" and c["limit"] > 100:
-                raise ProtocolError(f"{path}.limit: a percentage must be <= 100")
-            source = _check_field(f"{path}.source", c["source"], _Field("str"))
-            applies = _check_field(
-                f"{path}.applies_to", c.get("applies_to", "all"), _Field("choice", True, _APPLIES)
-            )
-            fx = c.get("fractions")
-            if fx is not None:
-                fx = _check_field(f"{path}.fractions", fx, _Field("fractions"))
-            note = c.get("note", "")
-            if not isinstance(note, str):
-                raise ProtocolError(f"{path}.note: expected a string")
-            try:
-                out.append(
-                    ProtocolConstraint(
-                        structure,
-                        c["metric"],
-                        op,
-                        float(c["limit"]),
-                        unit,
-                        source,
-                        applies_to=applies,
-                        fractions=fx,
-                        note=note,
-                    )
-                )
-            except ValueError as exc:
-                raise ProtocolError(f"{path}.metric/unit: {exc}") from None
-        return tuple(out)
+        return tuple(_check_constraint(n, c) for n, c in enumerate(node))
 
     @staticmethod
-    def _check_fractionation(values: Mapping[str, Any]) -> None:
-        pb_d = values["prescription.prostate_bed.dose_gy"]
-        pb_n = values["prescription.prostate_bed.fractions"]
-        pn_d = values["prescription.pelvic_nodes.dose_gy"]
-        pn_n = values["prescription.pelvic_nodes.fractions"]
+    def _check_fractionation(values: Mapping[str, ProtocolValue]) -> None:
+        def dose(path: str) -> float:
+            return _as_float(path, values[path])
+
+        def fractions(path: str) -> int:
+            return _as_int(path, values[path])
+
+        pb_d = dose("prescription.prostate_bed.dose_gy")
+        pb_n = fractions("prescription.prostate_bed.fractions")
+        pn_d = dose("prescription.pelvic_nodes.dose_gy")
+        pn_n = fractions("prescription.pelvic_nodes.fractions")
         mode = values["technique.wprt_mode"]
         if mode == "sequential" and not (pb_n > pn_n and pb_d > pn_d):
             raise ProtocolError(
@@ -709,11 +754,11 @@ class Protocol:
                 "prescription.pelvic_nodes.fractions: with technique.wprt_mode = 'sib' it must "
                 f"equal prescription.prostate_bed.fractions ({pb_n}), got {pn_n}"
             )
-        if values["prescription.local_boost.dose_gy"] <= pb_d:
+        if dose("prescription.local_boost.dose_gy") <= pb_d:
             raise ProtocolError(
                 f"prescription.local_boost.dose_gy: must exceed the prostate-bed dose ({pb_d:g} Gy)"
             )
-        nb = values["prescription.node_boost.dose_gy"]
+        nb = dose("prescription.node_boost.dose_gy")
         if nb <= pn_d:
             raise ProtocolError(
                 f"prescription.node_boost.dose_gy: must exceed the pelvic dose ({pn_d:g} Gy)"
@@ -727,10 +772,10 @@ class Protocol:
     @property
     def title(self) -> str:
         """One-line title of the protocol."""
-        return str(self._values["protocol.title"])
+        return self.text("protocol.title")
 
     @property
-    def data(self) -> dict[str, Any]:
+    def data(self) -> dict[str, Any]:  # the TOML document: any TOML value
         """A deep copy of the parsed TOML document."""
         return copy.deepcopy(self._data)
 
@@ -738,8 +783,12 @@ class Protocol:
         """Dotted paths of all values (constraints excluded), in file order."""
         return list(self._values)
 
-    def value(self, path: str) -> Any:
+    def value(self, path: str) -> ProtocolValue:
         """The value at a dotted key path, e.g. ``"ctv.pelvic_nodes.vessel_margin_mm"``.
+
+        Distances, doses and factors are floats, fraction numbers ints, names and choices
+        strings, lists of structure names tuples of strings. :meth:`number`, :meth:`text`
+        and :meth:`names` return one of these kinds, typed.
 
         Raises
         ------
@@ -751,9 +800,76 @@ class Protocol:
         except KeyError:
             raise ProtocolError(f"{self.name}: no value {path!r} in the protocol") from None
 
-    def get(self, path: str, default: Any = None) -> Any:
+    def get(self, path: str, default: ProtocolValue | None = None) -> ProtocolValue | None:
         """The value at ``path``, or ``default`` when the (optional) key is absent."""
         return self._values.get(path, default)
+
+    def number(self, path: str, default: float | None = None) -> float:
+        """The number at ``path`` (mm, Gy, a factor or a fraction number) as a float.
+
+        Parameters
+        ----------
+        path : str
+            Dotted key path, e.g. ``"ctv.pelvic_nodes.vessel_margin_mm"``.
+        default : float, optional
+            Returned when the (optional) key is absent; without it an absent key raises.
+
+        Raises
+        ------
+        ProtocolError
+            If the key is absent (and no default is given) or its value is not a number.
+
+        Examples
+        --------
+        >>> p = load_protocol("nrg_salvage")
+        >>> p.number("ctv.pelvic_nodes.vessel_margin_mm"), p.number("ctv.no_such_mm", 0.0)
+        (7.0, 0.0)
+        """
+        if default is not None and path not in self._values:
+            return default
+        return _as_float(path, self.value(path))
+
+    def text(self, path: str, default: str | None = None) -> str:
+        """The string (a name or a choice) at ``path``.
+
+        Parameters
+        ----------
+        path : str
+            Dotted key path, e.g. ``"technique.wprt_mode"``.
+        default : str, optional
+            Returned when the (optional) key is absent; without it an absent key raises.
+
+        Raises
+        ------
+        ProtocolError
+            If the key is absent (and no default is given) or its value is not a string.
+
+        Examples
+        --------
+        >>> load_protocol("nrg_salvage").text("ctv.pelvic_nodes.superior_border")
+        'L5S1_Interspace'
+        """
+        if default is not None and path not in self._values:
+            return default
+        return _as_str(path, self.value(path))
+
+    def names(self, path: str) -> tuple[str, ...]:
+        """The list of structure names at ``path``, e.g. ``"ctv.pelvic_nodes.presacral_vertebrae"``.
+
+        Raises
+        ------
+        ProtocolError
+            If the key is absent or its value is not a list of names.
+
+        Examples
+        --------
+        >>> load_protocol("nrg_salvage").names("ctv.pelvic_nodes.presacral_vertebrae")
+        ('VB_S1', 'VB_S2', 'VB_S3')
+        """
+        value = self.value(path)
+        if not isinstance(value, tuple):
+            raise ProtocolError(f"{path}: expected a list of names, got {value!r}")
+        return value
 
     def source(self, path: str) -> str:
         """The source of the value at ``path`` (``""`` for [protocol] metadata)."""
@@ -769,11 +885,11 @@ class Protocol:
         """Dotted paths of every value whose source is a tool default."""
         return [p for p in self._values if self.is_tool_default(p)]
 
-    def rows(self) -> list[tuple[str, Any, str]]:
+    def rows(self) -> list[tuple[str, ProtocolValue, str]]:
         """``(path, value, source)`` for every value, for a report table."""
         return [(p, v, self._sources.get(p, "")) for p, v in self._values.items()]
 
-    def section(self, section: str) -> dict[str, Any]:
+    def section(self, section: str) -> dict[str, ProtocolValue]:
         """The values of one table, keyed by their short name (e.g. ``"ctv.pelvic_nodes"``)."""
         prefix = section + "."
         out = {p[len(prefix) :]: v for p, v in self._values.items() if p.startswith(prefix)}
@@ -783,18 +899,21 @@ class Protocol:
 
     def ptv_margin(self, target: str) -> Margin:
         """The CTV -> PTV :class:`~rtplan.margins.Margin` of ``target`` (a ``[ptv.*]`` table)."""
-        sec = self.section(f"ptv.{target}")
-        if "uniform" in sec:
-            return Margin.uniform(sec["uniform"])
-        return Margin(**{d: sec[d] for d in _DIRECTIONS})
+        prefix = f"ptv.{target}"
+        self.section(prefix)  # raises naming the table when it is absent
+        if f"{prefix}.uniform" in self._values:
+            return Margin.uniform(self.number(f"{prefix}.uniform"))
+        return Margin(**{d: self.number(f"{prefix}.{d}") for d in _DIRECTIONS})
 
     def prescription(self, name: str) -> Prescription:
         """The dose level ``name`` (a ``[prescription.*]`` table)."""
-        sec = self.section(f"prescription.{name}")
+        prefix = f"prescription.{name}"
+        self.section(prefix)  # raises naming the table when it is absent
+        fractions = self.get(f"{prefix}.fractions")
         return Prescription(
-            dose_gy=sec["dose_gy"],
-            fractions=sec.get("fractions"),
-            source=self._sources[f"prescription.{name}.dose_gy"],
+            dose_gy=self.number(f"{prefix}.dose_gy"),
+            fractions=None if fractions is None else _as_int(f"{prefix}.fractions", fractions),
+            source=self._sources[f"{prefix}.dose_gy"],
         )
 
     @property
@@ -834,16 +953,21 @@ class Protocol:
     def alpha_beta_gy(self) -> dict[str, float]:
         """Tissue -> alpha/beta in Gy (``[alpha_beta]``)."""
         return {
-            p.split(".", 1)[1]: v for p, v in self._values.items() if p.startswith("alpha_beta.")
+            p.split(".", 1)[1]: _as_float(p, v)
+            for p, v in self._values.items()
+            if p.startswith("alpha_beta.")
         }
 
-    def with_values(self, changes: Mapping[str, Any], *, source: str = "user override") -> Protocol:
+    def with_values(
+        self, changes: Mapping[str, object], *, source: str = "user override"
+    ) -> Protocol:
         """A copy with some values replaced, re-validated.
 
         Parameters
         ----------
         changes : mapping of str to value
-            Dotted key path -> new value, e.g. ``{"ptv.sbrt.uniform": 3}``.
+            Dotted key path -> new value (a number, string or list of strings, as in the
+            TOML file), e.g. ``{"ptv.sbrt.uniform": 3}``.
         source : str
             Source recorded for the changed values.
 
@@ -868,7 +992,7 @@ class Protocol:
 
 
 # ---------------------------------------------------------------------------- loading
-def _shipped() -> dict[str, Any]:
+def _shipped() -> dict[str, Traversable]:
     root = resources.files("rtplan.protocols")
     return {p.name[: -len(".toml")]: p for p in root.iterdir() if p.name.endswith(".toml")}
 

@@ -30,26 +30,42 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import matplotlib
 import numpy as np
+import numpy.typing as npt
 from contourpy import contour_generator
+from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
-from matplotlib.colors import Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator
+from matplotlib.typing import ColorType
 from scipy import ndimage
 
 from rtplan._io import atomic_write_text
+from rtplan._typing import BoolMask, FloatArray, Vec3
+from rtplan._validation import check_type
+from rtplan.atlas import Atlas
+from rtplan.context import ClinicalContext, scan_meaning, subgroup_lines
+from rtplan.dvh import DVH
 from rtplan.grid import ImageGrid
+from rtplan.lesions import Lesion, Lesions
+from rtplan.plan import Course, FieldOption
+from rtplan.protocol import Protocol
+from rtplan.staging import Stage
+from rtplan.structures import Structure
+
+if TYPE_CHECKING:  # rtplan.compare imports this module (Comparison.write_report)
+    from rtplan.compare import Comparison, MetricRow, OptionResult
 
 __all__ = ["render_report", "write_report"]
 
@@ -109,27 +125,51 @@ _MAX_ISODOSE_LINES = 5
 _WASH_FROM = 0.3  # dose colour-wash from this fraction of the highest prescription
 _OAR_OUTLINES = ("Rectum", "Bladder", "Spc_Bowel", "Bowel", "Colon_Sigmoid")
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-# ---------------------------------------------------------------------------- adapters
-def _dvh_curve(dvh: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The cumulative DVH of ``dvh`` as ``(dose_gy, volume_pct)`` arrays.
 
-    The one place that knows the layout of :class:`rtplan.dvh.DVH` (``dose_gy``,
-    ``cumulative_cc``, ``volume_cc``, ``cumulative_pct``); stand-ins with ``dose_gy`` and
-    ``volume_pct`` are accepted too.
+# ---------------------------------------------------------------------------- contract
+def _check_comparison(comparison: Comparison) -> None:
+    """Check the parts of ``comparison`` the report reads against their contract types.
+
+    Raises
+    ------
+    TypeError
+        Naming the attribute (``comparison.stage``...) that is not of its contract type.
     """
-    dose = np.asarray(dvh.dose_gy, dtype=float)
-    if hasattr(dvh, "cumulative_pct"):
-        vol = np.asarray(dvh.cumulative_pct, dtype=float)
-    elif hasattr(dvh, "volume_pct"):
-        vol = np.asarray(dvh.volume_pct, dtype=float)
-    else:
-        total = float(dvh.volume_cc)
-        vol = 100.0 * np.asarray(dvh.cumulative_cc, dtype=float) / (total if total > 0 else 1.0)
+    check_type(
+        comparison.atlas, Atlas, name="comparison.atlas", expected_text="an rtplan.atlas.Atlas"
+    )
+    check_type(
+        comparison.protocol,
+        Protocol,
+        name="comparison.protocol",
+        expected_text="an rtplan.protocol.Protocol",
+    )
+    check_type(
+        comparison.stage,
+        (Stage, type(None)),
+        name="comparison.stage",
+        expected_text="an rtplan.staging.Stage or None",
+    )
+    check_type(
+        comparison.lesions,
+        (Lesions, type(None)),
+        name="comparison.lesions",
+        expected_text="an rtplan.lesions.Lesions or None",
+    )
+
+
+def _dvh_curve(dvh: DVH) -> tuple[FloatArray, FloatArray]:
+    """The cumulative DVH of ``dvh`` as ``(dose_gy, volume_pct)`` arrays."""
+    dose = np.asarray(dvh.dose_gy, dtype=np.float64)
+    vol = np.asarray(dvh.cumulative_pct, dtype=np.float64)
     return dose, vol
 
 
-def _thin_curve(dose: np.ndarray, vol: np.ndarray, n: int = _DVH_MAX_POINTS) -> tuple:
+def _thin_curve(
+    dose: FloatArray, vol: FloatArray, n: int = _DVH_MAX_POINTS
+) -> tuple[FloatArray, FloatArray]:
     """At most ``n`` points of a curve (uniform in dose), keeping its end points."""
     if dose.size <= n:
         return dose, vol
@@ -137,26 +177,16 @@ def _thin_curve(dose: np.ndarray, vol: np.ndarray, n: int = _DVH_MAX_POINTS) -> 
     return grid, np.interp(grid, dose, vol)
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """``getattr`` that also tolerates a property raising."""
-    try:
-        return getattr(obj, name, default)
-    except Exception:  # a property of a half-built object must not kill the report
-        return default
-
-
 # ---------------------------------------------------------------------------- formatting
-def _esc(value: Any) -> str:
+def _esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return not math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return True
+def _finite(value: float | None) -> float | None:
+    """``value`` as a float, or ``None`` when it is ``None``, NaN or infinite."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _format_value(value: float | None, unit: str = "") -> str:
@@ -164,9 +194,9 @@ def _format_value(value: float | None, unit: str = "") -> str:
 
     ``None`` or NaN gives an em dash.
     """
-    if _is_missing(value):
+    v = _finite(value)
+    if v is None:
         return _MISSING
-    v = float(value)  # type: ignore[arg-type]
     if v != 0 and abs(v) < 1:
         return f"{v:.2f}"
     return f"{v:.1f}"
@@ -174,9 +204,9 @@ def _format_value(value: float | None, unit: str = "") -> str:
 
 def _format_headroom(value: float | None) -> str:
     """Signed headroom to a limit (``+2.3``, ``-1.5``); empty when unknown."""
-    if _is_missing(value):
+    v = _finite(value)
+    if v is None:
         return ""
-    v = float(value)  # type: ignore[arg-type]
     text = f"{abs(v):.2f}" if v != 0 and abs(v) < 1 else f"{abs(v):.1f}"
     return ("+" if v >= 0 else "\u2212") + text
 
@@ -186,11 +216,11 @@ def _format_gy(value: float) -> str:
 
 
 def _norm_metric(text: str) -> str:
-    return re.sub(r"\s+|\[.*?\]", "", text or "").lower()
+    return re.sub(r"\s+|\[.*?\]", "", text).lower()
 
 
 def _norm_name(text: str) -> str:
-    return re.sub(r"[\s_]+", "", text or "").lower()
+    return re.sub(r"[\s_]+", "", text).lower()
 
 
 # ---------------------------------------------------------------------------- content helpers
@@ -201,38 +231,36 @@ class _TargetInfo:
     fractions: int
     ptv: str
     prescription_gy: float
-    ptv_cc: float | None
+    ptv_cc: float
     ctv: str | None
     ctv_cc: float | None
     gtv: str | None
     gtv_cc: float | None
 
 
-def _targets(option: Any) -> list[_TargetInfo]:
-    out = []
-    for course in _get(option, "courses", ()) or ():
-        for t in _get(course, "targets", ()) or ():
-            ptv, ctv, gtv = _get(t, "ptv"), _get(t, "ctv"), _get(t, "gtv")
-            out.append(
-                _TargetInfo(
-                    course=str(_get(course, "name", "")),
-                    technique=str(_get(course, "technique", "")),
-                    fractions=int(_get(course, "fractions", 0) or 0),
-                    ptv=str(_get(ptv, "name", ptv)),
-                    prescription_gy=float(_get(t, "prescription_gy", float("nan"))),
-                    ptv_cc=_get(ptv, "volume_cc"),
-                    ctv=None if ctv is None else str(_get(ctv, "name", ctv)),
-                    ctv_cc=None if ctv is None else _get(ctv, "volume_cc"),
-                    gtv=None if gtv is None else str(_get(gtv, "name", gtv)),
-                    gtv_cc=None if gtv is None else _get(gtv, "volume_cc"),
-                )
-            )
-    return out
+def _targets(option: FieldOption) -> list[_TargetInfo]:
+    """One entry per target of each course of ``option``, in course order."""
+    return [
+        _TargetInfo(
+            course=course.name,
+            technique=course.technique,
+            fractions=course.fractions,
+            ptv=t.ptv.name,
+            prescription_gy=t.prescription_gy,
+            ptv_cc=t.ptv.volume_cc,
+            ctv=None if t.ctv is None else t.ctv.name,
+            ctv_cc=None if t.ctv is None else t.ctv.volume_cc,
+            gtv=None if t.gtv is None else t.gtv.name,
+            gtv_cc=None if t.gtv is None else t.gtv.volume_cc,
+        )
+        for course in option.courses
+        for t in course.targets
+    ]
 
 
-def _overlap_fraction(part: Any, whole: Any) -> float:
+def _overlap_fraction(part: Structure, whole: Structure) -> float:
     """Fraction of the voxels of ``part`` that lie inside ``whole`` (same grid), else 0."""
-    pb, wb = _get(part, "bbox"), _get(whole, "bbox")
+    pb, wb = part.bbox, whole.bbox
     if pb is None or wb is None:
         return 0.0
     if part.grid is not whole.grid and not part.grid.equals(whole.grid):
@@ -247,9 +275,9 @@ def _overlap_fraction(part: Any, whole: Any) -> float:
     return float(np.count_nonzero(a & b)) / n if n else 0.0
 
 
-def _contains_point(structure: Any, point_mm: Sequence[float]) -> bool:
+def _contains_point(structure: Structure, point_mm: Sequence[float]) -> bool:
     """Whether the voxel of ``structure`` nearest to ``point_mm`` (LPS) is inside it."""
-    bbox = _get(structure, "bbox")
+    bbox = structure.bbox
     if bbox is None or any(math.isnan(float(c)) for c in point_mm):
         return False
     k, j, i = (int(v) for v in structure.grid.lps_to_nearest_index(point_mm))
@@ -259,73 +287,82 @@ def _contains_point(structure: Any, point_mm: Sequence[float]) -> bool:
     return bool(inside and local[k, j, i])
 
 
-def _ptv_totals(option: Any) -> list[tuple[Any, float]]:
+def _course_credit_gy(course: Course, ptv: Structure) -> float:
+    """Prescription (Gy) that ``course`` adds to ``ptv`` (0 when none).
+
+    The highest prescription among the course's targets whose PTV is ``ptv`` or holds at
+    least half of it.
+    """
+    best = 0.0
+    for t in course.targets:
+        rx = t.prescription_gy
+        if not math.isfinite(rx):
+            continue
+        if t.ptv.name == ptv.name or _overlap_fraction(ptv, t.ptv) >= 0.5:
+            best = max(best, rx)
+    return best
+
+
+def _ptv_totals(option: FieldOption) -> list[tuple[Structure, float]]:
     """``(PTV structure, total prescription in Gy)`` for every PTV of the option.
 
     A course adds to a PTV the highest prescription among its targets whose PTV is this
     one or holds at least half of it: a PTV nested in the PTV of another course (a
     sequential boost) or of another level (a SIB) is credited with that dose too.
     """
-    ptvs: dict[str, Any] = {}
-    for course in _get(option, "courses", ()) or ():
-        for t in _get(course, "targets", ()) or ():
-            ptv = _get(t, "ptv")
-            if ptv is not None:
-                ptvs.setdefault(str(_get(ptv, "name", ptv)), ptv)
-    out = []
-    for name, ptv in ptvs.items():
-        total = 0.0
-        for course in _get(option, "courses", ()) or ():
-            best = 0.0
-            for t in _get(course, "targets", ()) or ():
-                other = _get(t, "ptv")
-                rx = float(_get(t, "prescription_gy", 0.0) or 0.0)
-                if not math.isfinite(rx):
-                    continue
-                if str(_get(other, "name", other)) == name or (
-                    other is not None and _overlap_fraction(ptv, other) >= 0.5
-                ):
-                    best = max(best, rx)
-            total += best
-        out.append((ptv, total))
-    return out
+    ptvs: dict[str, Structure] = {}
+    for t in option.targets:
+        ptvs.setdefault(t.ptv.name, t.ptv)
+    return [
+        (ptv, sum((_course_credit_gy(course, ptv) for course in option.courses), 0.0))
+        for ptv in ptvs.values()
+    ]
 
 
-def _total_rx_by_ptv(option: Any) -> dict[str, float]:
+def _total_rx_by_ptv(option: FieldOption) -> dict[str, float]:
     """PTV name -> total prescription over all courses (Gy), see :func:`_ptv_totals`."""
-    return {str(_get(p, "name", p)): rx for p, rx in _ptv_totals(option)}
+    return {p.name: rx for p, rx in _ptv_totals(option)}
 
 
-def _main_ptv(option: Any) -> Any:
+def _main_ptv(option: FieldOption) -> Structure | None:
     """The PTV with the highest total prescription (ties: the smallest), or ``None``."""
-    best, key = None, None
+    best: Structure | None = None
+    key: tuple[float, float] | None = None
     for ptv, rx in _ptv_totals(option):
-        if _get(ptv, "is_empty", False):
+        if ptv.is_empty:
             continue
-        k = (round(rx, 6), -float(_get(ptv, "volume_cc", 0) or 0))
+        k = (round(rx, 6), -ptv.volume_cc)
         if key is None or k > key:
             best, key = ptv, k
     return best
 
 
-def _failed_rows(rows: Sequence[Any], option: str) -> list[Any]:
-    return [r for r in rows if (r.status or {}).get(option) == "fail"]
+def _failed_rows(rows: Sequence[MetricRow], option: str) -> list[MetricRow]:
+    return [r for r in rows if r.status.get(option) == "fail"]
 
 
-def _checked_rows(rows: Sequence[Any], option: str) -> list[Any]:
-    return [r for r in rows if (r.status or {}).get(option) in ("pass", "fail")]
+def _checked_rows(rows: Sequence[MetricRow], option: str) -> list[MetricRow]:
+    return [r for r in rows if r.status.get(option) in ("pass", "fail")]
+
+
+def _is_ntcp_row(row: MetricRow) -> bool:
+    return row.group.upper() == "NTCP" or _norm_metric(row.metric).startswith("ntcp")
 
 
 def _find_key_row(
-    rows: Sequence[Any], structures: tuple[str, ...], metrics: tuple[str, ...], group: str | None
-) -> Any:
+    rows: Sequence[MetricRow],
+    structures: tuple[str, ...],
+    metrics: tuple[str, ...],
+    group: str | None,
+) -> MetricRow | None:
+    """The first row of the first structure candidate that has the metric (or NTCP)."""
     names = [_norm_name(s) for s in structures]
     wanted = [_norm_metric(m) for m in metrics]
     for want_name in names:  # preference order of the structure candidates
         for r in rows:
             if _norm_name(r.structure) != want_name:
                 continue
-            is_ntcp = str(r.group).upper() == "NTCP" or _norm_metric(r.metric).startswith("ntcp")
+            is_ntcp = _is_ntcp_row(r)
             if group == "NTCP":
                 if is_ntcp:
                     return r
@@ -355,26 +392,19 @@ def _fig_to_data_uri(fig: Figure, fmt: str, dpi: int = _IMAGE_DPI) -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _dvh_panels(comparison: Any) -> list[list[tuple[str, str]]]:
-    """DVH panels: each a list of ``(structure, line style)``.
+# a DVH panel: (structure, line style) of each curve
+_Panel = list[tuple[str, str]]
 
-    One panel per target (its PTV solid, CTV dashed, GTV dotted; highest total dose
-    first), then one per other structure of the table, in table order. Structures without
-    a DVH are left out.
-    """
-    have: dict[str, None] = {}
-    for r in comparison.results:
-        for name in r.dvhs or {}:
-            have[name] = None
-    if not have:
-        return []
-    panels: list[list[tuple[str, str]]] = []
-    used: set[str] = set()
-    targets = []
+
+def _target_panels(comparison: Comparison, have: dict[str, None]) -> list[_Panel]:
+    """One panel per target: its PTV solid, CTV dashed, GTV dotted; highest total dose first."""
+    targets: list[tuple[float, int, _TargetInfo]] = []
     for r in comparison.results:
         totals = _total_rx_by_ptv(r.option)
         for t in _targets(r.option):
             targets.append((-totals.get(t.ptv, t.prescription_gy), len(targets), t))
+    panels: list[_Panel] = []
+    used: set[str] = set()
     for _, _, t in sorted(targets, key=lambda x: (x[0], x[1])):
         if t.ptv in used:
             continue
@@ -386,6 +416,24 @@ def _dvh_panels(comparison: Any) -> list[list[tuple[str, str]]]:
         if panel:
             panels.append(panel)
             used.update(n for n, _ in panel)
+    return panels
+
+
+def _dvh_panels(comparison: Comparison) -> list[_Panel]:
+    """DVH panels: each a list of ``(structure, line style)``.
+
+    One panel per target (its PTV solid, CTV dashed, GTV dotted; highest total dose
+    first), then one per other structure of the table, in table order. Structures without
+    a DVH are left out.
+    """
+    have: dict[str, None] = {}
+    for r in comparison.results:
+        for name in r.dvhs:
+            have[name] = None
+    if not have:
+        return []
+    panels = _target_panels(comparison, have)
+    used = {n for panel in panels for n, _ in panel}
     rest = [row.structure for row in comparison.table.rows]
     if not any(n in have and n not in used for n in rest):
         rest = list(have)  # the table names no other structure with a DVH: show them all
@@ -401,23 +449,27 @@ _V_METRIC = re.compile(r"^\s*V\s*(\d+(?:\.\d+)?)\s*Gy", re.IGNORECASE)
 _D_METRIC = re.compile(r"^\s*D\s*(\d+(?:\.\d+)?)\s*%", re.IGNORECASE)
 
 
-def _limit_markers(comparison: Any, structure: str) -> list[tuple[float, float, str, str]]:
+def _structure_volume_cc(comparison: Comparison, structure: str) -> float | None:
+    """Volume (cc) of ``structure`` from the first option with a DVH of it, else ``None``."""
+    for r in comparison.results:
+        dvh = r.dvhs.get(structure)
+        if dvh is not None and dvh.volume_cc:
+            return float(dvh.volume_cc)
+    return None
+
+
+def _limit_markers(comparison: Comparison, structure: str) -> list[tuple[float, float, str, str]]:
     """``(dose_gy, volume_pct, label, marker)`` points of the dose-volume limits of a structure.
 
     ``V<d>Gy <= x %`` (or ``cc``, converted with the structure volume) and
     ``D<x>% <= d Gy`` limits; other metrics (Dmean, Dmax, %Rx) have no point on a DVH.
     """
     out = []
-    volume_cc = None
-    for r in comparison.results:
-        dvh = (r.dvhs or {}).get(structure)
-        if dvh is not None and _get(dvh, "volume_cc"):
-            volume_cc = float(dvh.volume_cc)
-            break
+    volume_cc = _structure_volume_cc(comparison, structure)
     for row in comparison.table.rows:
         if row.structure != structure or not row.limit:
             continue
-        if "sbrt" in str(row.group).lower() or "fx" in row.limit:
+        if "sbrt" in row.group.lower() or "fx" in row.limit:
             continue  # limits of an SBRT course's own dose, not of this (total) DVH
         m = _LIMIT_NUMBER.search(row.limit)
         if m is None:
@@ -434,17 +486,10 @@ def _limit_markers(comparison: Any, structure: str) -> list[tuple[float, float, 
     return [p for p in out if 0 <= p[1] <= 100]
 
 
-def _dvh_figure(comparison: Any, colors: dict[str, str]) -> str | None:
-    """Small multiples of cumulative DVHs as a ``data:`` URI, or ``None`` without DVHs.
-
-    One panel per target or structure, one colour per option; within a target panel the
-    PTV is solid, the CTV dashed and the GTV dotted.
-    """
-    panels = _dvh_panels(comparison)
-    if not panels:
-        return None
-    ncols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
+def _dvh_axes(n_panels: int) -> tuple[Figure, list[Axes], int]:
+    """Figure with ``n_panels`` shared-axes panels (up to 4 a row), the panels and ncols."""
+    ncols = min(4, n_panels)
+    nrows = math.ceil(n_panels / ncols)
     # fixed layout in inches (no tight_layout / tight bbox: each costs a full draw)
     pw, ph, left, right, top, bottom, gap_w, gap_h = 2.9, 1.75, 0.55, 0.1, 0.62, 0.42, 0.2, 0.42
     width = left + right + ncols * pw + (ncols - 1) * gap_w
@@ -465,72 +510,81 @@ def _dvh_figure(comparison: Any, colors: dict[str, str]) -> str | None:
             "hspace": gap_h / ph,
         },
     )
+    flat: list[Axes] = list(axes.ravel())  # row by row
+    return fig, flat, ncols
+
+
+def _dvh_dose_max_gy(comparison: Comparison, panels: Sequence[_Panel]) -> float:
+    """Upper end of the dose axis (Gy): the highest dose of any curve above 0.05 %, rounded up."""
     dmax = 0.0
     for r in comparison.results:
         for panel in panels:
             for name, _ in panel:
-                dvh = (r.dvhs or {}).get(name)
+                dvh = r.dvhs.get(name)
                 if dvh is not None:
                     d, v = _dvh_curve(dvh)
                     nz = d[v > 0.05]
                     if nz.size:
                         dmax = max(dmax, float(nz.max()))
-    dmax = max(5.0, 5.0 * math.ceil(dmax * 1.03 / 5.0))
-    first = axes[0][0]
-    first.set_xlim(0, dmax)
-    first.set_ylim(0, 102)
+    return max(5.0, 5.0 * math.ceil(dmax * 1.03 / 5.0))
+
+
+def _set_dvh_scales(ax: Axes, dmax: float) -> None:
+    """Axis limits and (few) ticks, shared by every panel."""
+    ax.set_xlim(0, dmax)
+    ax.set_ylim(0, 102)
     # few ticks: tick objects are most of the drawing time of small multiples
     step = 10.0 if dmax <= 50 else 20.0
-    first.xaxis.set_major_locator(FixedLocator(np.arange(0.0, dmax + 0.1, step)))
-    first.yaxis.set_major_locator(FixedLocator([0.0, 25.0, 50.0, 75.0, 100.0]))
-    styles_used: set[str] = set()
-    for n, panel in enumerate(panels):
-        ax = axes[n // ncols][n % ncols]
-        for name, ls in panel:
-            for i, r in enumerate(comparison.results):
-                dvh = (r.dvhs or {}).get(name)
-                if dvh is None:
-                    continue
-                d, v = _thin_curve(*_dvh_curve(dvh))
-                # later options thinner, so that identical curves still show every colour
-                lw = max(2.4 - 0.5 * i, 0.9)
-                ax.plot(d, v, color=colors[r.name], lw=lw, ls=ls)
-                styles_used.add(ls)
-        title = " / ".join(name for name, _ in panel)
-        ax.set_title(
-            title, fontsize=8 if len(title) > 30 else 8.5, pad=2, loc="left", fontweight="bold"
-        )
-        for name, _ in panel:
-            for dose_gy, vol_pct, met, marker in _limit_markers(comparison, name):
-                ax.plot(
-                    [dose_gy],
-                    [vol_pct],
-                    marker=marker,
-                    ms=5.5,
-                    color="#222222",
-                    ls="none",
-                    zorder=5,
-                    clip_on=False,
-                )
-                ax.annotate(
-                    met,
-                    (dose_gy, vol_pct),
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    fontsize=6.5,
-                    color="#222222",
-                )
-        ax.grid(True, lw=0.4, alpha=0.5)
-        bottom_row = n + ncols >= len(panels)
-        ax.tick_params(
-            labelsize=7, length=2, pad=1, labelbottom=bottom_row, labelleft=n % ncols == 0
-        )
-        if n % ncols == 0:
-            ax.set_ylabel("Volume (%)", fontsize=8)
-        if bottom_row:
-            ax.set_xlabel("Dose (Gy)", fontsize=8)
-    for n in range(len(panels), nrows * ncols):
-        axes[n // ncols][n % ncols].set_visible(False)
+    ax.xaxis.set_major_locator(FixedLocator(np.arange(0.0, dmax + 0.1, step).tolist()))
+    ax.yaxis.set_major_locator(FixedLocator([0.0, 25.0, 50.0, 75.0, 100.0]))
+
+
+def _draw_dvh_curves(
+    ax: Axes, comparison: Comparison, panel: _Panel, colors: dict[str, str]
+) -> set[str]:
+    """The curves of one panel, one colour per option; returns the line styles used."""
+    styles: set[str] = set()
+    for name, ls in panel:
+        for i, r in enumerate(comparison.results):
+            dvh = r.dvhs.get(name)
+            if dvh is None:
+                continue
+            d, v = _thin_curve(*_dvh_curve(dvh))
+            # later options thinner, so that identical curves still show every colour
+            lw = max(2.4 - 0.5 * i, 0.9)
+            ax.plot(d, v, color=colors[r.name], lw=lw, ls=ls)
+            styles.add(ls)
+    return styles
+
+
+def _draw_limit_markers(ax: Axes, comparison: Comparison, panel: _Panel) -> None:
+    """Mark the dose-volume limits of the panel's structures (see :func:`_limit_markers`)."""
+    for name, _ in panel:
+        for dose_gy, vol_pct, met, marker in _limit_markers(comparison, name):
+            ax.plot(
+                [dose_gy],
+                [vol_pct],
+                marker=marker,
+                ms=5.5,
+                color="#222222",
+                ls="none",
+                zorder=5,
+                clip_on=False,
+            )
+            ax.annotate(
+                met,
+                (dose_gy, vol_pct),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=6.5,
+                color="#222222",
+            )
+
+
+def _dvh_legend(
+    fig: Figure, comparison: Comparison, colors: dict[str, str], styles_used: set[str]
+) -> None:
+    """Legend above the panels: the options' colours, and the line styles when mixed."""
     handles = [Line2D([], [], color=colors[r.name], lw=2, label=r.name) for r in comparison.results]
     if len(styles_used) > 1:
         handles += [
@@ -546,6 +600,40 @@ def _dvh_figure(comparison: Any, colors: dict[str, str]) -> str | None:
         frameon=False,
         bbox_to_anchor=(0.5, 1.0),
     )
+
+
+def _dvh_figure(comparison: Comparison, colors: dict[str, str]) -> str | None:
+    """Small multiples of cumulative DVHs as a ``data:`` URI, or ``None`` without DVHs.
+
+    One panel per target or structure, one colour per option; within a target panel the
+    PTV is solid, the CTV dashed and the GTV dotted.
+    """
+    panels = _dvh_panels(comparison)
+    if not panels:
+        return None
+    fig, axes, ncols = _dvh_axes(len(panels))
+    _set_dvh_scales(axes[0], _dvh_dose_max_gy(comparison, panels))
+    styles_used: set[str] = set()
+    for n, panel in enumerate(panels):
+        ax = axes[n]
+        styles_used |= _draw_dvh_curves(ax, comparison, panel, colors)
+        title = " / ".join(name for name, _ in panel)
+        ax.set_title(
+            title, fontsize=8 if len(title) > 30 else 8.5, pad=2, loc="left", fontweight="bold"
+        )
+        _draw_limit_markers(ax, comparison, panel)
+        ax.grid(True, lw=0.4, alpha=0.5)
+        bottom_row = n + ncols >= len(panels)
+        ax.tick_params(
+            labelsize=7, length=2, pad=1, labelbottom=bottom_row, labelleft=n % ncols == 0
+        )
+        if n % ncols == 0:
+            ax.set_ylabel("Volume (%)", fontsize=8)
+        if bottom_row:
+            ax.set_xlabel("Dose (Gy)", fontsize=8)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    _dvh_legend(fig, comparison, colors, styles_used)
     return _fig_to_data_uri(fig, _DVH_FORMAT)
 
 
@@ -558,15 +646,15 @@ class _Plane:
     """
 
     view: str
-    rows_mm: np.ndarray
-    cols_mm: np.ndarray
+    rows_mm: FloatArray
+    cols_mm: FloatArray
     normal_mm: float
     axes: tuple[int, int, int]
     label: str = ""
 
     @property
     def extent(self) -> tuple[float, float, float, float]:
-        def edges(c: np.ndarray) -> tuple[float, float]:
+        def edges(c: FloatArray) -> tuple[float, float]:
             h = float(c[1] - c[0]) if c.size > 1 else 1.0
             return float(c[0]) - h / 2, float(c[-1]) + h / 2
 
@@ -583,11 +671,12 @@ _VIEWS = {  # view -> (row LPS axis, column LPS axis, normal LPS axis)
 _LPS_TO_ARRAY = {0: 2, 1: 1, 2: 0}  # LPS axis (x, y, z) -> array axis (k=0, j=1, i=2)
 
 
-def _axis_coords(grid: ImageGrid, lps_axis: int) -> np.ndarray:
-    return grid.axis_coordinates_mm()[_LPS_TO_ARRAY[lps_axis]]
+def _axis_coords(grid: ImageGrid, lps_axis: int) -> FloatArray:
+    coords: FloatArray = grid.axis_coordinates_mm()[_LPS_TO_ARRAY[lps_axis]]
+    return coords
 
 
-def _fractional_index(grid: ImageGrid, lps_axis: int, coords_mm: np.ndarray) -> np.ndarray:
+def _fractional_index(grid: ImageGrid, lps_axis: int, coords_mm: FloatArray) -> FloatArray:
     """Fractional array index along one axis of ``grid`` for coordinates in mm."""
     c = _axis_coords(grid, lps_axis)
     if c.size == 1:
@@ -597,19 +686,13 @@ def _fractional_index(grid: ImageGrid, lps_axis: int, coords_mm: np.ndarray) -> 
     return (np.asarray(coords_mm, dtype=float) - float(c[0])) / step
 
 
-def _display_window(comparison: Any, grid: ImageGrid) -> list[np.ndarray]:
+def _display_window(comparison: Comparison, grid: ImageGrid) -> list[FloatArray]:
     """Coordinates (x, y, z, ascending, mm) of the CT voxels to display: the body + 10 mm."""
     coords = [np.sort(_axis_coords(grid, a)) for a in range(3)]
-    structures = _get(comparison.atlas, "structures")
-    body = None
-    if structures is not None:
-        for name in ("Body", "External"):
-            try:
-                body = structures[name]
-                break
-            except (KeyError, Exception):
-                continue
-    if body is not None and not _get(body, "is_empty", True):
+    atlas = comparison.atlas
+    structures = atlas.structures
+    body = next((structures[n] for n in ("Body", "External") if n in structures), None)
+    if body is not None and not body.is_empty:
         bounds = body.bounds_mm
         for a in range(2):  # crop x and y only; keep the whole z range
             lo, hi = bounds[a][0] - 10.0, bounds[a][1] + 10.0
@@ -619,16 +702,16 @@ def _display_window(comparison: Any, grid: ImageGrid) -> list[np.ndarray]:
     return coords
 
 
-def _subsample(window: list[np.ndarray], max_pixels: int = _MAX_PLANE_PIXELS) -> list[np.ndarray]:
+def _subsample(window: list[FloatArray], max_pixels: int = _MAX_PLANE_PIXELS) -> list[FloatArray]:
     """Every n-th coordinate so that no axis has more than ``max_pixels`` pixels."""
     return [c[:: max(1, math.ceil(c.size / max_pixels))] for c in window]
 
 
 def _make_plane(
     view: str,
-    window: list[np.ndarray],
+    window: list[FloatArray],
     centre_mm: Sequence[float],
-    normal_window: list[np.ndarray] | None = None,
+    normal_window: list[FloatArray] | None = None,
 ) -> _Plane:
     """The plane of ``view`` through the voxel centre nearest to ``centre_mm``.
 
@@ -642,12 +725,12 @@ def _make_plane(
 
 
 def _sample_nearest(
-    array: np.ndarray,
+    array: npt.NDArray[_ScalarT],
     grid: ImageGrid,
     plane: _Plane,
     offset: Sequence[int] = (0, 0, 0),
-    fill: Any = 0,
-) -> np.ndarray:
+    fill: float = 0,
+) -> npt.NDArray[_ScalarT]:
     """Nearest-neighbour sample of ``array`` at the plane's pixel centres.
 
     ``array`` lies on ``grid`` starting at array index ``offset`` (a cropped mask);
@@ -676,7 +759,7 @@ def _sample_nearest(
     return np.transpose(sub, order)[:, :, 0]
 
 
-def _sample_linear(array: np.ndarray, grid: ImageGrid, plane: _Plane) -> np.ndarray:
+def _sample_linear(array: npt.ArrayLike, grid: ImageGrid, plane: _Plane) -> FloatArray:
     """Trilinear sample of ``array`` on ``grid`` at the plane's pixel centres (0 outside)."""
     r_ax, c_ax, n_ax = plane.axes
     fr = _fractional_index(grid, r_ax, plane.rows_mm)
@@ -687,7 +770,7 @@ def _sample_linear(array: np.ndarray, grid: ImageGrid, plane: _Plane) -> np.ndar
     coords[_LPS_TO_ARRAY[r_ax]] = rr
     coords[_LPS_TO_ARRAY[c_ax]] = cc
     coords[_LPS_TO_ARRAY[n_ax]] = fn
-    return ndimage.map_coordinates(
+    sampled: FloatArray = ndimage.map_coordinates(
         np.asarray(array, dtype=np.float32),
         coords,
         order=1,
@@ -695,27 +778,37 @@ def _sample_linear(array: np.ndarray, grid: ImageGrid, plane: _Plane) -> np.ndar
         cval=0.0,
         prefilter=False,
     )
+    return sampled
 
 
-def _structure_plane(structure: Any, plane: _Plane) -> np.ndarray | None:
+def _structure_plane(structure: Structure, plane: _Plane) -> BoolMask | None:
     """The structure's mask on the plane, or ``None`` when it does not cross it."""
-    bbox = _get(structure, "bbox")
+    bbox = structure.bbox
     if bbox is None:
         return None
     offset = tuple(s.start for s in bbox)
-    m = _sample_nearest(structure.cropped_mask, structure.grid, plane, offset, fill=False)
+    mask: BoolMask = structure.cropped_mask
+    m = _sample_nearest(mask, structure.grid, plane, offset, fill=False)
     return m if m.any() else None
 
 
 def _draw_contour(
-    ax: Any, plane: _Plane, values: np.ndarray, level: float, color: Any, lw: float, ls: str
+    ax: Axes,
+    plane: _Plane,
+    values: npt.ArrayLike,
+    level: float,
+    color: ColorType,
+    lw: float,
+    ls: str,
 ) -> None:
     """Draw the ``level`` contour of a plane array.
 
     contourpy and one LineCollection: far cheaper than ``Axes.contour`` for a few lines.
     """
     gen = contour_generator(plane.cols_mm, plane.rows_mm, np.asarray(values, dtype=np.float64))
-    lines = [seg for seg in gen.lines(level) if len(seg) > 1]
+    # the default line type (Separate) gives one (n, 2) array of points per line
+    segments = cast("list[FloatArray]", gen.lines(level))
+    lines = [seg for seg in segments if len(seg) > 1]
     if lines:
         ax.add_collection(
             LineCollection(lines, colors=[color], linewidths=lw, linestyles=ls, zorder=3),
@@ -723,7 +816,7 @@ def _draw_contour(
         )
 
 
-def _isodose_levels(option: Any, dmax_gy: float) -> list[float]:
+def _isodose_levels(option: FieldOption, dmax_gy: float) -> list[float]:
     """95 % of each total PTV prescription, and 50 % of the highest (Gy, descending)."""
     rx = sorted(set(_total_rx_by_ptv(option).values()), reverse=True)
     if not rx:
@@ -736,7 +829,7 @@ def _isodose_levels(option: Any, dmax_gy: float) -> list[float]:
     return out[:_MAX_ISODOSE_LINES]
 
 
-def _image_centre(result: Any, ct_grid: ImageGrid) -> tuple[tuple[float, float, float], Any]:
+def _image_centre(result: OptionResult, ct_grid: ImageGrid) -> tuple[Vec3, Structure | None]:
     """Centre of the images of an option: the centroid of its highest-dose PTV.
 
     Without a PTV, the hottest dose voxel; without dose, the CT centre. Returns the centre
@@ -744,96 +837,137 @@ def _image_centre(result: Any, ct_grid: ImageGrid) -> tuple[tuple[float, float, 
     """
     ptv = _main_ptv(result.option)
     if ptv is not None:
-        return tuple(ptv.centroid_mm), ptv  # type: ignore[return-value]
-    dose, dose_grid = _get(result, "dose_gy"), _get(result, "dose_grid")
-    if dose is not None and dose_grid is not None and np.size(dose) and np.max(dose) > 0:
-        k = np.unravel_index(int(np.argmax(dose)), np.shape(dose))
-        return tuple(float(v) for v in dose_grid.index_to_lps(k)), None  # type: ignore[return-value]
+        return ptv.centroid_mm, ptv
+    dose = result.dose_gy
+    if dose.size and np.max(dose) > 0:
+        k = np.unravel_index(int(np.argmax(dose)), dose.shape)
+        x, y, z = (float(v) for v in result.dose_grid.index_to_lps(k))
+        return (x, y, z), None
     return ct_grid.center_mm, None
 
 
-def _outline_structures(comparison: Any, option: Any) -> tuple[list, list]:
-    """Target outlines ``(structure, colour, line style, width)`` and OARs to outline."""
-    outlines: list[tuple[Any, str, str, float]] = []
+# a target outline on the images: (structure, colour, line style, line width)
+_Outline = tuple[Structure, str, str, float]
+
+
+def _target_outlines(option: FieldOption) -> list[_Outline]:
+    """PTV, CTV and GTV outlines of every target (each structure once)."""
+    outlines: list[_Outline] = []
     seen: set[str] = set()
-    for course in _get(option, "courses", ()) or ():
-        for t in _get(course, "targets", ()) or ():
-            for s, col, ls, lw in (
-                (_get(t, "ptv"), _PTV_COLOR, "-", 1.3),
-                (_get(t, "ctv"), _CTV_COLOR, "--", 1.1),
-                (_get(t, "gtv"), _GTV_COLOR, "-", 0.8),
-            ):
-                if s is not None and not _get(s, "is_empty", False) and s.name not in seen:
-                    seen.add(s.name)
-                    outlines.append((s, col, ls, lw))
-    structures = _get(comparison.atlas, "structures")
-    oars: list[Any] = []
-    if structures is not None:
-        for name in _OAR_OUTLINES:
-            try:
-                s = structures[name]
-            except Exception:
-                continue
-            if s.name not in seen and not _get(s, "is_empty", True):
+    for t in option.targets:
+        for s, col, ls, lw in (
+            (t.ptv, _PTV_COLOR, "-", 1.3),
+            (t.ctv, _CTV_COLOR, "--", 1.1),
+            (t.gtv, _GTV_COLOR, "-", 0.8),
+        ):
+            if s is not None and not s.is_empty and s.name not in seen:
                 seen.add(s.name)
-                oars.append(s)
-    return outlines, oars
+                outlines.append((s, col, ls, lw))
+    return outlines
 
 
-def _unseen_ptvs(option: Any, planes: Sequence[_Plane], limit: int = 3) -> list[Any]:
+def _oar_outlines(atlas: Atlas, exclude: Iterable[str]) -> list[Structure]:
+    """The organs of :data:`_OAR_OUTLINES` the anatomy has (non-empty, not in ``exclude``)."""
+    seen = set(exclude)
+    oars: list[Structure] = []
+    for name in _OAR_OUTLINES:
+        if name not in atlas.structures:
+            continue
+        s = atlas.structures[name]
+        if s.name not in seen and not s.is_empty:
+            seen.add(s.name)
+            oars.append(s)
+    return oars
+
+
+def _unseen_ptvs(option: FieldOption, planes: Sequence[_Plane], limit: int = 3) -> list[Structure]:
     """PTVs of the option that none of ``planes`` crosses (e.g. a distant SBRT target)."""
     out = []
     for ptv, _ in sorted(_ptv_totals(option), key=lambda x: -x[1]):
-        if _get(ptv, "is_empty", True):
+        if ptv.is_empty:
             continue
         if all(_structure_plane(ptv, p) is None for p in planes):
             out.append(ptv)
     return out[:limit]
 
 
-def _three_planes(window: list[np.ndarray], centre: Sequence[float]) -> list[_Plane]:
+def _three_planes(window: list[FloatArray], centre: Sequence[float]) -> list[_Plane]:
     display = _subsample(window)
     return [_make_plane(v, display, centre, window) for v in ("axial", "coronal", "sagittal")]
 
 
-def _option_images(
-    comparison: Any,
-    result: Any,
-    window: list[np.ndarray],
-    planes: Sequence[_Plane] | None = None,
-    *,
-    max_height_in: float = 4.8,
-) -> str | None:
-    """Axial, coronal and sagittal images of one option as a PNG ``data:`` URI.
+# ---- dose images ------------------------------------------------------------------------
+_Rect = tuple[float, float, float, float]  # (left, bottom, width, height), figure fraction
 
-    CT (W400/L40), dose colour-wash, isodose lines, PTV/CTV/GTV and OAR outlines;
-    ``planes`` default to the planes through the centroid of the highest-dose PTV.
+
+@dataclass(frozen=True)
+class _DoseDisplay:
+    """How the dose of one option is shown: colour scale and isodose lines.
+
+    ``scale_gy`` is the highest total prescription (else the highest dose, else 1 Gy);
+    the colour-wash starts at :data:`_WASH_FROM` of it. ``levels`` are the isodose lines
+    in Gy, each drawn in ``level_colors[level]``.
     """
-    atlas = comparison.atlas
-    ct = _get(atlas, "ct_hu")
-    ct_grid = _get(atlas, "grid")
-    dose = _get(result, "dose_gy")
-    dose_grid = _get(result, "dose_grid")
-    if ct is None or ct_grid is None:
-        return None
-    option = result.option
-    if planes is None:
-        planes = _three_planes(window, _image_centre(result, ct_grid)[0])
+
+    scale_gy: float
+    norm: Normalize
+    cmap: Colormap
+    levels: list[float]
+    level_colors: dict[float, tuple[float, float, float, float]]
+
+
+def _dose_display(option: FieldOption, dose_gy: FloatArray) -> _DoseDisplay:
     rx_total = _total_rx_by_ptv(option)
     rx_max = max(rx_total.values()) if rx_total else None
-    dmax = float(np.max(dose)) if dose is not None and np.size(dose) else 0.0
+    dmax = float(np.max(dose_gy)) if dose_gy.size else 0.0
     scale = rx_max or dmax or 1.0
     vmax = 1.08 * max(scale, dmax if dmax < 1.5 * scale else scale)
     levels = _isodose_levels(option, dmax)
     cmap = matplotlib.colormaps["jet"]
     level_colors = {lv: cmap(min(lv / vmax, 1.0)) for lv in levels}
-    outlines, oars = _outline_structures(comparison, option)
+    return _DoseDisplay(scale, Normalize(0.0, vmax), cmap, levels, level_colors)
 
+
+@dataclass(frozen=True)
+class _ImageContent:
+    """What the planes of one option show: CT, dose, target outlines and OARs."""
+
+    ct_hu: npt.NDArray[np.float32]
+    ct_grid: ImageGrid
+    dose_gy: FloatArray
+    dose_grid: ImageGrid
+    display: _DoseDisplay
+    outlines: list[_Outline]
+    oars: list[Structure]
+
+
+def _image_content(comparison: Comparison, result: OptionResult) -> _ImageContent:
+    atlas = comparison.atlas
+    outlines = _target_outlines(result.option)
+    dose = np.asarray(result.dose_gy)
+    return _ImageContent(
+        ct_hu=np.asarray(atlas.ct_hu, dtype=np.float32),
+        ct_grid=atlas.grid,
+        dose_gy=dose,
+        dose_grid=result.dose_grid,
+        display=_dose_display(result.option, dose),
+        outlines=outlines,
+        oars=_oar_outlines(atlas, (s.name for s, _, _, _ in outlines)),
+    )
+
+
+def _image_layout(
+    planes: Sequence[_Plane], max_height_in: float
+) -> tuple[Figure, list[_Rect], _Rect]:
+    """Figure with panels of equal height side by side, a colour bar, a legend below.
+
+    Returns the figure, the rectangle of each plane's panel and that of the colour bar.
+    """
     ratios = []
     for p in planes:
         e = p.extent
         ratios.append(abs(e[1] - e[0]) / max(abs(e[3] - e[2]), 1e-6))
-    # fixed layout in inches: panels of equal height side by side, colour bar, legend below
+    # fixed layout in inches
     gap, cbar_w, cbar_lab, top, bottom, left = 0.08, 0.14, 0.55, 0.28, 0.36, 0.04
     fixed = left + len(planes) * gap + cbar_w + cbar_lab
     height = float(np.clip((_IMAGE_WIDTH_IN - fixed) / sum(ratios), 2.2, max_height_in))
@@ -846,82 +980,103 @@ def _option_images(
         rects.append((x / width, bottom / fig_h, height * ratio / width, height / fig_h))
         x += height * ratio + gap
     cbar_rect = (x / width, bottom / fig_h, cbar_w / width, height / fig_h)
-    norm = Normalize(0.0, vmax)
+    return fig, rects, cbar_rect
+
+
+def _draw_ct_and_dose(ax: Axes, p: _Plane, content: _ImageContent) -> None:
+    """CT (W400/L40), dose colour-wash and isodose lines on one plane."""
+    ext = p.extent
+    display = content.display
+    ct_plane = _sample_nearest(content.ct_hu, content.ct_grid, p, fill=-1000.0)
+    ax.imshow(
+        ct_plane,
+        cmap="gray",
+        vmin=CT_WINDOW_HU[0],
+        vmax=CT_WINDOW_HU[1],
+        extent=ext,
+        origin="lower",
+        interpolation="bilinear",
+    )
+    d_plane = _sample_linear(content.dose_gy, content.dose_grid, p)
+    wash = np.ma.masked_less(d_plane, _WASH_FROM * display.scale_gy)
+    ax.imshow(
+        wash,
+        cmap=display.cmap,
+        norm=display.norm,
+        alpha=0.32,
+        extent=ext,
+        origin="lower",
+        interpolation="bilinear",
+    )
+    peak = float(d_plane.max()) if d_plane.size else 0.0
+    for lv in display.levels:
+        if peak >= lv:
+            _draw_contour(ax, p, d_plane, lv, display.level_colors[lv], 1.0, "-")
+
+
+def _draw_outlines(ax: Axes, p: _Plane, content: _ImageContent) -> tuple[list[str], bool]:
+    """OAR (dotted, own colours) and target outlines on one plane.
+
+    Returns the names of the OARs drawn and whether a GTV was drawn.
+    """
     drawn_oars: list[str] = []
     has_gtv = False
-    for n, p in enumerate(planes):
-        ax = fig.add_axes(rects[n])
-        ext = p.extent
-        ct_plane = _sample_nearest(np.asarray(ct), ct_grid, p, fill=-1000.0)
-        ax.imshow(
-            ct_plane,
-            cmap="gray",
-            vmin=CT_WINDOW_HU[0],
-            vmax=CT_WINDOW_HU[1],
-            extent=ext,
-            origin="lower",
-            interpolation="bilinear",
+    for s in content.oars:
+        m = _structure_plane(s, p)
+        if m is not None:
+            rgb = (s.color[0] / 255, s.color[1] / 255, s.color[2] / 255)
+            _draw_contour(ax, p, m, 0.5, rgb, 0.8, ":")
+            drawn_oars.append(s.name)
+    for s, col, ls, lw in content.outlines:
+        m = _structure_plane(s, p)
+        if m is not None:
+            _draw_contour(ax, p, m, 0.5, col, lw, ls)
+            has_gtv = has_gtv or s.role == "gtv"
+    return drawn_oars, has_gtv
+
+
+def _label_plane(ax: Axes, p: _Plane) -> None:
+    """Limits, orientation, title and side letters (R / L, A / P) of one plane's panel."""
+    ext = p.extent
+    ax.set_xlim(ext[0], ext[1])
+    ax.set_ylim(ext[2], ext[3])
+    if p.view == "axial":
+        ax.invert_yaxis()  # anterior at the top
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    where = f"{'xyz'[p.axes[2]]} = {p.normal_mm:.1f} mm"
+    title = f"{p.label}: {p.view} ({where})" if p.label else f"{p.view} ({where})"
+    ax.set_title(title, fontsize=9, pad=3)
+    sides = {"axial": ("R", "L"), "coronal": ("R", "L"), "sagittal": ("A", "P")}[p.view]
+    for xpos, letter, ha in ((0.01, sides[0], "left"), (0.99, sides[1], "right")):
+        ax.text(
+            xpos,
+            0.5,
+            letter,
+            transform=ax.transAxes,
+            color="white",
+            fontsize=8,
+            ha=ha,
+            va="center",
+            fontweight="bold",
         )
-        if dose is not None and dose_grid is not None:
-            d_plane = _sample_linear(np.asarray(dose), dose_grid, p)
-            wash = np.ma.masked_less(d_plane, _WASH_FROM * scale)
-            ax.imshow(
-                wash,
-                cmap=cmap,
-                norm=norm,
-                alpha=0.32,
-                extent=ext,
-                origin="lower",
-                interpolation="bilinear",
-            )
-            peak = float(d_plane.max()) if d_plane.size else 0.0
-            for lv in levels:
-                if peak >= lv:
-                    _draw_contour(ax, p, d_plane, lv, level_colors[lv], 1.0, "-")
-        for s in oars:
-            m = _structure_plane(s, p)
-            if m is not None:
-                rgb = tuple(c / 255 for c in _get(s, "color", (200, 200, 200)))
-                _draw_contour(ax, p, m, 0.5, rgb, 0.8, ":")
-                if s.name not in drawn_oars:
-                    drawn_oars.append(s.name)
-        for s, col, ls, lw in outlines:
-            m = _structure_plane(s, p)
-            if m is not None:
-                _draw_contour(ax, p, m, 0.5, col, lw, ls)
-                has_gtv = has_gtv or s.role == "gtv"
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        if p.view == "axial":
-            ax.invert_yaxis()  # anterior at the top
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        where = f"{'xyz'[p.axes[2]]} = {p.normal_mm:.1f} mm"
-        title = f"{p.label}: {p.view} ({where})" if p.label else f"{p.view} ({where})"
-        ax.set_title(title, fontsize=9, pad=3)
-        lab = {"axial": ("R", "L"), "coronal": ("R", "L"), "sagittal": ("A", "P")}[p.view]
-        for xpos, text, ha in ((0.01, lab[0], "left"), (0.99, lab[1], "right")):
-            ax.text(
-                xpos,
-                0.5,
-                text,
-                transform=ax.transAxes,
-                color="white",
-                fontsize=8,
-                ha=ha,
-                va="center",
-                fontweight="bold",
-            )
-    cax = fig.add_axes(cbar_rect)
-    if dose is not None and dose_grid is not None:
-        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-        cb.set_label("Dose (Gy)", fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-        for lv in levels:
-            cb.ax.axhline(lv, color="black", lw=0.8)
-    else:
-        cax.set_visible(False)
+
+
+def _draw_colorbar(fig: Figure, rect: _Rect, display: _DoseDisplay) -> None:
+    """Dose colour bar (Gy) with the isodose levels marked."""
+    cax = fig.add_axes(rect)
+    cb = fig.colorbar(ScalarMappable(norm=display.norm, cmap=display.cmap), cax=cax)
+    cb.set_label("Dose (Gy)", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    for lv in display.levels:
+        cb.ax.axhline(lv, color="black", lw=0.8)
+
+
+def _image_legend(
+    fig: Figure, display: _DoseDisplay, has_gtv: bool, drawn_oars: Sequence[str]
+) -> None:
+    """Legend below the panels: outlines, isodose lines and the OARs drawn."""
     handles = [
         Line2D([], [], color=_PTV_COLOR, lw=1.5, label="PTV"),
         Line2D([], [], color=_CTV_COLOR, lw=1.3, ls="--", label="CTV"),
@@ -929,7 +1084,8 @@ def _option_images(
     if has_gtv:
         handles.append(Line2D([], [], color=_GTV_COLOR, lw=1.0, label="GTV"))
     handles += [
-        Line2D([], [], color=level_colors[lv], lw=1.6, label=f"{lv:.1f} Gy") for lv in levels
+        Line2D([], [], color=display.level_colors[lv], lw=1.6, label=f"{lv:.1f} Gy")
+        for lv in display.levels
     ]
     if drawn_oars:
         handles.append(
@@ -950,86 +1106,125 @@ def _option_images(
     leg.get_frame().set_edgecolor("none")
     for text in leg.get_texts():
         text.set_color("white")
+
+
+def _option_images(
+    comparison: Comparison,
+    result: OptionResult,
+    window: list[FloatArray],
+    planes: Sequence[_Plane] | None = None,
+    *,
+    max_height_in: float = 4.8,
+) -> str:
+    """Axial, coronal and sagittal images of one option as a PNG ``data:`` URI.
+
+    CT (W400/L40), dose colour-wash, isodose lines, PTV/CTV/GTV and OAR outlines;
+    ``planes`` default to the planes through the centroid of the highest-dose PTV.
+    """
+    content = _image_content(comparison, result)
+    if planes is None:
+        planes = _three_planes(window, _image_centre(result, content.ct_grid)[0])
+    fig, rects, cbar_rect = _image_layout(planes, max_height_in)
+    drawn_oars: list[str] = []
+    has_gtv = False
+    for rect, p in zip(rects, planes):
+        ax = fig.add_axes(rect)
+        _draw_ct_and_dose(ax, p, content)
+        oars, gtv = _draw_outlines(ax, p, content)
+        drawn_oars += [name for name in oars if name not in drawn_oars]
+        has_gtv = has_gtv or gtv
+        _label_plane(ax, p)
+    _draw_colorbar(fig, cbar_rect, content.display)
+    _image_legend(fig, content.display, has_gtv, drawn_oars)
     return _fig_to_data_uri(fig, "png")
 
 
 # ---------------------------------------------------------------------------- HTML pieces
-def _stage_section(comparison: Any) -> str:
-    stage = comparison.stage
-    parts = ['<section id="case">', "<h2>Case</h2>", '<div class="two-col">']
-    # inputs
+def _rtplan_version() -> str:
+    import rtplan  # the package imports this module: read its version when rendering
+
+    return rtplan.__version__
+
+
+def _ct_grid_text(grid: ImageGrid) -> str:
+    """``"nx × ny × nz voxels of sx × sy × sz mm (x × y × z)"``."""
+    sp = grid.spacing_mm
+    return (
+        f"{grid.shape[2]} \u00d7 {grid.shape[1]} \u00d7 "
+        f"{grid.shape[0]} voxels of {sp[2]:.3g} \u00d7 {sp[1]:.3g} "
+        f"\u00d7 {sp[0]:.3g} mm (x \u00d7 y \u00d7 z)"
+    )
+
+
+def _inputs_table(comparison: Comparison) -> str:
+    """The inputs of the case: anatomy, CT grid, structures, protocol and options."""
     atlas = comparison.atlas
-    grid = _get(atlas, "grid")
-    rows: list[tuple[str, str]] = [("Case", _esc(comparison.case))]
-    inputs = _get(comparison, "inputs")
-    if isinstance(inputs, dict):
-        rows += [(_esc(k), _esc(v)) for k, v in inputs.items()]
-    rows.append(("Anatomy", _esc(_get(atlas, "name", type(atlas).__name__))))
-    if grid is not None:
-        sp = grid.spacing_mm
-        rows.append(
-            (
-                "CT grid",
-                _esc(
-                    f"{grid.shape[2]} \u00d7 {grid.shape[1]} \u00d7 "
-                    f"{grid.shape[0]} voxels of {sp[2]:.3g} \u00d7 {sp[1]:.3g} "
-                    f"\u00d7 {sp[0]:.3g} mm (x \u00d7 y \u00d7 z)"
-                ),
-            )
-        )
-    n_structures = len(_get(atlas, "structures", ()) or ())
+    protocol = comparison.protocol
+    rows: list[tuple[str, str]] = [
+        ("Case", _esc(comparison.case)),
+        ("Anatomy", _esc(atlas.name)),
+        ("CT grid", _esc(_ct_grid_text(atlas.grid))),
+    ]
+    n_structures = len(atlas.structures)
     if n_structures:
         rows.append(("Structures", f"{n_structures} in the anatomy"))
-    protocol = comparison.protocol
-    rows.append(("Protocol", _esc(_get(protocol, "name", None) or str(protocol))))
+    rows.append(("Protocol", _esc(protocol.name)))
     rows.append(("Options compared", _esc(", ".join(comparison.options))))
-    parts.append('<div><h3>Inputs</h3><table class="kv">')
+    parts = ['<div><h3>Inputs</h3><table class="kv">']
     parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows]
     parts.append("</table></div>")
-    # stage
-    parts.append("<div><h3>PROMISE miTNM stage</h3>")
+    return "\n".join(parts)
+
+
+def _stage_facts(stage: Stage) -> list[tuple[str, str]]:
+    """Label and text of the stage details shown under the miTNM code."""
+    kv: list[tuple[str, str]] = []
+    if stage.detailed and stage.detailed != stage.string:
+        kv.append(("Detailed", stage.detailed))
+    kv.append(("UCLA group", stage.ucla_group))
+    n_dist = stage.n_distant_lesions
+    extra = f" ({n_dist} distant lesion{'s' if n_dist != 1 else ''})" if n_dist else ""
+    kv.append(("Oligometastatic", ("yes" if stage.oligometastatic else "no") + extra))
+    optional: tuple[tuple[str, object], ...] = (
+        ("Nodal regions", stage.nodal_regions),
+        ("Distant", stage.m_categories),
+        ("Bone pattern", stage.bone_pattern),
+        ("PROMISE version", stage.promise_version),
+    )
+    kv += [(label, _fmt_plain(v)) for label, v in optional if not _is_blank(v)]
+    return kv
+
+
+def _stage_block(stage: Stage | None) -> str:
+    """The PROMISE miTNM stage: code, details and the notes of staging (``<div>`` left open)."""
+    parts = ["<div><h3>PROMISE miTNM stage</h3>"]
     if stage is None:
         parts.append('<p class="note">No stage was given.</p>')
     else:
-        code = _get(stage, "string") or str(stage)
+        code = stage.string
         parts.append(f'<p class="stage-line">miTNM <span class="code">{_esc(code)}</span></p>')
-        kv = []
-        detailed = _get(stage, "detailed")
-        if detailed and detailed != code:
-            kv.append(("Detailed", detailed))
-        ucla = _get(stage, "ucla_group")
-        if ucla is not None:
-            kv.append(("UCLA group", ucla))
-        oligo = _get(stage, "oligometastatic")
-        if oligo is not None:
-            n_dist = _get(stage, "n_distant_lesions")
-            extra = f" ({n_dist} distant lesion{'s' if n_dist != 1 else ''})" if n_dist else ""
-            kv.append(("Oligometastatic", ("yes" if oligo else "no") + extra))
-        for label, attr in (
-            ("Nodal regions", "nodal_regions"),
-            ("Distant", "m_categories"),
-            ("Bone pattern", "bone_pattern"),
-            ("PROMISE version", "promise_version"),
-        ):
-            v = _get(stage, attr)
-            if not _is_blank(v):
-                kv.append((label, _fmt_plain(v)))
-        if kv:
-            parts.append('<table class="kv">')
-            parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in kv]
-            parts.append("</table>")
-        notes = _get(stage, "notes")
-        if notes and not isinstance(notes, str):
+        parts.append('<table class="kv">')
+        parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in _stage_facts(stage)]
+        parts.append("</table>")
+        if stage.notes:
             parts.append('<ul class="sources">')
-            parts += [f"<li>{_esc(n)}</li>" for n in notes]
+            parts += [f"<li>{_esc(n)}</li>" for n in stage.notes]
             parts.append("</ul>")
+    return "\n".join(parts)
+
+
+def _stage_section(comparison: Comparison) -> str:
+    stage = comparison.stage
+    parts = ['<section id="case">', "<h2>Case</h2>", '<div class="two-col">']
+    parts.append(_inputs_table(comparison))
+    parts.append(_stage_block(stage))
     parts.append("</div></div>")
     parts.append(_lesion_table(comparison))
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _fmt_plain(v: Any) -> str:
+def _fmt_plain(v: object) -> str:
     if v is None or v == "":
         return ""
     if isinstance(v, float):
@@ -1039,101 +1234,154 @@ def _fmt_plain(v: Any) -> str:
     return str(v)
 
 
-def _fmt_region(r: dict[str, Any]) -> str:
-    text = _fmt_plain(r.get("region"))
-    side = r.get("side")
-    if side and str(side) not in text:
-        text = f"{text} ({side})" if text else str(side)
-    if r.get("region_uncertain"):
+def _fmt_number(v: float | None, small: int = 2) -> str:
+    f = _finite(v)
+    if f is None:
+        return _MISSING
+    return f"{f:.{small}f}" if f != 0 and abs(f) < 1 else f"{f:.1f}"
+
+
+def _is_blank(v: object) -> bool:
+    return v is None or v == "" or v == () or v == []
+
+
+# ---- lesion table -------------------------------------------------------------------------
+# Numbers are shown as in Lesion.row(): volume to 0.001 cc, SUVs to 0.01, centroid to 0.1 mm.
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _fmt_region(lesion: Lesion) -> str:
+    text = _fmt_plain(lesion.region)
+    side = lesion.side
+    if side and side not in text:
+        text = f"{text} ({side})" if text else side
+    if lesion.region_uncertain:
         text += " (uncertain)"
     return text
 
 
-def _fmt_number(v: Any, small: int = 2) -> str:
-    if _is_missing(v):
-        return _MISSING
-    f = float(v)
-    return f"{f:.{small}f}" if f != 0 and abs(f) < 1 else f"{f:.1f}"
+def _lesion_centroid(lesion: Lesion) -> str:
+    x, y, z = lesion.centroid_mm
+    return _fmt_plain((round(x, 1), round(y, 1), round(z, 1)))
 
 
-# lesion table columns: (header, numeric, formatter of a row dict, keys that enable it)
-_LESION_COLUMNS: tuple[tuple[str, bool, Any, tuple[str, ...]], ...] = (
-    ("Lesion", False, lambda r: _fmt_plain(r.get("name") or r.get("id")), ("name", "id")),
-    ("miTNM", False, lambda r: _fmt_plain(r.get("category")), ("category",)),
-    ("Region", False, _fmt_region, ("region", "side")),
-    ("Volume (cc)", True, lambda r: _fmt_number(r.get("volume_cc")), ("volume_cc",)),
-    ("SUVmax", True, lambda r: _fmt_number(r.get("suv_max")), ("suv_max",)),
-    ("SUVpeak", True, lambda r: _fmt_number(r.get("suv_peak")), ("suv_peak",)),
-    ("miPSMA", True, lambda r: _fmt_plain(r.get("mipsma_score")), ("mipsma_score",)),
-    ("Centroid x, y, z (mm)", True, lambda r: _fmt_plain(r.get("centroid_mm")), ("centroid_mm",)),
-    ("Notes", False, lambda r: _fmt_plain(r.get("notes")), ("notes",)),
+@dataclass(frozen=True)
+class _LesionColumn:
+    """A column of the lesion table, shown when ``shown`` holds for any lesion."""
+
+    header: str
+    numeric: bool
+    cell: Callable[[Lesion], str]
+    shown: Callable[[Lesion], bool]
+
+
+def _always(lesion: Lesion) -> bool:
+    return True
+
+
+_LESION_COLUMNS: tuple[_LesionColumn, ...] = (
+    _LesionColumn("Lesion", False, lambda les: _fmt_plain(les.name or les.id), _always),
+    _LesionColumn(
+        "miTNM",
+        False,
+        lambda les: _fmt_plain(les.category),
+        lambda les: not _is_blank(les.category),
+    ),
+    _LesionColumn(
+        "Region",
+        False,
+        _fmt_region,
+        lambda les: not (_is_blank(les.region) and _is_blank(les.side)),
+    ),
+    _LesionColumn(
+        "Volume (cc)", True, lambda les: _fmt_number(_rounded(les.volume_cc, 3)), _always
+    ),
+    _LesionColumn(
+        "SUVmax",
+        True,
+        lambda les: _fmt_number(_rounded(les.suv_max, 2)),
+        lambda les: les.suv_max is not None,
+    ),
+    _LesionColumn(
+        "SUVpeak",
+        True,
+        lambda les: _fmt_number(_rounded(les.suv_peak, 2)),
+        lambda les: les.suv_peak is not None,
+    ),
+    _LesionColumn(
+        "miPSMA",
+        True,
+        lambda les: _fmt_plain(les.mipsma_score),
+        lambda les: les.mipsma_score is not None,
+    ),
+    _LesionColumn("Centroid x, y, z (mm)", True, _lesion_centroid, _always),
+    _LesionColumn(
+        "Notes", False, lambda les: "; ".join(les.notes), lambda les: bool("; ".join(les.notes))
+    ),
 )
 
 
-def _lesion_rows(comparison: Any) -> list[dict[str, Any]]:
-    """Per-lesion rows of the stage (staged lesions), else of the lesions, else none."""
-    for owner in (comparison.stage, comparison.lesions):
-        table = _get(owner, "table")
-        if callable(table):
-            return [dict(r) for r in table()]
-    return []
+def _lesions_of(comparison: Comparison) -> list[Lesion]:
+    """The staged lesions (of the stage), else the lesions of the comparison, else none."""
+    stage = comparison.stage
+    if stage is not None:
+        return list(stage.lesions)
+    lesions = comparison.lesions
+    return [] if lesions is None else list(lesions)
 
 
-def _lesion_table(comparison: Any) -> str:
-    rows = _lesion_rows(comparison)
-    if not rows:
+def _lesion_table(comparison: Comparison) -> str:
+    lesions = _lesions_of(comparison)
+    if not lesions:
         return (
             '<h3>Lesions</h3><p class="note">No PSMA-positive lesion '
             "(no target beyond the standard volumes).</p>"
         )
-    cols = [c for c in _LESION_COLUMNS if any(not _is_blank(r.get(k)) for r in rows for k in c[3])]
+    cols = [c for c in _LESION_COLUMNS if any(c.shown(les) for les in lesions)]
     out = ['<h3>Lesions</h3><table id="lesions"><thead><tr>']
-    for header, numeric, _, _ in cols:
-        cls = ' class="num"' if numeric else ""
-        out.append(f"<th{cls}>{_esc(header)}</th>")
+    for c in cols:
+        cls = ' class="num"' if c.numeric else ""
+        out.append(f"<th{cls}>{_esc(c.header)}</th>")
     out.append("</tr></thead><tbody>")
-    for r in rows:
+    for les in lesions:
         out.append("<tr>")
-        for _, numeric, fmt, _ in cols:
-            cls = ' class="num"' if numeric else ""
-            out.append(f"<td{cls}>{_esc(fmt(r))}</td>")
+        for c in cols:
+            cls = ' class="num"' if c.numeric else ""
+            out.append(f"<td{cls}>{_esc(c.cell(les))}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def _is_blank(v: Any) -> bool:
-    return v is None or v == "" or v == () or v == []
-
-
-def _targets_cell(option: Any, *, volumes: bool) -> str:
-    """Targets of an option as HTML lines.
-
-    Short form (``volumes=False``), one line per PTV: its prescription per course and
-    the total, e.g. ``PTV_6660 45 Gy / 25 fx + 21.6 Gy / 12 fx = 66.6 Gy``. Long form, one
-    line per target and course with the course, technique and volumes.
-    """
+# ---- options ------------------------------------------------------------------------------
+def _targets_short(option: FieldOption) -> str:
+    """One line per PTV: its prescription per course and the total (highest first)."""
     totals = _total_rx_by_ptv(option)
-    infos = _targets(option)
+    by_ptv: dict[str, list[_TargetInfo]] = {}
+    for t in _targets(option):
+        by_ptv.setdefault(t.ptv, []).append(t)
     lines = []
-    if not volumes:
-        by_ptv: dict[str, list[_TargetInfo]] = {}
-        for t in infos:
-            by_ptv.setdefault(t.ptv, []).append(t)
-        for name, ts in sorted(by_ptv.items(), key=lambda kv: -totals.get(kv[0], 0.0)):
-            parts = " + ".join(f"{_format_gy(t.prescription_gy)} Gy / {t.fractions} fx" for t in ts)
-            total = totals.get(name)
-            if total is not None and (len(ts) > 1 or abs(total - ts[0].prescription_gy) > 1e-6):
-                parts += f" \u2192 {_format_gy(total)} Gy"
-            lines.append(f'<div class="keep"><b>{_esc(name)}</b> {parts}</div>')
-        return "".join(lines)
-    for t in infos:
+    for name, ts in sorted(by_ptv.items(), key=lambda kv: -totals.get(kv[0], 0.0)):
+        parts = " + ".join(f"{_format_gy(t.prescription_gy)} Gy / {t.fractions} fx" for t in ts)
+        total = totals.get(name)
+        if total is not None and (len(ts) > 1 or abs(total - ts[0].prescription_gy) > 1e-6):
+            parts += f" \u2192 {_format_gy(total)} Gy"
+        lines.append(f'<div class="keep"><b>{_esc(name)}</b> {parts}</div>')
+    return "".join(lines)
+
+
+def _targets_long(option: FieldOption) -> str:
+    """One line per target and course: prescription, course, technique and volumes."""
+    totals = _total_rx_by_ptv(option)
+    lines = []
+    for t in _targets(option):
         text = f"<b>{_esc(t.ptv)}</b> {_format_gy(t.prescription_gy)} Gy / {t.fractions} fx"
         total = totals.get(t.ptv)
         if total is not None and abs(total - t.prescription_gy) > 1e-6:
             text += f" (total {_format_gy(total)} Gy)"
         text += f' <span class="note">{_esc(t.course)}, {_esc(t.technique.upper())}</span>'
-        vol = [] if _is_missing(t.ptv_cc) else [f"PTV {float(t.ptv_cc):.1f} cc"]
+        vol = [] if _finite(t.ptv_cc) is None else [f"PTV {t.ptv_cc:.1f} cc"]
         if t.ctv:
             vol.append(f"{_esc(t.ctv)} {_format_value(t.ctv_cc)} cc")
         if t.gtv:
@@ -1144,69 +1392,79 @@ def _targets_cell(option: Any, *, volumes: bool) -> str:
     return "".join(lines)
 
 
-def _glance_section(comparison: Any, colors: dict[str, str]) -> str:
+def _targets_cell(option: FieldOption, *, volumes: bool) -> str:
+    """Targets of an option as HTML lines.
+
+    Short form (``volumes=False``), one line per PTV: its prescription per course and
+    the total, e.g. ``PTV_6660 45 Gy / 25 fx + 21.6 Gy / 12 fx = 66.6 Gy``. Long form, one
+    line per target and course with the course, technique and volumes.
+    """
+    return _targets_long(option) if volumes else _targets_short(option)
+
+
+def _constraints_cell(rows: Sequence[MetricRow], option: str) -> str:
+    """Glance cell: how many checked constraints the option fails, and which."""
+    failed = _failed_rows(rows, option)
+    checked = _checked_rows(rows, option)
+    cls = "fail" if failed else "pass"
+    mark = _FAIL_MARK if failed else _PASS_MARK
+    names = "".join(
+        f'<span class="hr">{_esc(f.label)} ({_format_headroom(f.headroom.get(option))})</span>'
+        for f in failed
+    )
+    return (
+        f'<td class="{cls}" data-failed="{len(failed)}"><span class="badge {cls}">'
+        f"{mark} {len(failed)} of {len(checked)} failed</span>{names}</td>"
+    )
+
+
+def _coverage_cell(coverage: Sequence[MetricRow], option: str) -> str:
+    """Glance cell: the lowest V95%Rx of the option's PTVs, with the PTV named."""
+    vals = [(v, r.structure) for r in coverage if (v := _finite(r.values.get(option))) is not None]
+    if not vals:
+        return f'<td class="num" data-option="{_esc(option)}">{_MISSING}</td>'
+    v, name = min(vals)
+    return (
+        f'<td class="num" data-option="{_esc(option)}"><span class="v">'
+        f'{_format_value(v)}</span><span class="hr">{_esc(name)}</span></td>'
+    )
+
+
+def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
     rows = comparison.table.rows
-    results = comparison.results
+    names = comparison.options
     out = [
         '<section id="glance">',
         "<h2>At a glance</h2>",
         '<table id="glance-table" class="wide"><thead><tr><th></th>',
     ]
-    for r in results:
-        out.append(f'<th data-option="{_esc(r.name)}">{_swatch(colors[r.name])}{_esc(r.name)}</th>')
+    for name in names:
+        out.append(f'<th data-option="{_esc(name)}">{_swatch(colors[name])}{_esc(name)}</th>')
     out.append("</tr></thead><tbody>")
 
     def row(label: str, cells: Iterable[str], attrs: str = "") -> None:
         out.append(f"<tr{attrs}><th>{label}</th>{''.join(cells)}</tr>")
 
+    results = comparison.results
     row("Targets (Rx)", (f"<td>{_targets_cell(r.option, volumes=False)}</td>" for r in results))
-    row("ADT", (f"<td>{'yes' if _get(r.option, 'adt', False) else 'no'}</td>" for r in results))
-    cells = []
-    for r in results:
-        failed = _failed_rows(rows, r.name)
-        checked = _checked_rows(rows, r.name)
-        cls = "fail" if failed else "pass"
-        mark = _FAIL_MARK if failed else _PASS_MARK
-        names = "".join(
-            f'<span class="hr">{_esc(f.label)} ({_format_headroom(f.headroom.get(r.name))})</span>'
-            for f in failed
-        )
-        cells.append(
-            f'<td class="{cls}" data-failed="{len(failed)}"><span class="badge {cls}">'
-            f"{mark} {len(failed)} of {len(checked)} failed</span>{names}</td>"
-        )
-    row("Constraints", cells, ' id="glance-failed"')
+    row("ADT", (f"<td>{'yes' if r.option.adt else 'no'}</td>" for r in results))
+    row("Constraints", [_constraints_cell(rows, n) for n in names], ' id="glance-failed"')
     coverage = [
         r
         for r in rows
-        if str(r.group).lower().startswith("target") and _norm_metric(r.metric) == "v95%rx"
+        if r.group.lower().startswith("target") and _norm_metric(r.metric) == "v95%rx"
     ]
     if coverage:
-        cells = []
-        for res in results:
-            vals = [
-                (float(r.values[res.name]), r.structure)
-                for r in coverage
-                if not _is_missing((r.values or {}).get(res.name))
-            ]
-            if not vals:
-                cells.append(f'<td class="num" data-option="{_esc(res.name)}">{_MISSING}</td>')
-                continue
-            v, name = min(vals)
-            cells.append(
-                f'<td class="num" data-option="{_esc(res.name)}"><span class="v">'
-                f'{_format_value(v)}</span><span class="hr">{_esc(name)}</span></td>'
-            )
         row(
             'PTV coverage [%]<span class="hr">lowest V95%Rx</span>',
-            cells,
+            [_coverage_cell(coverage, n) for n in names],
             ' id="glance-coverage" data-row="PTV coverage"',
         )
     for label, structs, metrics, group in _KEY_METRICS:
         krow = _find_key_row(rows, structs, metrics, group)
         if krow is None:
             continue
-        cells = [_value_cell(krow, r.name) for r in results]
+        cells = [_value_cell(krow, n) for n in names]
         unit = f" [{krow.unit}]" if krow.unit else ""
         lim = f'<span class="hr">{_esc(krow.limit)}</span>' if krow.limit else ""
         row(f"{_esc(label)}{_esc(unit)}{lim}", cells, f' data-row="{_esc(krow.label)}"')
@@ -1223,17 +1481,17 @@ def _glance_section(comparison: Any, colors: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _value_cell(row: Any, option: str) -> str:
-    value = (row.values or {}).get(option)
-    status = (row.status or {}).get(option)
+def _value_cell(row: MetricRow, option: str) -> str:
+    value = row.values.get(option)
+    status = row.status.get(option)
     text = _format_value(value, row.unit)
     cls = ["num"]
     mark = ""
     hr = ""
-    if status in ("pass", "fail") and not _is_missing(value):
+    if status in ("pass", "fail") and _finite(value) is not None:
         cls.append(status)
         mark = f'<span class="mark">{_PASS_MARK if status == "pass" else _FAIL_MARK}</span>'
-        h = _format_headroom((row.headroom or {}).get(option))
+        h = _format_headroom(row.headroom.get(option))
         if h:
             hr = f'<span class="hr">{h}</span>'
     st = f' data-status="{status}"' if status else ""
@@ -1243,7 +1501,7 @@ def _value_cell(row: Any, option: str) -> str:
     )
 
 
-def _options_section(comparison: Any, colors: dict[str, str]) -> str:
+def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
     results = comparison.results
     out = [
         '<section id="options" class="page">',
@@ -1257,25 +1515,23 @@ def _options_section(comparison: Any, colors: dict[str, str]) -> str:
     def row(label: str, cells: Iterable[str]) -> None:
         out.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")
 
-    row("Description", (f"<td>{_esc(_get(r.option, 'description', ''))}</td>" for r in results))
+    row("Description", (f"<td>{_esc(r.option.description)}</td>" for r in results))
     course_cells = []
     for r in results:
-        lines = []
-        for c in _get(r.option, "courses", ()) or ():
-            lines.append(f"{_esc(c.name)}: {_esc(str(c.technique).upper())}, {c.fractions} fx")
+        lines = [
+            f"{_esc(c.name)}: {_esc(c.technique.upper())}, {c.fractions} fx"
+            for c in r.option.courses
+        ]
         course_cells.append(f"<td>{'<br>'.join(lines)}</td>")
     row("Courses", course_cells)
     row(
         "Targets, Rx, volumes",
         (f"<td>{_targets_cell(r.option, volumes=True)}</td>" for r in results),
     )
-    row("ADT", (f"<td>{'yes' if _get(r.option, 'adt', False) else 'no'}</td>" for r in results))
+    row("ADT", (f"<td>{'yes' if r.option.adt else 'no'}</td>" for r in results))
     row(
         "Evidence",
-        (
-            f'<td class="evidence">{_esc(_get(r.option, "evidence", "") or _MISSING)}</td>'
-            for r in results
-        ),
+        (f'<td class="evidence">{_esc(r.option.evidence or _MISSING)}</td>' for r in results),
     )
     out.append("</tbody></table>")
     out.append(_metrics_table(comparison, colors))
@@ -1292,7 +1548,7 @@ _GROUP_TITLES = {
 }
 
 
-def _metrics_table(comparison: Any, colors: dict[str, str]) -> str:
+def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     table = comparison.table
     options = list(table.options)
     out = [
@@ -1333,34 +1589,62 @@ def _metrics_table(comparison: Any, colors: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _protocol_sources(comparison: Any) -> list[str]:
+def _protocol_sources(comparison: Comparison) -> list[str]:
+    """Sources of the protocol's values and constraints and of the table rows, unique."""
     protocol = comparison.protocol
     seen: dict[str, None] = {}
-    sources = _get(protocol, "sources")
-    if isinstance(sources, dict):
-        sources = list(sources.values())
-    if isinstance(sources, (list, tuple)):
-        for s in sources:
-            if s:
-                seen[str(s)] = None
-    rows = _get(protocol, "rows")
-    if callable(rows):
-        for item in rows():
-            if len(item) >= 3 and item[2]:
-                seen[str(item[2])] = None
-    for c in _get(protocol, "constraints", ()) or ():
-        src = _get(c, "source")
-        if src:
-            seen[str(src)] = None
+    for _, _, source in protocol.rows():
+        if source:
+            seen[source] = None
+    for c in protocol.constraints:
+        if c.source:
+            seen[c.source] = None
     for r in comparison.table.rows:
         if r.source:
-            seen[str(r.source)] = None
+            seen[r.source] = None
     return list(seen)
 
 
-def _model_section(comparison: Any) -> str:
-    import rtplan
+#: Tracer whose figures the report shows when none is given: the tracer of the
+#: detection-rate study by PSA band (Fendler et al., JAMA Oncol 2019); a tool default.
+DEFAULT_TRACER = "68Ga-PSMA-11"
 
+
+def _context_lines(comparison: Comparison) -> list[str]:
+    """What the PET result means at this PSA, and the published subgroups it falls in."""
+    stage = comparison.stage
+    if stage is None:
+        return []
+    context = comparison.context if comparison.context is not None else ClinicalContext()
+    tracer = comparison.tracer.name if comparison.tracer is not None else DEFAULT_TRACER
+    lines = scan_meaning(stage.string, context, tracer)
+    if comparison.tracer is None and context.psa_ng_ml is not None:
+        lines.append(f"Tracer not given: the {DEFAULT_TRACER} figures are shown.")
+    return lines + subgroup_lines(stage.string, context)
+
+
+def _context_section(comparison: Comparison) -> str:
+    """The clinical inputs and what the scan's result means at this PSA (empty without a stage)."""
+    lines = _context_lines(comparison)
+    if not lines:
+        return ""
+    out = ['<section id="context">', "<h2>The scan in its clinical context</h2>"]
+    given = comparison.context.lines() if comparison.context is not None else []
+    if comparison.tracer is not None:
+        given.insert(0, f"Tracer {comparison.tracer.name}")
+    if given:
+        out.append(f"<p>{_esc('; '.join(given))}.</p>")
+    out.append('<ul class="evidence">')
+    out += [f"<li>{_esc(line)}</li>" for line in lines]
+    out.append("</ul>")
+    out.append(
+        '<p class="note">Published figures for the group; not a prediction for this patient.</p>'
+    )
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _model_section(comparison: Comparison) -> str:
     protocol = comparison.protocol
     out = [
         '<section id="model" class="page">',
@@ -1371,12 +1655,10 @@ def _model_section(comparison: Any) -> str:
     out.append(f"<p>{_esc(model)}</p>")
     out.append(f'<p class="disclaimer">{_esc(MODEL_LIMITS)}</p>')
     out.append('<h3>Protocol</h3><table class="kv">')
-    name = _get(protocol, "name") or str(protocol)
-    out.append(f"<tr><th>Name</th><td>{_esc(name)}</td></tr>")
-    for label, attr in (("Title", "title"), ("File", "path")):
-        v = _get(protocol, attr)
-        if v:
-            out.append(f"<tr><th>{label}</th><td>{_esc(v)}</td></tr>")
+    out.append(f"<tr><th>Name</th><td>{_esc(protocol.name)}</td></tr>")
+    for label, value in (("Title", protocol.title), ("File", protocol.path)):
+        if value:
+            out.append(f"<tr><th>{label}</th><td>{_esc(value)}</td></tr>")
     out.append("</table>")
     sources = _protocol_sources(comparison)
     if sources:
@@ -1386,24 +1668,41 @@ def _model_section(comparison: Any) -> str:
         )
         out += [f"<li>{_esc(s)}</li>" for s in sources]
         out.append("</ul>")
-    created = _get(comparison, "created")
-    created_s = created.strftime("%Y-%m-%d %H:%M") if isinstance(created, datetime) else ""
+    created = comparison.created
     out.append('<h3>Provenance</h3><table class="kv">')
-    out.append(f"<tr><th>rtplan version</th><td>{_esc(rtplan.__version__)}</td></tr>")
-    if created_s:
-        out.append(f"<tr><th>Comparison computed</th><td>{_esc(created_s)}</td></tr>")
+    out.append(f"<tr><th>rtplan version</th><td>{_esc(_rtplan_version())}</td></tr>")
+    out.append(f"<tr><th>Comparison computed</th><td>{created:%Y-%m-%d %H:%M}</td></tr>")
     out.append(f"<tr><th>Report written</th><td>{datetime.now():%Y-%m-%d %H:%M}</td></tr>")
     out.append("</table></section>")
     return "\n".join(out)
 
 
-def _images_section(comparison: Any, colors: dict[str, str]) -> str:
+def _extra_axial_figure(
+    comparison: Comparison, result: OptionResult, window: list[FloatArray], planes: list[_Plane]
+) -> str | None:
+    """Axial planes through the PTVs that ``planes`` miss, as a ``<figure>``, or ``None``."""
+    extras = _unseen_ptvs(result.option, planes, limit=3)
+    if not extras:
+        return None
+    display = _subsample(window)
+    axials = [
+        dataclasses.replace(_make_plane("axial", display, p.centroid_mm, window), label=p.name)
+        for p in extras
+    ]
+    uri = _option_images(comparison, result, window, axials, max_height_in=3.2)
+    names = ", ".join(p.name for p in extras)
+    return (
+        f'<figure class="keep"><img alt="Dose of {_esc(result.name)} through {_esc(names)}"'
+        f' src="{uri}"><figcaption>{_esc(result.name)}: axial planes through the '
+        f"centroids of the targets the planes above miss ({_esc(names)})."
+        "</figcaption></figure>"
+    )
+
+
+def _images_section(comparison: Comparison, colors: dict[str, str]) -> str:
     out = ['<section id="images" class="page"><h2>Dose distributions</h2>']
     atlas = comparison.atlas
-    ct_grid = _get(atlas, "grid")
-    if ct_grid is None or _get(atlas, "ct_hu") is None:
-        out.append('<p class="note">No CT image in the comparison.</p></section>')
-        return "\n".join(out)
+    ct_grid = atlas.grid
     out.append(
         '<p class="note">Per option: planes through the centroid of its highest-dose PTV '
         "(and through any PTV those planes miss). CT W400/L40; dose colour-wash from "
@@ -1416,8 +1715,6 @@ def _images_section(comparison: Any, colors: dict[str, str]) -> str:
         centre, ptv = _image_centre(r, ct_grid)
         planes = _three_planes(window, centre)
         uri = _option_images(comparison, r, window, planes)
-        if uri is None:
-            continue
         where = f"through the centroid of {ptv.name}" if ptv is not None else ""
         out.append(
             f'<figure class="keep"><h3>{_swatch(colors[r.name])}{_esc(r.name)}</h3>'
@@ -1425,37 +1722,60 @@ def _images_section(comparison: Any, colors: dict[str, str]) -> str:
             f'src="{uri}"><figcaption>{_esc(r.name)}: planes {_esc(where)}.</figcaption>'
             "</figure>"
         )
-        extras = _unseen_ptvs(r.option, planes, limit=3)
-        if extras:
-            display = _subsample(window)
-            axials = [
-                dataclasses.replace(
-                    _make_plane("axial", display, p.centroid_mm, window), label=p.name
-                )
-                for p in extras
-            ]
-            uri = _option_images(comparison, r, window, axials, max_height_in=3.2)
-            names = ", ".join(p.name for p in extras)
-            if uri is not None:
-                out.append(
-                    f'<figure class="keep"><img alt="Dose of {_esc(r.name)} through {_esc(names)}"'
-                    f' src="{uri}"><figcaption>{_esc(r.name)}: axial planes through the '
-                    f"centroids of the targets the planes above miss ({_esc(names)})."
-                    "</figcaption></figure>"
-                )
+        extra = _extra_axial_figure(comparison, r, window, planes)
+        if extra is not None:
+            out.append(extra)
     out.append("</section>")
     return "\n".join(out)
 
 
 def _css() -> str:
-    try:
-        return resources.files("rtplan").joinpath("report.css").read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError):  # pragma: no cover - broken installation
-        return "body{font-family:sans-serif}"
+    """The report stylesheet (``rtplan/report.css``, package data)."""
+    return resources.files("rtplan").joinpath("report.css").read_text(encoding="utf-8")
+
+
+def _dvh_section(comparison: Comparison, colors: dict[str, str]) -> str:
+    dvh_uri = _dvh_figure(comparison, colors)
+    body = ['<section id="dvh" class="page"><h2>Dose-volume histograms</h2>']
+    if dvh_uri:
+        body.append(
+            f'<figure><img alt="Cumulative DVHs, one panel per structure" '
+            f'src="{dvh_uri}"><figcaption>Cumulative DVHs of the total physical dose, '
+            "one colour per option; \u25bc / \u25b2 mark the upper / lower dose-volume "
+            "limits of the protocol."
+            "</figcaption></figure>"
+        )
+    else:
+        body.append('<p class="note">No DVH was computed.</p>')
+    body.append("</section>")
+    return "\n".join(body)
+
+
+def _report_header(comparison: Comparison, title: str) -> str:
+    """Title, the case / stage / protocol / version / date line and the disclaimer."""
+    stage = comparison.stage
+    protocol = comparison.protocol
+    created = comparison.created
+    meta = [f"case {_esc(comparison.case)}"]
+    if stage is not None:
+        meta.append(f"miTNM {_esc(stage.string)}")
+    meta += [f"protocol {_esc(protocol.name)}", f"rtplan {_esc(_rtplan_version())}"]
+    meta.append(_esc(f"{created:%Y-%m-%d}"))
+    sep = " \u00b7 "
+    return "\n".join(
+        [
+            '<header class="report-head">',
+            f"<h1>{_esc(title)}</h1>",
+            f'<div class="meta">{sep.join(meta)}</div></header>',
+            '<p class="disclaimer"><b>Estimate for comparing options, not a treatment '
+            "plan.</b> Doses come from a fast analytic model; see the last section for "
+            "its limits.</p>",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- public API
-def render_report(comparison: Any, *, title: str | None = None) -> str:
+def render_report(comparison: Comparison, *, title: str | None = None) -> str:
     """The report of one case as an HTML document (a string).
 
     Parameters
@@ -1470,58 +1790,31 @@ def render_report(comparison: Any, *, title: str | None = None) -> str:
     str
         A self-contained HTML5 document: inline CSS, plots as ``data:`` URIs, no script,
         no external font or link.
-    """
-    import rtplan
 
+    Raises
+    ------
+    TypeError
+        If the anatomy, protocol, stage or lesions of ``comparison`` are not the rtplan
+        types (:class:`~rtplan.atlas.Atlas`, :class:`~rtplan.protocol.Protocol`,
+        :class:`~rtplan.staging.Stage` or ``None``, :class:`~rtplan.lesions.Lesions` or
+        ``None``); the message names the attribute.
+    """
+    _check_comparison(comparison)
     title = title or f"{comparison.case}: comparison of field options"
     colors = _option_colors(comparison.options)
-    stage_code = _get(comparison.stage, "string") if comparison.stage is not None else None
-    protocol_name = _get(comparison.protocol, "name") or str(comparison.protocol)
-    created = _get(comparison, "created")
-    date = created.strftime("%Y-%m-%d") if isinstance(created, datetime) else ""
-
-    body = []
-    body.append('<header class="report-head">')
-    body.append(f"<h1>{_esc(title)}</h1>")
-    meta = [f"case {_esc(comparison.case)}"]
-    if stage_code:
-        meta.append(f"miTNM {_esc(stage_code)}")
-    meta += [f"protocol {_esc(protocol_name)}", f"rtplan {_esc(rtplan.__version__)}"]
-    if date:
-        meta.append(_esc(date))
-    sep = " \u00b7 "
-    body.append(f'<div class="meta">{sep.join(meta)}</div></header>')
-    body.append(
-        '<p class="disclaimer"><b>Estimate for comparing options, not a treatment '
-        "plan.</b> Doses come from a fast analytic model; see the last section for "
-        "its limits.</p>"
-    )
-    body.append(_glance_section(comparison, colors))
-    body.append(_stage_section(comparison))
-    body.append(_options_section(comparison, colors))
-
-    dvh_uri = _dvh_figure(comparison, colors)
-    body.append('<section id="dvh" class="page"><h2>Dose-volume histograms</h2>')
-    if dvh_uri:
-        body.append(
-            f'<figure><img alt="Cumulative DVHs, one panel per structure" '
-            f'src="{dvh_uri}"><figcaption>Cumulative DVHs of the total physical dose, '
-            "one colour per option; \u25bc / \u25b2 mark the upper / lower dose-volume "
-            "limits of the protocol."
-            "</figcaption></figure>"
-        )
-    else:
-        body.append('<p class="note">No DVH was computed.</p>')
-    body.append("</section>")
-
-    body.append(_images_section(comparison, colors))
-    body.append(_model_section(comparison))
-    body.append(
-        f"<footer>Generated by rtplan {_esc(rtplan.__version__)} on "
+    body = [
+        _report_header(comparison, title),
+        _glance_section(comparison, colors),
+        _stage_section(comparison),
+        _context_section(comparison),
+        _options_section(comparison, colors),
+        _dvh_section(comparison, colors),
+        _images_section(comparison, colors),
+        _model_section(comparison),
+        f"<footer>Generated by rtplan {_esc(_rtplan_version())} on "
         f"{datetime.now():%Y-%m-%d %H:%M}. Decision support for comparing options; "
-        "not a prescription.</footer>"
-    )
-
+        "not a prescription.</footer>",
+    ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -1532,7 +1825,7 @@ def render_report(comparison: Any, *, title: str | None = None) -> str:
 
 
 def write_report(
-    comparison: Any, path: str | os.PathLike[str], *, title: str | None = None
+    comparison: Comparison, path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
     """Write the HTML report of one case, atomically.
 
@@ -1555,6 +1848,8 @@ def write_report(
     ------
     FileNotFoundError
         If the parent directory does not exist.
+    TypeError
+        If a part of ``comparison`` is not of its rtplan type (see :func:`render_report`).
 
     Notes
     -----

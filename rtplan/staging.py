@@ -52,16 +52,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from rtplan._typing import FloatArray, Vec3
 from rtplan._validation import check_choice
 from rtplan.errors import GridMismatchError, InvalidInputError, MissingStructureError
 from rtplan.grid import ImageGrid
-from rtplan.lesions import Lesion, Lesions
+from rtplan.lesions import Lesion, LesionRow, Lesions
 from rtplan.structures import StructureSet
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "AtlasLike",
     "Stage",
     "StagingRules",
+    "check_atlas",
     "stage",
 ]
 
@@ -95,6 +97,7 @@ REGION_NAMES: dict[str, str] = {
     "SD": "supradiaphragmatic",
     "OE": "other extrapelvic",
 }
+_M_CATEGORIES = ("M1a", "M1b", "M1c")
 _PELVIC_CODES = ("II", "EI", "OB", "PS", "OP")
 _M1A_CODES = ("RP", "SD", "OE")
 
@@ -157,12 +160,76 @@ _HIP_BONES = (
 )
 
 
+@runtime_checkable
 class AtlasLike(Protocol):
-    """What staging needs from an atlas (``rtplan.atlas.Atlas`` or any such object)."""
+    """An anatomy: what staging and the volume builders read from an atlas.
 
-    grid: ImageGrid
-    structures: StructureSet
-    landmarks: Mapping[str, tuple[float, float, float]]
+    :class:`rtplan.atlas.Atlas` is one; any object with these three attributes is
+    another (e.g. a user anatomy). :func:`check_atlas` checks an object at runtime.
+
+    Attributes
+    ----------
+    grid : ImageGrid
+        Geometry of every structure.
+    structures : StructureSet
+        Structures on ``grid``, TG-263 names.
+    landmarks : mapping of str to (x, y, z)
+        Named LPS points in mm (may be empty).
+    """
+
+    @property
+    def grid(self) -> ImageGrid:
+        """Geometry of every structure."""
+        ...
+
+    @property
+    def structures(self) -> StructureSet:
+        """Structures on :attr:`grid`, TG-263 names."""
+        ...
+
+    @property
+    def landmarks(self) -> Mapping[str, Vec3]:
+        """Named LPS points in mm."""
+        ...
+
+
+def check_atlas(atlas: object, *, name: str = "atlas") -> None:
+    """Raise ``TypeError`` unless ``atlas`` is an anatomy (:class:`AtlasLike`).
+
+    Parameters
+    ----------
+    atlas : object
+        The value to check: it needs ``grid`` (ImageGrid), ``structures``
+        (StructureSet) and ``landmarks`` (a mapping).
+    name : str
+        Name of the argument, for the message.
+
+    Raises
+    ------
+    TypeError
+        Naming the argument and what it lacks.
+
+    Examples
+    --------
+    >>> check_atlas("pelvis")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: atlas must be an anatomy with grid, structures and landmarks (...); got a str ...
+    """
+    if not isinstance(atlas, AtlasLike):
+        missing = [a for a in ("grid", "structures", "landmarks") if not hasattr(atlas, a)]
+        raise TypeError(
+            f"{name} must be an anatomy with grid, structures and landmarks (e.g. "
+            f"rtplan.atlas.Atlas); got a {type(atlas).__name__} without {', '.join(missing)}"
+        )
+    parts: tuple[tuple[str, object, type], ...] = (
+        ("grid", atlas.grid, ImageGrid),
+        ("structures", atlas.structures, StructureSet),
+        ("landmarks", atlas.landmarks, Mapping),
+    )
+    for attr, value, cls in parts:
+        if not isinstance(value, cls):
+            raise TypeError(f"{name}.{attr} must be a {cls.__name__}, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -241,10 +308,8 @@ class _Geometry:
     def __init__(self, atlas: AtlasLike):
         self.grid: ImageGrid = atlas.grid
         self.ss: StructureSet = atlas.structures
-        self.landmarks: dict[str, tuple[float, float, float]] = dict(
-            getattr(atlas, "landmarks", None) or {}
-        )
-        self._trees: dict[str, tuple[cKDTree, np.ndarray] | None] = {}
+        self.landmarks: dict[str, Vec3] = dict(atlas.landmarks)
+        self._trees: dict[str, tuple[cKDTree, FloatArray] | None] = {}
         z_mm, y_mm, x_mm = self.grid.axis_coordinates_mm()
         self._axes = (z_mm, y_mm, x_mm)
 
@@ -259,7 +324,7 @@ class _Geometry:
                 out.append(self.ss.resolve(n) or n)
         return list(dict.fromkeys(out))
 
-    def _tree(self, name: str) -> tuple[cKDTree, np.ndarray] | None:
+    def _tree(self, name: str) -> tuple[cKDTree, FloatArray] | None:
         if name not in self._trees:
             s = self.ss[name]
             if s.is_empty:
@@ -489,8 +554,8 @@ def _classify_node(c: np.ndarray, geo: _Geometry, lv: _Levels, rules: StagingRul
         return _Located("M1a", "inguinal", "OE")
     # pelvic regions: nearest within reach
     scores: dict[str, float] = {}
-    for code, vessels in (("EI", _EI_VESSELS), ("II", _II_VESSELS)):
-        present = geo.present(vessels)
+    for code, names in (("EI", _EI_VESSELS), ("II", _II_VESSELS)):
+        present = geo.present(names)
         if present:
             d, _ = geo.distance(c, present)
             if d <= rules.node_distance_mm:
@@ -657,6 +722,21 @@ class Stage:
     common_iliac: str
     notes: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_choice(self.t, ("T0", "Tr"), name="Stage.t")
+        check_choice(self.n, ("N0", "N1"), name="Stage.n")
+        check_choice(self.m, ("M0", *_M_CATEGORIES), name="Stage.m")
+        if not isinstance(self.lesions, Lesions):
+            raise TypeError(
+                f"Stage.lesions must be a Lesions collection, got {type(self.lesions).__name__}"
+            )
+        unstaged = [x.name for x in self.lesions if x.category not in CATEGORIES]
+        if unstaged:
+            raise InvalidInputError(
+                f"Stage.lesions must be staged, with a category among {', '.join(CATEGORIES)}; "
+                f"not so: {', '.join(unstaged)}"
+            )
+
     @property
     def string(self) -> str:
         """UCLA-form stage string, e.g. ``"TrN1M0"``."""
@@ -676,18 +756,38 @@ class Stage:
         """Lesions staged M1a / M1b / M1c (candidates for SBRT when oligometastatic)."""
         return [les for les in self.lesions if (les.category or "").startswith("M1")]
 
-    def table(self) -> list[dict[str, Any]]:
-        """Per-lesion rows: id, name, category, region, side, volume_cc, SUVs, centroid."""
+    def table(self) -> list[LesionRow]:
+        """Per-lesion rows: id, name, category, region, side, volume_cc, SUVs, centroid.
+
+        For export (CSV, report tables); code reads :attr:`lesions` and their attributes.
+        """
         return self.lesions.table()
 
     def __str__(self) -> str:
         return self.string
 
 
-def _as_lesions(lesions: Lesions | Iterable[Lesion], grid: ImageGrid) -> Lesions:
+def _as_lesions(lesions: object, grid: ImageGrid) -> Lesions:
+    """``lesions`` as a collection on ``grid``, or raise naming the argument."""
     if isinstance(lesions, Lesions):
-        return lesions
-    return Lesions(list(lesions), grid=grid)
+        les = lesions
+    elif isinstance(lesions, Iterable) and not isinstance(lesions, (str, bytes, Mapping)):
+        items = list(lesions)
+        bad = sorted({type(x).__name__ for x in items if not isinstance(x, Lesion)})
+        if bad:
+            raise TypeError(f"lesions must hold Lesion objects, got {', '.join(bad)}")
+        les = Lesions(items, grid=grid)
+    else:
+        raise TypeError(
+            f"lesions must be a Lesions collection or an iterable of Lesion, got "
+            f"{type(lesions).__name__}"
+        )
+    if not les.grid.equals(grid):
+        raise GridMismatchError(
+            f"lesions are on {les.grid.describe()} but the atlas is on {grid.describe()}; "
+            "build them with target_grid=atlas.grid"
+        )
+    return les
 
 
 def stage(
@@ -707,9 +807,9 @@ def stage(
     ----------
     lesions : Lesions or iterable of Lesion
         Lesions on ``atlas.grid`` (build them with ``target_grid=atlas.grid``).
-    atlas : Atlas-like
-        Object with ``grid`` (ImageGrid), ``structures`` (StructureSet, TG-263 names) and
-        ``landmarks`` (dict of LPS points in mm), e.g. ``rtplan.atlas.load_atlas(...)``.
+    atlas : AtlasLike
+        Anatomy with ``grid`` (ImageGrid), ``structures`` (StructureSet, TG-263 names) and
+        ``landmarks`` (mapping of LPS points in mm), e.g. ``rtplan.atlas.load_atlas(...)``.
     common_iliac : {"M1a", "N"}
         Category of common iliac nodes. Default ``"M1a"``: the PROMISE V2 calculators and
         the AJCC convention (CLINICAL.md section 3b [V-3p]); ``"N"`` reads the V1
@@ -738,6 +838,8 @@ def stage(
 
     Raises
     ------
+    TypeError
+        When ``lesions``, ``atlas``, ``overrides`` or ``rules`` is not of its type.
     GridMismatchError
         When the lesions are not on the atlas grid.
     MissingStructureError
@@ -757,75 +859,106 @@ def stage(
     >>> s.string, s.ucla_group, s.detailed, s.oligometastatic
     ('T0N0M0', 'T0N0M0', 'miT0 miN0 miM0', False)
     """
-    check_choice(common_iliac, ("M1a", "N"), name="common_iliac")
-    check_choice(promise_version, ("v2", "v1"), name="promise_version")
-    if isinstance(max_oligo_lesions, bool) or not isinstance(max_oligo_lesions, (int, np.integer)):
-        raise InvalidInputError(
-            f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}"
-        )
-    if max_oligo_lesions < 1:
-        raise InvalidInputError(
-            f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}"
-        )
-    rules = StagingRules() if rules is None else rules
-    for attr in ("grid", "structures"):
-        if not hasattr(atlas, attr):
-            raise TypeError(f"atlas must have a {attr!r} attribute (an Atlas-like object)")
-    grid: ImageGrid = atlas.grid
-    les = _as_lesions(lesions, grid)
-    if not les.grid.equals(grid):
-        raise GridMismatchError(
-            f"lesions are on {les.grid.describe()} but the atlas is on {grid.describe()}; "
-            "build them with target_grid=atlas.grid"
-        )
-    ov_map: dict[str, str] = {}
-    for key, value in (overrides or {}).items():
-        check_choice(value, OVERRIDES, name=f"override of lesion {key!r}")
-        match = [x for x in les if x.name == key or x.id == key]
-        if not match:
-            raise InvalidInputError(f"override for unknown lesion {key!r}; lesions: {les.names}")
-        ov_map[match[0].name] = value
-
+    _check_stage_options(common_iliac, promise_version, max_oligo_lesions, rules)
+    check_atlas(atlas)
+    les = _as_lesions(lesions, atlas.grid)
+    ov_map = _override_map(overrides, les)
     notes: list[str] = []
     staged: list[Lesion] = []
     if len(les):
         geo = _Geometry(atlas)
         lv, level_notes = _levels(geo)
         notes.extend(level_notes)
-        if not geo.present(("ProstateBed",)):
-            notes.append("atlas has no ProstateBed: local recurrence (Tr) cannot be recognised")
-        if not geo.present(BONE_STRUCTURES):
-            notes.append("atlas has no bone structures: bone lesions (M1b) cannot be recognised")
-        for lesion in les:
-            loc = _locate(lesion, geo, lv, rules, ov_map.get(lesion.name))
-            if loc.category == "CI":
-                category = "N1" if common_iliac == "N" else "M1a"
-            elif loc.category == "N":
-                category = "N1"
-            else:
-                category = loc.category
-            staged.append(
-                lesion.with_staging(
-                    category=category,
-                    region=loc.region,
-                    region_code=loc.code,
-                    side=_side(lesion.centroid_mm[0], lv.midline_x, rules.midline_tolerance_mm),
-                    region_uncertain=loc.uncertain,
-                    notes=(
-                        *lesion.notes,
-                        *loc.notes,
-                        *(["region uncertain"] if loc.uncertain else []),
-                    ),
-                )
-            )
-    staged_set = Lesions(staged, grid=grid)
+        notes.extend(_atlas_notes(geo))
+        rules = StagingRules() if rules is None else rules
+        staged = [
+            _stage_lesion(lesion, geo, lv, rules, ov_map.get(lesion.name), common_iliac)
+            for lesion in les
+        ]
     return _patient_stage(
-        staged_set,
+        Lesions(staged, grid=atlas.grid),
         common_iliac=common_iliac,
         promise_version=promise_version,
         max_oligo_lesions=int(max_oligo_lesions),
         by_side=nodal_regions_by_side,
         notes=notes,
+    )
+
+
+def _check_stage_options(
+    common_iliac: object, promise_version: object, max_oligo_lesions: object, rules: object
+) -> None:
+    """The options of :func:`stage`, checked at the boundary (the message names each)."""
+    check_choice(common_iliac, ("M1a", "N"), name="common_iliac")
+    check_choice(promise_version, ("v2", "v1"), name="promise_version")
+    if (
+        isinstance(max_oligo_lesions, bool)
+        or not isinstance(max_oligo_lesions, (int, np.integer))
+        or max_oligo_lesions < 1
+    ):
+        raise InvalidInputError(
+            f"max_oligo_lesions must be an integer >= 1, got {max_oligo_lesions!r}"
+        )
+    if rules is not None and not isinstance(rules, StagingRules):
+        raise TypeError(f"rules must be a StagingRules, got {type(rules).__name__}")
+
+
+def _override_map(overrides: object, les: Lesions) -> dict[str, str]:
+    """Lesion name -> override, each override checked and its lesion found."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            "overrides must be a mapping of lesion name or id to one of "
+            f"{', '.join(OVERRIDES)}, got {type(overrides).__name__}"
+        )
+    ov_map: dict[str, str] = {}
+    for key, value in overrides.items():
+        check_choice(value, OVERRIDES, name=f"override of lesion {key!r}")
+        match = [x for x in les if x.name == key or x.id == key]
+        if not match:
+            raise InvalidInputError(f"override for unknown lesion {key!r}; lesions: {les.names}")
+        ov_map[match[0].name] = value
+    return ov_map
+
+
+def _atlas_notes(geo: _Geometry) -> list[str]:
+    """What the atlas lacks to recognise some categories."""
+    notes = []
+    if not geo.present(("ProstateBed",)):
+        notes.append("atlas has no ProstateBed: local recurrence (Tr) cannot be recognised")
+    if not geo.present(BONE_STRUCTURES):
+        notes.append("atlas has no bone structures: bone lesions (M1b) cannot be recognised")
+    return notes
+
+
+def _stage_lesion(
+    lesion: Lesion,
+    geo: _Geometry,
+    lv: _Levels,
+    rules: StagingRules,
+    override: str | None,
+    common_iliac: str,
+) -> Lesion:
+    """A copy of the lesion with its category, region, side and notes filled in."""
+    loc = _locate(lesion, geo, lv, rules, override)
+    if loc.category == "CI":
+        category = "N1" if common_iliac == "N" else "M1a"
+    elif loc.category == "N":
+        category = "N1"
+    else:
+        category = loc.category
+    return lesion.with_staging(
+        category=category,
+        region=loc.region,
+        region_code=loc.code,
+        side=_side(lesion.centroid_mm[0], lv.midline_x, rules.midline_tolerance_mm),
+        region_uncertain=loc.uncertain,
+        notes=(
+            *lesion.notes,
+            *loc.notes,
+            *(["region uncertain"] if loc.uncertain else []),
+        ),
     )
 
 
@@ -856,8 +989,7 @@ def _patient_stage(
             n_detail = "N1" if n_regions == 1 else "N2"
         else:
             n_detail = "N1a" if n_regions == 1 else "N1b"
-    order = ("M1a", "M1b", "M1c")
-    m_cats = tuple(c for c in order if c in cats)
+    m_cats = tuple(c for c in _M_CATEGORIES if c in cats)
     m = m_cats[-1] if m_cats else "M0"
     distant = [x for x in les if (x.category or "").startswith("M1")]
     n_bone = sum(1 for x in les if x.category == "M1b")

@@ -15,7 +15,15 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from rtplan._validation import as_mask, bounding_box, check_choice
+from rtplan._typing import BoolMask, Vec3
+from rtplan._validation import (
+    as_mask,
+    bounding_box,
+    check_choice,
+    check_names,
+    check_type,
+    is_real,
+)
 from rtplan.errors import (
     GridMismatchError,
     InvalidInputError,
@@ -280,11 +288,17 @@ for _tg, _alts in TG263_SYNONYMS.items():
 def canonical_name(name: str) -> str | None:
     """TG-263 name for a user spelling, or ``None`` if it is not a known synonym.
 
+    Raises
+    ------
+    TypeError
+        When ``name`` is not a str.
+
     Examples
     --------
     >>> canonical_name("Urinary Bladder"), canonical_name("femur_left"), canonical_name("xyz")
     ('Bladder', 'Femur_Head_L', None)
     """
+    check_type(name, str, name="name")
     return _LOOKUP.get(_normalise(name))
 
 
@@ -317,8 +331,22 @@ def _single_voxel_grid(grid: ImageGrid) -> ImageGrid:
     return ImageGrid((1, 1, 1), grid.spacing_mm, grid.origin_mm, grid.direction)
 
 
+def _check_color(color: object, name: str) -> tuple[int, int, int]:
+    """``color`` as three ints 0-255 (numbers are truncated to int, as before)."""
+    if isinstance(color, (str, bytes)) or not isinstance(color, Iterable):
+        raise TypeError(f"color of {name!r} must be three ints 0-255, got {color!r}")
+    values = list(color)
+    if not all(is_real(c) for c in values):
+        raise TypeError(f"color of {name!r} must be three ints 0-255, got {color!r}")
+    rgb = [int(c) for c in values]
+    if len(rgb) != 3 or min(rgb) < 0 or max(rgb) > 255:
+        raise InvalidInputError(f"color of {name!r} must be three ints 0-255, got {color!r}")
+    return (rgb[0], rgb[1], rgb[2])
+
+
 def default_color(name: str, role: str = "organ") -> tuple[int, int, int]:
     """Display colour (RGB 0-255) for a structure: by TG-263 name, else by role."""
+    check_type(name, str, name="name")
     if name in _NAME_COLORS:
         return _NAME_COLORS[name]
     if name.startswith(("A_", "V_")):
@@ -361,6 +389,13 @@ class Structure:
 
     __slots__ = ("_bbox", "_local", "color", "grid", "name", "role")
 
+    name: str
+    grid: ImageGrid
+    role: str
+    color: tuple[int, int, int]
+    _bbox: tuple[slice, slice, slice] | None
+    _local: BoolMask
+
     def __init__(
         self,
         name: str,
@@ -372,19 +407,13 @@ class Structure:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError(f"structure name must be a non-empty string, got {name!r}")
+        check_type(grid, ImageGrid, name=f"grid of structure {name!r}")
         check_choice(role, ROLES, name=f"role of structure {name!r}")
         full = as_mask(mask, grid, name=f"mask of structure {name!r}")
         bbox = bounding_box(full)
         local = np.zeros((0, 0, 0), bool) if bbox is None else full[bbox].copy()
         local.flags.writeable = False
-        if color is None:
-            rgb = default_color(name, role)
-        else:
-            rgb = tuple(int(c) for c in color)  # type: ignore[assignment]
-            if len(rgb) != 3 or min(rgb) < 0 or max(rgb) > 255:
-                raise InvalidInputError(
-                    f"color of {name!r} must be three ints 0-255, got {color!r}"
-                )
+        rgb = default_color(name, role) if color is None else _check_color(color, name)
         for attr, value in (
             ("name", name),
             ("grid", grid),
@@ -406,7 +435,7 @@ class Structure:
             object.__setattr__(self, k, v)
 
     @property
-    def mask(self) -> np.ndarray:
+    def mask(self) -> BoolMask:
         """The full boolean mask on :attr:`grid` (a new array)."""
         return self.to_mask()
 
@@ -429,7 +458,10 @@ class Structure:
         ------
         InvalidMaskError
             When the sub-box does not fit in ``grid``.
+        TypeError
+            When ``grid`` is not an :class:`ImageGrid`.
         """
+        check_type(grid, ImageGrid, name=f"grid of structure {name!r}")
         local = as_mask(local_mask, None, name=f"mask of structure {name!r}")
         off = np.asarray(offset, dtype=int).reshape(-1)
         if off.shape != (3,) or np.any(off < 0) or np.any(off + local.shape > np.array(grid.shape)):
@@ -439,10 +471,16 @@ class Structure:
             )
         out = cls(name, np.zeros((1, 1, 1), bool), _single_voxel_grid(grid), role=role, color=color)
         tight = bounding_box(local)
-        if tight is None:
-            bbox, cropped = None, np.zeros((0, 0, 0), bool)
-        else:
-            bbox = tuple(slice(o + t.start, o + t.stop) for o, t in zip(off, tight))
+        bbox: tuple[slice, slice, slice] | None = None
+        cropped: BoolMask = np.zeros((0, 0, 0), bool)
+        if tight is not None:
+            k0, j0, i0 = (int(v) for v in off)
+            tk, tj, ti = tight
+            bbox = (
+                slice(k0 + tk.start, k0 + tk.stop),
+                slice(j0 + tj.start, j0 + tj.stop),
+                slice(i0 + ti.start, i0 + ti.stop),
+            )
             cropped = local[tight].copy()
         cropped.flags.writeable = False
         object.__setattr__(out, "grid", grid)
@@ -451,7 +489,7 @@ class Structure:
         return out
 
     # ------------------------------------------------------------------ masks
-    def to_mask(self) -> np.ndarray:
+    def to_mask(self) -> BoolMask:
         """The full boolean mask on :attr:`grid` (a new writable array)."""
         out = np.zeros(self.grid.shape, bool)
         if self._bbox is not None:
@@ -464,9 +502,8 @@ class Structure:
         return self._bbox
 
     @property
-    def cropped_mask(self) -> np.ndarray:
+    def cropped_mask(self) -> BoolMask:
         """The mask inside :attr:`bbox` (read-only)."""
-        assert self._local is not None
         return self._local
 
     @property
@@ -485,12 +522,14 @@ class Structure:
         return self.voxel_count * self.grid.voxel_volume_cc
 
     @property
-    def centroid_mm(self) -> tuple[float, float, float]:
+    def centroid_mm(self) -> Vec3:
         """LPS centre of mass ``(x, y, z)`` in mm; NaNs when empty."""
         if self._bbox is None:
-            return (float("nan"),) * 3  # type: ignore[return-value]
+            nan = float("nan")
+            return (nan, nan, nan)
         idx = np.argwhere(self._local).mean(axis=0) + [s.start for s in self._bbox]
-        return tuple(float(v) for v in self.grid.index_to_lps(idx))  # type: ignore[return-value]
+        x, y, z = (float(v) for v in self.grid.index_to_lps(idx))
+        return (x, y, z)
 
     @property
     def bounds_mm(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
@@ -501,10 +540,10 @@ class Structure:
         return self.grid.crop(self._bbox).bounds_mm
 
     @property
-    def extent_mm(self) -> tuple[float, float, float]:
+    def extent_mm(self) -> Vec3:
         """Size ``(x, y, z)`` of the bounding box in mm (left-right, ant-post, sup-inf)."""
-        b = self.bounds_mm
-        return tuple(hi - lo for lo, hi in b)  # type: ignore[return-value]
+        (x0, x1), (y0, y1), (z0, z1) = self.bounds_mm
+        return (x1 - x0, y1 - y0, z1 - z0)
 
     @property
     def interpreted_type(self) -> str:
@@ -530,23 +569,47 @@ class StructureSet(Mapping[str, Structure]):
     structures : iterable of Structure
         Structures, all on the same grid (within :data:`~rtplan.grid.GRID_ATOL_MM`).
     grid : ImageGrid, optional
-        The grid; required for an empty set.
+        The grid; required for an empty set. Default: the grid of the first structure.
+
+    Raises
+    ------
+    TypeError
+        When an item is not a :class:`Structure` or ``grid`` is not an :class:`ImageGrid`.
+    InvalidInputError
+        When the set is empty and no grid is given, or two structures share a name.
+    GridMismatchError
+        When a structure is not on the set's grid.
     """
 
-    def __init__(self, structures: Iterable[Structure] = (), *, grid: ImageGrid | None = None):
+    def __init__(
+        self, structures: Iterable[Structure] = (), *, grid: ImageGrid | None = None
+    ) -> None:
+        check_type(
+            structures, Iterable, name="structures", expected_text="an iterable of Structure"
+        )
+        items = list(structures)
+        for n, s in enumerate(items):
+            check_type(s, Structure, name=f"structures[{n}]")
+        if grid is None:
+            if not items:
+                raise InvalidInputError("an empty StructureSet needs a grid")
+            grid = items[0].grid
+        check_type(grid, ImageGrid, name="grid")
+        self._grid: ImageGrid = grid
         self._items: dict[str, Structure] = {}
-        self.grid = grid
-        for s in structures:
+        for s in items:
             self.add(s)
-        if self.grid is None:
-            raise InvalidInputError("an empty StructureSet needs a grid")
+
+    @property
+    def grid(self) -> ImageGrid:
+        """The grid every structure of the set is on."""
+        return self._grid
 
     # ------------------------------------------------------------------ mapping
     def add(self, structure: Structure, *, replace: bool = False) -> None:
         """Add a structure; a duplicate name (ignoring case) raises unless ``replace``."""
-        if self.grid is None:
-            self.grid = structure.grid
-        elif not self.grid.equals(structure.grid):
+        check_type(structure, Structure, name="structure")
+        if not self.grid.equals(structure.grid):
             raise GridMismatchError(
                 f"structure {structure.name!r} is on {structure.grid.describe()} but the set is "
                 f"on {self.grid.describe()}"
@@ -577,6 +640,7 @@ class StructureSet(Mapping[str, Structure]):
         return self._find(name)
 
     def __getitem__(self, name: str) -> Structure:
+        check_type(name, str, name="structure name")
         key = self._find(name)
         if key is None:
             raise MissingStructureError(
@@ -600,6 +664,7 @@ class StructureSet(Mapping[str, Structure]):
 
     def require(self, names: Iterable[str], *, purpose: str = "this step") -> None:
         """Raise :class:`MissingStructureError` naming every one of ``names`` that is missing."""
+        check_names(names, name="names")
         missing = [n for n in names if n not in self]
         if missing:
             raise MissingStructureError(
@@ -608,10 +673,12 @@ class StructureSet(Mapping[str, Structure]):
 
     def select(self, names: Iterable[str]) -> StructureSet:
         """A new set with only the named structures (in the order given)."""
+        check_names(names, name="names")
         return StructureSet([self[n] for n in names], grid=self.grid)
 
     def by_role(self, role: str) -> list[Structure]:
         """Structures of one role, in order."""
+        check_choice(role, ROLES, name="role")
         return [s for s in self._items.values() if s.role == role]
 
     def __repr__(self) -> str:

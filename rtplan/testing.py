@@ -27,11 +27,14 @@ def assert_grid_equal(
             raise AssertionError(f"expected an ImageGrid, got {type(g).__name__}")
     if actual.equals(expected, atol_mm=atol_mm):
         return
-    diffs = []
-    for name in ("shape", "spacing_mm", "origin_mm", "direction", "frame_of_reference_uid"):
-        a, e = getattr(actual, name), getattr(expected, name)
-        if a != e:
-            diffs.append(f"{name}: {a!r} != {e!r}")
+    fields: dict[str, tuple[object, object]] = {
+        "shape": (actual.shape, expected.shape),
+        "spacing_mm": (actual.spacing_mm, expected.spacing_mm),
+        "origin_mm": (actual.origin_mm, expected.origin_mm),
+        "direction": (actual.direction, expected.direction),
+        "frame_of_reference_uid": (actual.frame_of_reference_uid, expected.frame_of_reference_uid),
+    }
+    diffs = [f"{name}: {a!r} != {e!r}" for name, (a, e) in fields.items() if a != e]
     raise AssertionError("grids differ: " + "; ".join(diffs))
 
 

@@ -20,7 +20,14 @@ from rtplan.atlas import (
     load_atlas,
     validate_anatomy,
 )
-from rtplan.errors import AtlasNotFoundError, GeometryError, MissingStructureError, RtplanError
+from rtplan.errors import (
+    AtlasNotFoundError,
+    GeometryError,
+    GridMismatchError,
+    InvalidInputError,
+    MissingStructureError,
+    RtplanError,
+)
 from rtplan.grid import ImageGrid, resample_to_grid
 from rtplan.structures import Structure, StructureSet
 
@@ -848,3 +855,127 @@ def test_definition_typos_are_reported(tmp_path):
     bad = _SOLIDS_TOML.replace('exclude = [{ name = "Sphere"', 'exclude = [{ name = "Later"')
     with pytest.raises(RtplanError, match="Later"):
         load_atlas(_write_def(tmp_path / "d", bad), spacing_mm=4.0)
+
+
+def test_definition_values_of_the_wrong_type_are_reported(tmp_path):
+    # each of these used to load: a string read as a number, a string as true, a tube
+    # without a radius as an empty structure
+    cases = {
+        "a": ("hu = 100.0", 'hu = "100"', "hu"),
+        "b": ('name = "Capsule"', 'name = "Capsule"\nexport = "no"', "export"),
+        "c": ("radius = 8.0, spline", "spline", "radius"),
+        "d": ("radii = [15.0, 15.0, 15.0]", 'radii = ["15", "15", "15"]', "radii"),
+    }
+    for folder, (old, new, key) in cases.items():
+        bad = _SOLIDS_TOML.replace(old, new)
+        assert bad != _SOLIDS_TOML
+        with pytest.raises(RtplanError, match=key):
+            load_atlas(_write_def(tmp_path / folder, bad), spacing_mm=4.0, validate=False)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"spacing_mm": "3"}, "spacing_mm"),
+        ({"shape": (40.5, 64, 64)}, "shape"),
+        ({"grid": (40, 64, 64)}, "grid"),
+        ({"scale": "1.1"}, "scale"),
+        ({"bladder_filling": True}, "bladder_filling"),
+        ({"seed": True}, "seed"),
+        ({"validate": "no"}, "validate"),
+    ],
+)
+def test_load_atlas_checks_argument_types(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        load_atlas(NAME, **kwargs)
+
+
+def test_load_atlas_refuses_a_name_that_is_not_a_string():
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_atlas(123)
+
+
+def test_load_atlas_refuses_a_spacing_of_two_numbers():
+    with pytest.raises(GeometryError, match="spacing_mm"):
+        load_atlas(NAME, spacing_mm=(3.0, 2.5))
+
+
+def test_atlas_checks_its_parts(atlas):
+    with pytest.raises(TypeError, match="structures"):
+        Atlas(NAME, atlas.grid, atlas.ct_hu, {}, {})
+    with pytest.raises(GridMismatchError, match="ct_hu"):
+        Atlas(NAME, atlas.grid, atlas.ct_hu[1:], atlas.structures, {})
+    with pytest.raises(TypeError, match="structures"):
+        atlas.missing("Bladder")  # one name, not a list of names
+
+
+def test_validate_anatomy_and_derive_landmarks_check_their_arguments(atlas):
+    with pytest.raises(TypeError, match="atlas"):
+        validate_anatomy(atlas.structures)
+    with pytest.raises(InvalidInputError, match="anterior"):
+        validate_anatomy(atlas, relations={"anterior": ["Bladder"]})
+    with pytest.raises(InvalidInputError, match="volume_cc"):
+        validate_anatomy(atlas, relations={"volume_cc": {"Bladder": "big"}})
+    with pytest.raises(TypeError, match="structures"):
+        derive_landmarks({"Bladder": atlas.structures["Bladder"]})
+
+
+def test_label_map_arguments_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="labels"):
+        atlas_from_label_maps(tmp_path, labels={"1": "urinary_bladder"})
+    with pytest.raises(InvalidInputError, match="femur_head_length_mm"):
+        atlas_from_label_maps(tmp_path, femur_head_length_mm=-5.0)
+    from rtplan.atlas import atlas_from_dicom
+
+    with pytest.raises(TypeError, match="folder"):
+        atlas_from_dicom(123)
+
+
+def _ct_folder_with_rtstruct(tmp_path: Path) -> Path:
+    dicom_io = _dicom_io()
+    grid = ImageGrid(shape=(3, 8, 8), spacing_mm=(3.0, 2.0, 2.0), origin_mm=(-8.0, -8.0, 0.0))
+    folder = Path(
+        dicom_io.write_ct_series(
+            np.zeros(grid.shape, np.float32),
+            grid,
+            tmp_path / "ct",
+            patient_name="TEST^PHANTOM",
+            patient_id="T0",
+            series_description="t",
+        )
+    )
+    z = grid.axis_coordinates_mm()[0]
+    square = np.array([[-4.0, -4.0, z[1]], [4.0, -4.0, z[1]], [4.0, 4.0, z[1]], [-4.0, 4.0, z[1]]])
+    _write_rtstruct(folder, folder / "rs.dcm", {"Bladder": [square]})
+    return folder
+
+
+def test_files_that_are_not_dicom_are_skipped_when_looking_for_the_rtstruct(tmp_path):
+    from rtplan.atlas import atlas_from_dicom
+
+    folder = _ct_folder_with_rtstruct(tmp_path)
+    (folder / "README.txt").write_text("not DICOM", encoding="utf-8")
+    (folder / "empty").write_bytes(b"")
+    assert "Bladder" in atlas_from_dicom(folder).structures
+
+
+def test_a_real_error_while_looking_for_the_rtstruct_is_not_silenced(tmp_path, monkeypatch):
+    import pydicom
+
+    from rtplan.atlas import atlas_from_dicom
+
+    folder = _ct_folder_with_rtstruct(tmp_path)
+    real = pydicom.dcmread
+
+    def broken(path, *args, **kwargs):
+        if Path(path).name == "rs.dcm":
+            raise RuntimeError("disk on fire")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", broken)
+    # it used to be taken for a non-DICOM file and reported as "no RTSTRUCT"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atlas_from_dicom(folder)

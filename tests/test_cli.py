@@ -535,6 +535,50 @@ def test_plan_and_stage_on_an_exported_atlas(exported_atlas, tmp_path, capsys):
     assert not any(p.name.startswith(".plan.") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("damage", ["not NIfTI", "truncated"])
+def test_unreadable_nifti_lesion_mask_is_one_line_naming_the_file(
+    exported_atlas, tmp_path, capsys, damage
+):
+    nib = pytest.importorskip("nibabel")
+    ct_dir = exported_atlas / "ct"
+    (rs,) = sorted(exported_atlas.glob("RS_*.dcm"))
+    path = tmp_path / "lesions.nii.gz"
+    if damage == "not NIfTI":
+        path.write_bytes(b"not a NIfTI file " * 8)
+    else:
+        labels = np.random.default_rng(0).integers(0, 3, (30, 30, 30)).astype(np.int16)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(path))
+        path.write_bytes(path.read_bytes()[:-200])
+    code, _, err = run(["stage", "--ct", ct_dir, "--structures", rs, "--lesions", path], capsys)
+    assert code == 1
+    assert_one_line_error(err, f"--lesions {path}: not a readable NIfTI file")
+
+
+def test_lesion_table_text_lists_the_staged_lesions():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from rtplan.grid import ImageGrid
+    from rtplan.lesions import Lesions, lesions_from_mask
+    from rtplan.staging import stage
+    from rtplan.structures import StructureSet
+
+    g = ImageGrid(shape=(10, 20, 20), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0, 0, 0))
+    atlas = SimpleNamespace(grid=g, structures=StructureSet([], grid=g), landmarks={})
+    no_lesion = stage(Lesions([], grid=g), atlas)
+    assert cli.lesion_table_text(no_lesion) == "no PSMA-positive lesion"
+    mask = np.zeros(g.shape, bool)
+    mask[2:6, 4:12, 4:12] = True
+    (lesion,) = lesions_from_mask(mask, g)
+    staged = lesion.with_staging(category="N1", region="external iliac", side="L")
+    text = cli.lesion_table_text(replace(no_lesion, lesions=Lesions([staged], grid=g)))
+    header, row = text.splitlines()
+    assert header.split() == [
+        "lesion", "miTNM", "region", "side", "volume", "[cc]", "SUVmax", "miPSMA", "source"
+    ]  # fmt: skip
+    assert row.split()[:6] == ["L1", "N1", "external", "iliac", "L", "0.64"]
+
+
 def test_stage_from_a_lesion_rtstruct(exported_atlas, tmp_path, capsys):
     """``--lesions RTSTRUCT``: ROIs of type GTV by default, or those named by --lesion-rois."""
     from rtplan.atlas import atlas_from_dicom

@@ -1,6 +1,9 @@
 """The side-by-side comparison on the shipped atlas (coarse grid for speed)."""
 
+import dataclasses
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -133,3 +136,58 @@ def test_progress_callback_hears_each_option(coarse_atlas, t0):
     heard = []
     compare_options(coarse_atlas, None, options[:1], case="T0", progress=heard.append)
     assert len(heard) == 1 and options[0].name in heard[0] and heard[0].startswith("T0")
+
+
+# ---------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"options": "foo"}, TypeError, "options"),
+        ({"options": [1, 2]}, TypeError, "options"),
+        ({"options": {"PBRT": None}}, TypeError, "options"),
+        ({"atlas": "male_pelvis_postop"}, TypeError, "atlas"),
+        ({"lesions": [1]}, TypeError, "lesions"),
+        ({"stage": "TrN1M0"}, TypeError, "stage"),
+        ({"protocol": 3}, TypeError, "protocol"),
+        ({"case": 3}, TypeError, "case"),
+        ({"dose_spacing_mm": "2.5"}, TypeError, "dose_spacing_mm"),
+        ({"dose_spacing_mm": -1.0}, ValueError, "dose_spacing_mm"),
+        ({"oars": "Rectum"}, TypeError, "oars"),
+        ({"oars": [1]}, TypeError, "oars"),
+        ({"dose_parameters": {"imrt_plateau": 1.0}}, TypeError, "dose_parameters"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused_by_name(t0, coarse_atlas, kwargs, error, name):
+    _, options, _ = t0
+    args = {"atlas": coarse_atlas, "lesions": None, "options": options[:1], **kwargs}
+    with pytest.raises(error, match=name):
+        compare_options(args.pop("atlas"), args.pop("lesions"), args.pop("options"), **args)
+
+
+def test_comparison_and_option_results_are_frozen(t0):
+    _, _, cmp = t0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cmp.case = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cmp.results[0].dose_gy = np.zeros(1)  # type: ignore[misc]
+
+
+def test_to_pandas_without_pandas_says_how_to_install_it(t0, monkeypatch):
+    _, _, cmp = t0
+    monkeypatch.setitem(sys.modules, "pandas", None)  # makes "import pandas" fail
+    with pytest.raises(ImportError, match="pip install pandas"):
+        cmp.table.to_pandas()
+
+
+def test_to_pandas_builds_a_frame_with_options_as_columns(t0, monkeypatch):
+    _, _, cmp = t0
+    fake = types.ModuleType("pandas")
+
+    def data_frame(data, index):
+        return {"data": data, "index": index}
+
+    fake.DataFrame = data_frame  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pandas", fake)
+    frame = cmp.table.to_pandas()
+    assert list(frame["data"]) == list(cmp.table.options)
+    assert frame["index"] == [r.label for r in cmp.table.rows]

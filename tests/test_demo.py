@@ -184,6 +184,25 @@ def test_run_demo_failure_leaves_no_folder(tmp_path, monkeypatch, atlas):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_demo_hands_each_case_its_job_and_clears_them(tmp_path, monkeypatch, atlas):
+    """The forked workers' state: one job per case while the run lasts, none after it."""
+    import rtplan.demo as demo_mod
+
+    seen = {}
+
+    def stop(case, atlas_, folder, **kwargs):
+        seen[case.name] = (sorted(demo_mod._JOBS), atlas_ is atlas)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(demo_mod, "load_atlas", lambda name, spacing_mm=None: atlas)
+    monkeypatch.setattr(demo_mod, "run_case", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_demo(tmp_path / "d", cases=["n1m0", "T0N0M0"], jobs=1, progress=False)
+    assert seen == {"N1M0": (["N1M0", "T0N0M0"], True)}
+    assert demo_mod._JOBS == {}
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_demo_two_cases_in_two_workers(tmp_path):
     summary = run_demo(
         tmp_path / "d",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -21,8 +22,8 @@ from dicom_fixtures import (
 )
 from matplotlib.path import Path as MplPath
 
-from rtplan import dicom_io
 from rtplan.dicom_io import (
+    CtSeries,
     read_ct_series,
     read_pet_suv,
     read_rtdose,
@@ -31,6 +32,7 @@ from rtplan.dicom_io import (
     write_rtdose,
     write_rtstruct,
 )
+from rtplan.dicom_io._contours import _fill_polygons, _trace_slice
 from rtplan.errors import DicomInputError, GridMismatchError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet
@@ -71,7 +73,7 @@ def ct_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ct(ct_dir) -> dicom_io.CtSeries:
+def ct(ct_dir) -> CtSeries:
     return read_ct_series(ct_dir)
 
 
@@ -156,6 +158,48 @@ def test_ct_recursive_ignores_non_dicom_and_other_modalities(tmp_path, ct_dir, r
     shutil.copy(rtstruct_file, root / "rs.dcm")
     ct = read_ct_series(root)
     assert ct.grid.shape == (4, 8, 10)
+
+
+def test_ct_folder_scan_skips_a_file_pydicom_cannot_parse(tmp_path):
+    info = write_ct(tmp_path / "ct", n_slices=4)
+    data = info["files"][0].read_bytes()
+    i = data.index(b"\x02\x00\x00\x00UL\x04\x00")  # FileMetaInformationGroupLength, UL
+    bad = data[: i + 6] + b"\x03\x00" + data[i + 8 : i + 11] + data[i + 12 :]  # 3-byte UL
+    (tmp_path / "ct" / "bad_length.dcm").write_bytes(bad)
+    with pytest.raises(pydicom.errors.BytesLengthException):
+        pydicom.dcmread(tmp_path / "ct" / "bad_length.dcm")
+    assert read_ct_series(tmp_path / "ct").grid.shape[0] == 4
+
+
+def test_ct_folder_scan_raises_when_a_file_cannot_be_read(tmp_path, monkeypatch):
+    """pydicom's OSError about unparseable bytes skips a file; an OS error is a real error."""
+    write_ct(tmp_path / "ct", n_slices=3)
+    (tmp_path / "ct" / "x.dcm").write_bytes(b"DICM")
+    real_dcmread = pydicom.dcmread
+    error: list[OSError] = []
+
+    def dcmread(path, *args, **kwargs):
+        if Path(path).name == "x.dcm":
+            raise error[0]
+        return real_dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    error.append(OSError("No tag to read at file position 9E6"))  # pydicom, no errno
+    assert read_ct_series(tmp_path / "ct").grid.shape[0] == 3
+    error[0] = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ct" / "x.dcm"))
+    with pytest.raises(PermissionError, match="x.dcm"):
+        read_ct_series(tmp_path / "ct")
+
+
+def test_ct_undecodable_pixel_data_names_file_and_tag(tmp_path):
+    info = write_ct(tmp_path / "ct", n_slices=3)
+    ds = pydicom.dcmread(info["files"][1])
+    ds.PixelData = ds.PixelData[:-4]  # shorter than Rows x Columns pixels
+    ds.save_as(info["files"][1])
+    assert read_ct_series(tmp_path / "ct", pixels=False).grid.shape[0] == 3
+    with pytest.raises(DicomInputError, match="PixelData") as err:
+        read_ct_series(tmp_path / "ct")
+    assert info["files"][1].name in str(err.value)
 
 
 def test_ct_two_series_listed_or_chosen(tmp_path):
@@ -563,8 +607,8 @@ def test_trace_then_fill_is_identity_on_random_masks():
     rng = np.random.default_rng(7)
     for _ in range(30):
         m = rng.random((13, 17)) < rng.uniform(0.2, 0.8)
-        loops = dicom_io._trace_slice(m)
-        back = dicom_io._fill_polygons([lp[:, ::-1] for lp in loops], 13, 17)
+        loops = _trace_slice(m)
+        back = _fill_polygons([lp[:, ::-1] for lp in loops], 13, 17)
         np.testing.assert_array_equal(back, m)
         for lp in loops:  # closed rings without repeated consecutive points
             assert len(lp) >= 4 and not np.any(np.all(lp == np.roll(lp, 1, axis=0), axis=1))
@@ -586,7 +630,7 @@ def test_fill_matches_point_in_polygon_reference():
             p = np.column_stack([c[0] + r * np.sin(ang), c[1] + r * np.cos(ang)])
             polys.append(p)
             expected ^= MplPath(p).contains_points(centres)
-        got = dicom_io._fill_polygons(polys, ny, nx)
+        got = _fill_polygons(polys, ny, nx)
         np.testing.assert_array_equal(got.ravel(), expected)
 
 
@@ -692,6 +736,19 @@ def test_read_rtstruct_contour_outside_grid(tmp_path, other_rtstruct):
         ss = read_rtstruct(bad, ct.grid, on_invalid="warn")
     assert ss["PTV_Boost"].is_empty
     assert read_rtstruct(bad, ct.grid, on_invalid="ignore")["PTV_Boost"].is_empty
+
+
+def test_read_rtstruct_warnings_point_at_the_callers_line(tmp_path, other_rtstruct):
+    path, ct, _ = other_rtstruct
+    ds = pydicom.dcmread(path)
+    c = ds.ROIContourSequence[1].ContourSequence[0]
+    data = [float(v) for v in c.ContourData]
+    data[2::3] = [40.0] * (len(data) // 3)  # far above the last slice (17.5 mm)
+    c.ContourData = [f"{v:g}" for v in data]
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.warns(RtplanWarning, match="outside the grid") as record:
+        read_rtstruct(tmp_path / "bad.dcm", ct.grid, on_invalid="warn")
+    assert [Path(w.filename).name for w in record] == [Path(__file__).name]
 
 
 def test_read_rtstruct_frame_of_reference_checked(other_rtstruct):

@@ -276,3 +276,25 @@ def test_bad_inputs(dose_grid, body_mask):
         estimate_course_dose(_course(ptv), flipped)
     with pytest.raises(ValueError, match="deviation"):
         rtog0813_r50_limit(10.0, deviation="major")
+
+
+def test_arguments_of_the_wrong_type_are_refused_by_name(body, dose_grid):
+    ptv = _sphere_cc(20.0)
+    course = _course(ptv)
+    option = FieldOption("PBRT", (course,))
+    with pytest.raises(TypeError, match="option"):
+        estimate_option_dose(course, dose_grid)
+    with pytest.raises(TypeError, match="option"):
+        estimate_option_dose("PBRT", dose_grid)
+    with pytest.raises(TypeError, match="dose_grid"):
+        estimate_option_dose(option, dose_grid.shape)
+    with pytest.raises(TypeError, match="params"):
+        estimate_option_dose(option, dose_grid, params={"imrt_plateau": 1.0})
+    with pytest.raises(TypeError, match="dose_grid"):
+        estimate_course_dose(course, None)
+    with pytest.raises(TypeError, match="params"):
+        estimate_course_dose(course, dose_grid, params=1.02)
+    with pytest.raises(TypeError, match="reference_grid"):
+        make_dose_grid(CT.shape)
+    with pytest.raises(TypeError, match="body"):
+        make_dose_grid(CT, body=body.mask)

@@ -368,3 +368,33 @@ def test_zero_dose_and_float32_input():
     d32 = compute_dvh(_field(dose_grid, "radial").astype(np.float32), dose_grid, s)
     d64 = compute_dvh(_field(dose_grid, "radial"), dose_grid, s)
     assert d32.metric("D50%") == pytest.approx(d64.metric("D50%"), abs=0.011)
+
+
+# ---------------------------------------------------------------------------- argument checks
+def test_arguments_of_the_wrong_type_are_refused_by_name():
+    ct, dose_grid = _grids(10.0)
+    s = Structure("S", sphere_mask(ct, CENTRE, 6.0), ct)
+    dose = np.zeros(dose_grid.shape)
+    with pytest.raises(TypeError, match="structure"):
+        compute_dvh(dose, dose_grid, sphere_mask(ct, CENTRE, 6.0))
+    with pytest.raises(TypeError, match="dose_grid"):
+        compute_dvh(dose, dose_grid.shape, s)
+    with pytest.raises(TypeError, match="structures"):
+        compute_dvhs(dose, dose_grid, s)
+    with pytest.raises(TypeError, match="structure"):
+        structure_on_dose_grid("Rectum", dose_grid)
+    with pytest.raises(TypeError, match="dose_grid"):
+        occupancy_on_grid(s, None)
+    dvh = _ramp_dvh()
+    with pytest.raises(TypeError, match="constraint"):
+        evaluate_constraint("V65Gy<=35%", dvh)
+    with pytest.raises(TypeError, match="dvh"):
+        evaluate_constraint(parse_constraint("V65Gy<=35%", structure="R"), dvh.cumulative_cc)
+    with pytest.raises(TypeError, match="dvh"):
+        geud_gy({"R": dvh}, 0.5)
+    with pytest.raises(TypeError, match="dvh"):
+        lkb_ntcp(None, LKB_PARAMETERS["Rectum"])
+    with pytest.raises(TypeError, match="parameters"):
+        lkb_ntcp(dvh, {"td50_gy": 76.9, "m": 0.13, "n": 0.09})
+    with pytest.raises(TypeError, match="constraint text"):
+        parse_constraint(35, structure="R")

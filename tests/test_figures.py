@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,20 @@ def test_unknown_structure_or_center_is_reported(tmp_path, atlas):
         save_atlas_views(atlas, tmp_path / "x.png", structures=["Bladder", "NoSuchOrgan"])
     with pytest.raises(MissingStructureError, match="Nowhere"):
         save_atlas_views(atlas, tmp_path / "x.png", center_mm="Nowhere")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_atlas_stand_in_is_refused(tmp_path, atlas):
+    # the same attributes are not enough: the contract is the Atlas type
+    loose = SimpleNamespace(
+        name=atlas.name,
+        grid=atlas.grid,
+        ct_hu=atlas.ct_hu,
+        structures=atlas.structures,
+        landmarks=atlas.landmarks,
+    )
+    with pytest.raises(TypeError, match=r"atlas must be an rtplan\.atlas\.Atlas"):
+        save_atlas_views(loose, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from rtplan.errors import GeometryError, GridMismatchError
+from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import GRID_ATOL_MM, ImageGrid, check_same_grid, resample_to_grid
 from rtplan.testing import assert_grid_equal
 
@@ -236,3 +236,52 @@ def test_bounds_and_extent():
     assert z1 - z0 == pytest.approx(4 * 2.5)
     assert g.extent_mm == pytest.approx((10.0, 4.9, 5.88))
     assert g.voxel_volume_cc == pytest.approx(2.5 * 0.98 * 0.98 / 1000)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def test_a_non_integral_shape_is_refused_not_truncated():
+    with pytest.raises(GeometryError, match="shape"):
+        make(shape=(2.5, 5, 6))
+    assert make(shape=(4.0, 5, 6)).shape == (4, 5, 6)  # integral floats are fine
+
+
+@pytest.mark.parametrize("field", ["shape", "spacing_mm", "origin_mm"])
+def test_strings_are_not_numbers(field):
+    value = {"shape": ("4", "5", "6"), "spacing_mm": ("1", "1", "1"), "origin_mm": ("0", "0", "0")}
+    with pytest.raises(TypeError, match=field):
+        make(**{field: value[field]})
+
+
+def test_frame_of_reference_uid_must_be_a_string():
+    with pytest.raises(TypeError, match="frame_of_reference_uid"):
+        make(frame_of_reference_uid=123)
+    assert make(frame_of_reference_uid="1.2.3").frame_of_reference_uid == "1.2.3"
+
+
+def test_check_same_grid_refuses_what_is_not_a_grid():
+    with pytest.raises(TypeError, match="ImageGrid"):
+        check_same_grid(make(), (4, 5, 6))
+
+
+def test_check_same_grid_needs_one_name_per_grid():
+    # with too few names the third grid used to go unchecked
+    with pytest.raises(InvalidInputError, match="one name per grid"):
+        check_same_grid(make(), make(), make(shape=(4, 5, 7)), names=["CT", "dose"])
+
+
+def test_resample_to_grid_checks_its_grids_and_order():
+    g = make()
+    a = np.zeros(g.shape)
+    with pytest.raises(TypeError, match="source"):
+        resample_to_grid(a, g.shape, g)
+    with pytest.raises(TypeError, match="target"):
+        resample_to_grid(a, g, "grid")
+    with pytest.raises(InvalidInputError, match="order"):
+        resample_to_grid(a, g, g, order=3)
+
+
+def test_crop_needs_slices():
+    with pytest.raises(TypeError, match="slice"):
+        make().crop((0, slice(None), slice(None)))

@@ -1,10 +1,11 @@
-"""The one atomic-write helper every rtplan writer uses."""
+"""The atomic-write helpers every rtplan writer uses: one file, or a whole output folder."""
 
 import os
+from pathlib import Path
 
 import pytest
 
-from rtplan._io import atomic_path, atomic_write_text
+from rtplan._io import atomic_path, atomic_write_text, staged_output
 
 
 def test_text_is_written_with_umask_permissions(tmp_path):
@@ -40,3 +41,32 @@ def test_a_folder_is_renamed_into_place_or_removed(tmp_path):
         (tmp / "CT_0001.dcm").write_bytes(b"x")
         raise OSError("disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]
+
+
+# ---------------------------------------------------------------------------- staged_output
+def test_staged_output_lives_here_and_the_cli_re_exports_it():
+    from rtplan import cli
+
+    assert cli.staged_output is staged_output
+    assert "staged_output" in cli.__all__
+
+
+def test_staged_output_puts_the_old_folder_back_when_the_final_rename_fails(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # the new folder onto ``out``, after the old one moved aside
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"), staged_output(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    assert calls[0][1].startswith(".o.old-") and calls[2][0].startswith(".o.old-")

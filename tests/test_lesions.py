@@ -12,6 +12,7 @@ from rtplan.errors import GridMismatchError, InvalidMaskError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.lesions import (
     Lesion,
+    LesionRow,
     Lesions,
     lesions_from_mask,
     lesions_from_pet,
@@ -431,3 +432,53 @@ def test_bad_pet_input(pet):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         lesions_from_pet(bad, grid)
+
+
+# ---------------------------------------------------------------------------- argument checks
+def test_builders_refuse_a_grid_that_is_not_an_image_grid(mgrid, pet):
+    m = sphere_mask(mgrid, (0.0, 20.0, 10.0), 5.0)
+    with pytest.raises(TypeError, match="grid"):
+        lesions_from_mask(m, mgrid.shape)
+    with pytest.raises(TypeError, match="target_grid"):
+        lesions_from_mask(m, mgrid, target_grid="atlas")
+    with pytest.raises(TypeError, match="suv_grid"):
+        lesions_from_mask(m, mgrid, suv=np.ones(mgrid.shape), suv_grid=mgrid.shape)
+    with pytest.raises(TypeError, match="grid"):
+        suv_peak(np.ones(mgrid.shape), m, None)
+    with pytest.raises(TypeError, match="grid"):
+        Lesions([], grid="atlas")
+    grid, suv, _ = pet
+    with pytest.raises(TypeError, match="grid"):
+        lesions_from_pet(suv, "pet")
+    with pytest.raises(TypeError, match="target_grid"):
+        lesions_from_pet(suv, grid, target_grid=grid.shape)
+
+
+def test_structures_and_references_of_the_wrong_type_are_refused(mgrid, pet):
+    with pytest.raises(TypeError, match="structures"):
+        lesions_from_structures("GTV_node1")
+    s = Structure("GTV_node1", sphere_mask(mgrid, (0.0, 20.0, 10.0), 5.0), mgrid, role="gtv")
+    with pytest.raises(TypeError, match="structures"):
+        lesions_from_structures(s)
+    grid, suv, regions = pet
+    with pytest.raises(TypeError, match="references"):
+        lesions_from_pet(suv, grid, references=[regions["liver"]])
+
+
+def test_lesion_fields_and_staging_fields_are_checked(mgrid):
+    s = Structure("L1", sphere_mask(mgrid, (0.0, 20.0, 10.0), 5.0), mgrid, role="gtv")
+    with pytest.raises(TypeError, match="id"):
+        Lesion(id="1", name="L1", structure=s)
+    with pytest.raises(TypeError, match="name"):
+        Lesion(id=1, name=1, structure=s)
+    lesion = Lesion(id=1, name="L1", structure=s)
+    staged = lesion.with_staging(category="N1", region="external iliac", notes=("x",))
+    assert (staged.category, staged.region, staged.notes, staged.id) == (
+        "N1",
+        "external iliac",
+        ("x",),
+        1,
+    )
+    with pytest.raises(TypeError, match="id"):
+        lesion.with_staging(id=5)
+    assert set(staged.row()) == set(LesionRow.__annotations__)

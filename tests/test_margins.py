@@ -580,3 +580,33 @@ def test_expand_is_bracketed_by_independent_point_dilations(seed):
     inner = _point_dilation(s, g, shrunk) if all(v > h for v in vals.values()) else s
     assert not np.any(out & ~outer), "result reaches further than m + h/2 from every voxel centre"
     assert not np.any(inner & ~out), "result misses points within m - h/2 of a voxel centre"
+
+
+# ------------------------------------------------------------------ argument checks
+
+_PUBLIC_WITH_GRID = {
+    "expand": lambda m, g, **kw: expand(m, g, 2.0, **kw),
+    "shrink": lambda m, g, **kw: shrink(m, g, 2.0, **kw),
+    "ring": lambda m, g, **kw: ring(m, g, 0.0, 2.0, **kw),
+    "wall": lambda m, g, **kw: wall(m, g, 2.0, **kw),
+    "crop_away_from": lambda m, g, **kw: crop_away_from(m, m, g, 2.0, **kw),
+}
+
+
+@pytest.mark.parametrize("func", sorted(_PUBLIC_WITH_GRID))
+def test_the_grid_must_be_an_image_grid(func, grid, sphere):
+    with pytest.raises(TypeError, match="grid must be an ImageGrid"):
+        _PUBLIC_WITH_GRID[func](sphere, grid.shape)
+
+
+@pytest.mark.parametrize("func", sorted(_PUBLIC_WITH_GRID))
+def test_the_name_must_be_a_string(func, grid, sphere):
+    with pytest.raises(TypeError, match="name"):
+        _PUBLIC_WITH_GRID[func](sphere, grid, name=3)
+
+
+@pytest.mark.parametrize("func", ["expand", "ring"])
+def test_clip_must_be_true_or_false(func, grid, sphere):
+    # a string used to count as True
+    with pytest.raises(TypeError, match="clip"):
+        _PUBLIC_WITH_GRID[func](sphere, grid, clip="no")

@@ -258,3 +258,23 @@ def test_path_in_message(tmp_path):
     f.write_text(text.replace("vessel_margin_mm = 7", "vessel_margin_mm = -7"), "utf-8")
     with pytest.raises(ProtocolError, match=r"ctv\.pelvic_nodes\.vessel_margin_mm.*p\.toml"):
         load_protocol(f)
+
+
+def test_typed_accessors(proto):
+    assert proto.number("ctv.pelvic_nodes.vessel_margin_mm") == 7.0
+    assert isinstance(proto.value("prescription.pelvic_nodes.fractions"), int)
+    assert proto.number("prescription.pelvic_nodes.fractions") == 25.0
+    assert proto.text("technique.wprt_mode") == "sequential"
+    assert proto.names("ctv.pelvic_nodes.presacral_vertebrae") == ("VB_S1", "VB_S2", "VB_S3")
+    # defaults stand in for absent optional keys only
+    assert proto.number("ctv.prostate_bed.no_such_mm", 0.0) == 0.0
+    assert proto.text("ctv.prostate_bed.no_such_choice", "fascia") == "fascia"
+    assert proto.number("ctv.pelvic_nodes.vessel_margin_mm", 3.0) == 7.0
+    with pytest.raises(ProtocolError, match="no value 'ctv.prostate_bed.no_such_mm'"):
+        proto.number("ctv.prostate_bed.no_such_mm")
+    with pytest.raises(ProtocolError, match="superior_border: expected a number"):
+        proto.number("ctv.pelvic_nodes.superior_border")
+    with pytest.raises(ProtocolError, match="vessel_margin_mm: expected a string"):
+        proto.text("ctv.pelvic_nodes.vessel_margin_mm")
+    with pytest.raises(ProtocolError, match="wprt_mode: expected a list of names"):
+        proto.names("technique.wprt_mode")

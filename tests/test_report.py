@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -14,10 +15,14 @@ import numpy as np
 import pytest
 
 from rtplan import report as rpt
+from rtplan.atlas import Atlas
 from rtplan.compare import Comparison, ComparisonTable, MetricRow, OptionResult
 from rtplan.dvh import LKB_PARAMETERS, compute_dvh, lkb_ntcp
 from rtplan.grid import ImageGrid
+from rtplan.lesions import Lesion, Lesions
 from rtplan.plan import Course, FieldOption, Target
+from rtplan.protocol import Protocol, load_protocol
+from rtplan.staging import Stage
 from rtplan.structures import Structure, StructureSet
 
 # ----------------------------------------------------------------------------- the phantom
@@ -92,13 +97,14 @@ def _row(group, structure, metric, unit, values, limit=None, op=None, source="")
 def build_comparison() -> Comparison:
     """Two options on a 40 x 40 x 20 phantom, a table computed from real DVHs."""
     s = _structures()
-    atlas = SimpleNamespace(
+    atlas = Atlas(
         name="synthetic phantom",
         grid=CT_GRID,
         ct_hu=_ct(s),
         structures=StructureSet(
             [s[n] for n in ("Body", "Bladder", "Rectum", "Spc_Bowel")], grid=CT_GRID
         ),
+        landmarks={},
     )
     bed = Target(s["PTV_Bed"], 66.6, ctv=s["CTV_Bed"])
     pbrt = FieldOption(
@@ -199,36 +205,72 @@ def build_comparison() -> Comparison:
         )
     )
     table = ComparisonTable(options, tuple(rows))
-    stage = SimpleNamespace(
-        string="TrN1M0",
-        detailed="miTrN1aM0",
-        ucla_group="N1",
-        oligometastatic=False,
-        table=lambda: [
-            {"id": "L1", "category": "Tr", "region": "VUA", "volume_cc": 1.234, "suv_max": 8.4},
-            {
-                "id": "L2",
-                "category": "N1",
-                "region": "Iliac_Ext_L",
-                "volume_cc": 0.61,
-                "suv_max": 12.7,
-            },
-        ],
-    )
-    protocol = SimpleNamespace(
-        name="test_protocol",
-        path="/nowhere/test.toml",
-        sources=["Protocol source one", "Protocol source two"],
-    )
     return Comparison(
         "TrN1M0 test case",
         atlas,
         None,
-        stage,
-        protocol,
+        _stage(),
+        _protocol(),
         results,
         table,
         dose_model="analytic test model (sigmoid spheres)",
+    )
+
+
+def _lesion(n: int, centre, half_mm, **staging) -> Lesion:
+    """A box lesion on the CT grid; ``half_mm`` (x, y, z) are its half sizes."""
+    z, y, x = CT_GRID.axis_coordinates_mm()
+    cx, cy, cz = centre
+    hx, hy, hz = half_mm
+    mask = (
+        (np.abs(z - cz) <= hz)[:, None, None]
+        & (np.abs(y - cy) <= hy)[None, :, None]
+        & (np.abs(x - cx) <= hx)[None, None, :]
+    )
+    name = f"L{n}"
+    return Lesion(n, name, Structure(name, mask, CT_GRID, role="gtv"), **staging)
+
+
+def _stage() -> Stage:
+    """A staged TrN1M0 case: a bed recurrence and an external iliac node."""
+    lesions = Lesions(
+        [
+            _lesion(1, (0.0, 10.0, 0.0), (5.0, 5.0, 5.0), suv_max=8.4, category="Tr", region="VUA"),
+            _lesion(
+                2,
+                (-20.0, 0.0, 6.0),
+                (2.5, 2.5, 2.0),
+                suv_max=12.7,
+                category="N1",
+                region="Iliac_Ext_L",
+            ),
+        ],
+        grid=CT_GRID,
+    )
+    return Stage(
+        t="Tr",
+        n="N1",
+        m="M0",
+        detailed="miTrN1aM0",
+        n_detail="N1a",
+        nodal_regions=("EI",),
+        m_categories=(),
+        n_distant_lesions=0,
+        oligometastatic=False,
+        max_oligo_lesions=5,
+        bone_pattern=None,
+        lesions=lesions,
+        promise_version="v2",
+        common_iliac="M1a",
+    )
+
+
+def _protocol() -> Protocol:
+    """The shipped protocol under another name, one value with a test source."""
+    shipped = load_protocol("nrg_salvage")
+    protocol = Protocol(shipped.data, name="test_protocol", path="/nowhere/test.toml")
+    return protocol.with_values(
+        {"ctv.pelvic_nodes.vessel_margin_mm": 7.0}, source="Protocol source one"
     )
 
 
@@ -426,8 +468,54 @@ def test_dvh_curve_adapter(comparison):
     assert v.max() <= 100.0 + 1e-9 and np.all(np.diff(v) <= 1e-9)
     for dose in (10.0, 30.0, 50.0):
         assert np.interp(dose, d, v) == pytest.approx(dvh.volume_at_dose_pct(dose), abs=1e-6)
+    # a stand-in without the DVH's attributes fails instead of being guessed at
     stand_in = SimpleNamespace(dose_gy=np.array([0.0, 10.0]), volume_pct=np.array([100.0, 0.0]))
-    assert rpt._dvh_curve(stand_in)[1][0] == 100.0
+    with pytest.raises(AttributeError, match="cumulative_pct"):
+        rpt._dvh_curve(stand_in)
+
+
+def test_inputs_of_the_wrong_type_fail_instead_of_leaving_cells_empty(comparison):
+    # a stand-in stage with the old loose shape (no nodal regions, notes, lesions...)
+    loose_stage = SimpleNamespace(string="TrN1M0", detailed="miTrN1aM0", table=lambda: [])
+    with pytest.raises(TypeError, match=r"comparison\.stage must be an rtplan\.staging\.Stage"):
+        rpt.render_report(dataclasses.replace(comparison, stage=loose_stage))
+    loose_atlas = SimpleNamespace(name="x", grid=CT_GRID, ct_hu=comparison.atlas.ct_hu)
+    with pytest.raises(TypeError, match=r"comparison\.atlas must be an rtplan\.atlas\.Atlas"):
+        rpt.render_report(dataclasses.replace(comparison, atlas=loose_atlas))
+    with pytest.raises(TypeError, match=r"comparison\.protocol"):
+        rpt.render_report(dataclasses.replace(comparison, protocol="nrg_salvage"))
+    with pytest.raises(TypeError, match=r"comparison\.lesions"):
+        rpt.render_report(dataclasses.replace(comparison, lesions=[]))
+    # the section itself reads the contract's attributes: a missing one raises
+    with pytest.raises(AttributeError, match="ucla_group"):
+        rpt._stage_block(loose_stage)
+    with pytest.raises(AttributeError, match="region_uncertain"):
+        rpt._fmt_region(SimpleNamespace(region="VUA", side="L"))
+
+
+def test_lesion_table_reads_the_staged_lesions(comparison, report_file):
+    text = report_file.read_text(encoding="utf-8")
+    table = re.search(r'<table id="lesions">(.*?)</table>', text, re.S).group(1)
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    # columns without a value in any lesion (SUVpeak, miPSMA, notes) are left out
+    assert headers == [
+        "Lesion",
+        "miTNM",
+        "Region",
+        "Volume (cc)",
+        "SUVmax",
+        "Centroid x, y, z (mm)",
+    ]
+    body = table.split("<tbody>")[1]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", body)]
+    for lesion, cells in zip(comparison.stage.lesions, rows, strict=True):
+        assert cells[:3] == [lesion.name, lesion.category, lesion.region]
+        assert cells[3] == rpt._fmt_number(round(lesion.volume_cc, 3))
+        assert cells[4] == rpt._fmt_number(lesion.suv_max)
+    assert rows[0][3] == "1.2"  # 64 voxels of 2.5 x 2.5 x 3 mm
+    # the stage's details are shown next to its code
+    for needle in ("UCLA group", "N1M0", "Nodal regions", "EI", "PROMISE version", "v2"):
+        assert f">{needle}<" in text, needle
 
 
 def test_planes_sample_the_right_voxels():

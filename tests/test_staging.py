@@ -11,7 +11,7 @@ from phantoms import box_mask, sphere_mask
 from rtplan.errors import GridMismatchError, MissingStructureError
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesions, lesions_from_mask
-from rtplan.staging import StagingRules, stage
+from rtplan.staging import AtlasLike, Stage, StagingRules, check_atlas, stage
 from rtplan.structures import Structure, StructureSet
 
 
@@ -450,3 +450,49 @@ def test_lesion_at_the_bladder_neck_is_a_local_recurrence(shipped, above_vua_mm)
     top = shipped.structures["Bladder"].bounds_mm[2][1]
     dome = sphere_mask(shipped.grid, (x, y + 10.0, top - 12.0), 5.0)
     assert stage(lesions_from_mask(dome, shipped.grid), shipped).lesions[0].category == "M1c"
+
+
+# ---------------------------------------------------------------------------- typed boundaries
+def test_check_atlas_names_what_is_missing(atlas):
+    check_atlas(atlas)
+    assert isinstance(atlas, AtlasLike)
+    with pytest.raises(TypeError, match="atlas must be an anatomy.*without structures, landmarks"):
+        check_atlas(SimpleNamespace(grid=atlas.grid))
+    with pytest.raises(TypeError, match=r"anatomy\.landmarks must be a Mapping, got list"):
+        check_atlas(
+            SimpleNamespace(grid=atlas.grid, structures=atlas.structures, landmarks=[]),
+            name="anatomy",
+        )
+    with pytest.raises(TypeError, match=r"atlas\.grid must be a ImageGrid, got tuple"):
+        check_atlas(SimpleNamespace(grid=(1, 2, 3), structures=atlas.structures, landmarks={}))
+
+
+def test_stage_names_the_bad_argument(atlas):
+    les = lesions_at(atlas, ["bed"])
+    with pytest.raises(TypeError, match="lesions must be a Lesions collection"):
+        stage("L1", atlas)
+    with pytest.raises(TypeError, match="lesions must hold Lesion objects, got Structure"):
+        stage([les[0].structure], atlas)
+    with pytest.raises(TypeError, match="atlas must be an anatomy"):
+        stage(les, None)
+    with pytest.raises(TypeError, match="overrides must be a mapping"):
+        stage(les, atlas, overrides=["L1"])
+    with pytest.raises(TypeError, match="rules must be a StagingRules"):
+        stage(les, atlas, rules={"node_distance_mm": 10})
+    # a list of lesions is accepted like a collection
+    assert stage(list(les), atlas).string == stage(les, atlas).string
+
+
+def test_stage_is_checked_when_built(atlas):
+    st = stage(lesions_at(atlas, ["bed", "EI_L"]), atlas)
+    fields = {f: getattr(st, f) for f in Stage.__dataclass_fields__}
+    assert Stage(**fields) == st
+    with pytest.raises(ValueError, match="Stage.t must be one of"):
+        Stage(**{**fields, "t": "T1"})
+    with pytest.raises(ValueError, match="Stage.m must be one of"):
+        Stage(**{**fields, "m": "M1"})
+    with pytest.raises(TypeError, match="Stage.lesions must be a Lesions collection"):
+        Stage(**{**fields, "lesions": list(st.lesions)})
+    unstaged = lesions_at(atlas, ["bed"])
+    with pytest.raises(ValueError, match="must be staged.*not so: L1"):
+        Stage(**{**fields, "lesions": unstaged})

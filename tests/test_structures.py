@@ -135,3 +135,59 @@ def test_structure_pickles_for_multiprocessing():
     t = pickle.loads(pickle.dumps(s))
     assert t.name == s.name and t.role == "ctv" and t.grid == g
     assert np.array_equal(t.mask, s.mask)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def test_structure_needs_an_image_grid():
+    g = aniso_grid()
+    with pytest.raises(TypeError, match="grid of structure 'A'"):
+        Structure("A", np.zeros(g.shape, bool), g.shape)
+    with pytest.raises(TypeError, match="grid of structure 'A'"):
+        Structure.from_cropped("A", np.ones((1, 1, 1), bool), (0, 0, 0), "grid")
+
+
+def test_structure_color_must_be_numbers():
+    g = aniso_grid()
+    with pytest.raises(TypeError, match="color"):
+        Structure("A", np.zeros(g.shape, bool), g, color="red")
+    with pytest.raises(ValueError, match="color"):
+        Structure("A", np.zeros(g.shape, bool), g, color=(0, 0, 300))
+    assert Structure("A", np.zeros(g.shape, bool), g, color=[1, 2, 3]).color == (1, 2, 3)
+
+
+def test_structure_set_holds_structures_on_an_image_grid():
+    g = aniso_grid()
+    s = Structure("A", np.zeros(g.shape, bool), g)
+    with pytest.raises(TypeError, match=r"structures\[1\]"):
+        StructureSet([s, "B"])
+    with pytest.raises(TypeError, match="grid"):
+        StructureSet(grid=g.shape)
+    with pytest.raises(TypeError, match="structure"):
+        StructureSet([s]).add("B")
+    assert StructureSet([s]).grid is g
+    assert StructureSet(grid=g).names == []
+
+
+def test_names_are_strings():
+    g = aniso_grid()
+    ss = StructureSet([Structure("Bladder", np.zeros(g.shape, bool), g)])
+    with pytest.raises(TypeError, match="name"):
+        canonical_name(3)
+    with pytest.raises(TypeError, match="name"):
+        ss[3]
+    # a single name is not a list of names (it used to be read letter by letter)
+    with pytest.raises(TypeError, match="names"):
+        ss.require("Bladder")
+    with pytest.raises(TypeError, match="names"):
+        ss.select("Bladder")
+    assert ss.select(["bladder"]).names == ["Bladder"]
+
+
+def test_by_role_refuses_an_unknown_role():
+    g = aniso_grid()
+    ss = StructureSet([Structure("GTV", np.zeros(g.shape, bool), g, role="gtv")])
+    assert [s.name for s in ss.by_role("gtv")] == ["GTV"]
+    with pytest.raises(ValueError, match="role"):
+        ss.by_role("tumour")

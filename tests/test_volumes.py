@@ -11,8 +11,10 @@ from scipy import ndimage
 
 from rtplan.errors import GeometryError, MissingStructureError, ProtocolError
 from rtplan.grid import ImageGrid
+from rtplan.lesions import Lesion, Lesions
 from rtplan.plan import FieldOption
 from rtplan.protocol import load_protocol
+from rtplan.staging import Stage
 from rtplan.structures import Structure, StructureSet
 from rtplan.volumes import (
     DISCLAIMER,
@@ -418,7 +420,7 @@ def test_changing_margin_in_toml_changes_volume(tmp_path, phantom, ctv_sb):
 def _lesion(grid, centre, radius, lid):
     Z, Y, X = _coords(grid)
     m = (X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2 <= radius**2
-    return SimpleNamespace(id=lid, mask=Structure(f"L{lid}", m, grid, role="gtv"))
+    return Lesion(id=lid, name=f"L{lid}", structure=Structure(f"L{lid}", m, grid, role="gtv"))
 
 
 @pytest.fixture(scope="module")
@@ -443,16 +445,36 @@ def test_boost_volumes_names_and_nesting(phantom, protocol, lesions):
     assert (g3.name, c3.name) == ("GTVp", "CTVp_7400")
 
 
+_STAGE_GRID = ImageGrid(shape=(1, 1, 8), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+
+
 def _stage(string, t="T0", n="N0", m="M0", rows=(), oligo=False):
-    return SimpleNamespace(
-        string=string,
-        ucla_group=string if string in ("T0N0M0", "TrN0M0", "N1M0") else "M1",
+    """A Stage with lesions (id, category, region) of one voxel each; ``string`` is t+n+m."""
+    lesions = []
+    for i, c, r in rows:
+        voxel = np.zeros(_STAGE_GRID.shape, bool)
+        voxel[0, 0, i] = True
+        gtv = Structure(f"L{i}", voxel, _STAGE_GRID, role="gtv")
+        lesions.append(Lesion(id=i, name=f"L{i}", structure=gtv, category=c, region=r))
+    distant = [c for _, c, _ in rows if c.startswith("M1")]
+    st = Stage(
         t=t,
         n=n,
         m=m,
+        detailed=string,
+        n_detail=n,
+        nodal_regions=(),
+        m_categories=tuple(dict.fromkeys(distant)),
+        n_distant_lesions=len(distant),
         oligometastatic=oligo,
-        lesions=[SimpleNamespace(lesion_id=i, category=c, region=r) for i, c, r in rows],
+        max_oligo_lesions=5,
+        bone_pattern=None,
+        lesions=Lesions(lesions, grid=_STAGE_GRID),
+        promise_version="v2",
+        common_iliac="M1a",
     )
+    assert st.string == string
+    return st
 
 
 STAGES = {
@@ -714,3 +736,84 @@ def test_user_anatomy_without_internal_iliac_vessels_is_reported_by_name(atlas_c
         assert name in str(err.value)
     # the prostate-bed CTV does not need them
     assert ctv_prostate_bed(user).volume_cc > 0
+
+
+# ---------------------------------------------------------------------------- typed boundaries
+@pytest.mark.parametrize("bad", ["TrN1M1b", None, {"t": "Tr", "n": "N1", "m": "M1b"}])
+def test_suggest_options_needs_a_stage(bad):
+    with pytest.raises(TypeError, match="stage must be a rtplan.staging.Stage"):
+        suggest_options(bad)
+
+
+@pytest.mark.parametrize("bad", ["foo", ["PBRT"], None, 3])
+def test_build_options_needs_specs_or_a_stage(phantom, lesions, protocol, bad):
+    with pytest.raises(TypeError, match="specs must be an OptionSpec"):
+        build_options(bad, phantom, lesions, protocol)
+
+
+def test_build_options_accepts_a_stage_a_spec_or_none(phantom, lesions, protocol):
+    assert build_options([], phantom, lesions, protocol) == []
+    (one,) = build_options(OptionSpec("PBRT"), phantom, lesions, protocol)
+    assert one.name == "PBRT"
+    staged = build_options(STAGES["T0N0M0"], phantom, lesions, protocol)
+    assert [o.name for o in staged] == ["PBRT", "PBRT+WPRT"]
+
+
+def test_builders_name_the_bad_argument(phantom, lesions, protocol):
+    spec = OptionSpec("PBRT")
+    with pytest.raises(TypeError, match="spec must be an OptionSpec"):
+        build_option("PBRT", phantom, lesions, protocol)
+    with pytest.raises(TypeError, match="atlas must be an anatomy"):
+        build_options([spec], "male_pelvis", lesions, protocol)
+    with pytest.raises(TypeError, match=r"atlas\.structures must be a StructureSet"):
+        build_option(spec, SimpleNamespace(grid=phantom.grid, structures={}, landmarks={}))
+    with pytest.raises(TypeError, match="lesions must be a Lesions collection"):
+        build_options([spec], phantom, "L1", protocol)
+    with pytest.raises(TypeError, match="lesions must be a Lesions collection"):
+        build_options([spec], phantom, {1: lesions[0]}, protocol)
+    with pytest.raises(TypeError, match="lesions must hold Lesion objects, got SimpleNamespace"):
+        build_option(spec, phantom, [SimpleNamespace(id=1, mask=lesions[0].structure)])
+    with pytest.raises(TypeError, match="protocol must be a protocol name"):
+        build_options([spec], phantom, lesions, 5)
+    with pytest.raises(TypeError, match="atlas must be an anatomy"):
+        ctv_prostate_bed(None, protocol)
+    with pytest.raises(TypeError, match="atlas must be an anatomy"):
+        landmark_z_mm("male_pelvis", "VUA")
+    with pytest.raises(TypeError, match="name must be a str"):
+        landmark_z_mm(phantom, 3)
+
+
+def test_lesion_ids_are_integers_and_unique(phantom, lesions, protocol):
+    with pytest.raises(TypeError, match=r"OptionSpec\.local_boost must hold lesion ids"):
+        OptionSpec("x", local_boost=("L1",))
+    with pytest.raises(TypeError, match=r"OptionSpec\.sbrt_bone must be a tuple of lesion ids"):
+        OptionSpec("x", sbrt_bone=3)
+    with pytest.raises(TypeError, match=r"OptionSpec\.name must be a str"):
+        OptionSpec(5)
+    assert OptionSpec("x", sbrt_node=[np.int64(4)]).sbrt_node == (4,)
+    twin = Lesion(id=1, name="L1bis", structure=lesions[0].structure)
+    with pytest.raises(ValueError, match="same id 1"):
+        build_option(OptionSpec("x", local_boost=(1,)), phantom, [lesions[0], twin], protocol)
+
+
+def test_reporting_functions_check_their_arguments(options, phantom):
+    o = options[0]
+    with pytest.raises(TypeError, match="organs must be an iterable of names"):
+        target_overlaps(o, phantom, organs="Rectum")
+    with pytest.raises(TypeError, match="option must be a FieldOption"):
+        target_overlaps("PBRT", phantom)
+    with pytest.raises(TypeError, match="option must be a FieldOption"):
+        option_volume_table(o.name)
+
+
+def test_plan_objects_check_their_parts(ctv_sb):
+    from rtplan.plan import Course, Target
+
+    with pytest.raises(TypeError, match=r"Target\.ptv must be a Structure"):
+        Target("PTVsb_6660", 66.6)
+    with pytest.raises(TypeError, match=r"Target\.ctv must be a Structure or None"):
+        Target(ctv_sb, 66.6, ctv="CTVsb")
+    with pytest.raises(TypeError, match="a target of course 'Bed' must be a Target"):
+        Course("Bed", "imrt", 37, ("PTVsb_6660",))
+    with pytest.raises(TypeError, match="a course of option 'PBRT' must be a Course"):
+        FieldOption("PBRT", ("ProstateBed",))
