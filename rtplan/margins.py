@@ -46,8 +46,16 @@ a one-slice structure is a slab one slice thick, and an isolated voxel or a
 one-voxel line in a slice gets ``delta = 0`` and grows from its centre, so a single
 voxel grows by exactly its margin. A *pole* (``F <= 0.5``: one voxel or a one-voxel
 line in its slice, with the structure on one side along the slice axis only, like the
-tip of a small sphere or the end of a one-voxel line across slices) is taken as a flat
-axial face: half a slice along the slice axis. Each border voxel is then grown by its ellipsoid
+tip of a small sphere or the end of a one-voxel line across slices) has a flat axial
+face half a slice beyond its centre on the side without structure. It grows from its
+centre like any thin voxel, and from a point on the slice axis toward its face with
+the ellipsoid scaled by ``1 + e / m_max`` (``e`` half the smaller in-plane voxel side,
+at most a quarter slice; ``m_max`` the largest margin) and placed so that it reaches
+exactly half a slice beyond the margin along the slice axis; in-plane it reaches at most
+``e``, the half-width of the face, beyond the margin. (Scaling the pole's own ellipsoid,
+as for the other border voxels below, would grow it half a slice further in-plane too,
+where it has no surface: two columns more on 3 mm slices of 0.8 mm voxels.) Each other
+border voxel is grown by its ellipsoid
 scaled by ``1 + delta / h`` (``h`` the ellipsoid's half-width along the surface
 normal ``n``, ``sqrt(sum (m_a n_a)**2)``),
 which moves its reach along ``n`` by ``delta``; the scale is capped so that no
@@ -69,21 +77,25 @@ offset of its tangent plane there, ``delta - z n_a`` (``n_a <= 0`` the normal's
 component along that side), ``z`` capped so that ``z + offset`` stays within half the
 largest voxel side. Flat axial faces get no such point, and the growth toward the
 outside of the structure is unchanged. The height 0.3 is a choice measured on spheres
-(0.4-0.5 grows 15 mm spheres by 1.5-2.5 %). These points enter the pass along the
-slice axis as extra costs. It is computed by three 1-D
+(0.4-0.5 grows 15 mm spheres by 1.5-2.5 %). These points and the poles' points enter the
+pass along the slice axis as extra costs, on their own slice and the slices beyond them;
+a pole's point also on the slices behind it. A sub-slice point's slices behind it (the
+outside of the structure) are left to its voxel's own ellipsoid: on spheres of radius
+5-30 mm this leaves out nothing of the formula at margins of 3-5 mm, 0.06-0.25 % of its
+volume at 7-20 mm. It is computed by three 1-D
 min-plus passes (int16 fixed point, boundary moved by < 1e-3 of the margin) on
 the bounding box of the structure padded by the margin, so the cost follows the
 structure and the margin, not the grid; ``tests/test_margins.py`` checks it voxel
-for voxel against a brute-force evaluation of the same formula.
+for voxel against a brute-force evaluation of the same formula (margins up to 4 mm).
 
 Measured on 0.98 x 0.98 x 2.5 mm voxels (``tests/test_margins.py``,
 ``benchmarks/README.md``): spheres of radius 15 and 30 mm grown by 3-10 mm come
-within -1.2 to +1.6 % of the analytic volume of radius ``r + m`` over sub-voxel
-positions of the centre (centre-to-centre distance: -2.3 to -7 %); a 100 cc sphere
-grown by the margins of a prostate-bed PTV, asymmetric ones included, within 1 % of
-the closed form. 5 mm spheres (two slices in radius) come within -2.6 to +1.9 % when
-centred on a voxel or at the tests' offset, but from -6.2 to +2.7 % over sub-voxel
-positions, as their own masks vary by -5.5 to +2.3 %. Shrinking spheres of radius
+within -1.4 to +1.3 % of the analytic volume of radius ``r + m`` over 24 random
+sub-voxel positions of the centre (centre-to-centre distance: -2.3 to -7 %); a 100 cc
+sphere grown by the margins of a prostate-bed PTV, asymmetric ones included, within 1 %
+of the closed form. 5 mm spheres (two slices in radius) come within -2.6 to +1.0 % when
+centred on a voxel or at the tests' offset, but from -7.4 to +1.8 % over the 24
+positions, as their own masks vary by -6.9 to +4.1 %. Shrinking spheres of radius
 15-30 mm by 3-10 mm gives -0.6 to -2.8 % of the analytic volume (centre-to-centre
 distance: +3 to +8 %). A single voxel grown by an asymmetric margin is within 1 % of
 the octant-wise ellipsoid.
@@ -102,7 +114,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from numbers import Real
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -136,9 +148,26 @@ _DIRECTIONS = ("right", "left", "anterior", "posterior", "superior", "inferior")
 _IntArray = npt.NDArray[np.intp]
 #: Fixed-point cost arrays of the min-plus passes.
 _Int16Array = npt.NDArray[np.int16]
-#: Sub-slice points toward one side: (sign, positions in the border index, height z in mm,
-#: power weight), see :func:`_border_weights`.
-_SubSlicePoints = tuple[int, _IntArray, FloatArray, npt.NDArray[np.float32]]
+
+
+class _SubSlicePoints(NamedTuple):
+    """Growth points off the voxel centres, on the slice axis, toward one side.
+
+    See :func:`_border_weights` and :func:`_pole_points`.
+    """
+
+    #: +1: the points lie toward increasing slice index from their voxels, -1: decreasing
+    sign: int
+    #: positions, in the index of border voxels, of the voxels the points belong to
+    pos: _IntArray
+    #: height of each point above its voxel centre along the slice axis, mm (>= 0)
+    z_mm: FloatArray
+    #: power weight of each point, ``scale**2 - 1``
+    weight: npt.NDArray[np.float32]
+    #: False: computed on their voxel's slice and the slices on the side ``sign`` only (the
+    #: sub-slice points); True: on the slices behind them too (the poles' points)
+    behind: bool
+
 
 #: Relative slack on the threshold ``N**2 - w <= 1``, so that a voxel lying exactly on
 #: the margin (e.g. a margin that is a multiple of the spacing) is kept despite float32
@@ -382,10 +411,9 @@ def _border_weights(
     ``box`` must have at least two False voxels of padding on every side. The sub-voxel
     offset of a border voxel is ``delta = (F - 0.5) / |g|`` with, per axis, the one-sided
     difference ``g_a = (F - min(F(p - e_a), F(p + e_a))) / s_a`` toward the lower side
-    (see the module notes). Returns the flat indices, the weights, and per direction
-    ``sign`` (+1 toward increasing slice index) a tuple ``(sign, pos, z, w_z)``: the
-    positions in ``idx`` of the border voxels with a sub-slice point on that side, its
-    height ``z`` in mm and its weight.
+    (see the module notes). Returns the flat indices, the weights, and the growth points
+    off the voxel centres (:class:`_SubSlicePoints`, positions in ``idx``): those of the
+    poles (:func:`_pole_points`) and the sub-slice points of the other border voxels.
     """
     inner = box[1:-1, 1:-1, 1:-1]
     border = np.zeros_like(box)
@@ -407,16 +435,11 @@ def _border_weights(
     # einsum, not matmul: a multithreaded BLAS call is slow on a busy machine for this size
     fv = np.einsum("ij,jk->ik", neigh, _tap_weights()).astype(np.float64)
     # a pole (F <= 0.5: one voxel or a one-voxel line in its slice) with the structure on
-    # one side along the slice axis only is the tip of the structure there: a flat axial
-    # face, F = 1 in-plane and 0 on the outside along the slice axis
+    # one side along the slice axis only is the tip of the structure there. Like any thin
+    # voxel it grows from its centre (delta = 0); its flat axial face gets its own point
     up_in = neigh[:, _TAP_UP] != 0
-    dn_in = neigh[:, _TAP_DOWN] != 0
-    pole = (up_in != dn_in) & (fv[:, 0] <= 0.5)
-    if pole.any():
-        fv[pole, 0] = 1.0
-        fv[pole, 3:] = 1.0
-        fv[pole, 1] = dn_in[pole]
-        fv[pole, 2] = up_in[pole]
+    pole = (up_in != (neigh[:, _TAP_DOWN] != 0)) & (fv[:, 0] <= 0.5)
+    sources = _pole_points(pole, up_in, spacing, lo, hi, kmax)
     f = fv[:, 0]
     g = np.empty((idx.size, 3))
     h2 = np.zeros(idx.size)
@@ -451,12 +474,11 @@ def _border_weights(
     # and z + offset stays within half the largest voxel side.
     steep = ok & ((g[:, 1] > 0) | (g[:, 2] > 0))
     if not steep.any():
-        return idx, w, []
+        return idx, w, sources
     pos = np.flatnonzero(steep)
     nz = g[pos, 0] / gnorm[pos]
     f_low = np.minimum(fv[pos, 1], fv[pos, 2])
     d0 = delta[pos]
-    sources: list[_SubSlicePoints] = []
     for sign, f_next in ((1, fv[pos, 2]), (-1, fv[pos, 1])):
         # the outward normal's component along this direction: +n_z toward the lower
         # side of F along the slice axis, -n_z toward the higher one
@@ -469,8 +491,60 @@ def _border_weights(
         z_s = z_s[use]
         d_s = d0[use] - z_s * n_dir[use]
         k_s = _scale(d_s, h[pos[use]], mmax, kmax)
-        sources.append((sign, pos[use], z_s, (k_s * k_s - 1.0).astype(np.float32)))
+        weight = (k_s * k_s - 1.0).astype(np.float32)
+        sources.append(_SubSlicePoints(sign, pos[use], z_s, weight, behind=False))
     return idx, w, sources
+
+
+def _pole_points(
+    pole: BoolMask,
+    up_in: BoolMask,
+    spacing: FloatArray,
+    lo: FloatArray,
+    hi: FloatArray,
+    kmax: float,
+) -> list[_SubSlicePoints]:
+    """The growth points of the flat axial faces of the poles (see the module notes).
+
+    A pole's face lies half a slice ``s_k / 2`` beyond its centre on the side without
+    structure. It grows from one point on the slice axis toward that side, with the
+    ellipsoid scaled by ``k = 1 + e / m_max`` (``e`` half the smaller in-plane voxel side,
+    at most a quarter slice; ``k <= kmax``) and placed at ``z = s_k / 2 - (k - 1) m_out``
+    (``m_out`` the margin toward that side): its reach along the slice axis is exactly half
+    a slice beyond the margin, in-plane at most ``e`` beyond it, the half-width of the face.
+    Scaling the pole's ellipsoid about its centre instead, as for the other border voxels,
+    would also grow it half a slice further in-plane, where a pole has no surface.
+
+    Parameters
+    ----------
+    pole, up_in : ndarray of bool, shape (n,)
+        Which border voxels are poles; which have the structure on the next slice
+        (increasing index). A pole's face is on the side without structure.
+    spacing : ndarray, shape (3,)
+        Voxel sides (mm) along (k, j, i).
+    lo, hi : ndarray, shape (3,)
+        Margins (mm) toward decreasing / increasing index, see :func:`_axis_margins`.
+    kmax : float
+        Largest ellipsoid scale, see :func:`_max_scale`.
+
+    Returns
+    -------
+    list of _SubSlicePoints
+        At most one entry per side, computed on the slices behind the points too.
+    """
+    half_slice = 0.5 * float(spacing[0])
+    face_half_width = min(0.5 * float(min(spacing[1], spacing[2])), 0.5 * half_slice)
+    k = min(1.0 + face_half_width / float(max(lo.max(), hi.max())), kmax)
+    points: list[_SubSlicePoints] = []
+    for sign, outward in ((1, pole & ~up_in), (-1, pole & up_in)):
+        pos = np.flatnonzero(outward)
+        if pos.size == 0:
+            continue
+        m_out = float(hi[0] if sign > 0 else lo[0])
+        z_mm = np.full(pos.size, half_slice - (k - 1.0) * m_out)
+        weight = np.full(pos.size, k * k - 1.0, np.float32)
+        points.append(_SubSlicePoints(sign, pos, z_mm, weight, behind=True))
+    return points
 
 
 #: Fixed-point scale: the threshold value 1 of the normalised squared distance is
@@ -533,8 +607,10 @@ def _add_sub_slice_points(
     """Lower ``d1`` (after the pass along k) by the costs of the sub-slice points.
 
     A point at height ``z`` (mm) beyond a border voxel toward ``sign`` with weight ``w``
-    costs ``((t hz - z) / m)**2 - w`` at ``t >= 1`` slices on that side and
-    ``(z / m_back)**2 - w`` on the voxel's own slice (which lies on the other side of it).
+    costs ``((t hz - z) / m)**2 - w`` at ``t >= 1`` slices on that side,
+    ``(z / m_back)**2 - w`` on the voxel's own slice (which lies on the other side of it)
+    and, for points computed ``behind``, ``((t hz + z) / m_back)**2 - w`` at ``t >= 1``
+    slices on the other side.
     """
     _, cj, ci = core
     nk, nj, ni = shape
@@ -542,35 +618,52 @@ def _add_sub_slice_points(
     plane = (cj.stop - cj.start) * nci
     flat = d1.reshape(-1)
     u32 = np.float32(unit)
-    for sign, pos, z_s, w_s in sources:
-        m, m_back = (hi[0], lo[0]) if sign > 0 else (lo[0], hi[0])
-        kk, rest = np.divmod(idx[pos], nj * ni)
+    for src in sources:
+        m, m_back = (hi[0], lo[0]) if src.sign > 0 else (lo[0], hi[0])
+        kk, rest = np.divmod(idx[src.pos], nj * ni)
         jj, ii = np.divmod(rest, ni)
         col = kk * plane + (jj - cj.start) * nci + (ii - ci.start)
-        neg_w = (-w_s * u32).astype(np.float32)
-        with np.errstate(over="ignore", divide="ignore"):  # margins of ~1e-300 mm
-            if m_back > 0:
-                cost = (z_s / m_back).astype(np.float32) ** 2 * u32 + neg_w
-                np.minimum(np.rint(cost), _Q_INF, out=cost)
-                flat[col] = np.minimum(flat[col], cost.astype(np.int16))
-            if m == 0:
+        neg_w = (-src.weight * u32).astype(np.float32)
+        if m_back > 0:
+            with np.errstate(over="ignore", divide="ignore"):  # margins of ~1e-300 mm
+                cost = (src.z_mm / m_back).astype(np.float32) ** 2 * u32 + neg_w
+            np.minimum(np.rint(cost), _Q_INF, out=cost)
+            flat[col] = np.minimum(flat[col], cost.astype(np.int16))
+        sides = [(src.sign, float(m), -1)]
+        if src.behind:
+            sides.append((-src.sign, float(m_back), 1))
+        for side, m_side, z_sign in sides:
+            if m_side == 0:
                 continue
-            zm = (z_s / m).astype(np.float32)
-        reach = kmax * m * (1 + _THRESHOLD_RTOL)
-        zmax = float(z_s.max())
-        t = 1
-        while t * hz - zmax <= reach:
-            kt = kk + sign * t
-            cost = (np.float32(t * hz / m) - zm) ** 2 * u32 + neg_w
-            np.rint(cost, out=cost)
-            np.minimum(cost, _Q_INF, out=cost)
-            inside = (kt >= 0) & (kt < nk)
-            if inside.all():
-                tgt = col + sign * t * plane
-            else:
-                cost, tgt = cost[inside], col[inside] + sign * t * plane
-            flat[tgt] = np.minimum(flat[tgt], cost.astype(np.int16))
-            t += 1
+            with np.errstate(over="ignore", divide="ignore"):  # margins of ~1e-300 mm
+                zm = (src.z_mm / m_side).astype(np.float32)
+            # the slice t hz away from the voxel is t hz + z_sign z from the point
+            first = float(src.z_mm.max() if z_sign < 0 else src.z_mm.min())
+            reach = kmax * m_side * (1 + _THRESHOLD_RTOL)
+            t = 1
+            while t * hz + z_sign * first <= reach:
+                cost = (np.float32(t * hz / m_side) + z_sign * zm) ** 2 * u32 + neg_w
+                _lower_slice(flat, col, kk + side * t, side * t * plane, cost, nk)
+                t += 1
+
+
+def _lower_slice(
+    flat: _Int16Array,
+    col: _IntArray,
+    kt: _IntArray,
+    shift: int,
+    cost: npt.NDArray[np.float32],
+    nk: int,
+) -> None:
+    """``flat[col + shift] = min(flat[col + shift], round(cost))`` where ``0 <= kt < nk``."""
+    np.rint(cost, out=cost)
+    np.minimum(cost, _Q_INF, out=cost)
+    inside = (kt >= 0) & (kt < nk)
+    if inside.all():
+        tgt = col + shift
+    else:
+        cost, tgt = cost[inside], col[inside] + shift
+    flat[tgt] = np.minimum(flat[tgt], cost.astype(np.int16))
 
 
 def _grow_box(
