@@ -98,17 +98,22 @@ def context_from_args(args: argparse.Namespace) -> ClinicalContext | None:
     return ClinicalContext.from_mapping(given)
 
 
-def tracer_from_args(tracer: str | None, pet_dir: Path | None) -> Tracer | None:
+def tracer_from_args(
+    tracer: str | None, pet_dir: Path | None, *, series_uid: str | None = None
+) -> Tracer | None:
     """The tracer: the one given (checked against the PET's record), else the recorded one.
 
-    Returns None when neither names one.
+    Returns None when neither names one. ``series_uid`` chooses the PET series when
+    ``pet_dir`` holds several.
 
     Raises
     ------
     InvalidInputError
         The given tracer is unknown or differs from the one the PET series records.
+    DicomInputError
+        No PET series in ``pet_dir``, or several and no ``series_uid``.
     """
-    header = read_pet_header(pet_dir) if pet_dir is not None else None
+    header = read_pet_header(pet_dir, series_uid=series_uid) if pet_dir is not None else None
     if tracer is not None:
         return resolve_tracer(tracer, header)
     return tracer_from_dataset(header) if header is not None else None

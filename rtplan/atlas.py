@@ -27,18 +27,20 @@ import math
 import os
 import re
 import sys
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeGuard, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import (
     PATH_TYPES,
@@ -57,9 +59,13 @@ from rtplan.errors import (
     InvalidInputError,
     MissingStructureError,
     RtplanError,
+    RtplanWarning,
 )
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet, canonical_name
+
+if TYPE_CHECKING:
+    from rtplan.completion import CompletionSettings
 
 _ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
@@ -75,9 +81,11 @@ __all__ = [
     "Atlas",
     "atlas_from_dicom",
     "atlas_from_label_maps",
+    "complete_anatomy",
     "derive_landmarks",
     "list_atlases",
     "load_atlas",
+    "read_landmarks",
     "validate_anatomy",
 ]
 
@@ -218,6 +226,10 @@ class Atlas:
     parameters : dict
         Build parameters (scale, fillings, seed, jitter drawn) for provenance: numbers,
         strings, ``None`` and lists or dicts of them.
+    landmark_derivations : dict of str to str
+        How each landmark rtplan derived (rather than read) was derived, by key; a
+        landmark not listed was given (atlas definition, RTSTRUCT POINT ROI, argument).
+        Derived structures say so themselves (:attr:`Structure.derivation`).
 
     Raises
     ------
@@ -234,6 +246,7 @@ class Atlas:
     landmarks: dict[str, Vec3]
     source: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
+    landmark_derivations: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_type(self.name, str, name="name")
@@ -243,6 +256,13 @@ class Atlas:
         check_type(self.landmarks, dict, name="landmarks")
         check_type(self.source, str, name="source")
         check_type(self.parameters, dict, name="parameters")
+        check_type(self.landmark_derivations, dict, name="landmark_derivations")
+        unknown = [k for k in self.landmark_derivations if k not in self.landmarks]
+        if unknown:
+            raise InvalidInputError(
+                f"landmark_derivations of atlas {self.name!r} names landmarks it does not "
+                f"have: {', '.join(map(str, unknown))}"
+            )
         if self.ct_hu.shape != self.grid.shape:
             raise GridMismatchError(
                 f"ct_hu of atlas {self.name!r} has shape {self.ct_hu.shape} but its grid is "
@@ -359,6 +379,73 @@ class Atlas:
                 series_description=series_description or f"rtplan atlas {self.name}",
             )
         )
+
+    @property
+    def derived_structures(self) -> dict[str, str]:
+        """Derived structures (name -> how they were derived), in the set's order."""
+        return {n: s.derivation for n, s in self.structures.items() if s.derived}
+
+    def derivations(self) -> list[tuple[str, str, str]]:
+        """Everything rtplan derived: ``(kind, name, how)`` rows, structures then landmarks.
+
+        ``kind`` is ``"structure"`` or ``"landmark"``; a report lists these rows.
+        """
+        rows = [("structure", n, how) for n, how in self.derived_structures.items()]
+        rows += [("landmark", k, how) for k, how in self.landmark_derivations.items()]
+        return rows
+
+    def export_dicom(
+        self,
+        folder: str | Path,
+        *,
+        patient_name: str = "RTPLAN^PHANTOM",
+        patient_id: str = "RTPLAN-PHANTOM-0001",
+        uid_seed: str | None = None,
+    ) -> Path:
+        """Write the CT, the structures and the landmarks as DICOM, ready to read back.
+
+        The CT goes to ``folder/CT`` (:meth:`export_ct`); the structures and the
+        landmarks (as POINT ROIs) to ``folder/RS_<name>.dcm``
+        (:func:`rtplan.dicom_io.write_rtstruct_with_points`), derived structures and
+        landmarks marked as such. :func:`atlas_from_dicom` on ``folder`` gives the same
+        structures, landmarks and derivation marks back.
+
+        Parameters
+        ----------
+        folder : str or Path
+            Output folder; must not exist or be empty.
+        patient_name, patient_id : str
+            PatientName and PatientID written into every file.
+        uid_seed : str, optional
+            Makes the RTSTRUCT's new UIDs deterministic.
+
+        Returns
+        -------
+        Path
+            ``folder``.
+
+        Raises
+        ------
+        FileExistsError
+            When ``folder`` holds files.
+        """
+        from rtplan.dicom_io import write_rtstruct_with_points
+
+        check_type(folder, PATH_TYPES, name="folder", expected_text="a str or path")
+        out = Path(folder)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty; export_dicom writes into a new folder")
+        ct_dir = self.export_ct(out / "CT", patient_name=patient_name, patient_id=patient_id)
+        write_rtstruct_with_points(
+            self.structures,
+            ct_dir,
+            out / f"RS_{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.name)}.dcm",
+            points=self.landmarks,
+            point_derivations=self.landmark_derivations,
+            label=self.name[:16],
+            uid_seed=uid_seed,
+        )
+        return out
 
     def __repr__(self) -> str:
         return (
@@ -1674,11 +1761,21 @@ def _slice_centroid(s: Structure, which: Literal["top", "bottom"]) -> Vec3:
     """Centroid of the top (``"top"``) or bottom slice of a structure, at that slice's z."""
     assert s.bbox is not None
     local = s.cropped_mask
-    k = local.shape[0] - 1 if which == "top" else 0
+    superior_last = s.grid.axis_signs[0] > 0
+    k = local.shape[0] - 1 if (which == "top") == superior_last else 0
     jj, ii = np.nonzero(local[k])
     idx = np.array([k + s.bbox[0].start, jj.mean() + s.bbox[1].start, ii.mean() + s.bbox[2].start])
     p = s.grid.index_to_lps(idx)
     return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def _cut_by_scan_edge(s: Structure, which: Literal["top", "bottom"]) -> bool:
+    """True when the structure reaches the scan's top (or bottom) slice: that end is cut."""
+    assert s.bbox is not None
+    superior_last = s.grid.axis_signs[0] > 0
+    at_last = int(s.bbox[0].stop) == s.grid.shape[0]
+    at_first = int(s.bbox[0].start) == 0
+    return at_last if (which == "top") == superior_last else at_first
 
 
 #: Landmarks at the centroid of the top or bottom slice of a structure.
@@ -1691,6 +1788,62 @@ _SLICE_LANDMARKS: tuple[tuple[str, str, Literal["top", "bottom"]], ...] = (
     ("S3_Bottom", "VB_S3", "bottom"),
     ("VUA", "Bladder", "bottom"),
 )
+
+
+@dataclass(frozen=True)
+class _RuleLandmarks:
+    """Landmarks from rules on structures, how each was found, and the ones refused.
+
+    ``sources`` names the structures each landmark was derived from; ``refused`` gives
+    the reason for each landmark whose structure is cut by the scan's edge.
+    """
+
+    points: dict[str, Vec3]
+    how: dict[str, str]
+    sources: dict[str, tuple[str, ...]]
+    refused: dict[str, str]
+
+
+def _rule_landmarks(structures: StructureSet) -> _RuleLandmarks:
+    """Landmarks derived from ``structures`` by the rules of :func:`derive_landmarks`."""
+    out = _RuleLandmarks({}, {}, {}, {})
+
+    def get(name: str) -> Structure | None:
+        if name in structures and not structures[name].is_empty:
+            return structures[name]
+        return None
+
+    def cut(key: str, parts: Sequence[tuple[Structure, Literal["top", "bottom"]]]) -> bool:
+        edges = [f"the {end} of {s.name}" for s, end in parts if _cut_by_scan_edge(s, end)]
+        if edges:
+            out.refused[key] = f"{' and '.join(edges)} is cut by the scan's edge"
+        return bool(edges)
+
+    for key, sname, which in _SLICE_LANDMARKS:
+        s = get(sname)
+        if s is not None and not cut(key, [(s, which)]):
+            out.points[key] = _slice_centroid(s, which)
+            out.how[key] = f"centroid of the {which} slice of {s.name}"
+            out.sources[key] = (s.name,)
+    s1 = get("VB_S1") or get("Sacrum")
+    for key, upper, lower in (
+        ("L4L5_Interspace", get("VB_L4"), get("VB_L5")),
+        ("L5S1_Interspace", get("VB_L5"), s1),
+    ):
+        if upper is None or lower is None or cut(key, [(upper, "bottom"), (lower, "top")]):
+            continue
+        a = np.array(_slice_centroid(upper, "bottom"))
+        b = np.array(_slice_centroid(lower, "top"))
+        if a[2] > b[2]:
+            m = (a + b) / 2
+            out.points[key] = (float(m[0]), float(m[1]), float(m[2]))
+            out.how[key] = f"midway between {upper.name} and {lower.name}"
+            out.sources[key] = (upper.name, lower.name)
+    if s1 is not None and not cut("SacralPromontory", [(s1, "top")]):
+        out.points["SacralPromontory"] = _sacral_promontory(s1)
+        out.how["SacralPromontory"] = f"most anterior point of the top of {s1.name}"
+        out.sources["SacralPromontory"] = (s1.name,)
+    return out
 
 
 def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
@@ -1709,6 +1862,11 @@ def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
 
     ``VasDeferens_CutEnd`` cannot be derived from the usual structures.
 
+    A landmark is refused, with an :class:`~rtplan.errors.RtplanWarning` naming it, when
+    the end of the structure it sits on is cut by the scan's edge (the structure reaches
+    the first or last slice there): its true level lies outside the scan, and placing it
+    at the edge would be wrong.
+
     Parameters
     ----------
     structures : StructureSet
@@ -1717,7 +1875,7 @@ def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
     Returns
     -------
     dict of str to (x, y, z)
-        Only the landmarks whose structures are present.
+        Only the landmarks whose structures are present and not cut by the scan's edge.
 
     Raises
     ------
@@ -1725,45 +1883,93 @@ def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
         When ``structures`` is not a :class:`StructureSet`.
     """
     check_type(structures, StructureSet, name="structures")
-    out: dict[str, Vec3] = {}
+    found = _rule_landmarks(structures)
+    if found.refused:
+        warnings.warn(_refused_text(found.refused), RtplanWarning, stacklevel=2)
+    return found.points
 
-    def get(name: str) -> Structure | None:
-        if name in structures and not structures[name].is_empty:
-            return structures[name]
-        return None
 
-    for key, sname, which in _SLICE_LANDMARKS:
-        s = get(sname)
-        if s is not None:
-            out[key] = _slice_centroid(s, which)
-    s1 = get("VB_S1") or get("Sacrum")
-    for key, upper, lower in (
-        ("L4L5_Interspace", get("VB_L4"), get("VB_L5")),
-        ("L5S1_Interspace", get("VB_L5"), s1),
-    ):
-        if upper is not None and lower is not None:
-            a = np.array(_slice_centroid(upper, "bottom"))
-            b = np.array(_slice_centroid(lower, "top"))
-            if a[2] > b[2]:
-                m = (a + b) / 2
-                out[key] = (float(m[0]), float(m[1]), float(m[2]))
-    if s1 is not None:
-        out["SacralPromontory"] = _sacral_promontory(s1)
-    return out
+def _refused_text(refused: Mapping[str, str]) -> str:
+    parts = [f"{k} ({why})" for k, why in refused.items()]
+    return (
+        "landmarks not derived because their structure is cut by the scan's edge: "
+        + "; ".join(parts)
+        + "; give them explicitly (landmarks=) or use a scan that covers them"
+    )
 
 
 def _sacral_promontory(s1: Structure) -> Vec3:
     """Most anterior voxel of the top slice of ``s1`` within 10 mm of its middle column."""
     assert s1.bbox is not None
-    top = s1.cropped_mask[-1]
+    superior_last = s1.grid.axis_signs[0] > 0
+    k_local = s1.cropped_mask.shape[0] - 1 if superior_last else 0
+    top = s1.cropped_mask[k_local]
     jj, ii = np.nonzero(top)
     mid = ii.mean()
     near = np.abs(ii - mid) <= max(1, round(10.0 / s1.grid.spacing_mm[2]))
     sign = s1.grid.axis_signs[1]  # +1: row index increases posteriorly
     jsel = jj[near].min() if sign > 0 else jj[near].max()
-    idx = np.array([s1.bbox[0].stop - 1, jsel + s1.bbox[1].start, mid + s1.bbox[2].start])
+    idx = np.array([k_local + s1.bbox[0].start, jsel + s1.bbox[1].start, mid + s1.bbox[2].start])
     p = s1.grid.index_to_lps(idx.astype(float))
     return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def read_landmarks(path: str | os.PathLike[str]) -> dict[str, Vec3]:
+    """Landmarks from a TOML file: ``name = [x, y, z]`` in LPS mm.
+
+    The points may sit at the top level or in a ``[landmarks]`` table::
+
+        [landmarks]
+        VUA = [0.0, -40.0, -25.0]
+        VasDeferens_CutEnd = [0.0, 2.0, 28.0]
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+
+    Returns
+    -------
+    dict of str to (x, y, z)
+
+    Raises
+    ------
+    InvalidInputError
+        When the file is not TOML or a value is not three finite numbers.
+    FileNotFoundError
+        When the file does not exist.
+    """
+    check_type(path, PATH_TYPES, name="path", expected_text="a str or path")
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"{p} is not valid TOML: {exc}") from exc
+    table = data.get("landmarks", data)
+    if not isinstance(table, dict):
+        raise InvalidInputError(f"{p}: [landmarks] must be a table of name = [x, y, z]")
+    return _checked_landmarks(table, where=str(p))
+
+
+def _checked_landmarks(points: Mapping[str, object], *, where: str) -> dict[str, Vec3]:
+    """``points`` as name -> (x, y, z) floats; an error naming ``where`` otherwise."""
+    out: dict[str, Vec3] = {}
+    for name, value in points.items():
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError(f"{where}: landmark names must be non-empty strings")
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 3
+            and all(_is_number(v) and math.isfinite(float(v)) for v in value)
+        )
+        if not ok:
+            raise InvalidInputError(
+                f"{where}: landmark {name!r} must be three finite numbers [x, y, z] in LPS mm, "
+                f"got {value!r}"
+            )
+        assert isinstance(value, (list, tuple))
+        out[name] = (float(value[0]), float(value[1]), float(value[2]))
+    return out
 
 
 # ============================================================================ loaders
@@ -1952,10 +2158,29 @@ def _finish_user_atlas(
     ct: npt.NDArray[np.generic] | None,
     structures: StructureSet,
     source: str,
+    *,
+    given_landmarks: Mapping[str, Vec3] | None = None,
+    landmark_derivations: Mapping[str, str] | None = None,
 ) -> Atlas:
-    """The atlas of user anatomy: a pseudo-CT when there is no CT, derived landmarks."""
+    """The atlas of user anatomy: a pseudo-CT when there is no CT, derived landmarks.
+
+    Landmarks come from ``given_landmarks`` (POINT ROIs, an argument) first; the others
+    are derived from the structures (:func:`derive_landmarks`'s rules) and marked as
+    derived. Landmarks refused because their structure is cut by the scan's edge are
+    listed in ``parameters["refused_landmarks"]`` and in a warning.
+    """
     ct_hu = _pseudo_ct(structures, grid) if ct is None else np.asarray(ct, np.float32)
-    landmarks = derive_landmarks(structures)
+    given = dict(given_landmarks or {})
+    rules = _rule_landmarks(structures)
+    landmarks = dict(given)
+    derivations = {k: v for k, v in (landmark_derivations or {}).items() if k in given}
+    for key, point in rules.points.items():
+        if key not in landmarks:
+            landmarks[key] = point
+            derivations[key] = rules.how[key]
+    refused = {k: why for k, why in rules.refused.items() if k not in landmarks}
+    if refused:
+        warnings.warn(_refused_text(refused), RtplanWarning, stacklevel=3)
     atlas = Atlas(
         name=name,
         grid=grid,
@@ -1963,8 +2188,11 @@ def _finish_user_atlas(
         structures=structures,
         landmarks=landmarks,
         source=source,
+        landmark_derivations=derivations,
     )
     atlas.parameters["missing"] = atlas.missing()
+    if refused:
+        atlas.parameters["refused_landmarks"] = refused
     return atlas
 
 
@@ -1984,15 +2212,23 @@ def atlas_from_dicom(
     *,
     rtstruct: str | os.PathLike[str] | None = None,
     series_uid: str | None = None,
+    complete: bool = False,
+    landmarks: Mapping[str, Sequence[float]] | None = None,
+    progress: Progress | ProgressLike | bool | None = None,
 ) -> Atlas:
     """The patient's anatomy from a DICOM CT series and an RTSTRUCT.
 
     Reads the CT with :func:`rtplan.dicom_io.read_ct_series` and the ROIs with
     :func:`rtplan.dicom_io.read_rtstruct` (rasterised on the CT grid, names mapped to
-    TG-263), flips the arrays to the identity direction, and derives the landmarks
-    (:func:`derive_landmarks`). Structures and landmarks that later steps need but that
-    are missing are listed by name by :meth:`Atlas.missing` (also stored in
-    ``atlas.parameters["missing"]``); :meth:`Atlas.require` raises naming them.
+    TG-263), flips the arrays to the identity direction, and takes the landmarks from
+    the RTSTRUCT's POINT ROIs (:func:`rtplan.dicom_io.read_point_rois`), then from
+    ``landmarks``, deriving the rest from the structures (:func:`derive_landmarks`).
+    ROIs that rtplan marked as derived (ROIGenerationDescription, see
+    :mod:`rtplan.dicom_io.points`) are derived again in memory. Structures and landmarks
+    that later steps need but that are missing are listed by name by
+    :meth:`Atlas.missing` (also stored in ``atlas.parameters["missing"]``);
+    :meth:`Atlas.require` raises naming them. With ``complete=True`` they are derived
+    by :func:`complete_anatomy`.
 
     Parameters
     ----------
@@ -2002,6 +2238,13 @@ def atlas_from_dicom(
         The RTSTRUCT file; default: the one RTSTRUCT found in ``folder``.
     series_uid : str, optional
         SeriesInstanceUID of the CT when the folder holds several series.
+    complete : bool
+        Derive the missing structures and landmarks (:func:`complete_anatomy`; about ten
+        seconds to a minute).
+    landmarks : mapping of str to (x, y, z), optional
+        Landmarks in LPS mm that override those of the file and any derivation.
+    progress : Progress, callable, bool or None
+        Progress of the completion (see :func:`rtplan._progress.as_progress`).
 
     Raises
     ------
@@ -2011,28 +2254,66 @@ def atlas_from_dicom(
         When the folder does not exist.
     DicomInputError
         When there is no RTSTRUCT, or several and none was chosen.
+    InvalidInputError
+        When a landmark is not three finite numbers.
     """
-    from rtplan.dicom_io import read_ct_series, read_rtstruct  # lazy: optional coupling
+    from rtplan.dicom_io import read_ct_series, read_point_rois, read_rtstruct
+    from rtplan.dicom_io.points import read_roi_derivations
 
     check_type(folder, PATH_TYPES, name="folder", expected_text="a str or path")
     if rtstruct is not None:
         check_type(rtstruct, PATH_TYPES, name="rtstruct", expected_text="a str or path")
     if series_uid is not None:
         check_type(series_uid, str, name="series_uid")
+    check_type(complete, bool, name="complete", expected_text="True or False")
+    explicit = _explicit_landmarks(landmarks)
     path = Path(folder)
     if not path.is_dir():
         raise AtlasNotFoundError(f"DICOM folder {path} does not exist")
     ct = read_ct_series(path, series_uid=series_uid)
     rs_path = Path(rtstruct) if rtstruct is not None else _the_rtstruct(path)
     ss = read_rtstruct(rs_path, ct.grid, map_names=True)
-    names = list(ss.names)
+    points = read_point_rois(rs_path)
+    marks = read_roi_derivations(rs_path)
+    point_keys = {ss.resolve(raw) for raw in points} - {None}
+    names = [n for n in ss.names if n not in point_keys]
     (ct_hu,), grid = _to_identity([np.asarray(ct.hu)], ct.grid)
     masks, _ = _to_identity([ss[n].mask for n in names], ct.grid)
+    derivation_of = {ss.resolve(raw): how for raw, how in marks.items() if raw not in points}
     structures = StructureSet(
-        [Structure(n, m, grid, role=ss[n].role, color=ss[n].color) for n, m in zip(names, masks)],
+        [
+            Structure(
+                n, m, grid, role=ss[n].role, color=ss[n].color, derivation=derivation_of.get(n, "")
+            )
+            for n, m in zip(names, masks)
+        ],
         grid=grid,
     )
-    return _finish_user_atlas(path.name, grid, ct_hu, structures, str(path))
+    given = {**points, **explicit}
+    point_marks = {k: how for k, how in marks.items() if k in points and k not in explicit}
+    atlas = _finish_user_atlas(
+        path.name,
+        grid,
+        ct_hu,
+        structures,
+        str(path),
+        given_landmarks=given,
+        landmark_derivations=point_marks,
+    )
+    return complete_anatomy(atlas, landmarks=explicit, progress=progress) if complete else atlas
+
+
+def _explicit_landmarks(landmarks: Mapping[str, Sequence[float]] | None) -> dict[str, Vec3]:
+    if landmarks is None:
+        return {}
+    check_type(landmarks, Mapping, name="landmarks", expected_text="a mapping of name to (x, y, z)")
+    return _checked_landmarks(
+        {
+            k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else v
+            for k, v in landmarks.items()
+        },
+        where="landmarks",
+    )
 
 
 def _the_rtstruct(folder: Path) -> Path:
@@ -2086,6 +2367,9 @@ def atlas_from_label_maps(
     ct: str | os.PathLike[str] | None = None,
     labels: Mapping[int, str] | None = None,
     femur_head_length_mm: float = 70.0,
+    complete: bool = False,
+    landmarks: Mapping[str, Sequence[float]] | None = None,
+    progress: Progress | ProgressLike | bool | None = None,
 ) -> Atlas:
     """The patient's anatomy from NIfTI label maps (TotalSegmentator style).
 
@@ -2115,6 +2399,13 @@ def atlas_from_label_maps(
         Class names of a multilabel file.
     femur_head_length_mm : float
         Length of femur kept from its top as ``Femur_Head_*`` (mm, > 0).
+    complete : bool
+        Derive the missing structures and landmarks (:func:`complete_anatomy`); needs a
+        CT (a pseudo-CT painted from the labels is not enough to register on).
+    landmarks : mapping of str to (x, y, z), optional
+        Landmarks in LPS mm that override any derivation.
+    progress : Progress, callable, bool or None
+        Progress of the completion.
 
     Raises
     ------
@@ -2130,6 +2421,8 @@ def atlas_from_label_maps(
         When the files disagree in geometry or the affine is not axial.
     """
     _check_label_map_arguments(folder, ct, labels, femur_head_length_mm)
+    check_type(complete, bool, name="complete", expected_text="True or False")
+    explicit = _explicit_landmarks(landmarks)
     _require_nibabel()
     path = Path(folder)
     files = sorted(path.glob("*.nii")) + sorted(path.glob("*.nii.gz"))
@@ -2146,7 +2439,14 @@ def atlas_from_label_maps(
     structures = _structures_from_labels(
         [(name, m) for (name, _), m in zip(raw, masks)], grid, femur_head_length_mm
     )
-    return _finish_user_atlas(path.name, grid, ct_hu, structures, str(path))
+    if complete and ct_hu is None:
+        raise InvalidInputError(
+            f"completing the anatomy of {path} needs its CT (ct= or a ct.nii.gz in the folder)"
+        )
+    atlas = _finish_user_atlas(
+        path.name, grid, ct_hu, structures, str(path), given_landmarks=explicit
+    )
+    return complete_anatomy(atlas, landmarks=explicit, progress=progress) if complete else atlas
 
 
 def _check_label_map_arguments(
@@ -2267,7 +2567,14 @@ def _structures_from_labels(
     ):
         ps = _symphysis_from_hips(structures, grid)
         if ps is not None:
-            structures.add(Structure("PubicSymphys", ps, grid))
+            structures.add(
+                Structure(
+                    "PubicSymphys",
+                    ps,
+                    grid,
+                    derivation="hip bones within 25 mm of the midline, anterior",
+                )
+            )
     return structures
 
 
@@ -2317,3 +2624,217 @@ def _symphysis_from_hips(structures: StructureSet, grid: ImageGrid) -> BoolMask 
     y_mid = (left.centroid_mm[1] + right.centroid_mm[1]) / 2
     ps &= (y < y_mid)[None, :, None]
     return ps if ps.any() else None
+
+
+# ============================================================================ completion
+
+#: Landmarks taken from the registered atlas before any rule on structures: the cut end
+#: of the vas deferens has no structure, and the bottom of the bladder misses the
+#: anastomosis by 3-8 mm on the shipped atlas's variants (the rule stays the fallback).
+_ATLAS_FIRST_LANDMARKS: frozenset[str] = frozenset({"VasDeferens_CutEnd", "VUA"})
+
+_DERIVATION_ATLAS_POINT = "atlas landmark carried by registration"
+
+
+def complete_anatomy(
+    anatomy: Atlas,
+    *,
+    landmarks: Mapping[str, Sequence[float]] | None = None,
+    reference: str | Atlas = "male_pelvis_postop",
+    settings: CompletionSettings | None = None,
+    progress: Progress | ProgressLike | bool | None = None,
+) -> Atlas:
+    """The anatomy with what planning and staging need but the user's set lacks.
+
+    Missing structures of :data:`ATLAS_STRUCTURES` are derived by
+    :func:`rtplan.completion.complete_structures`: bones from the CT's Hounsfield units
+    named by the registered atlas and shape rules; vessels, muscles, pelvic-floor organs
+    and the prostate-bed region carried over from the shipped atlas registered to the
+    patient (SimpleITK: rigid, affine, deformable on the CT and the organs both have).
+    Missing landmarks of :data:`ATLAS_LANDMARKS` are, in order of preference: given
+    (``landmarks``, then the anatomy's own, e.g. RTSTRUCT POINT ROIs); a rule on the
+    user's own structures (:func:`derive_landmarks`; not for ``VasDeferens_CutEnd`` and
+    ``VUA``); the atlas landmark carried by the registration; a rule on derived
+    structures. A landmark whose structure is cut by the scan's edge, or that the
+    registration carries outside the scan, is refused and listed in
+    ``parameters["refused_landmarks"]``.
+
+    User structures always win: they are kept unchanged and no derived structure
+    overlaps them. Every derived structure carries its
+    :attr:`~rtplan.structures.Structure.derivation`, every derived landmark its entry in
+    :attr:`Atlas.landmark_derivations`; one :class:`~rtplan.errors.RtplanWarning` lists
+    them all. The shipped atlas is one synthetic pelvis: real anatomy differs more than
+    its variants do, so the derived structures must be reviewed (docs/completion.md).
+
+    Parameters
+    ----------
+    anatomy : Atlas
+        The patient's CT and structures (e.g. from :func:`atlas_from_dicom`).
+    landmarks : mapping of str to (x, y, z), optional
+        Landmarks in LPS mm that override every other source.
+    reference : str or Atlas
+        The atlas to register: a shipped atlas name (built on the registration grid and
+        on a grid as fine as the patient's) or an :class:`Atlas`.
+    settings : CompletionSettings, optional
+        Registration and bone parameters (tool defaults).
+    progress : Progress, callable, bool or None
+        Progress reporting (see :func:`rtplan._progress.as_progress`).
+
+    Returns
+    -------
+    Atlas
+        A new atlas; ``parameters["completion"]`` records the reference, the derived
+        names, the registration metrics and the time of each step.
+
+    Raises
+    ------
+    TypeError
+        When an argument is not of the type above.
+    InvalidInputError
+        When the CT shows no patient or a landmark is not three finite numbers.
+    """
+    from rtplan.completion import CompletionSettings, complete_structures
+
+    check_type(anatomy, Atlas, name="anatomy")
+    check_type(reference, (str, Atlas), name="reference", expected_text="an atlas name or Atlas")
+    if settings is not None:
+        check_type(settings, CompletionSettings, name="settings")
+    explicit = _explicit_landmarks(landmarks)
+    s = settings or CompletionSettings()
+    p = as_progress(progress)
+    t0 = time.perf_counter()
+    with p.step("building the reference atlas"):
+        coarse, fine = _reference_atlases(reference, anatomy.grid, s)
+    result = complete_structures(
+        anatomy, coarse, fine, wanted=ATLAS_STRUCTURES, settings=s, progress=p
+    )
+    points, how, refused = _completed_landmarks(
+        anatomy, result.structures, result.atlas_landmarks, explicit
+    )
+    completed = Atlas(
+        name=anatomy.name,
+        grid=anatomy.grid,
+        ct_hu=anatomy.ct_hu,
+        structures=result.structures,
+        landmarks=points,
+        source=anatomy.source,
+        parameters=dict(anatomy.parameters),
+        landmark_derivations=how,
+    )
+    completed.parameters.update(
+        missing=completed.missing(),
+        refused_landmarks=refused,
+        completion={
+            "reference": reference if isinstance(reference, str) else reference.name,
+            "derived_structures": list(result.derived),
+            "derived_landmarks": list(how),
+            "shared_organs": list(result.registration.shared_organs),
+            "registration_metrics": dict(result.registration.metrics),
+            "seconds": {
+                **{k: round(v, 2) for k, v in result.registration.seconds.items()},
+                **{k: round(v, 2) for k, v in result.seconds.items()},
+                "total": round(time.perf_counter() - t0, 2),
+            },
+        },
+    )
+    _warn_derived(completed, refused)
+    return completed
+
+
+def _reference_atlases(
+    reference: str | Atlas, grid: ImageGrid, settings: CompletionSettings
+) -> tuple[Atlas, Atlas]:
+    """The reference on the registration grid and on a grid at least as fine as the patient's.
+
+    The fine grid covers the reference's body, with pixels as the patient's (at least
+    1 mm) and slices of at most :data:`_FINE_SLICE_MM` (the levels the completion carries
+    over, such as the sacral slabs, are then placed within half of that).
+    """
+    if isinstance(reference, Atlas):
+        return reference, reference
+    coarse = load_atlas(reference, spacing_mm=settings.registration.deformable_spacing_mm)
+    (x0, x1), (y0, y1), (z0, z1) = coarse.structures["Body"].bounds_mm
+    sz, sy, sx = grid.spacing_mm
+    spacing = (min(float(sz), _FINE_SLICE_MM), max(float(sy), 1.0), max(float(sx), 1.0))
+    shape = (
+        int(np.ceil((z1 - z0) / spacing[0])),
+        int(np.ceil((y1 - y0) / spacing[1])),
+        int(np.ceil((x1 - x0) / spacing[2])),
+    )
+    fine_grid = ImageGrid(
+        shape=shape,
+        spacing_mm=spacing,
+        origin_mm=(x0 + spacing[2] / 2, y0 + spacing[1] / 2, z0 + spacing[0] / 2),
+    )
+    return coarse, load_atlas(reference, grid=fine_grid)
+
+
+#: Largest slice spacing of the reference structures carried to the patient (mm; tool
+#: default: a plane of the atlas falls within 0.6 mm of where the reference puts it).
+_FINE_SLICE_MM = 1.25
+
+
+def _completed_landmarks(
+    anatomy: Atlas,
+    structures: StructureSet,
+    atlas_points: Mapping[str, Vec3],
+    explicit: Mapping[str, Vec3],
+) -> tuple[dict[str, Vec3], dict[str, str], dict[str, str]]:
+    """Landmarks of the completed anatomy, how the derived ones were found, and refusals.
+
+    Order of preference: given (``explicit``, then the anatomy's own given landmarks); a
+    rule on the user's structures (not for :data:`_ATLAS_FIRST_LANDMARKS`); the atlas
+    landmark carried by the registration when it lies inside the scan; a rule on derived
+    structures. The rule's discretisation (the centre of an end slice) biases a level by
+    up to a slice, which the carried atlas point does not.
+    """
+    points = {k: v for k, v in anatomy.landmarks.items() if k not in anatomy.landmark_derivations}
+    points.update(explicit)
+    how: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    rules = _rule_landmarks(structures)
+    z_mm = anatomy.grid.axis_coordinates_mm()[0]
+    z_lo, z_hi = float(z_mm.min()), float(z_mm.max())
+    for key in dict.fromkeys([*ATLAS_LANDMARKS, *rules.points]):
+        if key in points:
+            continue
+        on_user = key in rules.points and not any(structures[n].derived for n in rules.sources[key])
+        carried = atlas_points.get(key)
+        if on_user and key not in _ATLAS_FIRST_LANDMARKS:
+            points[key], how[key] = rules.points[key], rules.how[key]
+        elif carried is not None and z_lo <= carried[2] <= z_hi:
+            points[key] = carried
+            why = rules.refused.get(key)
+            how[key] = _DERIVATION_ATLAS_POINT + (f"; rule refused: {why}" if why else "")
+        elif key in rules.points:
+            points[key] = rules.points[key]
+            how[key] = rules.how[key] + ("" if on_user else " (derived)")
+        elif carried is not None:
+            refused[key] = (
+                f"carried from the atlas to z = {carried[2]:.1f} mm, outside the scan "
+                f"({z_lo:.1f} to {z_hi:.1f} mm)"
+            )
+    for key, why in rules.refused.items():
+        if key not in points and key not in refused:
+            refused[key] = why
+    return points, how, refused
+
+
+def _warn_derived(atlas: Atlas, refused: Mapping[str, str]) -> None:
+    """One warning listing every derived structure and landmark, and the refused ones."""
+    structures = list(atlas.derived_structures)
+    landmarks = list(atlas.landmark_derivations)
+    parts = []
+    if structures:
+        parts.append(f"{len(structures)} structures ({', '.join(structures)})")
+    if landmarks:
+        parts.append(f"{len(landmarks)} landmarks ({', '.join(landmarks)})")
+    text = (
+        f"anatomy completion derived {' and '.join(parts)} for {atlas.name!r}; they are "
+        "estimates from the CT and the registered atlas: review them before planning"
+        if parts
+        else f"anatomy completion found nothing to derive for {atlas.name!r}"
+    )
+    if refused:
+        text += "; " + _refused_text(refused)
+    warnings.warn(text, RtplanWarning, stacklevel=3)

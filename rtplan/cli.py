@@ -3,24 +3,40 @@
 Run ``rtplan --help`` (or ``python -m rtplan --help``) for the synopsis and
 ``rtplan <command> --help`` for each command's options, units and examples.
 
-Exit status: 0 on success; 1 when an input cannot be used (the one-line message on
-``stderr`` names the file, structure or parameter; ``--debug`` adds the traceback);
-2 for a command-line usage error; 3 for an unexpected internal error; 130 when
-interrupted. Output folders are written into a temporary sibling folder and renamed into
-place at the end, so a failed run leaves no half-written ``--out`` folder behind.
+Exit status: 0 on success; 1 when an input cannot be used or the system refuses (the
+one-line message on ``stderr`` names the file, structure or parameter, or the cause: no
+space left, a read-only file system, not enough memory; ``--debug`` adds the traceback);
+2 for a command-line usage error; 3 for an unexpected internal error (a bug, to be
+reported); 130 when interrupted (Ctrl-C); 143 when terminated (SIGTERM, handled like
+Ctrl-C); 141 when standard output is a pipe that was closed (``rtplan ... | head``): the
+command stops quietly, as a tool killed by SIGPIPE does.
+
+Output folders are written into a temporary sibling folder and renamed into place at the
+end, so a failed, interrupted or terminated run leaves no half-written ``--out`` folder
+behind (see :mod:`rtplan._io` for concurrent runs and for what the next run cleans up
+after a killed one). A run whose grids need more memory than is available is refused
+before it starts (:mod:`rtplan._memory`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as _dt
+import errno
+import math
+import os
+import re
+import signal
 import sys
 import textwrap
+import threading
 import traceback
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn, TextIO, TypedDict
 
 import numpy as np
@@ -32,7 +48,8 @@ from rtplan._clinical_args import (
     reference_values,
     tracer_from_args,
 )
-from rtplan._io import staged_output
+from rtplan._io import errno_of, name_max, staged_output
+from rtplan._memory import check_memory, image_bytes, shipped_atlas_grid
 from rtplan._progress import Progress
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan.atlas import Atlas, atlas_from_dicom, atlas_from_label_maps, list_atlases, load_atlas
@@ -88,11 +105,16 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
 )
 
+#: ... and those of the system (no space, read-only, permission...): also one line, exit 1.
+_INPUT_OR_SYSTEM_ERRORS: tuple[type[BaseException], ...] = (*_INPUT_ERRORS, OSError)
+
 EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a tool killed by it
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
 #: What every command function takes and returns (the exit status).
 _Command = Callable[[argparse.Namespace, Progress], int]
@@ -115,14 +137,51 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message of an exception on one line (KeyError quotes removed)."""
+    """The message of an exception on one line (KeyError quotes removed).
+
+    An error of the system says what the system said (``No space left on device: PATH``)
+    and what to do, and nothing of a library's own text; a fatal error does not end in
+    "; skipped" (words of a reader that would have skipped the item when told to).
+    """
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]
-    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        text = f"{exc.strerror}: {exc.filename}"
+    elif isinstance(exc, OSError) and not isinstance(exc, RtplanError):
+        text = _os_error_text(exc)
     else:
         text = str(exc) or type(exc).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return _SKIPPED.sub("", line)
+
+
+#: "; skipped" (with a note in brackets) at the end of a message: dropped from fatal errors.
+_SKIPPED = re.compile(r";\s*skipped\b(\s*\(.*\))?\s*$")
+
+#: What to do about an error of the system, by errno (added to its one-line message).
+_OS_ADVICE: Mapping[int, str] = {
+    errno.ENOSPC: "free some space, or choose an --out on another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space, or choose another --out",
+    errno.EROFS: "choose an --out on a writable file system",
+    errno.EFBIG: "a file grew past the file system's limit; choose another --out",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``strerror: filename (advice)`` of an OSError, or its own message when it has no errno.
+
+    The errno may sit on the OSError this one was raised from (a library that re-raised
+    it with its own text); only the first line of such a text is kept.
+    """
+    code = errno_of(exc)
+    if code is None:
+        first = (str(exc) or type(exc).__name__).strip().splitlines()
+        return first[0] if first else type(exc).__name__
+    # the system's words (a library's re-raised text has none of its own)
+    text = exc.strerror if exc.errno == code and exc.strerror else os.strerror(code)
+    if exc.filename is not None:
+        text += f": {os.fsdecode(exc.filename)}"
+    advice = _OS_ADVICE.get(code)
+    return f"{text} ({advice})" if advice else text
 
 
 def _fail(message: str) -> NoReturn:
@@ -274,8 +333,7 @@ def parse_pet_method(text: str) -> PetMethodArgs:
     {'method': 'reference', 'reference': 'liver', 'references': {'liver': 5.2}}
     """
     forms = (
-        "suv:<SUV>, pct:<percent of SUVmax>, liver[:<SUVmean>[,<SD>]] or "
-        "blood[:<SUVmean>[,<SD>]]"
+        "suv:<SUV>, pct:<percent of SUVmax>, liver[:<SUVmean>[,<SD>]] or blood[:<SUVmean>[,<SD>]]"
     )
     problem = f"--lesions-from-pet {text!r} is not understood; expected {forms}"
     name, _, arg = text.strip().partition(":")
@@ -301,9 +359,10 @@ def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> At
     labels = _optional_dir(args.labels, "--labels")
     with progress.step("reading CT and structures"):
         if labels is not None:
-            return atlas_from_label_maps(labels, ct=ct_dir)
+            return _atlas_from_labels(labels, ct_dir)
         try:
-            return atlas_from_dicom(ct_dir, rtstruct=structures)
+            with _cli_names(_CT_OPTIONS):
+                return atlas_from_dicom(ct_dir, rtstruct=structures, series_uid=args.series_uid)
         except DicomInputError as exc:
             if structures is None and "RTSTRUCT" in str(exc):
                 raise DicomInputError(
@@ -312,38 +371,65 @@ def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> At
             raise
 
 
-def _nifti_array_and_affine(path: Path) -> tuple[npt.NDArray[np.generic], FloatArray]:
+def _nifti_errors() -> tuple[type[BaseException], ...]:
+    """What nibabel raises on a file that is not (or no longer) a readable image.
+
+    Unknown format or header, truncated data, a broken gzip stream.
+    """
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError, ImageDataError
+
+    return (ImageFileError, HeaderDataError, ImageDataError, OSError, EOFError, zlib.error)
+
+
+def _atlas_from_labels(labels: Path, ct_dir: Path) -> Atlas:
+    """:func:`atlas_from_label_maps`, an unreadable label map named in a one-line error.
+
+    The reader's own errors (RtplanError) pass as they are; what nibabel raises on a
+    broken file is looked up (which file of the folder it was) and named.
+    """
+    _require_nibabel("reading NIfTI label maps")
+    try:
+        return atlas_from_label_maps(labels, ct=ct_dir)
+    except RtplanError:
+        raise
+    except _nifti_errors() as exc:
+        files = sorted(labels.glob("*.nii")) + sorted(labels.glob("*.nii.gz"))
+        for path in files:  # the first file nibabel cannot read is the one
+            _nifti_array_and_affine(path, "--labels")
+        raise RtplanError(f"--labels {labels}: a label map could not be read ({exc})") from exc
+
+
+def _require_nibabel(what: str) -> None:
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:  # pragma: no cover - nibabel is an optional dependency
+        _fail(f"{what} needs nibabel: pip install 'rtplan[nifti]'")
+
+
+def _nifti_array_and_affine(
+    path: Path, option: str = "--lesions"
+) -> tuple[npt.NDArray[np.generic], FloatArray]:
     """The voxel array (``[i, j, k]``) and the RAS affine of a NIfTI file.
 
     Raises
     ------
     RtplanError
-        Naming the file, when nibabel is missing or cannot read it as an image.
+        Naming ``option`` and the file, when nibabel is missing or cannot read it as an
+        image.
     """
-    try:
-        import nibabel
-        from nibabel.filebasedimages import ImageFileError
-        from nibabel.spatialimages import HeaderDataError, ImageDataError, SpatialImage
-    except ImportError:  # pragma: no cover - nibabel is an optional dependency
-        _fail("reading NIfTI lesion masks needs nibabel: pip install 'rtplan[nifti]'")
-    # what nibabel raises on a file that is not (or no longer) a readable image:
-    # unknown format or header, truncated data, a broken gzip stream
-    unreadable = (
-        ImageFileError,
-        HeaderDataError,
-        ImageDataError,
-        OSError,
-        EOFError,
-        ValueError,
-        zlib.error,
-    )
+    _require_nibabel("reading NIfTI lesion masks")
+    import nibabel
+    from nibabel.spatialimages import SpatialImage
+
+    unreadable: tuple[type[BaseException], ...] = (*_nifti_errors(), ValueError)
     try:
         img = nibabel.load(path)
         if not isinstance(img, SpatialImage) or img.affine is None:
-            _fail(f"--lesions {path}: not a NIfTI image with an affine ({type(img).__name__})")
+            _fail(f"{option} {path}: not a NIfTI image with an affine ({type(img).__name__})")
         data: npt.NDArray[np.generic] = np.asanyarray(img.dataobj)
     except unreadable as exc:
-        raise RtplanError(f"--lesions {path}: not a readable NIfTI file ({exc})") from exc
+        raise RtplanError(f"{option} {path}: not a readable NIfTI file ({exc})") from exc
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
@@ -384,7 +470,9 @@ def _read_lesions(
     """Lesions from a NIfTI label map or an RTSTRUCT with lesion ROIs."""
     if path.name.lower().endswith((".nii", ".nii.gz")):
         labels = _read_nifti_labels(path, atlas.grid)
-        return lesions_from_mask(labels, atlas.grid, suv=suv, references=references)
+        return lesions_from_mask(
+            labels, atlas.grid, suv=suv, references=references, body=_body_mask(atlas)
+        )
     try:
         structures = read_rtstruct(path, atlas.grid, map_names=False)
     except DicomInputError as exc:
@@ -400,14 +488,21 @@ def _read_lesions(
                 f"--lesion-rois: {', '.join(missing)} not in {path.name}; it has "
                 f"{', '.join(structures.names)}"
             )
-        return lesions_from_structures(structures, names=wanted, suv=suv)
+        return lesions_from_structures(
+            structures, names=wanted, suv=suv, references=references, body=_body_mask(atlas)
+        )
     chosen = structures.by_role("gtv")
     if not chosen:
         _fail(
             f"{path.name} has no ROI of interpreted type GTV; name the lesion ROIs with "
             f"--lesion-rois (it has {', '.join(structures.names)})"
         )
-    return lesions_from_structures(chosen, suv=suv, references=references)
+    return lesions_from_structures(chosen, suv=suv, references=references, body=_body_mask(atlas))
+
+
+def _body_mask(atlas: Atlas) -> BoolMask | None:
+    """The patient's Body (lesions outside it are refused by the readers), if contoured."""
+    return atlas.structures["Body"].mask if "Body" in atlas.structures else None
 
 
 def _pet_lesions(
@@ -459,7 +554,8 @@ def _load_patient(
     pet_method = parse_pet_method(args.lesions_from_pet) if args.lesions_from_pet else None
     lesion_path = _optional_file(args.lesions, "--lesions")
     pet_dir = _optional_dir(args.pet, "--pet")
-    tracer = tracer_from_args(args.tracer, pet_dir)
+    with _cli_names(_PET_OPTIONS):
+        tracer = tracer_from_args(args.tracer, pet_dir, series_uid=args.pet_series_uid)
     atlas = _load_atlas_from_patient(args, progress)
     references = (
         reference_values(args.reference, atlas.structures, tracer) if args.reference else None
@@ -467,7 +563,7 @@ def _load_patient(
     suv: FloatArray | None = None
     if pet_dir is not None:
         with progress.step("reading PET (SUV)"):
-            suv, _ = read_pet_suv(pet_dir, atlas.grid)
+            suv = _read_suv(pet_dir, atlas, args)
     if references is not None and suv is None:
         _fail("--reference needs the PET series: add --pet DIR")
     with progress.step("finding lesions"):
@@ -478,6 +574,134 @@ def _load_patient(
         else:
             lesions = Lesions([], grid=atlas.grid)
     return atlas, lesions, tracer
+
+
+# ============================================================================ DICOM overrides
+#: Python arguments that messages of the readers name, and the CLI options that set them.
+_CT_OPTIONS: Mapping[str, str] = {"series_uid": "--series-uid", "rtstruct": "--structures"}
+_PET_OPTIONS: Mapping[str, str] = {
+    "series_uid": "--pet-series-uid",
+    "patient_weight_kg": "--patient-weight",
+    "injected_dose_bq": "--injected-dose",
+    "half_life_s": "--half-life",
+    "suv_factor": "--suv-factor",
+    "injection_datetime": "--injection-time",
+    "scan_datetime": "--scan-time",
+}
+_PYTHON_ARGUMENT = re.compile(r"\b([a-z]+(?:_[a-z]+)*)=(?![\w'\"])")
+
+
+def _cli_text(message: str, options: Mapping[str, str]) -> str:
+    """``message`` with the Python arguments it names (``series_uid=``) as CLI options."""
+    return _PYTHON_ARGUMENT.sub(lambda m: options.get(m[1], m[0]), message)
+
+
+@contextlib.contextmanager
+def _cli_names(options: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a reader's error naming the CLI options for the Python arguments it names."""
+    try:
+        yield
+    except DicomInputError as exc:
+        text = _cli_text(str(exc), options)
+        if text == str(exc):
+            raise
+        raise DicomInputError(text) from exc
+
+
+def _read_suv(pet_dir: Path, atlas: Atlas, args: argparse.Namespace) -> FloatArray:
+    """SUVbw on the atlas grid with the PET overrides of the command line.
+
+    The PET must cover the Body (the whole CT grid when no Body is contoured).
+    """
+    dose_mbq: float | None = args.injected_dose
+    with _cli_names(_PET_OPTIONS):
+        suv, _ = read_pet_suv(
+            pet_dir,
+            atlas.grid,
+            require_cover=_body_mask(atlas),
+            suv_factor=args.suv_factor,
+            series_uid=args.pet_series_uid,
+            patient_weight_kg=args.patient_weight,
+            injected_dose_bq=None if dose_mbq is None else dose_mbq * 1e6,
+            half_life_s=args.half_life,
+            injection_datetime=args.injection_time,
+            scan_datetime=args.scan_time,
+        )
+    return suv
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _date_time(text: str) -> _dt.datetime:
+    """An argparse type: a date and time (ISO 8601, ``2024-05-02 09:41[:30]``), naive."""
+    try:
+        value = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date and time like 2024-05-02 09:41, got {text!r}"
+        ) from None
+    if value.tzinfo is not None:
+        raise argparse.ArgumentTypeError(
+            f"give the local time of the scanner without a time zone, got {text!r}"
+        )
+    return value
+
+
+def _add_dicom_overrides(p: argparse.ArgumentParser) -> None:
+    """The options that choose a series and stand in for missing PET tags."""
+    g = p.add_argument_group(
+        "series and PET tags (when the folder holds several series, or a tag is missing)"
+    )
+    g.add_argument("--series-uid", metavar="UID", help="SeriesInstanceUID of the CT series")
+    g.add_argument("--pet-series-uid", metavar="UID", help="SeriesInstanceUID of the PET series")
+    g.add_argument(
+        "--patient-weight",
+        type=_positive_number,
+        metavar="KG",
+        help="patient weight in kg, for SUVbw (instead of PatientWeight)",
+    )
+    g.add_argument(
+        "--injected-dose",
+        type=_positive_number,
+        metavar="MBQ",
+        help="injected activity in MBq at the injection time (instead of RadionuclideTotalDose)",
+    )
+    g.add_argument(
+        "--suv-factor",
+        type=_positive_number,
+        metavar="G_PER_BQ",
+        help="SUV per rescaled pixel value (pixel x RescaleSlope + RescaleIntercept); "
+        "overrides the Units, weight, dose and decay tags, e.g. a Philips SUV scale factor",
+    )
+    g.add_argument(
+        "--half-life",
+        type=_positive_number,
+        metavar="S",
+        help="half-life of the radionuclide in s (instead of RadionuclideHalfLife)",
+    )
+    g.add_argument(
+        "--injection-time",
+        type=_date_time,
+        metavar="DATETIME",
+        help="injection date and time, e.g. 2024-05-02 09:41 (instead of the "
+        "radiopharmaceutical's start date and time)",
+    )
+    g.add_argument(
+        "--scan-time",
+        type=_date_time,
+        metavar="DATETIME",
+        help="date and time the decay correction refers to (instead of the series' "
+        "acquisition time)",
+    )
 
 
 _LESION_TITLES = ("lesion", "miTNM", "region", "side", "volume [cc]", "SUVmax", "miPSMA", "source")
@@ -559,7 +783,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
         progress=progress,
     )
     if not args.quiet:
-        print(summary.text())
+        _print(summary.text())
     return EXIT_OK
 
 
@@ -570,7 +794,7 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
     _require_dir(args.ct, "--ct")
     protocol = _load_protocol(args.protocol)
     context = context_from_args(args)
-    case = args.case or _default_case(Path(args.ct))
+    case = _case_label(args)
     with staged_output(args.out, force=args.force, inputs=inputs) as tmp:
         atlas, lesions, tracer = _load_patient(args, progress)
         comparison = plan_case(
@@ -584,11 +808,16 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
             tracer=tracer,
         )
         write_case_outputs(comparison, tmp, ct_folder=Path(args.ct), progress=progress)
+    for line in comparison.not_evaluated():  # listed even with --quiet
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"{PROG}: warning: {line}\n")
     if not args.quiet:
         if comparison.stage is not None:  # plan_case always stages
-            print(f"stage: {_stage_text(comparison.stage)}")
-        print(f"options: {', '.join(comparison.options)}")
-        print(f"written: {args.out}")
+            _print(f"stage: {_stage_text(comparison.stage)}")
+            for call in comparison.stage.uncertain:
+                _print(f"uncertain: {call.text}")
+        _print(f"options: {', '.join(comparison.options)}")
+        _print(f"written: {args.out}")
     return EXIT_OK
 
 
@@ -597,16 +826,18 @@ def _cmd_stage(args: argparse.Namespace, progress: Progress) -> int:
     atlas, lesions, tracer = _load_patient(args, progress)
     with progress.step("staging"):
         stage = stage_lesions(lesions, atlas)
-    print(f"stage: {_stage_text(stage, detailed=True)}")
-    print(lesion_table_text(stage))
+    _print(f"stage: {_stage_text(stage, detailed=True)}")
+    _print(lesion_table_text(stage))
+    for call in stage.uncertain:
+        _print(f"uncertain: {call.text}")
     for note in stage.notes:
-        print(f"note: {note}")
+        _print(f"note: {note}")
     if context is not None:
         tracer_name = tracer.name if tracer is not None else DEFAULT_TRACER
         for line in scan_meaning(stage.string, context, tracer_name):
-            print(f"context: {line}")
+            _print(f"context: {line}")
         for line in subgroup_lines(stage.string, context):
-            print(f"evidence: {line}")
+            _print(f"evidence: {line}")
     return EXIT_OK
 
 
@@ -621,19 +852,53 @@ def _default_case(ct: Path) -> str:
     return folder.name or "rtplan"
 
 
+def _case_label(args: argparse.Namespace) -> str:
+    """``--case``, or the CT folder's name: short enough for ``RS_<case>.dcm`` in ``--out``.
+
+    A default label (from a folder name) is cut to fit; a given ``--case`` that does not
+    fit is refused before any work.
+    """
+    label: str = args.case or _default_case(Path(args.ct))
+    room = name_max(Path(args.out).expanduser().resolve().parent) - len("RS_.dcm")
+    raw = label.encode("utf-8", errors="surrogateescape")
+    if len(raw) <= room:
+        return label
+    if args.case:
+        _fail(
+            f"--case is {len(raw)} bytes; the file name RS_<case>.dcm must fit the file "
+            f"system's limit of {room + len('RS_.dcm')} bytes (NAME_MAX): give a shorter --case"
+        )
+    return raw[:room].decode("utf-8", errors="ignore")
+
+
 def _load_protocol(name_or_path: str | None) -> Protocol:
     return load_protocol(name_or_path or DEFAULT_PROTOCOL)
 
 
 def _cmd_atlas_list(args: argparse.Namespace, progress: Progress) -> int:
     for name in list_atlases():
-        print(name)
+        _print(name)
     return EXIT_OK
 
 
 def _load_named_atlas(args: argparse.Namespace, progress: Progress) -> Atlas:
+    spacing = _spacing(args.spacing)
+    if args.name in list_atlases():
+        _check_atlas_memory(args.name, spacing)
     with progress.step(f"building atlas {args.name}"):
-        return load_atlas(args.name, spacing_mm=_spacing(args.spacing))
+        return load_atlas(args.name, spacing_mm=spacing)
+
+
+def _check_atlas_memory(name: str, spacing: Vec3 | None) -> None:
+    """Refuse to build and write a shipped atlas on a grid beyond the available memory."""
+    shape, used = shipped_atlas_grid(name, spacing)
+    n_ct = math.prod(shape)
+    check_memory(
+        image_bytes(n_ct),
+        f"atlas {name} on a {' x '.join(f'{s:g}' for s in used)} mm grid "
+        f"({' x '.join(map(str, shape))} voxels)",
+        advice="a coarser --spacing needs less",
+    )
 
 
 def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
@@ -654,7 +919,7 @@ def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
                     label=atlas.name[:16],
                 )
     if not args.quiet:
-        print(f"written: {args.out}")
+        _print(f"written: {args.out}")
     return EXIT_OK
 
 
@@ -665,7 +930,7 @@ def _cmd_atlas_show(args: argparse.Namespace, progress: Progress) -> int:
             written = save_atlas_views(atlas, tmp)
     if not args.quiet:
         for path in written:
-            print(Path(args.out) / Path(path).name)
+            _print(Path(args.out) / Path(path).name)
     return EXIT_OK
 
 
@@ -673,7 +938,7 @@ def _cmd_protocol_list(args: argparse.Namespace, progress: Progress) -> int:
     names = list_protocols()
     width = max(len(n) for n in names)
     for name in names:
-        print(f"{name:<{width}}  {load_protocol(name).title}")
+        _print(f"{name:<{width}}  {load_protocol(name).title}")
     return EXIT_OK
 
 
@@ -682,30 +947,30 @@ def _print_protocol_values(protocol: Protocol) -> None:
     rows = [(p, _value_text(v), s) for p, v, s in protocol.rows() if not p.startswith("protocol.")]
     width = max((len(p) for p, _, _ in rows), default=4)
     vwidth = min(max((len(v) for _, v, _ in rows), default=5), 24)
-    print()
-    print(f"{'key'.ljust(width)}  {'value'.ljust(vwidth)}  source")
+    _print()
+    _print(f"{'key'.ljust(width)}  {'value'.ljust(vwidth)}  source")
     for path, value, source in rows:
-        print(f"{path.ljust(width)}  {value.ljust(vwidth)}  {source}")
+        _print(f"{path.ljust(width)}  {value.ljust(vwidth)}  {source}")
 
 
 def _cmd_protocol_show(args: argparse.Namespace, progress: Progress) -> int:
     protocol = _load_protocol(args.protocol)
     if args.toml:
-        sys.stdout.write(protocol_text(args.protocol or DEFAULT_PROTOCOL))
+        _print(protocol_text(args.protocol or DEFAULT_PROTOCOL), end="")
         return EXIT_OK
-    print(f"{protocol.name}: {protocol.title}")
+    _print(f"{protocol.name}: {protocol.title}")
     if protocol.path:
-        print(f"file: {protocol.path}")
+        _print(f"file: {protocol.path}")
     _print_protocol_values(protocol)
     if protocol.constraints:
-        print()
-        print("constraints")
+        _print()
+        _print("constraints")
         for c in protocol.constraints:
-            print(f"  {_constraint_text(c)}")
+            _print(f"  {_constraint_text(c)}")
     tool = protocol.tool_defaults
     if tool:
-        print()
-        print(f"{len(tool)} values are tool defaults (no guideline behind the exact number).")
+        _print()
+        _print(f"{len(tool)} values are tool defaults (no guideline behind the exact number).")
     return EXIT_OK
 
 
@@ -720,14 +985,14 @@ def _constraint_text(c: ProtocolConstraint) -> str:
 def _cmd_protocol_diff(args: argparse.Namespace, progress: Progress) -> int:
     a, b = _load_protocol(args.protocol_a), _load_protocol(args.protocol_b)
     rows = diff_protocols(a, b, sources=args.sources)
-    print(format_diff(rows, args.protocol_a, args.protocol_b))
+    _print(format_diff(rows, args.protocol_a, args.protocol_b))
     return EXIT_OK
 
 
 def _cmd_protocol_validate(args: argparse.Namespace, progress: Progress) -> int:
     protocol = _load_protocol(args.protocol)
     n_tool = len(protocol.tool_defaults)
-    print(
+    _print(
         f"{protocol.path or protocol.name}: valid ({len(protocol.keys())} values, "
         f"{len(protocol.constraints)} constraints, {n_tool} tool defaults)"
     )
@@ -919,6 +1184,7 @@ def _add_patient_inputs(p: argparse.ArgumentParser) -> None:
         help="segment lesions on the PET: suv:<SUV>, pct:<percent>, liver or "
         "liver:<mean>,<sd> (see below)",
     )
+    _add_dicom_overrides(p)
 
 
 def _add_dose_spacing(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -1132,6 +1398,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ============================================================================ stdout
+class _StdoutError(Exception):
+    """Standard output refused a write (a closed pipe, a full disk): its errno."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(os.strerror(code) if code is not None else "write error")
+        self.code = code
+
+
+def _print(*parts: object, end: str = "\n") -> None:
+    """:func:`print` to standard output; its failure raised as :class:`_StdoutError`."""
+    try:
+        print(*parts, end=end)
+    except OSError as exc:
+        raise _StdoutError(errno_of(exc)) from exc
+
+
+def _flush_stdout() -> None:
+    """Flush standard output (a pipe or file is block-buffered: errors surface here)."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise _StdoutError(errno_of(exc)) from exc
+
+
+def _discard_stdout() -> None:
+    """Point the standard output descriptor at /dev/null.
+
+    What is still buffered (and Python flushes at exit) then goes nowhere instead of
+    failing again with a second error at exit.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (captured, replaced): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _stdout_failed(exc: _StdoutError) -> int:
+    """The exit status after standard output failed: quiet for a closed pipe, else one line."""
+    _discard_stdout()
+    if exc.code == errno.EPIPE:  # the reader is gone (``| head``): stop quietly
+        return EXIT_BROKEN_PIPE
+    _error_line(f"{PROG}: error: cannot write to standard output: {exc}")
+    return EXIT_INPUT
+
+
+def _error_line(text: str) -> None:
+    """Write one line to stderr (lost if stderr itself is closed)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+# ============================================================================ signals
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt.
+
+    A BaseException, so that what cleans up after an interruption (the temporary output
+    folder) cleans up after it too.
+    """
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up is not cut short again
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_handled() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C while a command runs (main thread only; then restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 # ============================================================================ main
 @contextlib.contextmanager
 def _warnings_as_lines(debug: bool) -> Iterator[None]:
@@ -1151,23 +1503,60 @@ def _warnings_as_lines(debug: bool) -> Iterator[None]:
 def _run(func: _Command, args: argparse.Namespace, progress: Progress, *, debug: bool) -> int:
     """Run a command; turn what it raises into a message on stderr and an exit status."""
     try:
-        return func(args, progress)
+        status = func(args, progress)
+        _flush_stdout()
+        return status
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _error_line(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
-    except _INPUT_ERRORS as exc:
-        if debug:
-            traceback.print_exc()
-        sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
-        return EXIT_INPUT
+    except _Terminated:
+        _error_line(f"{PROG}: terminated")
+        return EXIT_TERMINATED
+    except _StdoutError as exc:
+        return _stdout_failed(exc)
+    except MemoryError as exc:
+        return _input_error(
+            f"out of memory: {_one_line(exc)} (a coarser --spacing or --dose-spacing needs less)",
+            debug=debug,
+        )
+    except _INPUT_OR_SYSTEM_ERRORS as exc:  # bad input, or the system refused
+        return _input_error(_one_line(exc), debug=debug)
     except Exception as exc:  # the last resort: a bug in rtplan, to be reported
         if debug:
             traceback.print_exc()
-        sys.stderr.write(
+        _error_line(
             f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
-            "(run again with --debug for the traceback, and please report it)\n"
+            "(run again with --debug for the traceback, and please report it)"
         )
         return EXIT_INTERNAL
+
+
+def _input_error(message: str, *, debug: bool) -> int:
+    """Show ``rtplan: error: message`` (after the traceback with ``--debug``); exit 1."""
+    if debug:
+        traceback.print_exc()
+    _error_line(f"{PROG}: error: {message}")
+    return EXIT_INPUT
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status of ``--help``, ``--version`` or a usage error.
+
+    Help and version text go to standard output, which may be a closed pipe or a full disk.
+    """
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, --version and usage errors
+        status = int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except OSError as exc:  # writing the help text failed
+        return _stdout_failed(_StdoutError(errno_of(exc)))
+    else:
+        return args
+    try:
+        _flush_stdout()
+    except _StdoutError as exc:
+        return _stdout_failed(exc)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1181,18 +1570,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 success, 1 bad input, 2 usage error, 3 internal error,
-        130 interrupted.
+        Exit status: 0 success, 1 bad input or a refusal of the system, 2 usage error,
+        3 internal error, 130 interrupted, 141 standard output closed (a pipe), 143
+        terminated (SIGTERM).
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    parsed = _parse(build_parser(), argv)
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
     debug: bool = args.debug
     progress = Progress(enabled=False if args.quiet else None)
     func: _Command = args.func
-    with _warnings_as_lines(debug):
+    with _warnings_as_lines(debug), _sigterm_handled():
         return _run(func, args, progress, debug=debug)
 
 

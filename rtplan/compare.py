@@ -13,7 +13,8 @@ import io
 import json
 import math
 import numbers
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -25,14 +26,19 @@ from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan._typing import FloatArray
 from rtplan.atlas import Atlas
 from rtplan.context import ClinicalContext
+from rtplan.derived import derived_oars
 from rtplan.dose_estimate import (
+    ALPHA_BETA_GY,
     DoseModelParameters,
     OptionDose,
+    eqd2_gy,
     estimate_option_dose,
     make_dose_grid,
+    physical_dose_gy,
 )
 from rtplan.dvh import (
     DVH,
+    Constraint,
     StructureOnDoseGrid,
     compute_dvh,
     evaluate_constraint,
@@ -42,24 +48,65 @@ from rtplan.dvh import (
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesions
-from rtplan.plan import FieldOption, Target
-from rtplan.protocol import Protocol, load_protocol
+from rtplan.plan import FieldOption, TargetLevel, resolve_overlaps, target_levels
+from rtplan.protocol import Protocol, ProtocolConstraint, load_protocol
 from rtplan.staging import Stage
 from rtplan.structures import Structure, StructureSet
 from rtplan.tracers import Tracer
 from rtplan.volumes import OptionSpec, build_options
 
 __all__ = [
+    "BASIS_CONVENTIONAL",
+    "BASIS_COURSES",
+    "BASIS_INTENDED",
+    "BASIS_PHYSICAL",
     "DEFAULT_OARS",
+    "HOT_SPOT_LIMIT_PCT",
+    "NOT_EVALUATED",
     "Comparison",
     "ComparisonTable",
     "MetricRow",
     "OptionResult",
+    "basis_eqd2",
+    "basis_sbrt_course",
     "compare_options",
 ]
 
 #: A value of :meth:`ComparisonTable.records`: text, a number, or nothing.
 RecordValue = str | float | None
+
+#: Basis of a prescription row: the intended dose, not a dose estimate.
+BASIS_INTENDED = "intended (prescription)"
+#: Basis of coverage rows: the physical dose of the courses that treat the target.
+BASIS_COURSES = "courses treating it, physical"
+#: Basis of rows on the physical dose summed over every course of the option.
+BASIS_PHYSICAL = "composite physical"
+#: Basis of target hot spots: the conventional (non-SBRT) courses summed.
+BASIS_CONVENTIONAL = "conventional courses summed"
+#: Status of a constraint that could not be evaluated (its note says why).
+NOT_EVALUATED = "not evaluated"
+#: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
+#: 107 % of the highest intended level (ICRU 50: 95-107 % of the prescribed dose,
+#: @icru50_1993 [V-3p]; target "never above 107 %", @pmc8744000_constraints [V]).
+HOT_SPOT_LIMIT_PCT = 107.0
+_HOT_SPOT_SOURCE = (
+    "hot spot at most 107 % of the intended level: target dose never above 107 % "
+    "@pmc8744000_constraints [V]; ICRU 50 range 95-107 % @icru50_1993 [V-3p]"
+)
+#: SBRT targets: maximum dose at most twice the prescription (RTOG radiosurgery QA
+#: criteria, @shaw1993 [V-3p]), on the SBRT course's own dose.
+SBRT_MAX_LIMIT_PCT = 200.0
+_SBRT_MAX_SOURCE = "maximum dose / prescription <= 2.0 per protocol @shaw1993 [V-3p]"
+
+
+def basis_eqd2(alpha_beta_gy: float) -> str:
+    """Basis of rows on the composite EQD2, e.g. ``"composite EQD2 (alpha/beta 3 Gy)"``."""
+    return f"composite EQD2 (alpha/beta {alpha_beta_gy:g} Gy)"
+
+
+def basis_sbrt_course(fractions: int) -> str:
+    """Basis of rows on one SBRT course's own dose, e.g. ``"SBRT course, physical (3 fx)"``."""
+    return f"SBRT course, physical ({fractions} fx)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,16 @@ class MetricRow:
         Option name -> distance to the limit in the row's unit, positive when passing.
     source : str
         Source of the constraint or model parameters.
+    basis : str
+        Which dose the values are of: :data:`BASIS_COURSES` (the courses that treat the
+        target, physical), :data:`BASIS_PHYSICAL` (every course summed), a composite EQD2
+        (:func:`basis_eqd2`, with its alpha/beta), the conventional courses summed
+        (:data:`BASIS_CONVENTIONAL`, target hot spots), one SBRT course
+        (:func:`basis_sbrt_course`), :data:`BASIS_INTENDED`, or ``""`` (a volume).
+    note : str
+        The protocol's note on the constraint, how a limit was converted, or why it was
+        not evaluated (status :data:`NOT_EVALUATED`, e.g. ``"not evaluated: SacralPlex
+        missing"``).
     """
 
     group: str
@@ -97,6 +154,8 @@ class MetricRow:
     status: dict[str, str | None] = field(default_factory=dict)
     headroom: dict[str, float | None] = field(default_factory=dict)
     source: str = ""
+    basis: str = ""
+    note: str = ""
 
     @property
     def label(self) -> str:
@@ -104,6 +163,11 @@ class MetricRow:
         unit = f" [{self.unit}]" if self.unit else ""
         name = f"{self.structure} " if self.structure else ""
         return f"{name}{self.metric}{unit}"
+
+    @property
+    def not_evaluated(self) -> bool:
+        """Whether the row is a constraint that could not be evaluated (see :attr:`note`)."""
+        return any(s == NOT_EVALUATED for s in self.status.values())
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -141,6 +205,8 @@ class ComparisonTable:
                 rec[o] = r.values.get(o)
             for o in self.options:
                 rec[f"{o} status"] = r.status.get(o) or ""
+            rec["basis"] = r.basis
+            rec["note"] = r.note
             rec["source"] = r.source
             out.append(rec)
         return out
@@ -153,7 +219,7 @@ class ComparisonTable:
             ["group", "structure", "metric", "unit", "limit"]
             + list(self.options)
             + [f"{o} status" for o in self.options]
-            + ["source"]
+            + ["basis", "note", "source"]
         )
         writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
@@ -178,6 +244,8 @@ class ComparisonTable:
                     "values": {o: _finite_or_none(r.values.get(o)) for o in self.options},
                     "status": {o: r.status.get(o) for o in self.options},
                     "headroom": {o: _finite_or_none(r.headroom.get(o)) for o in self.options},
+                    "basis": r.basis,
+                    "note": r.note,
                     "source": r.source,
                 }
                 for r in self.rows
@@ -215,12 +283,12 @@ class ComparisonTable:
         frame: object = pandas.DataFrame(data, index=[r.label for r in self.rows])
         return frame
 
-    def row(self, structure: str, metric: str) -> MetricRow:
-        """The row of one structure's metric; ``KeyError`` if absent."""
+    def row(self, structure: str, metric: str, *, basis: str | None = None) -> MetricRow:
+        """The first row of a structure's metric (of ``basis`` if given); KeyError if none."""
         for r in self.rows:
-            if r.structure == structure and r.metric == metric:
+            if r.structure == structure and r.metric == metric and basis in (None, r.basis):
                 return r
-        raise KeyError(f"no row for {structure!r} {metric!r}")
+        raise KeyError(f"no row for {structure!r} {metric!r}" + (f" ({basis})" if basis else ""))
 
     def __str__(self) -> str:
         labels = [r.label for r in self.rows]
@@ -232,7 +300,9 @@ class ComparisonTable:
         for r, label in zip(self.rows, labels):
             cells = []
             for o, w in zip(self.options, widths):
-                mark = {"pass": " ", "fail": "!"}.get(r.status.get(o) or "", " ")
+                mark = {"pass": " ", "fail": "!", NOT_EVALUATED: "?"}.get(
+                    r.status.get(o) or "", " "
+                )
                 cells.append((_fmt(r.values.get(o)) + mark).rjust(w))
             lines.append("  ".join([label.ljust(w0), *cells]))
         return "\n".join(lines)
@@ -254,11 +324,13 @@ class OptionResult:
         Composite EQD2 (alpha/beta 3 Gy unless stated), Gy, where courses differ in
         fractionation.
     course_doses_gy : dict of str to ndarray of float64
-        Physical dose per course, Gy.
+        Physical dose per course, Gy (after the plan-sum ceiling of
+        :func:`rtplan.dose_estimate.estimate_option_dose`).
     dvhs : dict of str to DVH
         Structure name -> :class:`rtplan.dvh.DVH` of the total dose.
     structures : list of Structure
-        The option's own structures (GTV/CTV/PTV) on the CT grid.
+        The option's own structures (GTV/CTV/PTV, cropped later-phase PTVs) on the CT
+        grid.
     """
 
     option: FieldOption
@@ -304,6 +376,9 @@ class Comparison:
         result in context in the report.
     tracer : Tracer or None
         The PET tracer (:class:`rtplan.tracers.Tracer`), when known.
+    derived : tuple of Structure
+        Organs rtplan derived because the anatomy lacked them
+        (:func:`rtplan.derived.derived_oars`); each says how in its ``derivation``.
     """
 
     case: str
@@ -317,6 +392,7 @@ class Comparison:
     created: datetime = field(default_factory=datetime.now)
     context: ClinicalContext | None = None
     tracer: Tracer | None = None
+    derived: tuple[Structure, ...] = ()
 
     @property
     def options(self) -> list[str]:
@@ -330,9 +406,27 @@ class Comparison:
                 return r
         raise KeyError(f"no option {option!r}; options are {', '.join(self.options)}")
 
+    def not_evaluated(self) -> list[str]:
+        """The constraints that could not be evaluated, one line each, e.g. for stderr.
+
+        Examples of lines: ``"CaudaEquina V30Gy < 5 cc (OAR (SBRT course), SBRT course,
+        physical (5 fx)): not evaluated: CaudaEquina missing"``.
+        """
+        lines: list[str] = []
+        for r in self.table.rows:
+            if not r.not_evaluated:
+                continue
+            what = " ".join(p for p in (r.structure, r.metric, r.limit or "") if p)
+            line = f"{what} ({r.group}, {r.basis}): {r.note}"
+            if line not in lines:
+                lines.append(line)
+        return lines
+
     def all_structures(self, options: Sequence[str] | None = None) -> list[Structure]:
-        """Atlas structures followed by the target structures of the options, names unique."""
+        """Atlas structures, derived organs, then the options' target structures; names unique."""
         seen: dict[str, Structure] = {s.name: s for s in self.atlas.structures.values()}
+        for s in self.derived:
+            seen.setdefault(s.name, s)
         for r in self.results:
             if options is not None and r.name not in options:
                 continue
@@ -538,18 +632,85 @@ def _field_options(
     return built
 
 
-def _oar_names(atlas: Atlas, protocol: Protocol, oars: Sequence[str] | None) -> list[str]:
-    ss = atlas.structures
+def _oar_names(
+    structures: StructureSet, protocol: Protocol, oars: Sequence[str] | None
+) -> list[str]:
     wanted = list(oars) if oars is not None else list(DEFAULT_OARS)
     if oars is None:
         wanted += [c.structure for c in protocol.constraints]
         wanted += list(protocol.ntcp_models)
     names: list[str] = []
     for n in wanted:
-        key = ss.resolve(n)
-        if key is not None and key not in names and not ss[key].is_empty:
+        key = structures.resolve(n)
+        if key is not None and key not in names and not structures[key].is_empty:
             names.append(key)
     return names
+
+
+def _with_derived(structures: StructureSet, derived: Sequence[Structure]) -> StructureSet:
+    """The anatomy plus the organs rtplan derived for it (a new set)."""
+    out = StructureSet(structures.values(), grid=structures.grid)
+    for s in derived:
+        out.add(s)
+    return out
+
+
+# ---------------------------------------------------------------------------- radiobiology
+#: Tissue of the protocol's ``[alpha_beta]`` table used for each structure; any other
+#: structure is ``normal_tissue``.
+_TISSUE_OF: dict[str, str] = {
+    "Rectum": "rectum",
+    "Bladder": "bladder",
+    "Bladder-CTV": "bladder",
+    "CaudaEquina": "spinal_cord",
+    "SacralPlex": "spinal_cord",
+    "SpinalCord": "spinal_cord",
+    "SpinalCanal": "spinal_cord",
+}
+#: rtplan's defaults for a tissue the protocol does not list (equal to the shipped
+#: protocols' values, which the tests check).
+_DEFAULT_ALPHA_BETA_GY: dict[str, float] = {
+    "prostate": ALPHA_BETA_GY["prostate"],
+    "rectum": ALPHA_BETA_GY["Rectum"],
+    "bladder": ALPHA_BETA_GY["Bladder"],
+    "normal_tissue": ALPHA_BETA_GY["late"],
+    "spinal_cord": ALPHA_BETA_GY["SpinalCord"],
+}
+
+
+@dataclass(frozen=True)
+class _AlphaBeta:
+    """alpha/beta (Gy) per tissue: the protocol's ``[alpha_beta]``, else rtplan's default."""
+
+    table: dict[str, float]
+
+    def tissue(self, name: str) -> float:
+        if name in self.table:
+            return self.table[name]
+        return _DEFAULT_ALPHA_BETA_GY[name]
+
+    @property
+    def target(self) -> float:
+        """alpha/beta of the targets (prostate cancer)."""
+        return self.tissue("prostate")
+
+    def of_structure(self, name: str) -> float:
+        """alpha/beta of an organ, by the tissue it is (:data:`_TISSUE_OF`)."""
+        return self.tissue(_TISSUE_OF.get(name, "normal_tissue"))
+
+
+class _Eqd2:
+    """The composite EQD2 of one option, computed once per alpha/beta."""
+
+    def __init__(self, od: OptionDose) -> None:
+        self._od = od
+        self._cache: dict[float, FloatArray] = {}
+
+    def __call__(self, alpha_beta_gy: float) -> FloatArray:
+        ab = float(alpha_beta_gy)
+        if ab not in self._cache:
+            self._cache[ab] = self._od.eqd2_gy(ab)
+        return self._cache[ab]
 
 
 # ---------------------------------------------------------------------------- running options
@@ -610,31 +771,65 @@ def compare_options(
         An argument of the wrong type (the message names it), e.g. ``options`` that are
         not a sequence of FieldOption, or of OptionSpec.
     InvalidInputError
-        No option, option names that repeat, a spacing that is not positive.
+        No option, option names that repeat, a spacing that is not positive; a
+        protocol whose NTCP model states an alpha/beta other than its ``[alpha_beta]``
+        value for that tissue.
 
     Notes
     -----
-    Conventional-course constraints and target coverage are evaluated on the physical
-    dose of the conventional courses (which share a fraction size regime); SBRT
-    constraints on each SBRT course's own dose, for its number of fractions (the worst
-    course is reported). NTCP uses the EQD2 composite of all courses with the model's
-    alpha/beta. The dose is an estimate for comparing options, not a treatment plan.
+    Every option is first resolved so that boosts do not stack
+    (:func:`rtplan.plan.resolve_overlaps`: a later phase's PTV is cropped by the earlier
+    courses' higher targets) and dosed planned on the sum
+    (:func:`rtplan.dose_estimate.estimate_option_dose`); the results hold the resolved
+    options, so the report and the RTSTRUCT show the cropped targets.
+
+    Every row names its basis (:attr:`MetricRow.basis`):
+
+    * target coverage (D95%, V95%Rx, CTV D98%) on the physical dose of the courses that
+      treat the target, against its summed prescription; the hot spot (D0.03cc) of
+      every conventional target on the composite of all courses, against the highest
+      intended level among the PTVs overlapping it (in EQD2 at the prostate alpha/beta
+      when any option mixes doses per fraction), limit 107 %;
+    * conventional constraints on the composite: physical when no option has an SBRT
+      course, else EQD2 at the organ's alpha/beta with the limit converted from plans of
+      the constraint's ``fractions`` (default: the protocol's prostate-bed fractions);
+    * SBRT constraints per SBRT course, at its number of fractions (a fraction number the
+      protocol does not tabulate gets the nearest one's limits converted with the same
+      EQD2), and their maximum-dose limits as EQD2 on the composite of every course;
+    * NTCP on the composite EQD2 at the protocol's alpha/beta of the organ.
+
+    A constraint whose organ the anatomy lacks (and rtplan cannot derive, see
+    :func:`rtplan.derived.derived_oars`) is a row with status :data:`NOT_EVALUATED` and
+    a note ``"not evaluated: <name> missing"`` (:meth:`Comparison.not_evaluated`). A
+    constraint on ``"<Organ>-CTV"`` is evaluated on the organ minus the option's CTVs.
+    The dose is an estimate for comparing options, not a treatment plan.
     """
     _check_case_inputs(atlas, lesions, stage, protocol, case)
     _check_context(context, tracer)
     spacing_mm = _check_model_inputs(dose_spacing_mm, oars, dose_parameters)
     proto = load_protocol(protocol)
-    built = _field_options(options, atlas, lesions, proto)
+    alpha_beta = _AlphaBeta(proto.alpha_beta_gy)
+    _check_ntcp_alpha_beta(proto, alpha_beta)
+    built = [
+        resolve_overlaps(o, alpha_beta_gy=alpha_beta.target)
+        for o in _field_options(options, atlas, lesions, proto)
+    ]
     report = as_progress(False if progress is None else progress)
     params = DoseModelParameters() if dose_parameters is None else dose_parameters
     body = atlas.structures["Body"] if "Body" in atlas.structures else None
     dose_grid = make_dose_grid(atlas.grid, spacing_mm=spacing_mm, body=body)
-    setting = _Setting.of(atlas.structures, proto, dose_grid, _oar_names(atlas, proto, oars))
+    derived = derived_oars(atlas.structures)
+    structures = _with_derived(atlas.structures, derived)
+    setting = _Setting.of(
+        structures, proto, dose_grid, _oar_names(structures, proto, oars), alpha_beta, built
+    )
     results: list[OptionResult] = []
     per_option: dict[str, dict[_RowKey, _Cell]] = {}
     for option in built:
         report.step(f"{case + ': ' if case else ''}dose estimate for option {option.name}")
-        od = estimate_option_dose(option, dose_grid, body=body, params=params)
+        od = estimate_option_dose(
+            option, dose_grid, body=body, params=params, target_alpha_beta_gy=alpha_beta.target
+        )
         result, cells = _evaluate_option(setting, option, od)
         results.append(result)
         per_option[option.name] = cells
@@ -649,12 +844,26 @@ def compare_options(
         dose_model=_describe_model(params, spacing_mm),
         context=context,
         tracer=tracer,
+        derived=derived,
     )
 
 
+def _check_ntcp_alpha_beta(protocol: Protocol, alpha_beta: _AlphaBeta) -> None:
+    """Refuse a protocol whose NTCP models disagree with its ``[alpha_beta]`` table."""
+    for name, model in protocol.ntcp_models.items():
+        tissue = _TISSUE_OF.get(name, "normal_tissue")
+        expected = alpha_beta.tissue(tissue)
+        if not math.isclose(model.alpha_beta_gy, expected):
+            raise InvalidInputError(
+                f"protocol {protocol.name!r}: ntcp.{name}.alpha_beta_gy is "
+                f"{model.alpha_beta_gy:g} Gy but alpha_beta.{tissue} is {expected:g} Gy; "
+                "rtplan uses one alpha/beta per tissue: make them equal"
+            )
+
+
 # ---------------------------------------------------------------------------- one option
-#: Row of the table: (group, structure, metric, unit).
-_RowKey = tuple[str, str, str, str]
+#: Row of the table: (group, structure, metric, unit, basis).
+_RowKey = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -665,14 +874,19 @@ class _Verdict:
     headroom: float | None
     limit: str | None
     source: str
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class _Cell:
     """One option's entry of a table row: the value and, for checked rows, the verdict."""
 
-    value: float
+    value: float | None
     verdict: _Verdict | None = None
+
+
+def _missing_cell(limit: str | None, source: str, note: str) -> _Cell:
+    return _Cell(None, _Verdict(NOT_EVALUATED, None, limit, source, f"not evaluated: {note}"))
 
 
 class _OnDoseGrid:
@@ -694,9 +908,20 @@ class _OnDoseGrid:
         return compute_dvh(dose_gy, self.dose_grid, self(structure))
 
 
+def _mixed_fractionation(option: FieldOption) -> bool:
+    """Whether the option's conventional target levels differ in dose per fraction (> 1 %)."""
+    doses = [d for lv in target_levels(option) if not lv.is_sbrt for d in lv.doses_per_fraction_gy]
+    return bool(doses) and max(doses) > 1.01 * min(doses)
+
+
 @dataclass(frozen=True)
 class _Setting:
-    """What every option of one comparison is evaluated against."""
+    """What every option of one comparison is evaluated against, and on which bases.
+
+    ``composite_eqd2``: conventional constraints on the composite EQD2 (some option has
+    an SBRT course); ``hot_spot_eqd2``: target hot spots in EQD2 (some option mixes
+    doses per fraction). Decided once so that a row has one basis for every option.
+    """
 
     structures: StructureSet
     protocol: Protocol
@@ -704,11 +929,22 @@ class _Setting:
     oar_names: tuple[str, ...]
     oars: tuple[Structure, ...]
     on_grid: _OnDoseGrid
+    alpha_beta: _AlphaBeta
+    composite_eqd2: bool
+    hot_spot_eqd2: bool
+    sbrt_fractions: tuple[int, ...]
 
     @classmethod
     def of(
-        cls, structures: StructureSet, protocol: Protocol, dose_grid: ImageGrid, oars: list[str]
+        cls,
+        structures: StructureSet,
+        protocol: Protocol,
+        dose_grid: ImageGrid,
+        oars: list[str],
+        alpha_beta: _AlphaBeta,
+        options: Sequence[FieldOption],
     ) -> _Setting:
+        sbrt = sorted({c.fractions for o in options for c in o.courses if c.technique == "sbrt"})
         return cls(
             structures,
             protocol,
@@ -716,7 +952,29 @@ class _Setting:
             tuple(oars),
             tuple(structures[n] for n in oars),
             _OnDoseGrid(dose_grid),
+            alpha_beta,
+            composite_eqd2=bool(sbrt),
+            hot_spot_eqd2=any(_mixed_fractionation(o) for o in options),
+            sbrt_fractions=tuple(sbrt),
         )
+
+    @property
+    def reference_fractions(self) -> int:
+        """Fractions the conventional constraints were written for: the prostate bed's."""
+        fractions = self.protocol.prescription("prostate_bed").fractions
+        if fractions is None:  # the protocol schema requires it; a hand-made mapping may not
+            raise InvalidInputError(
+                f"protocol {self.protocol.name!r}: prescription.prostate_bed.fractions is needed "
+                "to convert its conventional constraints to EQD2"
+            )
+        return fractions
+
+    def hot_spot_basis(self) -> str:
+        """Basis of the hot-spot rows: the conventional courses summed."""
+        kind = (
+            f"EQD2 (alpha/beta {self.alpha_beta.target:g} Gy)" if self.hot_spot_eqd2 else "physical"
+        )
+        return f"{BASIS_CONVENTIONAL}, {kind}"
 
 
 def _evaluate_option(
@@ -724,23 +982,22 @@ def _evaluate_option(
 ) -> tuple[OptionResult, dict[_RowKey, _Cell]]:
     """The result of one option and its cells of the table, row by row in table order."""
     total = od.total_gy
+    eqd2 = _Eqd2(od)
     structs = _option_structures(option)
     dvhs = {s.name: setting.on_grid.dvh(total, s) for s in (*setting.oars, *structs)}
-    # later steps overwrite a cell of an earlier step in place (same row, new value)
     cells = _target_cells(setting, option, od)
-    cells.update(_conventional_constraint_cells(setting, od, total, dvhs))
-    cells.update(_sbrt_constraint_cells(setting, option, od))
-    cells.update(_oar_summary_cells(setting, dvhs))
-    eqd2_by_alpha_beta: dict[float, FloatArray] = {}
-    cells.update(_ntcp_cells(setting, od, eqd2_by_alpha_beta))
-    eqd2 = eqd2_by_alpha_beta.get(3.0)
-    if eqd2 is None and len({c.fractions for c in od.courses}) > 1:
-        eqd2 = od.eqd2_gy(3.0)
+    organs = _OptionOrgans(setting, option)
+    cells.update(_conventional_constraint_cells(setting, organs, total, eqd2))
+    cells.update(_sbrt_constraint_cells(setting, organs, option, od, eqd2))
+    for key, cell in _oar_summary_cells(setting, dvhs).items():
+        cells.setdefault(key, cell)  # a protocol constraint on the same metric keeps its row
+    cells.update(_ntcp_cells(setting, eqd2))
+    composite = eqd2(3.0) if len({c.fractions for c in od.courses}) > 1 else None
     result = OptionResult(
         option=option,
         dose_grid=setting.dose_grid,
         dose_gy=total,
-        eqd2_gy=eqd2,
+        eqd2_gy=composite,
         course_doses_gy={c.name: c.dose_gy for c in od.courses},
         dvhs=dvhs,
         structures=structs,
@@ -758,78 +1015,190 @@ def _unique_by_name(structures: Sequence[Structure]) -> list[Structure]:
 def _option_structures(option: FieldOption) -> list[Structure]:
     out: list[Structure] = []
     for t in option.targets:
-        out.extend(s for s in (t.gtv, t.ctv, t.ptv) if s is not None)
+        out.extend(s for s in (t.gtv, t.ctv, t.whole_ptv, t.ptv) if s is not None)
     out.extend(option.extra_structures)
     return _unique_by_name(out)
 
 
-def _unique_targets(option: FieldOption) -> list[Target]:
-    seen: dict[str, Target] = {}
-    for t in option.targets:
-        seen.setdefault(t.name, t)
-    return list(seen.values())
+# ---- targets -----------------------------------------------------------------------------
+def _overlaps(a: Structure, b: Structure) -> bool:
+    """Whether two structures on the same grid share a voxel (bounding boxes first)."""
+    if a is b:
+        return True
+    ba, bb = a.bbox, b.bbox
+    if ba is None or bb is None or not a.grid.equals(b.grid):
+        return False
+    lo = [max(p.start, q.start) for p, q in zip(ba, bb)]
+    hi = [min(p.stop, q.stop) for p, q in zip(ba, bb)]
+    if any(h <= low for low, h in zip(lo, hi)):
+        return False
+    box = tuple(slice(low, h) for low, h in zip(lo, hi))
+    ma = a.cropped_mask[tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, ba))]
+    mb = b.cropped_mask[tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, bb))]
+    return bool(np.any(ma & mb))
 
 
 @dataclass(frozen=True, eq=False)
 class _TargetDose:
-    """A target's dose over the courses that treat it, against its summed prescription."""
+    """A PTV's dose over the courses that treat it, against its summed prescription."""
 
+    level: TargetLevel
     dose_gy: FloatArray
-    prescription_gy: float
     courses: frozenset[int]
+    ctv: Structure | None
 
 
 def _target_doses(option: FieldOption, od: OptionDose) -> dict[str, _TargetDose]:
-    rx: dict[str, float] = {}
+    """Per PTV as drawn: its level, the physical dose of its courses and its CTV."""
+    levels = {lv.name: lv for lv in target_levels(option)}
     dose: dict[str, FloatArray] = {}
     in_courses: dict[str, set[int]] = {}
+    ctvs: dict[str, Structure] = {}
     for n_course, (course, cd) in enumerate(zip(option.courses, od.courses)):
+        names = {t.whole_ptv.name for t in course.targets}
         for t in course.targets:
-            in_courses.setdefault(t.name, set()).add(n_course)
-            rx[t.name] = rx.get(t.name, 0.0) + t.prescription_gy
-            prev = dose.get(t.name)
-            dose[t.name] = cd.dose_gy if prev is None else prev + cd.dose_gy
-    return {n: _TargetDose(dose[n], rx[n], frozenset(in_courses[n])) for n in rx}
+            if t.ctv is not None:
+                ctvs.setdefault(t.whole_ptv.name, t.ctv)
+        for name in names:
+            in_courses.setdefault(name, set()).add(n_course)
+            prev = dose.get(name)
+            dose[name] = cd.dose_gy if prev is None else prev + cd.dose_gy
+    return {
+        n: _TargetDose(levels[n], dose[n], frozenset(in_courses[n]), ctvs.get(n)) for n in levels
+    }
+
+
+def _coverage_cells(
+    setting: _Setting, td: _TargetDose, doses: dict[str, _TargetDose]
+) -> dict[_RowKey, _Cell]:
+    """Volume, prescription, D95%, V95%Rx, D2% and CTV D98% of one target."""
+    grid = setting.dose_grid
+    lv = td.level
+    ptv, d, p = lv.ptv, td.dose_gy, lv.total_gy
+    tdvh = compute_dvh(d, grid, setting.on_grid(ptv))
+    cells: dict[_RowKey, _Cell] = {
+        ("Target", ptv.name, "Volume", "cc", ""): _Cell(ptv.volume_cc),
+        ("Target", ptv.name, "Rx", "Gy", BASIS_INTENDED): _Cell(p),
+        ("Target", ptv.name, "D95%", "Gy", BASIS_COURSES): _Cell(tdvh.dose_at_volume_pct(95.0)),
+        ("Target", ptv.name, "V95%Rx", "%", BASIS_COURSES): _Cell(
+            tdvh.volume_at_dose_pct(0.95 * p)
+        ),
+    }
+    higher = [
+        u.level.ptv
+        for u in doses.values()
+        if u.level.total_gy > p and u.level.ptv is not ptv and u.courses & td.courses
+    ]
+    hot = _minus(ptv, higher)
+    if hot is not None:
+        hdvh = tdvh if hot is ptv else compute_dvh(d, grid, hot)
+        cells[("Target", ptv.name, "D2%", "%Rx", BASIS_COURSES)] = _Cell(
+            100.0 * hdvh.dose_at_volume_pct(2.0) / p
+        )
+    ctv = td.ctv
+    if ctv is not None and not ctv.is_empty:
+        cdvh = compute_dvh(d, grid, setting.on_grid(ctv))
+        cells[("Target", ctv.name, "Volume", "cc", "")] = _Cell(ctv.volume_cc)
+        cells[("Target", ctv.name, "D98%", "%Rx", BASIS_COURSES)] = _Cell(
+            100.0 * cdvh.dose_at_volume_pct(98.0) / p
+        )
+    return cells
+
+
+def _highest_levels(levels: Sequence[TargetLevel], value: dict[str, float]) -> dict[str, float]:
+    """For each PTV, the highest ``value`` among the PTVs overlapping it (itself too)."""
+    return {
+        lv.name: max(value[u.name] for u in levels if u is lv or _overlaps(lv.ptv, u.ptv))
+        for lv in levels
+    }
+
+
+def _conventional_composite(od: OptionDose, alpha_beta_gy: float | None) -> FloatArray:
+    """Sum of the conventional (non-SBRT) courses: physical, or EQD2 at ``alpha_beta_gy``."""
+    out = np.zeros(od.dose_grid.shape, np.float64)
+    for c in od.courses:
+        if c.technique == "sbrt":
+            continue
+        if alpha_beta_gy is None:
+            out += c.dose_gy
+        else:
+            out += eqd2_gy(c.dose_gy, c.fractions, alpha_beta_gy)
+    return out
+
+
+def _sbrt_hot_spot_cell(setting: _Setting, td: _TargetDose) -> tuple[_RowKey, _Cell]:
+    """An SBRT target's near-maximum on its course's own dose, against twice its Rx."""
+    lv = td.level
+    dvh = compute_dvh(td.dose_gy, setting.dose_grid, setting.on_grid(lv.ptv))
+    pct = 100.0 * dvh.dose_at_volume_cc(0.03) / lv.total_gy
+    margin = SBRT_MAX_LIMIT_PCT - pct
+    key = ("Target", lv.name, "D0.03cc", "%Rx", basis_sbrt_course(lv.parts[0][1]))
+    limit = f"<= {SBRT_MAX_LIMIT_PCT:g} %Rx"
+    return key, _Cell(pct, _Verdict(_status(margin), margin, limit, _SBRT_MAX_SOURCE))
+
+
+def _hot_spot_cells(
+    setting: _Setting, doses: dict[str, _TargetDose], od: OptionDose
+) -> dict[_RowKey, _Cell]:
+    """Near-maximum (D0.03cc) of every target against its intended level.
+
+    Conventional targets: the sum of the conventional courses (SBRT boosts add to the
+    elective dose by design and are checked on their own), in % of the highest intended
+    level of the conventional PTVs overlapping it (EQD2 or physical, see
+    :class:`_Setting`), limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the
+    option's hot spot. SBRT targets: their course's own dose in % of the prescription,
+    limit :data:`SBRT_MAX_LIMIT_PCT`.
+    """
+    grid = setting.dose_grid
+    levels = [td.level for td in doses.values() if not td.level.is_sbrt]
+    ab = setting.alpha_beta.target
+    if setting.hot_spot_eqd2:
+        composite = _conventional_composite(od, ab)
+        intended = {lv.name: lv.eqd2_gy(ab) for lv in levels}
+    else:
+        composite = _conventional_composite(od, None)
+        intended = {lv.name: lv.total_gy for lv in levels}
+    highest = _highest_levels(levels, intended)
+    basis = setting.hot_spot_basis()
+    limit = f"<= {HOT_SPOT_LIMIT_PCT:g} %"
+    cells: dict[_RowKey, _Cell] = {}
+    worst: float | None = None
+    for td in doses.values():
+        if td.level.is_sbrt:
+            key, cell = _sbrt_hot_spot_cell(setting, td)
+            cells[key] = cell
+            continue
+        lv = td.level
+        near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
+        pct = 100.0 * near_max / highest[lv.name]
+        margin = HOT_SPOT_LIMIT_PCT - pct
+        note = (
+            ""
+            if math.isclose(highest[lv.name], intended[lv.name])
+            else f"the highest intended level overlapping it is {highest[lv.name]:.1f} Gy"
+        )
+        key = ("Target", lv.name, "D0.03cc", "% intended", basis)
+        cells[key] = _Cell(pct, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE, note))
+        worst = pct if worst is None else max(worst, pct)
+    if worst is not None:
+        margin = HOT_SPOT_LIMIT_PCT - worst
+        cells[("Plan", "", "Hot spot (worst target D0.03cc)", "% intended", basis)] = _Cell(
+            worst, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE)
+        )
+    return cells
+
+
+def _status(margin: float) -> str:
+    return "pass" if margin >= -1e-9 else "fail"
 
 
 def _target_cells(setting: _Setting, option: FieldOption, od: OptionDose) -> dict[_RowKey, _Cell]:
-    """Coverage of every target on the dose of the courses that treat it.
-
-    Each target is evaluated against the sum of its prescriptions in those courses; the
-    hot spot (D2%) on the PTV minus the PTVs of higher prescription (TG-263 ``"PTV!"``)
-    so that a simultaneous integrated boost is not counted as one.
-    """
-    grid = setting.dose_grid
+    """Coverage of every target (courses treating it) and its hot spot (composite)."""
     doses = _target_doses(option, od)
-    targets = _unique_targets(option)
     cells: dict[_RowKey, _Cell] = {}
-    for t in targets:
-        td = doses[t.name]
-        d, p = td.dose_gy, td.prescription_gy
-        tdvh = compute_dvh(d, grid, setting.on_grid(t.ptv))
-        cells[("Target", t.name, "Volume", "cc")] = _Cell(t.ptv.volume_cc)
-        cells[("Target", t.name, "Rx", "Gy")] = _Cell(p)
-        cells[("Target", t.name, "D95%", "Gy")] = _Cell(tdvh.dose_at_volume_pct(95.0))
-        cells[("Target", t.name, "V95%Rx", "%")] = _Cell(tdvh.volume_at_dose_pct(0.95 * p))
-        higher = [
-            u.ptv
-            for u in targets
-            if doses[u.name].prescription_gy > p
-            and u.ptv is not t.ptv
-            and doses[u.name].courses & td.courses
-        ]
-        hot = _minus(t.ptv, higher)
-        if hot is not None:
-            hdvh = tdvh if hot is t.ptv else compute_dvh(d, grid, hot)
-            cells[("Target", t.name, "D2%", "%Rx")] = _Cell(
-                100.0 * hdvh.dose_at_volume_pct(2.0) / p
-            )
-        if t.ctv is not None and not t.ctv.is_empty:
-            cdvh = compute_dvh(d, grid, setting.on_grid(t.ctv))
-            cells[("Target", t.ctv.name, "Volume", "cc")] = _Cell(t.ctv.volume_cc)
-            cells[("Target", t.ctv.name, "D98%", "%Rx")] = _Cell(
-                100.0 * cdvh.dose_at_volume_pct(98.0) / p
-            )
+    for td in doses.values():
+        cells.update(_coverage_cells(setting, td, doses))
+    cells.update(_hot_spot_cells(setting, doses, od))
     return cells
 
 
@@ -848,89 +1217,291 @@ def _minus(ptv: Structure, others: Sequence[Structure]) -> Structure | None:
     return Structure(f"{ptv.name}!", mask, ptv.grid, role="ptv")
 
 
+# ---- organs of the constraints --------------------------------------------------------
+_MINUS_CTV = re.compile(r"^\s*(?P<organ>.+?)\s*-\s*CTV\s*$", re.IGNORECASE)
+
+
+class _OptionOrgans:
+    """The structure a constraint names, for one option (``"Bladder-CTV"`` derived here)."""
+
+    def __init__(self, setting: _Setting, option: FieldOption) -> None:
+        self._setting = setting
+        self._option = option
+        self._cache: dict[str, Structure | None] = {}
+
+    def get(self, name: str) -> Structure | None:
+        """The structure, or ``None`` when the anatomy lacks it (or it is empty)."""
+        if name not in self._cache:
+            self._cache[name] = self._find(name)
+        return self._cache[name]
+
+    def _find(self, name: str) -> Structure | None:
+        structures = self._setting.structures
+        m = _MINUS_CTV.match(name)
+        key = structures.resolve(m.group("organ") if m else name)
+        if key is None or structures[key].is_empty:
+            return None
+        organ = structures[key]
+        if m is None:
+            return organ
+        ctvs = _unique_by_name([t.ctv for t in self._option.targets if t.ctv is not None])
+        mask = organ.mask
+        for ctv in ctvs:
+            if ctv.grid.equals(organ.grid):
+                mask &= ~ctv.mask
+        if not mask.any():
+            return None
+        return Structure(
+            f"{key}-CTV",
+            mask,
+            organ.grid,
+            derivation=f"{key} minus {', '.join(c.name for c in ctvs)} (the option's CTVs)",
+        )
+
+
+def _limit_text(c: Constraint) -> str:
+    return f"{c.op} {c.limit:g} {c.unit}"
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _converted(c: Constraint, dose_map: Callable[[float], float]) -> Constraint | None:
+    """``c`` with its dose threshold (V metrics) or dose limit (D metrics) mapped.
+
+    ``None`` when the constraint has no dose in Gy to map (a %Rx metric or limit).
+    """
+    m = c.parsed
+    if m.kind == "V":
+        if m.at_unit != "Gy" or m.at is None:
+            return None
+        metric = f"V{round(dose_map(m.at), 1):g}Gy"
+        return Constraint(c.structure, metric, c.op, c.limit, c.unit, c.source)
+    if c.unit != "Gy":
+        return None
+    return Constraint(c.structure, c.metric, c.op, round(dose_map(c.limit), 2), "Gy", c.source)
+
+
+def _to_eqd2(fractions: int, alpha_beta_gy: float) -> Callable[[float], float]:
+    """A map from a dose in ``fractions`` fractions to its EQD2, Gy."""
+
+    def convert(dose_gy: float) -> float:
+        return float(eqd2_gy(dose_gy, fractions, alpha_beta_gy))
+
+    return convert
+
+
+def _checked_cell(c: Constraint, dvh: DVH, limit: str, source: str, note: str) -> _Cell:
+    r = evaluate_constraint(c, dvh)
+    status = "pass" if r.passed else "fail"
+    return _Cell(r.value, _Verdict(status, r.margin, limit, source, note))
+
+
+# ---- conventional constraints -----------------------------------------------------------
 def _conventional_constraint_cells(
-    setting: _Setting, od: OptionDose, total: FloatArray, dvhs: dict[str, DVH]
+    setting: _Setting, organs: _OptionOrgans, total: FloatArray, eqd2: _Eqd2
 ) -> dict[_RowKey, _Cell]:
-    """OAR constraints of the conventional courses, on the physical dose of those courses."""
-    conv = [c for c in od.courses if c.technique != "sbrt"]
-    if not conv:
-        return {}
-    if len(conv) == len(od.courses):
-        conv_dvhs = dvhs
-    else:
-        conv_dose = np.zeros(setting.dose_grid.shape, np.float64)
-        for course in conv:
-            conv_dose += course.dose_gy
-        conv_dvhs = {s.name: setting.on_grid.dvh(conv_dose, s) for s in setting.oars}
+    """Conventional OAR constraints on the composite (physical, or EQD2 with SBRT courses)."""
     cells: dict[_RowKey, _Cell] = {}
     for c in setting.protocol.constraints_for("conventional"):
-        key = setting.structures.resolve(c.structure)
-        if key is None or key not in conv_dvhs:
+        # the fractions of the plans a limit was written for: its own, else the protocol's
+        n_ref = setting.reference_fractions if c.fractions is None else c.fractions
+        s = organs.get(c.structure)
+        name = c.structure if s is None else s.name
+        if not setting.composite_eqd2:
+            key = ("OAR", name, c.metric, c.unit, BASIS_PHYSICAL)
+            if s is None:
+                cells[key] = _missing_cell(c.text, c.source, f"{c.structure} missing")
+            else:
+                dvh = setting.on_grid.dvh(total, s)
+                cells[key] = _checked_cell(c, dvh, c.text, c.source, c.note)
             continue
-        r = evaluate_constraint(c, conv_dvhs[key])
-        verdict = _Verdict("pass" if r.passed else "fail", r.margin, c.text, c.source)
-        cells[("OAR", key, c.metric, c.unit)] = _Cell(r.value, verdict)
+        ab = setting.alpha_beta.of_structure(name)
+        conv = _converted(c, _to_eqd2(n_ref, ab))
+        basis = basis_eqd2(ab)
+        if conv is None:
+            key = ("OAR", name, c.metric, c.unit, basis)
+            cells[key] = _missing_cell(
+                c.text, c.source, f"{c.metric} [{c.unit}] cannot be converted to EQD2"
+            )
+            continue
+        key = ("OAR", name, conv.metric, conv.unit, basis)
+        if s is None:
+            cells[key] = _missing_cell(_limit_text(conv), c.source, f"{c.structure} missing")
+            continue
+        note = _joined(
+            c.note,
+            f"{c.metric} {c.text} of {n_ref}-fraction plans as EQD2 (alpha/beta {ab:g} Gy): "
+            f"{conv.metric} {_limit_text(conv)}",
+        )
+        dvh = setting.on_grid.dvh(eqd2(ab), s)
+        cells[key] = _checked_cell(conv, dvh, _limit_text(conv), c.source, note)
+    return cells
+
+
+# ---- SBRT constraints ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SbrtLimit:
+    """An SBRT constraint at one fraction number: as written, or converted from another."""
+
+    original: ProtocolConstraint
+    constraint: Constraint | None  # None: could not be converted
+    note: str
+
+
+def _sbrt_limits(setting: _Setting, fractions: int) -> list[_SbrtLimit]:
+    """The protocol's SBRT limits for ``fractions`` (the nearest tabulated ones converted)."""
+    sbrt = setting.protocol.constraints_for("sbrt")
+    tabulated = sorted({c.fractions for c in sbrt if c.fractions is not None})
+    out = [_SbrtLimit(c, c, c.note) for c in sbrt if c.fractions in (None, fractions)]
+    if fractions in tabulated or not tabulated:
+        return out
+    nearest = min(tabulated, key=lambda f: (abs(f - fractions), f))
+    for c in sbrt:
+        if c.fractions != nearest:
+            continue
+        ab = setting.alpha_beta.of_structure(c.structure)
+
+        def to_course(d: float, ab: float = ab) -> float:
+            return float(physical_dose_gy(eqd2_gy(d, nearest, ab), fractions, ab))
+
+        note = (
+            f"no limit for {fractions} fractions: the {nearest}-fraction limit {c.metric} "
+            f"{c.text} converted with the same EQD2 (alpha/beta {ab:g} Gy)"
+        )
+        out.append(_SbrtLimit(c, _converted(c, to_course), _joined(c.note, note)))
+    return out
+
+
+def _keep_worst(cells: dict[_RowKey, _Cell], key: _RowKey, cell: _Cell) -> None:
+    """Store ``cell`` unless the row already holds a worse (smaller) headroom."""
+    old = cells.get(key)
+    if old is not None and old.verdict is not None and cell.verdict is not None:
+        h_old, h_new = old.verdict.headroom, cell.verdict.headroom
+        if h_old is not None and (h_new is None or h_new >= h_old):
+            return
+    cells[key] = cell
+
+
+def _sbrt_course_cells(
+    setting: _Setting, organs: _OptionOrgans, dose_gy: FloatArray, fractions: int, eqd2: _Eqd2
+) -> dict[_RowKey, _Cell]:
+    """One SBRT course's limits on its own dose and, as EQD2, on the composite."""
+    cells: dict[_RowKey, _Cell] = {}
+    limits = _sbrt_limits(setting, fractions)
+    course_basis = basis_sbrt_course(fractions)
+    if not limits:
+        key = ("OAR (SBRT course)", "", "SBRT constraints", "", course_basis)
+        note = f"no constraint for {fractions} fractions in protocol {setting.protocol.name}"
+        cells[key] = _missing_cell(None, "", note)
+        return cells
+    for lim in limits:
+        c, orig = lim.constraint, lim.original
+        s = organs.get(orig.structure)
+        name = orig.structure if s is None else s.name
+        if c is None:
+            key = ("OAR (SBRT course)", name, orig.metric, orig.unit, course_basis)
+            cells[key] = _missing_cell(orig.text, orig.source, lim.note + " (not convertible)")
+            continue
+        limit = f"{_limit_text(c)} ({fractions} fx)"
+        key = ("OAR (SBRT course)", name, c.metric, c.unit, course_basis)
+        if s is None:
+            cells[key] = _missing_cell(limit, orig.source, f"{orig.structure} missing")
+        else:
+            dvh = setting.on_grid.dvh(dose_gy, s)
+            _keep_worst(cells, key, _checked_cell(c, dvh, limit, orig.source, lim.note))
+        if c.parsed.kind == "V":
+            continue  # volume limits are for the SBRT course alone (see _sbrt_constraint_cells)
+        ab = setting.alpha_beta.of_structure(name)
+        comp = _converted(c, _to_eqd2(fractions, ab))
+        assert comp is not None  # c has a dose in Gy, as it was converted or checked above
+        comp_key = (
+            "OAR (SBRT composite)",
+            name,
+            f"{comp.metric} ({fractions}-fx limit)",
+            comp.unit,
+            basis_eqd2(ab),
+        )
+        if s is None:
+            note = f"{orig.structure} missing"
+            cells[comp_key] = _missing_cell(_limit_text(comp), orig.source, note)
+            continue
+        note = _joined(
+            lim.note,
+            f"the {fractions}-fraction limit {c.metric} {_limit_text(c)} as EQD2 (alpha/beta "
+            f"{ab:g} Gy) on the sum of every course",
+        )
+        dvh = setting.on_grid.dvh(eqd2(ab), s)
+        _keep_worst(cells, comp_key, _checked_cell(comp, dvh, _limit_text(comp), orig.source, note))
     return cells
 
 
 def _sbrt_constraint_cells(
-    setting: _Setting, option: FieldOption, od: OptionDose
+    setting: _Setting, organs: _OptionOrgans, option: FieldOption, od: OptionDose, eqd2: _Eqd2
 ) -> dict[_RowKey, _Cell]:
-    """SBRT constraints on each SBRT course's own dose; the worst course is kept per row."""
+    """SBRT limits per SBRT course and on the composite; the worst course kept per row.
+
+    Every limit of the course's fraction number is checked on the course's own dose. On
+    the composite of every course (EQD2 at the organ's alpha/beta) the maximum-dose
+    limits are checked, converted to EQD2: TG-101's volume limits (e.g. bladder wall
+    V16.8Gy < 15 cc in 3 fractions) describe an SBRT course alone, and any pelvic course
+    exceeds them; the composite's volumes are judged by the conventional limits, which
+    are then evaluated on the composite EQD2 too.
+    """
     cells: dict[_RowKey, _Cell] = {}
-    worst_margin: dict[_RowKey, float] = {}
     for course, cd in zip(option.courses, od.courses):
         if course.technique != "sbrt":
             continue
-        for c in setting.protocol.constraints_for("sbrt", fractions=course.fractions):
-            key = setting.structures.resolve(c.structure)
-            if key is None or key not in setting.oar_names:
-                continue
-            r = evaluate_constraint(c, setting.on_grid.dvh(cd.dose_gy, setting.structures[key]))
-            row_key = ("OAR (SBRT)", key, c.metric, c.unit)
-            if row_key in worst_margin and not r.margin < worst_margin[row_key]:
-                continue
-            worst_margin[row_key] = r.margin
-            limit = f"{c.text} ({course.fractions} fx)"
-            verdict = _Verdict("pass" if r.passed else "fail", r.margin, limit, c.source)
-            cells[row_key] = _Cell(r.value, verdict)
+        for key, cell in _sbrt_course_cells(
+            setting, organs, cd.dose_gy, course.fractions, eqd2
+        ).items():
+            _keep_worst(cells, key, cell)
     return cells
 
 
+# ---- summaries and NTCP -------------------------------------------------------------------
 def _oar_summary_cells(setting: _Setting, dvhs: dict[str, DVH]) -> dict[_RowKey, _Cell]:
     """Mean and near-maximum dose of every OAR on the total physical dose."""
     cells: dict[_RowKey, _Cell] = {}
     for s in setting.oars:
-        cells[("OAR", s.name, "Dmean", "Gy")] = _Cell(dvhs[s.name].mean_gy)
-        cells[("OAR", s.name, "D0.03cc", "Gy")] = _Cell(dvhs[s.name].dose_at_volume_cc(0.03))
+        cells[("OAR", s.name, "Dmean", "Gy", BASIS_PHYSICAL)] = _Cell(dvhs[s.name].mean_gy)
+        cells[("OAR", s.name, "D0.03cc", "Gy", BASIS_PHYSICAL)] = _Cell(
+            dvhs[s.name].dose_at_volume_cc(0.03)
+        )
     return cells
 
 
-def _ntcp_cells(
-    setting: _Setting, od: OptionDose, eqd2_by_alpha_beta: dict[float, FloatArray]
-) -> dict[_RowKey, _Cell]:
-    """LKB NTCP on the EQD2 composite; the EQD2 doses are left in ``eqd2_by_alpha_beta``."""
+def _ntcp_cells(setting: _Setting, eqd2: _Eqd2) -> dict[_RowKey, _Cell]:
+    """LKB NTCP on the EQD2 composite at the protocol's alpha/beta of each organ."""
     cells: dict[_RowKey, _Cell] = {}
     for sname, model in setting.protocol.ntcp_models.items():
         key = setting.structures.resolve(sname)
         if key is None:
             continue
-        ab = float(model.alpha_beta_gy)
-        if ab not in eqd2_by_alpha_beta:
-            eqd2_by_alpha_beta[ab] = od.eqd2_gy(ab)
-        edvh = setting.on_grid.dvh(eqd2_by_alpha_beta[ab], setting.structures[key])
+        ab = setting.alpha_beta.of_structure(key)
+        edvh = setting.on_grid.dvh(eqd2(ab), setting.structures[key])
         source = (
             f"LKB TD50={model.td50_gy:g} Gy, m={model.m:g}, n={model.n:g}, "
             f"alpha/beta={ab:g} Gy; {model.source}"
         )
-        cells[("NTCP", key, f"NTCP {model.parameter_set}", "%")] = _Cell(
-            100.0 * lkb_ntcp(edvh, model.to_lkb()), _Verdict(None, None, None, source)
+        row = ("NTCP", key, f"NTCP {model.parameter_set}", "%", basis_eqd2(ab))
+        cells[row] = _Cell(
+            100.0 * lkb_ntcp(edvh, model.to_lkb()),
+            _Verdict(None, None, None, source, model.caveat),
         )
     return cells
 
 
 # ---------------------------------------------------------------------------- the table
-_GROUP_ORDER = {"Target": 0, "OAR": 1, "OAR (SBRT)": 2, "NTCP": 3}
+_GROUP_ORDER = {
+    "Target": 0,
+    "Plan": 1,
+    "OAR": 2,
+    "OAR (SBRT course)": 3,
+    "OAR (SBRT composite)": 4,
+    "NTCP": 5,
+}
 
 
 def _assemble_table(
@@ -949,14 +1520,17 @@ def _assemble_table(
         headroom: dict[str, float | None] = {}
         limit: str | None = None
         source = ""
+        notes: list[str] = []
         for o in options:
             cell = per_option[o].get(k)
-            values[o] = None if cell is None else float(cell.value)
+            values[o] = None if cell is None or cell.value is None else float(cell.value)
             if cell is not None and cell.verdict is not None:
                 v = cell.verdict
                 status[o], headroom[o] = v.status, v.headroom
                 limit = v.limit or limit
                 source = v.source or source
+                if v.note and v.note not in notes:
+                    notes.append(v.note)
         rows.append(
             MetricRow(
                 group=k[0],
@@ -968,6 +1542,8 @@ def _assemble_table(
                 status=status,
                 headroom=headroom,
                 source=source,
+                basis=k[4],
+                note="; ".join(notes),
             )
         )
     return ComparisonTable(tuple(options), tuple(rows))
@@ -978,5 +1554,7 @@ def _describe_model(params: DoseModelParameters, dose_spacing_mm: float) -> str:
     return (
         "rtplan analytic dose estimate (distance-to-PTV fall-off for IMRT/VMAT and SBRT, "
         "static-beam box with depth attenuation for 3D-CRT; see docs/dose_model.md) on a "
-        f"{dose_spacing_mm:g} mm dose grid; parameters: " + ", ".join(parts)
+        f"{dose_spacing_mm:g} mm dose grid; later-phase PTVs cropped by higher targets of "
+        "earlier courses and the composite held under the plan-sum ceiling "
+        "(plan_sum_ceiling times the highest intended level, EQD2); parameters: " + ", ".join(parts)
     )

@@ -30,11 +30,14 @@ all, more than half of it in writing the four RTSTRUCTs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +49,25 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from rtplan._io import staged_output
+from rtplan._memory import (
+    DOSE_BYTES_PER_VOXEL,
+    DOSE_BYTES_PER_VOXEL_PER_OPTION,
+    available_bytes,
+    check_memory,
+    coarser_spacing,
+    demo_bytes,
+    dose_voxels,
+    plan_bytes,
+    positive_real,
+    shipped_atlas_grid,
+)
 from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan.atlas import Atlas, load_atlas
 from rtplan.compare import Comparison, compare_options
 from rtplan.context import ClinicalContext
 from rtplan.dicom_io import write_ct_series
+from rtplan.dose_estimate import make_dose_grid
 from rtplan.errors import InvalidInputError, MissingStructureError
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesions, lesions_from_structures
@@ -501,13 +517,21 @@ def plan_case(
     -------
     Comparison
         With the stage (``comparison.stage``) and one result per suggested option.
+
+    Raises
+    ------
+    rtplan._memory.MemoryLimitError
+        When the options' target volumes and dose need more memory than is available
+        (estimated once the options are known, before they are built; an
+        :class:`~rtplan.errors.InvalidInputError`).
     """
     prog = as_progress(progress)
     proto = load_protocol(protocol)
     with prog.step("staging"):
-        stage = stage_lesions(lesions, atlas)
+        stage = stage_lesions(lesions, atlas, protocol=proto)
     with prog.step("target volumes"):
         specs = suggest_options(stage, proto)
+        _check_plan_memory(atlas, len(specs), dose_spacing_mm)
         options = build_options(specs, atlas, lesions, proto)
     with prog.step("dose estimate and metrics"):
         return compare_options(
@@ -522,6 +546,34 @@ def plan_case(
             context=context,
             tracer=tracer,
         )
+
+
+def _check_plan_memory(atlas: Atlas, n_options: int, dose_spacing_mm: float) -> None:
+    """Refuse a case whose CT and dose grids need more memory than is available.
+
+    A spacing that is not a positive number is left to :func:`compare_options` to refuse.
+    """
+    if not positive_real(dose_spacing_mm):
+        return
+    body = atlas.structures["Body"] if "Body" in atlas.structures else None
+    dose_grid = make_dose_grid(atlas.grid, spacing_mm=dose_spacing_mm, body=body)
+    n_ct, n_dose = math.prod(atlas.grid.shape), math.prod(dose_grid.shape)
+    need = plan_bytes(n_ct, n_dose, n_options)
+    per_dose_voxel = DOSE_BYTES_PER_VOXEL + DOSE_BYTES_PER_VOXEL_PER_OPTION * n_options
+    room = (available_bytes().bytes - plan_bytes(n_ct, 0, 0)) / per_dose_voxel
+    fits = coarser_spacing(dose_spacing_mm, n_dose, room)
+    advice = (
+        f"a dose grid of {math.ceil(fits * 10) / 10:g} mm or coarser would fit"
+        if math.isfinite(fits)
+        else "the CT grid alone needs more"
+    )
+    check_memory(
+        need,
+        f"the dose estimate of {n_options} option(s) on a {dose_spacing_mm:g} mm dose grid "
+        f"({' x '.join(map(str, dose_grid.shape))} voxels; CT grid "
+        f"{' x '.join(map(str, atlas.grid.shape))})",
+        advice=advice,
+    )
 
 
 # ============================================================================ outputs
@@ -865,6 +917,48 @@ def _case_job(name: str) -> _JobResult:
     return summary, prog.timings[n_before:], prog.cpu_timings[n_cpu_before:]
 
 
+#: prctl(2) option: the signal a process gets when the thread that forked it ends (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Set up a forked worker: it dies with the parent, and leaves signals to it.
+
+    Ctrl-C (SIGINT, sent to the whole process group) is ignored: the parent stops the
+    pool. SIGTERM, which the pool sends to stop its workers, ends a worker at once and
+    quietly (not the parent's handler, which the fork copied). When the parent is killed
+    (SIGKILL), the kernel kills the worker (``PR_SET_PDEATHSIG``), so no orphan writes on
+    into the abandoned output folder or prints broken-pipe tracebacks.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have this process killed when ``parent_pid`` ends (prctl, else a watching thread)."""
+    if not _set_parent_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the call above
+        os._exit(1)
+
+
+def _set_parent_death_signal() -> bool:
+    """``prctl(PR_SET_PDEATHSIG, SIGKILL)``; False where it cannot be set."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # no C library to ask, or no prctl in it
+        return False
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """Kill this process once its parent is no longer ``parent_pid`` (polled)."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _preload() -> None:
     """Import what the cases load on first use once, before the workers are forked."""
     import rtplan.report  # noqa: F401
@@ -936,8 +1030,41 @@ def _run_jobs(names: Sequence[str], n_jobs: int) -> list[_JobResult]:
     if n_jobs == 1:
         return [_case_job(name) for name in names]
     _preload()
-    with multiprocessing.get_context("fork").Pool(n_jobs) as pool:
+    pool = multiprocessing.get_context("fork").Pool(
+        n_jobs, initializer=_worker_init, initargs=(os.getpid(),)
+    )
+    with pool:
         return pool.map(_case_job, names, chunksize=1)
+
+
+def _spacing_of(spacing_mm: Sequence[float] | None) -> Vec3 | None:
+    """``spacing_mm`` as three floats (None stays None: the atlas's default grid)."""
+    if spacing_mm is None:
+        return None
+    z_mm, y_mm, x_mm = (float(s) for s in spacing_mm)
+    return (z_mm, y_mm, x_mm)
+
+
+#: Options every demo case compares at least (the estimate before the cases are staged).
+_MIN_OPTIONS = 2
+
+
+def _check_demo_memory(spacing: Vec3 | None, dose_spacing_mm: float, jobs: int) -> None:
+    """Refuse a demo run whose grids need more memory than is available, before any work.
+
+    The dose grid is taken over the whole atlas grid (an upper bound of the Body's box);
+    each case checks again with its own options (:func:`plan_case`).
+    """
+    shape, used = shipped_atlas_grid(DEMO_ATLAS, spacing)
+    extent = [n * s for n, s in zip(shape, used)]
+    n_dose = dose_voxels(extent, dose_spacing_mm) if positive_real(dose_spacing_mm) else 0
+    check_memory(
+        demo_bytes(math.prod(shape), n_dose, _MIN_OPTIONS, jobs),
+        f"the demo on a {' x '.join(f'{s:g}' for s in used)} mm CT grid "
+        f"({' x '.join(map(str, shape))} voxels) with a {dose_spacing_mm:g} mm dose grid and "
+        f"{jobs} worker process(es)",
+        advice="a coarser CT grid (spacing), a coarser dose grid or fewer workers needs less",
+    )
 
 
 def run_demo(
@@ -990,19 +1117,20 @@ def run_demo(
         On an unknown case name or ``jobs`` < 1.
     RtplanError
         If ``out_dir`` exists and is not empty (without ``force``), or a step fails.
+    rtplan._memory.MemoryLimitError
+        When the grids need more memory than is available (checked before any work; an
+        :class:`~rtplan.errors.InvalidInputError`).
     """
     wanted = _case_names(cases)
     prog = as_progress(progress)
     n_jobs = _worker_count(jobs, len(wanted), prog)
+    spacing = _spacing_of(spacing_mm)
+    _check_demo_memory(spacing, dose_spacing_mm, n_jobs)
     t0 = time.perf_counter()
     summary = DemoSummary(out_dir=Path(out_dir))
     proto = load_protocol(protocol)
     with staged_output(out_dir, force=force) as tmp:
         with prog.step("building atlas"):
-            spacing: Vec3 | None = None
-            if spacing_mm is not None:
-                z_mm, y_mm, x_mm = (float(s) for s in spacing_mm)
-                spacing = (z_mm, y_mm, x_mm)
             atlas = load_atlas(DEMO_ATLAS, spacing_mm=spacing)
         with prog.step("placing demo lesions"):
             all_cases = {c.name: c for c in demo_cases(atlas)}

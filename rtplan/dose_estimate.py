@@ -37,7 +37,7 @@ from rtplan._validation import bounding_box
 from rtplan.dvh import Float32Array, occupancy_on_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
-from rtplan.plan import Course, FieldOption
+from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
 from rtplan.structures import Structure
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "estimate_course_dose",
     "estimate_option_dose",
     "make_dose_grid",
+    "physical_dose_gy",
     "rtog0813_r50_limit",
 ]
 
@@ -275,6 +276,14 @@ class DoseModelParameters:
         around its bounding box, and on a coarse grid beyond. 40 mm, tool default.
     coarse_voxel_mm : float
         Voxel size of the coarse grid used for far distances. 7.5 mm, tool default.
+    plan_sum_ceiling : float
+        Planned on the sum: in an option of several courses, the composite dose of a voxel
+        (EQD2 at the targets' alpha/beta) does not exceed this factor times the highest
+        intended level it should get (see :func:`estimate_option_dose`); where the
+        courses as modelled one by one would stack above it, the later modulated courses
+        give less there, as a planner's cropped later-phase PTV and plan-sum optimisation
+        do. 1.05, tool default: inside the +7 % hot-spot limit of a PTV (ICRU 50:
+        95-107 %, @icru50_1993 [V-3p]; "never above 107 %", @pmc8744000_constraints [V]).
     """
 
     imrt_plateau: float = 1.02
@@ -299,6 +308,7 @@ class DoseModelParameters:
     crt_beams: tuple[str, ...] = ("AP", "PA", "RL", "LR")
     fine_reach_mm: float = 40.0
     coarse_voxel_mm: float = 7.5
+    plan_sum_ceiling: float = 1.05
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -336,6 +346,11 @@ class DoseModelParameters:
                 raise InvalidInputError(f"{name} must be below 1, got {getattr(self, name)!r}")
         if self.imrt_surface > self.imrt_plateau or self.sbrt_surface > self.sbrt_plateau:
             raise InvalidInputError("the surface dose must not exceed the plateau dose")
+        if self.plan_sum_ceiling < self.imrt_plateau:
+            raise InvalidInputError(
+                f"plan_sum_ceiling ({self.plan_sum_ceiling!r}) must not be below imrt_plateau "
+                f"({self.imrt_plateau!r}): a single course would be cut below its own plateau"
+            )
 
 
 # ---------------------------------------------------------------------------- dose grid
@@ -893,8 +908,23 @@ def estimate_option_dose(
     *,
     body: Structure | npt.ArrayLike | None = None,
     params: DoseModelParameters | None = None,
+    target_alpha_beta_gy: float | None = None,
 ) -> OptionDose:
-    """Estimate the dose of every course of a field option.
+    """Estimate the dose of every course of a field option, planned on the sum.
+
+    Each course is modelled on its own (:func:`estimate_course_dose`); then, when the
+    option has several conventional (non-SBRT) courses, their sum is held under a
+    ceiling, as a planner who crops the later phase's PTV
+    (:func:`rtplan.plan.resolve_overlaps`) and optimises it on the plan sum would: in
+    EQD2 at ``target_alpha_beta_gy``, a voxel inside conventional PTVs gets at most
+    ``params.plan_sum_ceiling`` times the lowest of their highest overlapping levels (the
+    intended level of a PTV or of any PTV overlapping it, the highest counting), and a
+    voxel outside them at most that factor times the highest conventional level. Where
+    the courses would stack above the ceiling, the last IMRT/VMAT course gives less
+    there, then the one before (optimised with the other courses as its base dose).
+    3D-CRT courses are never changed: a box cannot be shaped so; when no IMRT course can
+    give way the stacking stays and shows in the hot-spot check. SBRT courses are boosts
+    that add to the elective dose by design: they are neither held nor counted.
 
     Parameters
     ----------
@@ -904,6 +934,10 @@ def estimate_option_dose(
         See :func:`estimate_course_dose`. Pass a dose-grid mask to avoid resampling the
         body for every option.
     params : DoseModelParameters, optional
+    target_alpha_beta_gy : float, optional
+        alpha/beta (Gy) of the targets for the ceiling; default
+        ``ALPHA_BETA_GY["prostate"]`` (a protocol's ``[alpha_beta] prostate`` should be
+        passed, as :func:`rtplan.compare.compare_options` does).
 
     Returns
     -------
@@ -913,6 +947,8 @@ def estimate_option_dose(
     ------
     TypeError
         ``option``, ``dose_grid`` or ``params`` of the wrong type.
+    ValueError
+        A non-positive ``target_alpha_beta_gy``.
     """
     if not isinstance(option, FieldOption):
         raise TypeError(
@@ -921,9 +957,124 @@ def estimate_option_dose(
         )
     params = _checked_model_inputs(dose_grid, params)
     body_mask = _as_dose_grid_mask(body, dose_grid)
-    courses = []
-    for c in option.courses:
-        d = estimate_course_dose(c, dose_grid, body=body_mask, params=params)
-        rx = {t.name: t.prescription_gy for t in c.targets}
-        courses.append(CourseDose(c.name, c.technique, int(c.fractions), d, rx))
+    ab = ALPHA_BETA_GY["prostate"] if target_alpha_beta_gy is None else target_alpha_beta_gy
+    if not (math.isfinite(ab) and ab > 0):
+        raise InvalidInputError(f"target_alpha_beta_gy must be a positive number of Gy, got {ab!r}")
+    doses = [
+        estimate_course_dose(c, dose_grid, body=body_mask, params=params) for c in option.courses
+    ]
+    if sum(c.technique != "sbrt" for c in option.courses) > 1:
+        ceiling = _plan_sum_ceiling_gy(option, dose_grid, params.plan_sum_ceiling, ab)
+        doses = _held_under(doses, option.courses, ceiling, ab)
+    courses = [
+        CourseDose(
+            c.name, c.technique, int(c.fractions), d, {t.name: t.prescription_gy for t in c.targets}
+        )
+        for c, d in zip(option.courses, doses)
+    ]
     return OptionDose(option.name, dose_grid, tuple(courses))
+
+
+# ---------------------------------------------------------------------------- plan sum
+def _level_masks(levels: Sequence[TargetLevel], dose_grid: ImageGrid) -> dict[str, BoolMask]:
+    """Dose voxels of each PTV (as drawn): at least half occupied, else the densest."""
+    return {lv.name: _occupied(occupancy_on_grid(lv.ptv, dose_grid)) for lv in levels}
+
+
+def _highest_overlapping(
+    levels: Sequence[TargetLevel], masks: dict[str, BoolMask], eqd2: dict[str, float]
+) -> dict[str, float]:
+    """For each PTV, the highest intended EQD2 among the PTVs overlapping it (itself too)."""
+    out = {}
+    for lv in levels:
+        m = masks[lv.name]
+        out[lv.name] = max(
+            eqd2[u.name] for u in levels if u.name == lv.name or bool(np.any(m & masks[u.name]))
+        )
+    return out
+
+
+def _plan_sum_ceiling_gy(
+    option: FieldOption, dose_grid: ImageGrid, factor: float, alpha_beta_gy: float
+) -> FloatArray:
+    """Ceiling (EQD2 at ``alpha_beta_gy``, Gy) of the conventional courses' sum per voxel.
+
+    See :func:`estimate_option_dose`; SBRT targets take no part.
+    """
+    levels = [lv for lv in target_levels(option) if not lv.is_sbrt]
+    eqd2 = {lv.name: lv.eqd2_gy(alpha_beta_gy) for lv in levels}
+    masks = _level_masks(levels, dose_grid)
+    highest = _highest_overlapping(levels, masks, eqd2)
+    ceiling = np.full(dose_grid.shape, factor * max(highest.values()))
+    inside = np.full(dose_grid.shape, np.inf)
+    in_target = np.zeros(dose_grid.shape, bool)
+    for lv in levels:
+        m = masks[lv.name]
+        inside[m] = np.minimum(inside[m], factor * highest[lv.name])
+        in_target |= m
+    ceiling[in_target] = inside[in_target]
+    return ceiling
+
+
+def physical_dose_gy(
+    eqd2_gy: npt.ArrayLike, fractions: int, alpha_beta_gy: float
+) -> FloatArray | float:
+    """Total physical dose in ``fractions`` equal fractions that has a given EQD2.
+
+    The inverse of :func:`eqd2_gy`: ``D = n/2 (sqrt(a/b**2 + 4 EQD2 (2 + a/b) / n) - a/b)``.
+
+    Parameters
+    ----------
+    eqd2_gy : float or array_like
+        EQD2 in Gy (>= 0).
+    fractions : int
+        Number of fractions (>= 1).
+    alpha_beta_gy : float
+        alpha/beta in Gy (> 0).
+
+    Returns
+    -------
+    float or ndarray
+        Physical dose in Gy.
+
+    Examples
+    --------
+    >>> round(float(physical_dose_gy(eqd2_gy(30.0, 5, 3.0), 3, 3.0)), 2)  # 30 Gy / 5 in 3 fx
+    24.31
+    >>> float(physical_dose_gy(70.0, 35, 3.0))
+    70.0
+    """
+    e = np.asarray(eqd2_gy, dtype=np.float64)
+    _check_radiobiology(e, fractions, alpha_beta_gy)
+    n, ab = float(fractions), alpha_beta_gy
+    out = 0.5 * n * (np.sqrt(ab * ab + 4.0 * e * (2.0 + ab) / n) - ab)
+    return float(out) if out.ndim == 0 else out
+
+
+def _held_under(
+    doses: Sequence[FloatArray], courses: Sequence[Course], ceiling: FloatArray, ab: float
+) -> list[FloatArray]:
+    """Course doses, later IMRT courses lowered where the conventional sum tops ``ceiling``.
+
+    SBRT courses are left out of the sum and never lowered.
+    """
+    out = [np.array(d, dtype=np.float64) for d in doses]
+    parts = [
+        np.asarray(eqd2_gy(d, c.fractions, ab), dtype=np.float64)
+        if c.technique != "sbrt"
+        else np.zeros(d.shape)
+        for d, c in zip(out, courses)
+    ]
+    total = np.sum(parts, axis=0)
+    for k in range(len(out) - 1, -1, -1):
+        if courses[k].technique != "imrt":
+            continue
+        over = (total > ceiling + 1e-9) & (parts[k] > 0)
+        if not over.any():
+            break
+        allowed = np.clip(ceiling[over] - (total[over] - parts[k][over]), 0.0, None)
+        new_part = np.minimum(parts[k][over], allowed)
+        total[over] += new_part - parts[k][over]
+        parts[k][over] = new_part
+        out[k][over] = physical_dose_gy(new_part, courses[k].fractions, ab)
+    return out

@@ -631,7 +631,7 @@ def _dvh_of(dose_gy: np.ndarray, s: StructureOnDoseGrid, step: float) -> DVH:
         stops = np.minimum(starts + _SAMPLE_CHUNK, n)
         local = s.local_index
         run = int((local[stops - 1] - local[starts]).max()) + 1
-        work = np.empty((3, run), np.float32)
+        work = np.empty((5, run), np.float32)
         out = np.empty((2, _SAMPLE_CHUNK), np.float32)
         ibuf = np.empty(_SAMPLE_CHUNK, np.int64)
         for a, b in zip(starts.tolist(), stops.tolist()):
@@ -657,9 +657,13 @@ def _dose_samples_gather(
     spacing = s.dose_grid.spacing_mm
     buf = np.empty_like(local)
     two_d0 = 2.0 * d0
+    high = d0.copy()
+    low = d0.copy()
     for ax in range(3):
         up = np.take(flat, np.add(local, strides[ax], out=buf))
         dn = np.take(flat, np.subtract(local, strides[ax], out=buf))
+        np.maximum(high, np.maximum(up, dn), out=high)
+        np.minimum(low, np.minimum(up, dn), out=low)
         g = up - dn
         g *= np.float32(0.5 / spacing[ax])  # gradient, Gy / mm
         up += dn
@@ -673,7 +677,25 @@ def _dose_samples_gather(
         g[:npart] *= scale2
         width2 += g
     d0 += corr
-    return d0, np.sqrt(width2, out=width2)
+    width = np.sqrt(width2, out=width2)
+    _limit_spread(d0, width, low, high)
+    return d0, width
+
+
+def _limit_spread(centre: np.ndarray, width: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+    """Keep each sample's spread inside the range of its voxel and neighbours (in place).
+
+    A voxel at the edge of a flat top (one neighbour as high, the other far lower) has a
+    large central-difference gradient; spread symmetrically it would reach above the
+    highest dose around it. The spread is narrowed to ``2 * min(high - centre, centre -
+    low)`` (a symmetric slope limiter; no change on a linear slope) and the centre kept in
+    ``[low, high]``.
+    """
+    np.clip(centre, low, high, out=centre)
+    room = np.subtract(high, centre, out=high)
+    np.minimum(room, np.subtract(centre, low, out=low), out=room)
+    room *= np.float32(2.0)
+    np.minimum(width, room, out=width)
 
 
 def _full_voxel_samples(
@@ -691,17 +713,19 @@ def _full_voxel_samples(
     ``sqrt(sum_a (g_a h_a)**2) = 0.5 * sqrt(sum_a (up_a - dn_a)**2)``. Both are evaluated
     on the run of the raveled box from the first to the last voxel of ``local`` (full
     voxels are interior, so each neighbour is a shifted contiguous slice), then gathered
-    into ``centre`` and ``width``. ``work`` (float32, shape ``(3, >= run)``) and ``ibuf``
-    (int64, ``>= local.size``) are scratch.
+    into ``centre`` and ``width`` and limited by :func:`_limit_spread`. ``work`` (float32,
+    shape ``(5, >= run)``) and ``ibuf`` (int64, ``>= local.size``) are scratch.
     """
     flat = sub.reshape(-1)
     strides = (sub.shape[1] * sub.shape[2], sub.shape[2], 1)
     lo, hi = int(local[0]), int(local[-1]) + 1
-    nb, w2, tmp = work[:, : hi - lo]
+    nb, w2, tmp, high, low = work[:, : hi - lo]
     up, dn = flat[lo + strides[0] : hi + strides[0]], flat[lo - strides[0] : hi - strides[0]]
     np.add(up, dn, out=nb)
     np.subtract(up, dn, out=w2)
     w2 *= w2
+    np.maximum(up, dn, out=high)
+    np.minimum(up, dn, out=low)
     for st in strides[1:]:
         up, dn = flat[lo + st : hi + st], flat[lo - st : hi - st]
         nb += up
@@ -709,14 +733,24 @@ def _full_voxel_samples(
         np.subtract(up, dn, out=tmp)
         tmp *= tmp
         w2 += tmp
+        np.maximum(high, up, out=high)
+        np.maximum(high, dn, out=high)
+        np.minimum(low, up, out=low)
+        np.minimum(low, dn, out=low)
+    own = flat[lo:hi]
+    np.maximum(high, own, out=high)
+    np.minimum(low, own, out=low)
     nb *= np.float32(1.0 / 24.0)
-    np.multiply(flat[lo:hi], np.float32(0.75), out=tmp)
+    np.multiply(own, np.float32(0.75), out=tmp)
     nb += tmp
     index = np.subtract(local, lo, out=ibuf[: local.size])
     np.take(w2, index, out=width, mode="clip")  # indices are in range; clip: no copy
     np.sqrt(width, out=width)
     width *= np.float32(0.5)
     np.take(nb, index, out=centre, mode="clip")
+    n = local.size
+    high_s, low_s = np.take(high, index, mode="clip"), np.take(low, index, mode="clip")
+    _limit_spread(centre[:n], width[:n], low_s, high_s)
 
 
 def _check_dose(dose: np.ndarray, s: StructureOnDoseGrid) -> None:

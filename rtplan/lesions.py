@@ -47,6 +47,11 @@ from rtplan.structures import Structure, StructureSet
 
 __all__ = [
     "CONNECTIVITIES",
+    "LARGE_LESION_CC",
+    "MAX_LESION_FRACTION",
+    "MAX_LESION_FRACTION_OF_GRID",
+    "MAX_PLAUSIBLE_SUV",
+    "MIN_FRACTION_IN_BODY",
     "PET_METHODS",
     "REFERENCE_REGIONS",
     "SUVPEAK_VOLUME_CC",
@@ -77,6 +82,24 @@ CONNECTIVITIES: tuple[int, ...] = (6, 18, 26)
 #: Volume (cc) of the sphere whose mean SUV defines SUVpeak (PERCIST 1.0: Wahl et al.,
 #: J Nucl Med 2009;50 Suppl 1:122S-150S, "1 cm^3 spherical volume of interest").
 SUVPEAK_VOLUME_CC = 1.0
+
+# Plausibility limits (tool defaults): a lesion mask or PET that breaks them is not a lesion
+# but a wrong input (a Body or organ mask given as lesions, Bq/mL read as SUV, a threshold
+# below the background), and is refused before it can be staged.
+
+#: Highest SUVbw (g/mL) an SUV image may hold. PSMA-ligand uptake in tumour, kidneys or
+#: urine is one to two orders of magnitude lower.
+MAX_PLAUSIBLE_SUV = 1000.0
+#: Largest fraction of the Body (or of the search region of a PET segmentation) the lesions
+#: may cover together.
+MAX_LESION_FRACTION = 0.10
+#: The same limit when no Body is known, as a fraction of the whole grid (which is mostly
+#: air and table around the patient).
+MAX_LESION_FRACTION_OF_GRID = 0.5
+#: A lesion larger than this (cc) is kept with an :class:`RtplanWarning` and a note.
+LARGE_LESION_CC = 200.0
+#: Smallest fraction of a lesion's voxels that must lie inside the Body.
+MIN_FRACTION_IN_BODY = 0.5
 
 #: Reference regions for the miPSMA score: ``"blood_pool"``, ``"liver"``, ``"parotid"``
 #: mapped to a boolean mask on the image grid or to the region's SUVmean (a number).
@@ -546,11 +569,14 @@ def _build(
     ref_means: Mapping[str, float],
     min_volume_cc: float,
     notes: Sequence[Sequence[str]] | None = None,
+    region: _Region | None = None,
 ) -> Lesions:
     """Lesions from a label map (labels 1..n, in order) on ``grid``.
 
     SUV statistics are computed on ``grid`` (the PET grid for PET input); the masks are
-    then moved to ``target_grid`` by nearest-neighbour resampling.
+    then moved to ``target_grid`` by nearest-neighbour resampling. The lesions are then
+    checked against ``region`` (see :func:`_check_plausible`; the whole output grid when
+    None).
     """
     n_labels = len(sources)
     out_grid = grid if target_grid is None else target_grid
@@ -593,7 +619,112 @@ def _build(
             assert src_sl is not None  # the label is on the output grid, so it was here
             lesion = _with_suv_statistics(lesion, suv, labels[src_sl] == n, src_sl, grid, ref_means)
         lesions.append(lesion)
-    return Lesions(lesions, grid=out_grid)
+    checked = _check_plausible(lesions, out_grid, region or _Region(None, "grid", "the mask"))
+    return Lesions(checked, grid=out_grid)
+
+
+_MASK_CHECK = "the lesion mask (a Body or organ mask given as lesions? its grid and orientation?)"
+
+
+@dataclass(frozen=True, eq=False)
+class _Region:
+    """The region lesions must lie in and may fill only partly (see :func:`_check_plausible`).
+
+    ``mask`` on the output grid (None: the whole grid), its ``name`` for messages
+    (``"Body"``, ``"search region"``, ``"grid"``) and what to ``check`` when the lesions
+    are implausible.
+    """
+
+    mask: BoolMask | None
+    name: str
+    check: str
+
+
+def _region(
+    body: npt.ArrayLike | None, grid: ImageGrid, check: str, fallback: _Region | None = None
+) -> _Region:
+    """The Body as a :class:`_Region` on ``grid``; ``fallback`` (else the grid) without one."""
+    if body is None:
+        return fallback or _Region(None, "grid", check)
+    m = as_mask(body, grid, name="body")
+    if not m.any():
+        raise InvalidMaskError("body is empty; give the patient's Body mask or None")
+    return _Region(m, "Body", check)
+
+
+def _check_plausible(lesions: list[Lesion], grid: ImageGrid, region: _Region) -> list[Lesion]:
+    """``lesions``, after refusing implausible ones and noting large ones (tool defaults).
+
+    Refused (:class:`InvalidMaskError`): lesions covering together more than
+    :data:`MAX_LESION_FRACTION` of the region (:data:`MAX_LESION_FRACTION_OF_GRID` of the
+    whole grid when there is no region), and a lesion with less than
+    :data:`MIN_FRACTION_IN_BODY` of its voxels inside the region (never a lesion in the
+    air outside the patient). A lesion larger than :data:`LARGE_LESION_CC` is kept with an
+    :class:`RtplanWarning` and a note (which the lesion table and the report show).
+    """
+    if not lesions:
+        return lesions
+    _check_total_fraction(lesions, grid, region)
+    if region.mask is not None:
+        for lesion in lesions:
+            _check_inside(lesion, region)
+    return [_noted_if_large(lesion) for lesion in lesions]
+
+
+def _check_total_fraction(lesions: list[Lesion], grid: ImageGrid, region: _Region) -> None:
+    """Refuse lesions covering too much of ``region`` (or of the grid)."""
+    covered = np.zeros(grid.shape, bool)
+    for lesion in lesions:
+        s = lesion.structure
+        assert s.bbox is not None  # a Lesion is never empty
+        covered[s.bbox] |= s.cropped_mask
+    if region.mask is None:
+        fraction, limit = np.count_nonzero(covered) / grid.size, MAX_LESION_FRACTION_OF_GRID
+    else:
+        inside = np.count_nonzero(covered & region.mask)
+        fraction, limit = inside / np.count_nonzero(region.mask), MAX_LESION_FRACTION
+    if fraction > limit:
+        volume = np.count_nonzero(covered) * grid.voxel_volume_cc
+        raise InvalidMaskError(
+            f"the lesions cover {100 * fraction:.0f} % of the {region.name} ({volume:.0f} cc "
+            f"in {len(lesions)} lesion(s); at most {100 * limit:g} % is plausible, tool "
+            f"default): that is not a lesion; check {region.check}"
+        )
+
+
+def _check_inside(lesion: Lesion, region: _Region) -> None:
+    """Refuse a lesion lying mostly outside ``region`` (the Body)."""
+    assert region.mask is not None
+    s = lesion.structure
+    assert s.bbox is not None
+    n = np.count_nonzero(s.cropped_mask)
+    inside = np.count_nonzero(s.cropped_mask & region.mask[s.bbox]) / n
+    if inside < MIN_FRACTION_IN_BODY:
+        x, y, z = lesion.centroid_mm
+        raise InvalidMaskError(
+            f"a lesion lies outside the {region.name}: {lesion.name} ({lesion.source}, "
+            f"{lesion.volume_cc:.2f} cc at x {x:.0f}, y {y:.0f}, z {z:.0f} mm) has "
+            f"{100 * inside:.0f} % of its voxels inside it (at least "
+            f"{100 * MIN_FRACTION_IN_BODY:g} %, tool default); check {region.check}"
+        )
+
+
+def _noted_if_large(lesion: Lesion) -> Lesion:
+    """``lesion``, with a warning and a note when it is larger than :data:`LARGE_LESION_CC`."""
+    volume = lesion.volume_cc
+    if volume <= LARGE_LESION_CC:
+        return lesion
+    note = (
+        f"large for a lesion: {volume:.0f} cc (more than {LARGE_LESION_CC:g} cc, tool "
+        "default); check the segmentation"
+    )
+    warnings.warn(
+        f"lesion {lesion.name} ({lesion.source}) is {volume:.0f} cc, larger than "
+        f"{LARGE_LESION_CC:g} cc (tool default): check the segmentation",
+        RtplanWarning,
+        stacklevel=5,  # the caller of lesions_from_*, through _build and _check_plausible
+    )
+    return replace(lesion, notes=(*lesion.notes, note))
 
 
 def _with_suv_statistics(
@@ -645,8 +776,7 @@ def _prepare_suv(
         raise GridMismatchError(
             f"suv must be a 3-D array on its grid {sg.shape}, got shape {s.shape}"
         )
-    if not np.all(np.isfinite(s)):
-        raise InvalidInputError("suv contains NaN or infinite values")
+    _check_suv_values(s)
     if not sg.equals(grid):
         s = np.asarray(resample_to_grid(s, sg, grid, order=1), dtype=np.float64)
     return s
@@ -711,6 +841,7 @@ def lesions_from_mask(
     suv: npt.ArrayLike | None = None,
     suv_grid: ImageGrid | None = None,
     references: References | None = None,
+    body: npt.ArrayLike | None = None,
 ) -> Lesions:
     """Lesions from a boolean mask (one lesion per connected component) or a label map.
 
@@ -742,17 +873,28 @@ def lesions_from_mask(
     references : mapping, optional
         Reference regions for the miPSMA score: ``"blood_pool"``, ``"liver"``,
         ``"parotid"`` mapped to a mask on ``grid`` or to a SUVmean number.
+    body : array_like of bool, optional
+        The patient's Body on the output grid (``target_grid``, else ``grid``). A lesion
+        with less than :data:`MIN_FRACTION_IN_BODY` of its voxels inside it is refused,
+        and so are lesions covering more than :data:`MAX_LESION_FRACTION` of it (without
+        a Body: more than :data:`MAX_LESION_FRACTION_OF_GRID` of the grid).
 
     Returns
     -------
     Lesions
         Mask components in raster order (slice, row, column of their first voxel),
-        label-map lesions in increasing label order; numbered ``L1``, ``L2``...
+        label-map lesions in increasing label order; numbered ``L1``, ``L2``... A lesion
+        larger than :data:`LARGE_LESION_CC` is kept with an :class:`RtplanWarning` and a
+        note.
 
     Raises
     ------
     InvalidMaskError
-        On an array that is not 3-D, has the wrong shape, negative or non-integer labels.
+        On an array that is not 3-D, has the wrong shape, negative or non-integer labels;
+        on implausible lesions (outside the Body, or covering too much of it, see
+        ``body``), naming the lesion or the fraction.
+    InvalidInputError
+        When ``suv`` holds values above :data:`MAX_PLAUSIBLE_SUV` (tool default).
     GridMismatchError
         When ``suv`` is not on its grid.
     ValueError
@@ -776,6 +918,7 @@ def lesions_from_mask(
     element = _structure_element(connectivity)
     labels, sources = _array_labels(mask_or_labels, grid, kind, element)
     s, ref_means = _suv_and_references(suv, suv_grid, grid, references)
+    region = _region(body, target_grid or grid, _MASK_CHECK)
     return _build(
         labels,
         grid,
@@ -784,6 +927,7 @@ def lesions_from_mask(
         suv=s,
         ref_means=ref_means,
         min_volume_cc=min_volume_cc,
+        region=region,
     )
 
 
@@ -856,6 +1000,7 @@ def lesions_from_structures(
     suv: npt.ArrayLike | None = None,
     suv_grid: ImageGrid | None = None,
     references: References | None = None,
+    body: npt.ArrayLike | None = None,
 ) -> Lesions:
     """Lesions from structures (e.g. RTSTRUCT ROIs): each structure is one lesion.
 
@@ -866,8 +1011,8 @@ def lesions_from_structures(
     names : iterable of str, optional
         Only these structures (looked up by name, synonym tolerant in a
         StructureSet), in this order. Default: all, in order.
-    target_grid, min_volume_cc, suv, suv_grid, references
-        As in :func:`lesions_from_mask`.
+    target_grid, min_volume_cc, suv, suv_grid, references, body
+        As in :func:`lesions_from_mask` (the same plausibility checks apply).
 
     Returns
     -------
@@ -890,6 +1035,7 @@ def lesions_from_structures(
     chosen, grid = _chosen_structures(structures, names, target_grid)
     labels, sources = _structure_labels(chosen, grid)
     sv, ref_means = _suv_and_references(suv, suv_grid, grid, references)
+    region = _region(body, target_grid or grid, "the lesion structures (a Body or organ ROI?)")
     return _build(
         labels,
         grid,
@@ -898,6 +1044,7 @@ def lesions_from_structures(
         suv=sv,
         ref_means=ref_means,
         min_volume_cc=min_volume_cc,
+        region=region,
     )
 
 
@@ -950,6 +1097,7 @@ def lesions_from_pet(
     min_volume_cc: float = 0.1,
     connectivity: Connectivity = 26,
     target_grid: ImageGrid | None = None,
+    body: npt.ArrayLike | None = None,
 ) -> Lesions:
     """Segment PSMA-positive lesions in a PET SUV image.
 
@@ -1014,20 +1162,28 @@ def lesions_from_pet(
         Connected-component neighbourhood (default 26).
     target_grid : ImageGrid, optional
         Atlas grid to move the lesion masks to (nearest neighbour); default ``grid``.
+    body : array_like of bool, optional
+        The patient's Body on the output grid, for the plausibility checks of
+        :func:`lesions_from_mask`; without it ``search_region`` stands for it (and
+        without either, the grid).
 
     Returns
     -------
     Lesions
         Ordered by decreasing SUVmax, named ``L1``, ``L2``...; ``volume_cc`` is measured
-        on the output grid, the SUV statistics on the PET grid.
+        on the output grid, the SUV statistics on the PET grid. A lesion larger than
+        :data:`LARGE_LESION_CC` is kept with an :class:`RtplanWarning` and a note.
 
     Raises
     ------
     ValueError
         On a bad method, a threshold that is not positive, ``percent`` outside (0, 100),
-        or a ``"reference"`` method without that reference region.
+        a ``"reference"`` method without that reference region, or an SUV image above
+        :data:`MAX_PLAUSIBLE_SUV` (tool default).
     InvalidMaskError
-        On a region mask of the wrong shape.
+        On a region mask of the wrong shape, or lesions covering more than
+        :data:`MAX_LESION_FRACTION` of the Body (search region; a uniformly hot PET, a
+        threshold below the background).
     TypeError
         When ``grid`` or ``target_grid`` is not an ImageGrid.
     """
@@ -1065,7 +1221,32 @@ def lesions_from_pet(
         ref_means=ref_means,
         min_volume_cc=min_volume_cc,
         notes=seg.notes or None,
+        region=_pet_region(body, search_region, grid, target_grid),
     )
+
+
+_PET_CHECK = (
+    "the threshold (a fixed SUV below the background? the method) and the PET's SUV scale "
+    "(Units, PatientWeight, RadionuclideTotalDose)"
+)
+
+
+def _pet_region(
+    body: npt.ArrayLike | None,
+    search_region: npt.ArrayLike | None,
+    grid: ImageGrid,
+    target_grid: ImageGrid | None,
+) -> _Region:
+    """The region PET lesions are checked against: the Body, else the search region."""
+    out_grid = target_grid or grid
+    fallback = None
+    if search_region is not None:
+        m = as_mask(search_region, grid, name="search_region")
+        if not grid.equals(out_grid):
+            m = np.asarray(resample_to_grid(m, grid, out_grid, order=0), dtype=bool)
+        if m.any():
+            fallback = _Region(m, "search region", _PET_CHECK)
+    return _region(body, out_grid, _PET_CHECK, fallback)
 
 
 def _pet_suv(suv: npt.ArrayLike, grid: ImageGrid) -> FloatArray:
@@ -1073,9 +1254,21 @@ def _pet_suv(suv: npt.ArrayLike, grid: ImageGrid) -> FloatArray:
     s = np.asarray(suv, dtype=np.float64)
     if s.ndim != 3 or s.shape != grid.shape:
         raise GridMismatchError(f"suv has shape {s.shape} but its grid has shape {grid.shape}")
+    _check_suv_values(s)
+    return s
+
+
+def _check_suv_values(s: FloatArray) -> None:
+    """Refuse an SUV image with NaN, infinite or implausibly high values."""
     if not np.all(np.isfinite(s)):
         raise InvalidInputError("suv contains NaN or infinite values")
-    return s
+    peak = float(s.max()) if s.size else 0.0
+    if peak > MAX_PLAUSIBLE_SUV:
+        raise InvalidInputError(
+            f"suv: SUVmax {peak:.3g} g/mL is implausible (more than {MAX_PLAUSIBLE_SUV:g}, "
+            "tool default); check the PET's SUV scale (Units, PatientWeight, "
+            "RadionuclideTotalDose)"
+        )
 
 
 def _allowed_voxels(

@@ -106,10 +106,12 @@ the boost; it is given as a simultaneous integrated boost in the course it joins
 ``[alpha_beta]``: ``<tissue> = <alpha/beta in Gy>``. ``[ntcp.<Structure>]``: ``model``
 (``"lkb"``), ``parameter_set``, ``td50_gy``, ``m``, ``n``, ``endpoint``.
 
-``[[constraints]]``: ``structure`` (TG-263), ``metric``, ``op`` (``<``, ``<=``, ``>``,
-``>=``), ``limit``, ``unit``, ``source``, optional ``applies_to`` (``"conventional"``,
-``"sbrt"``, ``"all"``; default ``"all"``), ``fractions`` (SBRT tables per fraction
-number) and ``note``.
+``[[constraints]]``: ``structure`` (a TG-263 name or a synonym rtplan knows, a target
+name such as ``PTV_6660``, ``<OAR>_PRV<mm>``, or ``<OAR>-CTV``: the organ minus the
+option's CTVs; a misspelt name is refused with the closest known names), ``metric``,
+``op`` (``<``, ``<=``, ``>``, ``>=``), ``limit``, ``unit``, ``source``, optional
+``applies_to`` (``"conventional"``, ``"sbrt"``, ``"all"``; default ``"all"``),
+``fractions`` (SBRT tables per fraction number) and ``note``.
 
 Metric strings
 --------------
@@ -143,7 +145,9 @@ True
 from __future__ import annotations
 
 import copy
+import difflib
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,6 +159,7 @@ from typing import Any, TypeGuard
 from rtplan.dvh import Constraint, LKBParameters
 from rtplan.errors import ProtocolError
 from rtplan.margins import Margin
+from rtplan.structures import TG263_SYNONYMS, canonical_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,6 +183,61 @@ _APPLIES = ("conventional", "sbrt", "all")
 _TOOL_DEFAULT = "tool default"
 _MAX_MARGIN_MM = 50.0
 _MAX_DOSE_GY = 120.0
+#: Most fractions of a course (tool default): above every regimen rtplan's sources use (at
+#: most 44 conventional fractions) and hyperfractionated schedules of two a day.
+_MAX_FRACTIONS = 100
+#: Deepest nesting of tables and arrays a protocol file may have (tool default; the format
+#: needs 4: ``[ntcp.Rectum]`` with an inline ``{ value = ..., source = ... }`` table).
+_MAX_DEPTH = 16
+
+#: TG-263 names a constraint may name besides those of
+#: :data:`rtplan.structures.TG263_SYNONYMS` (and their synonyms): the pelvic entries of
+#: the TG-263 to SNOMED concept map @hl7_mcode_tg263 [V] (CLINICAL.md section 8).
+_MORE_TG263_NAMES = (
+    "Bladder_Wall",
+    "Rectal_Wall",
+    "Anus",
+    "Bowel_Large",
+    "Spc_Bowel_Small",
+    "Femur_Joint_L",
+    "Femur_Joint_R",
+    "Femurs",
+    "Penis",
+    "SeminalVes_Prox",
+    "SeminalVes_Dist",
+    "Acetabulum_L",
+    "Acetabulum_R",
+    "VB_S4",
+    "VB_S5",
+    "SacralPlex",
+    "BoneMarrow",
+    "External",
+    "Skin",
+    "A_Femoral_L",
+    "A_Femoral_R",
+    "LN_Iliac_L",
+    "LN_Iliac_R",
+    "LN_Iliac_Ext_L",
+    "LN_Iliac_Ext_R",
+    "LN_Iliac_Int_L",
+    "LN_Iliac_Int_R",
+    "LN_Obturator_L",
+    "LN_Obturator_R",
+    "LN_Presacral_L",
+    "LN_Presacral_R",
+    "LN_Pelvics",
+    "LN_Pelvic_L",
+    "LN_Pelvic_R",
+    "LN_Inguinofem_L",
+    "LN_Inguinofem_R",
+    "LN_Paraaortic",
+)
+#: A TG-263 target name (AAPM Report 263 section 8.2 @mayo2018_tg263): a target type, then
+#: optional parts; or an organ at risk's planning risk volume, ``<OAR>_PRV<mm>``.
+_TARGET_NAME = re.compile(r"^(GTV|CTV|ITV|PTV)([_!^.0-9A-Za-z-]*)$")
+_PRV_NAME = re.compile(r"^(?P<organ>.+)_PRV\d{0,2}$")
+#: An organ minus the option's CTVs, ``"Bladder-CTV"``, as :mod:`rtplan.compare` evaluates it.
+_MINUS_CTV_NAME = re.compile(r"^\s*(?P<organ>.+?)\s*-\s*CTV\s*$", re.IGNORECASE)
 
 #: A checked protocol value: a number (mm, Gy or a positive factor; float), a number of
 #: fractions (int), a string or choice (str), or a list of structure names (tuple of str).
@@ -418,6 +478,11 @@ def _check_field(path: str, value: object, field: _Field) -> ProtocolValue:
     if kind == "fractions":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ProtocolError(f"{path}: expected a positive whole number, got {value!r}")
+        if value > _MAX_FRACTIONS:
+            raise ProtocolError(
+                f"{path}: a number of fractions must be between 1 and {_MAX_FRACTIONS} "
+                f"(tool default), got {value}"
+            )
         return int(value)
     if kind == "str":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -528,6 +593,41 @@ def _get(data: Mapping[str, object], dotted: str) -> object:
 _MISSING = object()
 
 
+def _known_structure_names() -> list[str]:
+    """The TG-263 names a constraint may name (synonyms aside), for suggestions."""
+    return sorted({*TG263_SYNONYMS, *_MORE_TG263_NAMES})
+
+
+def _is_known_structure(name: str) -> bool:
+    """True for a name a constraint may carry.
+
+    A TG-263 name or a synonym rtplan knows, a target name, or a name derived from a known
+    one (``<OAR>_PRV<mm>``, ``<OAR>-CTV``).
+    """
+    if canonical_name(name) is not None or name in _MORE_TG263_NAMES:
+        return True
+    if _TARGET_NAME.match(name):
+        return True
+    derived = _PRV_NAME.match(name) or _MINUS_CTV_NAME.match(name)
+    return derived is not None and _is_known_structure(derived.group("organ"))
+
+
+def _check_structure_name(path: str, name: str) -> str:
+    """``name``, or an error naming ``path`` and suggesting the closest known name.
+
+    A constraint on a name no structure set carries would never be evaluated, so it is
+    refused here rather than silently dropped at plan time.
+    """
+    if _is_known_structure(name):
+        return name
+    close = difflib.get_close_matches(name, _known_structure_names(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ProtocolError(
+        f"{path}: unknown structure {name!r} (not a TG-263 name, a synonym rtplan knows, a "
+        f"target name, or <OAR>_PRV<mm> or <OAR>-CTV of a known one){hint}"
+    )
+
+
 def _check_constraint(n: int, c: object) -> ProtocolConstraint:
     """Check the ``n``-th ``[[constraints]]`` table and build its constraint."""
     path = f"constraints[{n}]"
@@ -548,6 +648,7 @@ def _check_constraint(n: int, c: object) -> ProtocolConstraint:
     structure = text("structure", _Field("str"), c["structure"])
     metric = c["metric"]
     path = f"constraints[{n}] ({structure} {metric})"
+    _check_structure_name(f"{path}.structure", structure)
     if not isinstance(metric, str):
         raise ProtocolError(f"{path}.metric: expected a string, got {metric!r}")
     op = text("op", _Field("choice", True, _OPS), c["op"])
@@ -613,6 +714,8 @@ class Protocol:
         name: str | None = None,
         path: str | None = None,
     ) -> None:
+        where = f" in {path}" if path else ""
+        _check_depth(data, where)
         self._data: dict[str, Any] = copy.deepcopy(dict(data))  # TOML document, as read
         self.path = path
         self._values: dict[str, ProtocolValue] = {}
@@ -627,8 +730,12 @@ class Protocol:
         """Check the whole protocol; return it, or raise naming the first bad key.
 
         Checks: unknown keys, missing sections and values (doses), types, ranges
-        (margins 0-50 mm, doses in (0, 120] Gy, positive fraction numbers), a source
-        for every value, constraint syntax, and the consistency of the fractionation.
+        (margins 0-50 mm, doses in (0, 120] Gy, 1-100 fractions, tool defaults), a
+        source for every value, constraint syntax, the structure names of constraints
+        and NTCP models (a TG-263 name or a synonym rtplan knows, a target name, or
+        ``<OAR>_PRV<mm>`` / ``<OAR>-CTV``; an unknown one is named with the closest known
+        names), and the
+        consistency of the fractionation.
 
         Raises
         ------
@@ -707,6 +814,7 @@ class Protocol:
         out = {}
         for structure, sec in node.items():
             path = f"ntcp.{structure}"
+            _check_structure_name(path, structure)
             _check_section(path, sec, _NTCP_FIELDS, values, sources)
             out[structure] = NtcpModel(
                 structure=structure,
@@ -847,7 +955,7 @@ class Protocol:
         Examples
         --------
         >>> load_protocol("nrg_salvage").text("ctv.pelvic_nodes.superior_border")
-        'L5S1_Interspace'
+        'L4L5_Interspace'
         """
         if default is not None and path not in self._values:
             return default
@@ -991,6 +1099,24 @@ class Protocol:
         return Protocol(data, name=self.name, path=self.path)
 
 
+def _check_depth(data: object, where: str) -> None:
+    """Refuse a document nested deeper than :data:`_MAX_DEPTH` (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children: list[object] = []
+        if isinstance(node, Mapping):
+            children = list(node.values())
+        elif isinstance(node, list):
+            children = list(node)
+        if children and depth >= _MAX_DEPTH:
+            raise ProtocolError(
+                f"the protocol{where} is nested more than {_MAX_DEPTH} tables or arrays deep; "
+                "a protocol needs at most 4"
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
 # ---------------------------------------------------------------------------- loading
 def _shipped() -> dict[str, Traversable]:
     root = resources.files("rtplan.protocols")
@@ -1020,7 +1146,13 @@ def _protocol_source(name_or_path: str | Path) -> tuple[str, str]:
             f"no protocol {str(name_or_path)!r}: not a shipped protocol "
             f"({', '.join(sorted(shipped))}) and not a file"
         )
-    return path.read_text(encoding="utf-8"), str(path)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
 
 
 def protocol_text(name_or_path: str | Path) -> str:
@@ -1062,4 +1194,9 @@ def load_protocol(name_or_path: str | Path | Protocol) -> Protocol:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses once per nested array or inline table
+        raise ProtocolError(
+            f"{where} is nested too deeply to be a protocol (more than {_MAX_DEPTH} tables or "
+            "arrays)"
+        ) from None
     return Protocol(data, path=where)

@@ -13,7 +13,14 @@ physicist reads in a browser or prints to PDF:
 * axial, coronal and sagittal planes through the highest-dose PTV of each option, with the
   CT, the CTV / PTV outlines, a dose colour-wash and isodose lines,
 * the dose model and its limits, the protocol with its sources, the rtplan version and
-  the date.
+  the date,
+* the references: every ``@key`` citation of the sources, notes and evidence lines is
+  written as its short form with a number, and listed in full (from
+  ``rtplan/references.toml``) at the end, with what the evidence tags mean.
+
+Every metric row says which dose it is of (its basis: the courses treating a target, the
+composite physical or EQD2 dose with its alpha/beta, one SBRT course), and carries the
+protocol's note beside its limit.
 
 The page needs no network access: the stylesheet is inlined, the plots are embedded as
 ``data:`` URIs (SVG for the DVHs, PNG for the images) and no font or script is loaded.
@@ -57,12 +64,15 @@ from rtplan._validation import check_type
 from rtplan.atlas import Atlas
 from rtplan.context import ClinicalContext, scan_meaning, subgroup_lines
 from rtplan.dvh import DVH
+from rtplan.errors import RtplanError
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesion, Lesions
-from rtplan.plan import Course, FieldOption
+from rtplan.plan import Course, FieldOption, target_levels
 from rtplan.protocol import Protocol
+from rtplan.references import reference
 from rtplan.staging import Stage
 from rtplan.structures import Structure
+from rtplan.volumes import prescription_eqd2
 
 if TYPE_CHECKING:  # rtplan.compare imports this module (Comparison.write_report)
     from rtplan.compare import Comparison, MetricRow, OptionResult
@@ -124,6 +134,15 @@ _GTV_COLOR = "#ff3df5"
 _MAX_ISODOSE_LINES = 5
 _WASH_FROM = 0.3  # dose colour-wash from this fraction of the highest prescription
 _OAR_OUTLINES = ("Rectum", "Bladder", "Spc_Bowel", "Bowel", "Colon_Sigmoid")
+#: Outline colours of the organs on the images: distinct from each other and from the
+#: target outlines (white, magenta); organs are dotted, isodose lines solid.
+_OAR_COLORS: dict[str, str] = {
+    "Rectum": "#ff8c00",
+    "Bladder": "#ffe600",
+    "Spc_Bowel": "#00e5ff",
+    "Bowel": "#00e5ff",
+    "Colon_Sigmoid": "#66ff66",
+}
 
 _ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
@@ -182,6 +201,106 @@ def _esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+# ---- citations ----------------------------------------------------------------------------
+# Free text (sources, notes, evidence lines) cites rtplan/references.toml by ``@key``: the
+# report writes each key as its short citation with a number, and lists the full citations
+# at the end (see _numbered_citations). Pointers to the developers' fact sheet (a file the
+# reader does not have) are taken out.
+_KEY = re.compile(r"@([a-z][a-z0-9_]*[a-z0-9])")
+_MARK = "\u27e6{}\u27e7"  # placeholder of a citation in escaped HTML, numbered at the end
+_MARKED = re.compile("\u27e6([a-z][a-z0-9_]*[a-z0-9])\u27e7")
+_FACT_SHEET = re.compile(
+    r"(?:as recalled in\s+)?CLINICAL\.md(?:\s+section)?(?:\s+\d+[a-z]?(?:\s*[-/]\s*\d+[a-z]?)*)?"
+)
+_TIDY = (
+    (re.compile(r"\(\s*[;,]?\s*\)"), ""),
+    (re.compile(r"\(\s*[;,]\s*"), "("),
+    (re.compile(r"\s*[;,]\s*\)"), ")"),
+    (re.compile(r"\(\s*(\[[^\]]*\])\s*\)"), r"\1"),
+    (re.compile(r"\s+([.,;])"), r"\1"),
+    (re.compile(r"\s{2,}"), " "),
+)
+
+#: What the evidence tags in the sources mean.
+EVIDENCE_TAGS = (
+    ("[V]", "the number was read in the source named"),
+    (
+        "[V-3p]",
+        "the number comes from a third-party transcription (open-source code or a secondary "
+        "table citing the primary paper); the primary paper was not read",
+    ),
+    ("[U]", "unverified: from memory or convention; check it before relying on it"),
+    (
+        "tool default",
+        "a value rtplan chose where no guideline fixes the number; the nearest published "
+        "value is named",
+    ),
+)
+
+
+def _without_fact_sheet(text: str) -> str:
+    """``text`` without pointers to the developers' fact sheet, punctuation tidied."""
+    if "CLINICAL" not in text:
+        return text
+    out = _FACT_SHEET.sub("", text)
+    for pattern, repl in _TIDY:
+        out = pattern.sub(repl, out)
+    return out.strip()
+
+
+def _prose(value: object) -> str:
+    """Escaped free text with its ``@key`` citations marked for numbering."""
+    text = _without_fact_sheet("" if value is None else str(value))
+    parts = _KEY.split(text)  # text, key, text, key, ...
+    out = []
+    for i, part in enumerate(parts):
+        out.append(_MARK.format(part) if i % 2 else _esc(part))
+    return "".join(out)
+
+
+def _short_citation(key: str) -> str:
+    """In-line form of a cited key (the key itself when references.toml lacks it)."""
+    try:
+        return reference(key).short
+    except RtplanError:
+        return "@" + key
+
+
+def _numbered_citations(body: str) -> tuple[str, list[str]]:
+    """Replace the citation marks of ``body`` by numbered links; the keys in number order."""
+    order: dict[str, int] = {}
+
+    def link(m: re.Match[str]) -> str:
+        key = m.group(1)
+        n = order.setdefault(key, len(order) + 1)
+        return f'<span class="cite" data-ref="{key}">{_esc(_short_citation(key))}&nbsp;[{n}]</span>'
+
+    return _MARKED.sub(link, body), list(order)
+
+
+def _references_section(keys: Sequence[str]) -> str:
+    """The full citations of the cited keys, numbered, and what the evidence tags mean."""
+    out = ['<section id="references">', "<h2>References</h2>"]
+    if keys:
+        out.append('<ol class="references">')
+        for key in keys:
+            try:
+                ref = reference(key)
+            except RtplanError:
+                out.append(f'<li id="ref-{key}">{_esc(key)}: not in rtplan/references.toml</li>')
+                continue
+            checked = _KEY.sub(lambda m: _short_citation(m.group(1)), ref.verified)
+            tag = f' <span class="tag">What was read: {_esc(_without_fact_sheet(checked))}.</span>'
+            out.append(f'<li id="ref-{key}">{_esc(ref.citation)}{tag if checked else ""}</li>')
+        out.append("</ol>")
+    else:
+        out.append('<p class="note">No source is cited.</p>')
+    tags = "; ".join(f"<b>{_esc(tag)}</b>: {_esc(meaning)}" for tag, meaning in EVIDENCE_TAGS)
+    out.append(f'<p class="note" id="evidence-tags">Evidence tags in the sources: {tags}.</p>')
+    out.append("</section>")
+    return "\n".join(out)
+
+
 def _finite(value: float | None) -> float | None:
     """``value`` as a float, or ``None`` when it is ``None``, NaN or infinite."""
     if value is None or not math.isfinite(value):
@@ -229,7 +348,8 @@ class _TargetInfo:
     course: str
     technique: str
     fractions: int
-    ptv: str
+    ptv: str  # the PTV as drawn
+    dosed: str  # the PTV this course doses (a cropped later phase: "PTV!sb_6660")
     prescription_gy: float
     ptv_cc: float
     ctv: str | None
@@ -245,9 +365,10 @@ def _targets(option: FieldOption) -> list[_TargetInfo]:
             course=course.name,
             technique=course.technique,
             fractions=course.fractions,
-            ptv=t.ptv.name,
+            ptv=t.whole_ptv.name,
+            dosed=t.ptv.name,
             prescription_gy=t.prescription_gy,
-            ptv_cc=t.ptv.volume_cc,
+            ptv_cc=t.whole_ptv.volume_cc,
             ctv=None if t.ctv is None else t.ctv.name,
             ctv_cc=None if t.ctv is None else t.ctv.volume_cc,
             gtv=None if t.gtv is None else t.gtv.name,
@@ -298,7 +419,7 @@ def _course_credit_gy(course: Course, ptv: Structure) -> float:
         rx = t.prescription_gy
         if not math.isfinite(rx):
             continue
-        if t.ptv.name == ptv.name or _overlap_fraction(ptv, t.ptv) >= 0.5:
+        if t.whole_ptv.name == ptv.name or _overlap_fraction(ptv, t.whole_ptv) >= 0.5:
             best = max(best, rx)
     return best
 
@@ -312,7 +433,7 @@ def _ptv_totals(option: FieldOption) -> list[tuple[Structure, float]]:
     """
     ptvs: dict[str, Structure] = {}
     for t in option.targets:
-        ptvs.setdefault(t.ptv.name, t.ptv)
+        ptvs.setdefault(t.whole_ptv.name, t.whole_ptv)
     return [
         (ptv, sum((_course_credit_gy(course, ptv) for course in option.courses), 0.0))
         for ptv in ptvs.values()
@@ -429,7 +550,8 @@ def _dvh_panels(comparison: Comparison) -> list[_Panel]:
     have: dict[str, None] = {}
     for r in comparison.results:
         for name in r.dvhs:
-            have[name] = None
+            if not name.startswith("PTV!"):  # a later phase's cropped PTV: its PTV has a panel
+                have[name] = None
     if not have:
         return []
     panels = _target_panels(comparison, have)
@@ -461,16 +583,16 @@ def _structure_volume_cc(comparison: Comparison, structure: str) -> float | None
 def _limit_markers(comparison: Comparison, structure: str) -> list[tuple[float, float, str, str]]:
     """``(dose_gy, volume_pct, label, marker)`` points of the dose-volume limits of a structure.
 
-    ``V<d>Gy <= x %`` (or ``cc``, converted with the structure volume) and
-    ``D<x>% <= d Gy`` limits; other metrics (Dmean, Dmax, %Rx) have no point on a DVH.
+    ``V<d>Gy <= x %`` and ``D<x>% <= d Gy`` limits of rows on the composite physical dose,
+    the dose the DVHs show. Limits in cc are left out (the axis is in %; they are in the
+    table), as are rows on another dose (EQD2, one SBRT course) and other metrics.
     """
     out = []
-    volume_cc = _structure_volume_cc(comparison, structure)
     for row in comparison.table.rows:
-        if row.structure != structure or not row.limit:
+        if row.structure != structure or not row.limit or row.not_evaluated:
             continue
-        if "sbrt" in row.group.lower() or "fx" in row.limit:
-            continue  # limits of an SBRT course's own dose, not of this (total) DVH
+        if row.group != "OAR" or row.basis not in ("", _BASIS_PHYSICAL):
+            continue
         m = _LIMIT_NUMBER.search(row.limit)
         if m is None:
             continue
@@ -479,20 +601,23 @@ def _limit_markers(comparison: Comparison, structure: str) -> list[tuple[float, 
         vm, dm = _V_METRIC.match(row.metric), _D_METRIC.match(row.metric)
         if vm and row.unit == "%":
             out.append((float(vm.group(1)), limit, row.metric, marker))
-        elif vm and row.unit == "cc" and volume_cc:
-            out.append((float(vm.group(1)), 100.0 * limit / volume_cc, row.metric, marker))
         elif dm and row.unit == "Gy":
             out.append((limit, float(dm.group(1)), row.metric, marker))
     return [p for p in out if 0 <= p[1] <= 100]
 
 
-def _dvh_axes(n_panels: int) -> tuple[Figure, list[Axes], int]:
-    """Figure with ``n_panels`` shared-axes panels (up to 4 a row), the panels and ncols."""
+def _dvh_axes(n_panels: int, legend_labels: Sequence[str]) -> tuple[Figure, list[Axes], int, int]:
+    """Figure with ``n_panels`` shared-axes panels (up to 4 a row) and room for the legend.
+
+    Returns the figure, the panels, the number of panel columns and of legend columns.
+    """
     ncols = min(4, n_panels)
     nrows = math.ceil(n_panels / ncols)
     # fixed layout in inches (no tight_layout / tight bbox: each costs a full draw)
-    pw, ph, left, right, top, bottom, gap_w, gap_h = 2.9, 1.75, 0.55, 0.1, 0.62, 0.42, 0.2, 0.42
+    pw, ph, left, right, bottom, gap_w, gap_h = 2.9, 1.75, 0.55, 0.1, 0.42, 0.2, 0.42
     width = left + right + ncols * pw + (ncols - 1) * gap_w
+    leg_cols = _legend_columns(legend_labels, width, font_pt=9.0)
+    top = 0.3 + math.ceil(len(legend_labels) / leg_cols) * 0.24
     height = top + bottom + nrows * ph + (nrows - 1) * gap_h
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(
@@ -511,7 +636,40 @@ def _dvh_axes(n_panels: int) -> tuple[Figure, list[Axes], int]:
         },
     )
     flat: list[Axes] = list(axes.ravel())  # row by row
-    return fig, flat, ncols
+    return fig, flat, ncols, leg_cols
+
+
+def _same_dose_groups(comparison: Comparison) -> list[list[str]]:
+    """Options whose total doses are identical (e.g. with and without ADT), in groups."""
+    groups: list[list[OptionResult]] = []
+    for r in comparison.results:
+        for g in groups:
+            if g[0].dose_gy.shape == r.dose_gy.shape and np.array_equal(g[0].dose_gy, r.dose_gy):
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    return [[r.name for r in g] for g in groups]
+
+
+def _panel_is_identical(
+    comparison: Comparison, panel: _Panel, groups: Sequence[Sequence[str]]
+) -> bool:
+    """Whether options of different doses draw the same curves on this panel."""
+    if len(groups) < 2:
+        return False
+    for name, _ in panel:
+        curves = [comparison.result(g[0]).dvhs.get(name) for g in groups]
+        present = [c for c in curves if c is not None]
+        if len(present) < 2:
+            return False
+        d0, v0 = _dvh_curve(present[0])
+        for c in present[1:]:
+            d, v = _dvh_curve(c)
+            grid = np.linspace(0.0, max(float(d0[-1]), float(d[-1])), 200)
+            if not np.allclose(np.interp(grid, d0, v0), np.interp(grid, d, v), atol=0.05):
+                return False
+    return True
 
 
 def _dvh_dose_max_gy(comparison: Comparison, panels: Sequence[_Panel]) -> float:
@@ -557,8 +715,53 @@ def _draw_dvh_curves(
     return styles
 
 
-def _draw_limit_markers(ax: Axes, comparison: Comparison, panel: _Panel) -> None:
-    """Mark the dose-volume limits of the panel's structures (see :func:`_limit_markers`)."""
+# a label box on a DVH panel, in data units: (left, bottom, right, top)
+_Box = tuple[float, float, float, float]
+
+
+def _overlap(a: _Box, b: _Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_labels(
+    points: Sequence[tuple[float, float, str]], dose_max_gy: float
+) -> list[tuple[float, float, str, str, str] | None]:
+    """Positions of marker labels that do not overlap each other, or ``None`` (no room).
+
+    For each ``(dose, volume %, text)``: ``(x, y, text, ha, va)`` in data units, trying
+    above-right, below-right, above-left and below-left of the marker; label sizes are
+    estimated from the text length at 6.5 pt on a 2.9 x 1.75 inch panel.
+    """
+    gy_per_char = dose_max_gy / 2.9 * (0.55 * 6.5 / 72)
+    pct_high = 102 / 1.75 * (6.5 / 72) * 1.3
+    placed: list[_Box] = []
+    out: list[tuple[float, float, str, str, str] | None] = []
+    for dose, vol, text in points:
+        w = len(text) * gy_per_char
+        dx, dy = 0.012 * dose_max_gy, 2.0
+        choice = None
+        for sx, sy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            x0 = dose + dx if sx > 0 else dose - dx - w
+            y0 = vol + dy if sy > 0 else vol - dy - pct_high
+            box = (x0, y0, x0 + w, y0 + pct_high)
+            if box[0] < 0 or box[2] > dose_max_gy or box[1] < 0 or box[3] > 102:
+                continue
+            if any(_overlap(box, b) for b in placed):
+                continue
+            placed.append(box)
+            choice = (x0, y0, text, "left", "bottom")
+            break
+        out.append(choice)
+    return out
+
+
+def _draw_limit_markers(ax: Axes, comparison: Comparison, panel: _Panel, dmax: float) -> None:
+    """Mark the dose-volume limits of the panel's structures (see :func:`_limit_markers`).
+
+    Labels are placed where they overlap no other label (:func:`_place_labels`); a marker
+    without room for its label keeps the marker only (its row is in the table).
+    """
+    points = []
     for name, _ in panel:
         for dose_gy, vol_pct, met, marker in _limit_markers(comparison, name):
             ax.plot(
@@ -571,57 +774,74 @@ def _draw_limit_markers(ax: Axes, comparison: Comparison, panel: _Panel) -> None
                 zorder=5,
                 clip_on=False,
             )
-            ax.annotate(
-                met,
-                (dose_gy, vol_pct),
-                xytext=(3, 3),
-                textcoords="offset points",
-                fontsize=6.5,
-                color="#222222",
-            )
+            points.append((dose_gy, vol_pct, met))
+    for spot in _place_labels(points, dmax):
+        if spot is not None:
+            x, y, text, ha, va = spot
+            ax.text(x, y, text, fontsize=6.5, color="#222222", ha=ha, va=va, zorder=6)
 
 
-def _dvh_legend(
-    fig: Figure, comparison: Comparison, colors: dict[str, str], styles_used: set[str]
-) -> None:
-    """Legend above the panels: the options' colours, and the line styles when mixed."""
-    handles = [Line2D([], [], color=colors[r.name], lw=2, label=r.name) for r in comparison.results]
+def _dvh_legend_handles(
+    comparison: Comparison,
+    colors: dict[str, str],
+    styles_used: set[str],
+    groups: Sequence[Sequence[str]],
+) -> list[Line2D]:
+    """The options' colours (an option with another's dose says so), line styles if mixed."""
+    same = {name: g[0] for g in groups for name in g[1:]}
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colors[r.name],
+            lw=2,
+            label=r.name + (f" (= {same[r.name]})" if r.name in same else ""),
+        )
+        for r in comparison.results
+    ]
     if len(styles_used) > 1:
         handles += [
             Line2D([], [], color="#333333", lw=1.3, ls=ls, label=lab)
             for ls, lab in (("-", "PTV / organ"), ("--", "CTV"), (":", "GTV"))
             if ls in styles_used
         ]
-    fig.legend(
-        handles=handles,
-        loc="upper center",
-        ncol=min(len(handles), 7),
-        fontsize=9,
-        frameon=False,
-        bbox_to_anchor=(0.5, 1.0),
-    )
+    return handles
 
 
 def _dvh_figure(comparison: Comparison, colors: dict[str, str]) -> str | None:
-    """Small multiples of cumulative DVHs as a ``data:`` URI, or ``None`` without DVHs.
+    """Small multiples of cumulative DVHs as a ``data:`` URI, or ``None`` without DVHs."""
+    fig = _dvh_figure_object(comparison, colors)
+    return None if fig is None else _fig_to_data_uri(fig, _DVH_FORMAT)
 
-    One panel per target or structure, one colour per option; within a target panel the
-    PTV is solid, the CTV dashed and the GTV dotted.
+
+def _dvh_figure_object(comparison: Comparison, colors: dict[str, str]) -> Figure | None:
+    """The DVH figure: one panel per target or structure, one colour per option.
+
+    Within a target panel the PTV is solid, the CTV dashed and the GTV dotted. A panel
+    whose curves are the same for options of different doses says so in its title; an
+    option with the same dose as another says so in the legend (its curves lie under
+    the other's).
     """
     panels = _dvh_panels(comparison)
     if not panels:
         return None
-    fig, axes, ncols = _dvh_axes(len(panels))
-    _set_dvh_scales(axes[0], _dvh_dose_max_gy(comparison, panels))
-    styles_used: set[str] = set()
+    groups = _same_dose_groups(comparison)
+    have = {n for r in comparison.results for n in r.dvhs}
+    styles_used = {ls for panel in panels for name, ls in panel if name in have}
+    handles = _dvh_legend_handles(comparison, colors, styles_used, groups)
+    fig, axes, ncols, leg_cols = _dvh_axes(len(panels), [str(h.get_label()) for h in handles])
+    dmax = _dvh_dose_max_gy(comparison, panels)
+    _set_dvh_scales(axes[0], dmax)
     for n, panel in enumerate(panels):
         ax = axes[n]
-        styles_used |= _draw_dvh_curves(ax, comparison, panel, colors)
+        _draw_dvh_curves(ax, comparison, panel, colors)
         title = " / ".join(name for name, _ in panel)
+        if _panel_is_identical(comparison, panel, groups):
+            title += " (same in every option)"
         ax.set_title(
             title, fontsize=8 if len(title) > 30 else 8.5, pad=2, loc="left", fontweight="bold"
         )
-        _draw_limit_markers(ax, comparison, panel)
+        _draw_limit_markers(ax, comparison, panel, dmax)
         ax.grid(True, lw=0.4, alpha=0.5)
         bottom_row = n + ncols >= len(panels)
         ax.tick_params(
@@ -633,8 +853,15 @@ def _dvh_figure(comparison: Comparison, colors: dict[str, str]) -> str | None:
             ax.set_xlabel("Dose (Gy)", fontsize=8)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    _dvh_legend(fig, comparison, colors, styles_used)
-    return _fig_to_data_uri(fig, _DVH_FORMAT)
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=leg_cols,
+        fontsize=9,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0),
+    )
+    return fig
 
 
 # ---- planes -----------------------------------------------------------------------------
@@ -816,17 +1043,47 @@ def _draw_contour(
         )
 
 
-def _isodose_levels(option: FieldOption, dmax_gy: float) -> list[float]:
-    """95 % of each total PTV prescription, and 50 % of the highest (Gy, descending)."""
-    rx = sorted(set(_total_rx_by_ptv(option).values()), reverse=True)
-    if not rx:
-        return [lvl for lvl in (0.95 * dmax_gy, 0.5 * dmax_gy) if lvl > 0]
-    levels = [0.95 * r for r in rx] + [0.5 * rx[0]]
-    out: list[float] = []
-    for lvl in levels:
-        if all(abs(lvl - o) > 0.04 * rx[0] for o in out):
-            out.append(lvl)
-    return out[:_MAX_ISODOSE_LINES]
+@dataclass(frozen=True, eq=False)
+class _Isodose:
+    """An isodose line: its dose, what it is a percentage of, and the dose it is drawn on.
+
+    ``dose_gy`` is the physical dose of the courses the percentage refers to (the courses
+    that treat the target), so that 95 % of a 21 Gy SBRT prescription is drawn on the SBRT
+    course's own dose, not on the sum of every course.
+    """
+
+    level_gy: float
+    label: str
+    dose_gy: FloatArray
+
+
+def _isodose_lines(result: OptionResult) -> list[_Isodose]:
+    """95 % of each target's total prescription on the dose of its courses, 50 % of the highest.
+
+    Lines closer than 4 % of the highest level to a line of the same dose are merged; at
+    most :data:`_MAX_ISODOSE_LINES`.
+    """
+    option = result.option
+    levels = sorted(target_levels(option), key=lambda lv: -lv.total_gy)
+    lines: list[_Isodose] = []
+    if not levels:
+        return lines
+    top = levels[0].total_gy
+    for lv, pct in [(lv, 95) for lv in levels] + [(levels[0], 50)]:
+        idx = lv.courses or tuple(range(len(option.courses)))
+        names = [option.courses[i].name for i in idx]
+        if all(n in result.course_doses_gy for n in names):
+            dose = np.sum([result.course_doses_gy[n] for n in names], axis=0)
+            on = " + ".join(names)
+        else:  # a result without per-course doses: the total is all there is
+            dose, on = np.asarray(result.dose_gy, dtype=np.float64), "total dose"
+        level = pct / 100.0 * lv.total_gy
+        same = [x for x in lines if np.array_equal(x.dose_gy, dose)]
+        if any(abs(x.level_gy - level) <= 0.04 * top for x in same):
+            continue
+        label = f"{level:.1f} Gy: {pct} % of {lv.name} ({on})"
+        lines.append(_Isodose(level, label, dose))
+    return lines[:_MAX_ISODOSE_LINES]
 
 
 def _image_centre(result: OptionResult, ct_grid: ImageGrid) -> tuple[Vec3, Structure | None]:
@@ -905,27 +1162,27 @@ class _DoseDisplay:
     """How the dose of one option is shown: colour scale and isodose lines.
 
     ``scale_gy`` is the highest total prescription (else the highest dose, else 1 Gy);
-    the colour-wash starts at :data:`_WASH_FROM` of it. ``levels`` are the isodose lines
-    in Gy, each drawn in ``level_colors[level]``.
+    the colour-wash (of the total physical dose) starts at :data:`_WASH_FROM` of it.
+    ``lines`` are the isodose lines (:class:`_Isodose`), each drawn in ``colors[i]``.
     """
 
     scale_gy: float
     norm: Normalize
     cmap: Colormap
-    levels: list[float]
-    level_colors: dict[float, tuple[float, float, float, float]]
+    lines: list[_Isodose]
+    colors: list[tuple[float, float, float, float]]
 
 
-def _dose_display(option: FieldOption, dose_gy: FloatArray) -> _DoseDisplay:
-    rx_total = _total_rx_by_ptv(option)
+def _dose_display(result: OptionResult, dose_gy: FloatArray) -> _DoseDisplay:
+    rx_total = _total_rx_by_ptv(result.option)
     rx_max = max(rx_total.values()) if rx_total else None
     dmax = float(np.max(dose_gy)) if dose_gy.size else 0.0
     scale = rx_max or dmax or 1.0
     vmax = 1.08 * max(scale, dmax if dmax < 1.5 * scale else scale)
-    levels = _isodose_levels(option, dmax)
+    lines = _isodose_lines(result)
     cmap = matplotlib.colormaps["jet"]
-    level_colors = {lv: cmap(min(lv / vmax, 1.0)) for lv in levels}
-    return _DoseDisplay(scale, Normalize(0.0, vmax), cmap, levels, level_colors)
+    colors = [cmap(min(line.level_gy / vmax, 1.0)) for line in lines]
+    return _DoseDisplay(scale, Normalize(0.0, vmax), cmap, lines, colors)
 
 
 @dataclass(frozen=True)
@@ -950,28 +1207,44 @@ def _image_content(comparison: Comparison, result: OptionResult) -> _ImageConten
         ct_grid=atlas.grid,
         dose_gy=dose,
         dose_grid=result.dose_grid,
-        display=_dose_display(result.option, dose),
+        display=_dose_display(result, dose),
         outlines=outlines,
         oars=_oar_outlines(atlas, (s.name for s, _, _, _ in outlines)),
     )
 
 
+_LEGEND_FONT_PT = 7.5
+
+
+def _legend_columns(
+    labels: Sequence[str], width_in: float, *, font_pt: float = _LEGEND_FONT_PT
+) -> int:
+    """Columns of a legend of ``labels`` that fit in ``width_in`` (at least 1)."""
+    char_in = 0.6 * font_pt / 72.0  # mean glyph width of the sans-serif font, generous
+    item_in = max(len(s) for s in labels) * char_in + 0.5  # handle, gaps and padding
+    return max(1, min(len(labels), int((width_in - 0.2) / item_in)))
+
+
 def _image_layout(
-    planes: Sequence[_Plane], max_height_in: float
-) -> tuple[Figure, list[_Rect], _Rect]:
+    planes: Sequence[_Plane], max_height_in: float, legend_labels: Sequence[str] = ("",)
+) -> tuple[Figure, list[_Rect], _Rect, int]:
     """Figure with panels of equal height side by side, a colour bar, a legend below.
 
-    Returns the figure, the rectangle of each plane's panel and that of the colour bar.
+    The bottom margin holds every row of the legend. Returns the figure, the rectangle
+    of each plane's panel, that of the colour bar and the legend's number of columns.
     """
     ratios = []
     for p in planes:
         e = p.extent
         ratios.append(abs(e[1] - e[0]) / max(abs(e[3] - e[2]), 1e-6))
     # fixed layout in inches
-    gap, cbar_w, cbar_lab, top, bottom, left = 0.08, 0.14, 0.55, 0.28, 0.36, 0.04
+    gap, cbar_w, cbar_lab, top, left = 0.08, 0.14, 0.55, 0.28, 0.04
     fixed = left + len(planes) * gap + cbar_w + cbar_lab
     height = float(np.clip((_IMAGE_WIDTH_IN - fixed) / sum(ratios), 2.2, max_height_in))
     width = fixed + height * sum(ratios)
+    ncol = _legend_columns(legend_labels, width)
+    rows = math.ceil(len(legend_labels) / ncol)
+    bottom = 0.14 + rows * 0.19
     fig_h = height + top + bottom
     fig = Figure(figsize=(width, fig_h))
     rects = []
@@ -980,7 +1253,7 @@ def _image_layout(
         rects.append((x / width, bottom / fig_h, height * ratio / width, height / fig_h))
         x += height * ratio + gap
     cbar_rect = (x / width, bottom / fig_h, cbar_w / width, height / fig_h)
-    return fig, rects, cbar_rect
+    return fig, rects, cbar_rect, ncol
 
 
 def _draw_ct_and_dose(ax: Axes, p: _Plane, content: _ImageContent) -> None:
@@ -1008,10 +1281,14 @@ def _draw_ct_and_dose(ax: Axes, p: _Plane, content: _ImageContent) -> None:
         origin="lower",
         interpolation="bilinear",
     )
-    peak = float(d_plane.max()) if d_plane.size else 0.0
-    for lv in display.levels:
-        if peak >= lv:
-            _draw_contour(ax, p, d_plane, lv, display.level_colors[lv], 1.0, "-")
+    sampled: dict[int, FloatArray] = {id(content.dose_gy): d_plane}
+    for line, color in zip(display.lines, display.colors):
+        key = id(line.dose_gy)
+        if key not in sampled:
+            sampled[key] = _sample_linear(line.dose_gy, content.dose_grid, p)
+        plane = sampled[key]
+        if plane.size and float(plane.max()) >= line.level_gy:
+            _draw_contour(ax, p, plane, line.level_gy, color, 1.0, "-")
 
 
 def _draw_outlines(ax: Axes, p: _Plane, content: _ImageContent) -> tuple[list[str], bool]:
@@ -1024,8 +1301,7 @@ def _draw_outlines(ax: Axes, p: _Plane, content: _ImageContent) -> tuple[list[st
     for s in content.oars:
         m = _structure_plane(s, p)
         if m is not None:
-            rgb = (s.color[0] / 255, s.color[1] / 255, s.color[2] / 255)
-            _draw_contour(ax, p, m, 0.5, rgb, 0.8, ":")
+            _draw_contour(ax, p, m, 0.5, _oar_color(s), 1.1, ":")
             drawn_oars.append(s.name)
     for s, col, ls, lw in content.outlines:
         m = _structure_plane(s, p)
@@ -1069,14 +1345,14 @@ def _draw_colorbar(fig: Figure, rect: _Rect, display: _DoseDisplay) -> None:
     cb = fig.colorbar(ScalarMappable(norm=display.norm, cmap=display.cmap), cax=cax)
     cb.set_label("Dose (Gy)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    for lv in display.levels:
-        cb.ax.axhline(lv, color="black", lw=0.8)
+    for line in display.lines:
+        cb.ax.axhline(line.level_gy, color="black", lw=0.8)
 
 
-def _image_legend(
-    fig: Figure, display: _DoseDisplay, has_gtv: bool, drawn_oars: Sequence[str]
-) -> None:
-    """Legend below the panels: outlines, isodose lines and the OARs drawn."""
+def _image_legend_handles(
+    display: _DoseDisplay, has_gtv: bool, oars: Sequence[Structure]
+) -> list[Line2D]:
+    """Legend entries: outlines, isodose lines (what each is of) and each OAR in its colour."""
     handles = [
         Line2D([], [], color=_PTV_COLOR, lw=1.5, label="PTV"),
         Line2D([], [], color=_CTV_COLOR, lw=1.3, ls="--", label="CTV"),
@@ -1084,18 +1360,28 @@ def _image_legend(
     if has_gtv:
         handles.append(Line2D([], [], color=_GTV_COLOR, lw=1.0, label="GTV"))
     handles += [
-        Line2D([], [], color=display.level_colors[lv], lw=1.6, label=f"{lv:.1f} Gy")
-        for lv in display.levels
+        Line2D([], [], color=color, lw=1.6, label=line.label)
+        for line, color in zip(display.lines, display.colors)
     ]
-    if drawn_oars:
-        handles.append(
-            Line2D([], [], color="#999999", lw=1.0, ls=":", label="OARs: " + ", ".join(drawn_oars))
-        )
+    handles += [Line2D([], [], color=_oar_color(s), lw=1.4, ls=":", label=s.name) for s in oars]
+    return handles
+
+
+def _oar_color(structure: Structure) -> ColorType:
+    """Outline colour of an organ: :data:`_OAR_COLORS`, else the structure's own."""
+    if structure.name in _OAR_COLORS:
+        return _OAR_COLORS[structure.name]
+    r, g, b = structure.color
+    return (r / 255, g / 255, b / 255)
+
+
+def _image_legend(fig: Figure, handles: Sequence[Line2D], ncol: int) -> None:
+    """Legend below the panels, in ``ncol`` columns (the layout left room for its rows)."""
     leg = fig.legend(
-        handles=handles,
+        handles=list(handles),
         loc="lower center",
-        ncol=len(handles),
-        fontsize=7.5,
+        ncol=ncol,
+        fontsize=_LEGEND_FONT_PT,
         frameon=True,
         bbox_to_anchor=(0.5, 0.0),
         borderaxespad=0.1,
@@ -1121,22 +1407,38 @@ def _option_images(
     CT (W400/L40), dose colour-wash, isodose lines, PTV/CTV/GTV and OAR outlines;
     ``planes`` default to the planes through the centroid of the highest-dose PTV.
     """
+    fig = _option_images_figure(comparison, result, window, planes, max_height_in=max_height_in)
+    return _fig_to_data_uri(fig, "png")
+
+
+def _option_images_figure(
+    comparison: Comparison,
+    result: OptionResult,
+    window: list[FloatArray],
+    planes: Sequence[_Plane] | None = None,
+    *,
+    max_height_in: float = 4.8,
+) -> Figure:
+    """The figure of :func:`_option_images` (for tests of its layout)."""
     content = _image_content(comparison, result)
     if planes is None:
         planes = _three_planes(window, _image_centre(result, content.ct_grid)[0])
-    fig, rects, cbar_rect = _image_layout(planes, max_height_in)
-    drawn_oars: list[str] = []
-    has_gtv = False
+    shown = [s for s in content.oars if any(_structure_plane(s, p) is not None for p in planes)]
+    has_gtv = any(
+        s.role == "gtv" and any(_structure_plane(s, p) is not None for p in planes)
+        for s, _, _, _ in content.outlines
+    )
+    handles = _image_legend_handles(content.display, has_gtv, shown)
+    labels = [str(h.get_label()) for h in handles]
+    fig, rects, cbar_rect, ncol = _image_layout(planes, max_height_in, labels)
     for rect, p in zip(rects, planes):
         ax = fig.add_axes(rect)
         _draw_ct_and_dose(ax, p, content)
-        oars, gtv = _draw_outlines(ax, p, content)
-        drawn_oars += [name for name in oars if name not in drawn_oars]
-        has_gtv = has_gtv or gtv
+        _draw_outlines(ax, p, content)
         _label_plane(ax, p)
     _draw_colorbar(fig, cbar_rect, content.display)
-    _image_legend(fig, content.display, has_gtv, drawn_oars)
-    return _fig_to_data_uri(fig, "png")
+    _image_legend(fig, handles, ncol)
+    return fig
 
 
 # ---------------------------------------------------------------------------- HTML pieces
@@ -1176,11 +1478,26 @@ def _inputs_table(comparison: Comparison) -> str:
     return "\n".join(parts)
 
 
+#: How the stage code of the report relates to the PROMISE miTNM string.
+STAGE_FORMS = (
+    "Stage code in the UCLA form (@nikitas2026_ucla): N1 stands for any pelvic nodal "
+    "involvement and M for the highest distant category. The PROMISE miTNM string "
+    "(@seifert2023_promise2) counts nodal regions: miN1 one region, miN2 two or more."
+)
+
+
+def _stage_headline(stage: Stage) -> str:
+    """``"T0N1M0 (PROMISE miTNM: miT0 miN2(OB,OP) miM0)"``: both forms, never only one."""
+    if stage.detailed and stage.detailed != stage.string:
+        return f"{stage.string} (PROMISE miTNM: {stage.detailed})"
+    return stage.string
+
+
 def _stage_facts(stage: Stage) -> list[tuple[str, str]]:
-    """Label and text of the stage details shown under the miTNM code."""
+    """Label and text of the stage details shown under the stage code."""
     kv: list[tuple[str, str]] = []
     if stage.detailed and stage.detailed != stage.string:
-        kv.append(("Detailed", stage.detailed))
+        kv.append(("PROMISE miTNM", stage.detailed))
     kv.append(("UCLA group", stage.ucla_group))
     n_dist = stage.n_distant_lesions
     extra = f" ({n_dist} distant lesion{'s' if n_dist != 1 else ''})" if n_dist else ""
@@ -1197,18 +1514,19 @@ def _stage_facts(stage: Stage) -> list[tuple[str, str]]:
 
 def _stage_block(stage: Stage | None) -> str:
     """The PROMISE miTNM stage: code, details and the notes of staging (``<div>`` left open)."""
-    parts = ["<div><h3>PROMISE miTNM stage</h3>"]
+    parts = ["<div><h3>Stage (PSMA PET, PROMISE miTNM)</h3>"]
     if stage is None:
         parts.append('<p class="note">No stage was given.</p>')
     else:
         code = stage.string
-        parts.append(f'<p class="stage-line">miTNM <span class="code">{_esc(code)}</span></p>')
+        parts.append(f'<p class="stage-line">Stage <span class="code">{_esc(code)}</span></p>')
+        parts.append(f'<p class="note" id="stage-forms">{_prose(STAGE_FORMS)}</p>')
         parts.append('<table class="kv">')
         parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in _stage_facts(stage)]
         parts.append("</table>")
         if stage.notes:
             parts.append('<ul class="sources">')
-            parts += [f"<li>{_esc(n)}</li>" for n in stage.notes]
+            parts += [f"<li>{_prose(n)}</li>" for n in stage.notes]
             parts.append("</ul>")
     return "\n".join(parts)
 
@@ -1317,7 +1635,10 @@ _LESION_COLUMNS: tuple[_LesionColumn, ...] = (
     ),
     _LesionColumn("Centroid x, y, z (mm)", True, _lesion_centroid, _always),
     _LesionColumn(
-        "Notes", False, lambda les: "; ".join(les.notes), lambda les: bool("; ".join(les.notes))
+        "Notes",
+        False,
+        lambda les: _without_fact_sheet("; ".join(les.notes)),
+        lambda les: bool("; ".join(les.notes)),
     ),
 )
 
@@ -1329,6 +1650,27 @@ def _lesions_of(comparison: Comparison) -> list[Lesion]:
         return list(stage.lesions)
     lesions = comparison.lesions
     return [] if lesions is None else list(lesions)
+
+
+def _eqd2_cell(option: FieldOption) -> str:
+    """One line per PTV: its physical prescription and its EQD2, so schedules compare."""
+    return "".join(
+        f'<div class="keep"><b>{_esc(p.ptv)}</b> {_esc(p.schedule)} = '
+        f"{_format_gy(p.eqd2_gy)} Gy EQD2</div>"
+        for p in prescription_eqd2(option)
+    )
+
+
+def _uncertain_list(comparison: Comparison) -> str:
+    """The lesions near the border of two categories, with both candidates."""
+    stage = comparison.stage
+    if stage is None or not stage.uncertain:
+        return ""
+    items = "".join(f"<li>{_esc(u.text)}</li>" for u in stage.uncertain)
+    return (
+        '<p class="note">Near the border of two categories (staged as the first; '
+        f"check the images):</p><ul id=\"uncertain\">{items}</ul>"
+    )
 
 
 def _lesion_table(comparison: Comparison) -> str:
@@ -1351,6 +1693,7 @@ def _lesion_table(comparison: Comparison) -> str:
             out.append(f"<td{cls}>{_esc(c.cell(les))}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
+    out.append(_uncertain_list(comparison))
     return "".join(out)
 
 
@@ -1377,6 +1720,8 @@ def _targets_long(option: FieldOption) -> str:
     lines = []
     for t in _targets(option):
         text = f"<b>{_esc(t.ptv)}</b> {_format_gy(t.prescription_gy)} Gy / {t.fractions} fx"
+        if t.dosed != t.ptv:
+            text += f" (dosed as {_esc(t.dosed)}: without the higher targets)"
         total = totals.get(t.ptv)
         if total is not None and abs(total - t.prescription_gy) > 1e-6:
             text += f" (total {_format_gy(total)} Gy)"
@@ -1402,19 +1747,85 @@ def _targets_cell(option: FieldOption, *, volumes: bool) -> str:
     return _targets_long(option) if volumes else _targets_short(option)
 
 
-def _constraints_cell(rows: Sequence[MetricRow], option: str) -> str:
-    """Glance cell: how many checked constraints the option fails, and which."""
+def _fails_only_in(
+    rows: Sequence[MetricRow], option: str, options: Sequence[str]
+) -> list[MetricRow]:
+    """Rows that ``option`` fails and no other option fails (they pass, or it does not apply)."""
+    return [
+        r
+        for r in _failed_rows(rows, option)
+        if not any(r.status.get(o) == "fail" for o in options if o != option)
+    ]
+
+
+def _failed_by_all(rows: Sequence[MetricRow], options: Sequence[str]) -> list[MetricRow]:
+    """Rows every option fails (with more than one option)."""
+    if len(options) < 2:
+        return []
+    return [r for r in rows if all(r.status.get(o) == "fail" for o in options)]
+
+
+def _limit_value(row: MetricRow) -> float | None:
+    m = _LIMIT_NUMBER.search(row.limit or "")
+    return None if m is None else float(m.group(1))
+
+
+def _relative_headroom_pct(row: MetricRow, option: str) -> float | None:
+    """Headroom as a percentage of the limit (negative when failing), or ``None``."""
+    h = _finite(row.headroom.get(option))
+    lim = _limit_value(row)
+    if h is None or lim is None or lim == 0:
+        return None
+    return 100.0 * h / abs(lim)
+
+
+def _worst_headroom_cell(
+    rows: Sequence[MetricRow], option: str, shared: Sequence[MetricRow] = ()
+) -> str:
+    """Glance cell: the checked constraint with the least headroom (relative to its limit).
+
+    Constraints every option fails (``shared``, listed in a row of their own) are left out,
+    so the cell shows where this option stands apart.
+    """
+    skip = {id(r) for r in shared}
+    scored = [
+        (v, r)
+        for r in _checked_rows(rows, option)
+        if id(r) not in skip and (v := _relative_headroom_pct(r, option)) is not None
+    ]
+    if not scored:
+        return f'<td data-option="{_esc(option)}">{_MISSING}</td>'
+    v, r = min(scored, key=lambda x: x[0])
+    status = r.status.get(option) or ""
+    head = _format_headroom(r.headroom.get(option))
+    return (
+        f'<td class="{status}" data-option="{_esc(option)}"><b>{_esc(r.label)}</b> '
+        f"{_esc(head)} ({v:+.0f} % of the limit)"
+        f'<span class="hr">{_esc(r.basis)}</span></td>'
+    )
+
+
+def _constraints_cell(rows: Sequence[MetricRow], option: str, options: Sequence[str]) -> str:
+    """Glance cell: how many checked constraints the option fails, and which set it apart.
+
+    Listed: the constraints it fails that some other option does not fail ("only here"
+    when no other option fails it; the others pass it or it does not apply to them).
+    """
     failed = _failed_rows(rows, option)
     checked = _checked_rows(rows, option)
     cls = "fail" if failed else "pass"
     mark = _FAIL_MARK if failed else _PASS_MARK
+    only = {id(r) for r in _fails_only_in(rows, option, options)}
+    apart = [r for r in failed if any(r.status.get(o) != "fail" for o in options if o != option)]
     names = "".join(
-        f'<span class="hr">{_esc(f.label)} ({_format_headroom(f.headroom.get(option))})</span>'
-        for f in failed
+        f'<span class="hr">{"only here" if id(f) in only else "not in every option"}: '
+        f"{_esc(f.label)} ({_format_headroom(f.headroom.get(option))})</span>"
+        for f in apart
     )
     return (
-        f'<td class="{cls}" data-failed="{len(failed)}"><span class="badge {cls}">'
-        f"{mark} {len(failed)} of {len(checked)} failed</span>{names}</td>"
+        f'<td class="{cls}" data-failed="{len(failed)}" data-option="{_esc(option)}">'
+        f'<span class="badge {cls}">{mark} {len(failed)} of {len(checked)} failed</span>'
+        f"{names}</td>"
     )
 
 
@@ -1448,7 +1859,42 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
     results = comparison.results
     row("Targets (Rx)", (f"<td>{_targets_cell(r.option, volumes=False)}</td>" for r in results))
     row("ADT", (f"<td>{'yes' if r.option.adt else 'no'}</td>" for r in results))
-    row("Constraints", [_constraints_cell(rows, n) for n in names], ' id="glance-failed"')
+    hot = next((r for r in rows if r.group == "Plan"), None)
+    if hot is not None:
+        row(
+            f'Hot spot [{_esc(hot.unit)}]<span class="hr">{_esc(hot.limit or "")}; '
+            f"{_esc(hot.basis)}</span>",
+            [_value_cell(hot, n) for n in names],
+            ' id="glance-hot-spot"',
+        )
+    row(
+        'Constraints<span class="hr">failed, and those not failed by every option</span>',
+        [_constraints_cell(rows, n, names) for n in names],
+        ' id="glance-failed"',
+    )
+    shared = _failed_by_all(rows, names)
+    row(
+        'Worst headroom<span class="hr">least room to its limit, of the constraints not '
+        "failed by every option</span>",
+        [_worst_headroom_cell(rows, n, shared) for n in names],
+        ' id="glance-worst"',
+    )
+    span = f' colspan="{len(names)}"'
+    if shared:
+        labels = ", ".join(r.label for r in shared)
+        row(
+            "Failed by every option",
+            [f'<td class="fail"{span}>{_esc(labels)}</td>'],
+            ' id="glance-shared"',
+        )
+    missing = [r for r in rows if r.not_evaluated]
+    if missing:
+        items = sorted({f"{r.structure or r.metric}: {r.note}" for r in missing})
+        row(
+            "Not evaluated",
+            [f'<td class="nev"{span}>{_esc("; ".join(items))}</td>'],
+            ' id="glance-not-evaluated"',
+        )
     coverage = [
         r
         for r in rows
@@ -1472,7 +1918,9 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
     out.append(
         f'<p class="note">{_PASS_MARK} meets the protocol limit, {_FAIL_MARK} fails it; '
         "the signed number under a value is the headroom to the limit in the row's unit "
-        "(negative: by how much it fails). Estimated doses, not a treatment plan. "
+        "(negative: by how much it fails); the worst headroom is the constraint closest "
+        "to (or furthest over) its limit, relative to the limit. Estimated doses, not a "
+        "treatment plan. "
         "The model has no OAR sparing: intermediate-dose metrics (V40-V50) of organs next to "
         "a PTV (rectum, bladder) are pessimistic and fail more often than an optimised plan "
         "would; compare them between options rather than with the limit.</p>"
@@ -1484,6 +1932,11 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
 def _value_cell(row: MetricRow, option: str) -> str:
     value = row.values.get(option)
     status = row.status.get(option)
+    if status == _NOT_EVALUATED:
+        return (
+            f'<td class="num nev" data-option="{_esc(option)}" data-status="{status}">'
+            f'<span class="v">not evaluated</span></td>'
+        )
     text = _format_value(value, row.unit)
     cls = ["num"]
     mark = ""
@@ -1515,7 +1968,7 @@ def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
     def row(label: str, cells: Iterable[str]) -> None:
         out.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")
 
-    row("Description", (f"<td>{_esc(r.option.description)}</td>" for r in results))
+    row("Description", (f"<td>{_prose(r.option.description)}</td>" for r in results))
     course_cells = []
     for r in results:
         lines = [
@@ -1528,10 +1981,14 @@ def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
         "Targets, Rx, volumes",
         (f"<td>{_targets_cell(r.option, volumes=True)}</td>" for r in results),
     )
+    row(
+        "Prescription EQD2 (\u03b1/\u03b2 1.5 Gy)",
+        (f"<td>{_eqd2_cell(r.option)}</td>" for r in results),
+    )
     row("ADT", (f"<td>{'yes' if r.option.adt else 'no'}</td>" for r in results))
     row(
         "Evidence",
-        (f'<td class="evidence">{_esc(r.option.evidence or _MISSING)}</td>' for r in results),
+        (f'<td class="evidence">{_prose(r.option.evidence or _MISSING)}</td>' for r in results),
     )
     out.append("</tbody></table>")
     out.append(_metrics_table(comparison, colors))
@@ -1539,12 +1996,20 @@ def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+_NOT_EVALUATED = "not evaluated"  # rtplan.compare.NOT_EVALUATED (compare imports this module)
+_BASIS_PHYSICAL = "composite physical"  # rtplan.compare.BASIS_PHYSICAL
+
 _GROUP_TITLES = {
-    "Target": "Targets: coverage",
+    "Target": "Targets: coverage (courses treating each target) and hot spots",
+    "Plan": "Plan: the worst target hot spot of each option",
     "OAR": "Organs at risk against the protocol constraints",
-    "OAR (SBRT)": "Organs at risk: SBRT constraints (on each SBRT course's own dose)",
+    "OAR (SBRT course)": "Organs at risk: SBRT constraints on each SBRT course's own dose",
+    "OAR (SBRT composite)": (
+        "Organs at risk: SBRT maximum-dose limits on the sum of every course, as EQD2 "
+        "(TG-101's volume limits describe an SBRT course alone and are checked per course "
+        "above; the composite's volumes are judged by the conventional limits)"
+    ),
     "NTCP": "NTCP (LKB model)",
-    "Plan": "Plan",
 }
 
 
@@ -1554,11 +2019,11 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     out = [
         "<h3>Dose-volume metrics and constraints</h3>",
         '<table id="metrics" class="wide"><thead><tr><th>Structure</th><th>Metric</th>'
-        "<th>Limit</th>",
+        '<th class="basis">Dose (basis)</th><th>Limit</th>',
     ]
     for o in options:
         out.append(f'<th class="num">{_swatch(colors.get(o, "#888"))}{_esc(o)}</th>')
-    out.append("<th>Source</th></tr></thead><tbody>")
+    out.append("<th>Source and note</th></tr></thead><tbody>")
     group = None
     previous = None
     for r in table.rows:
@@ -1566,7 +2031,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
             group = r.group
             title = _GROUP_TITLES.get(group, group)
             out.append(
-                f'<tr class="group"><th colspan="{len(options) + 4}">{_esc(title)}</th></tr>'
+                f'<tr class="group"><th colspan="{len(options) + 5}">{_esc(title)}</th></tr>'
             )
             previous = None
         unit = f" [{r.unit}]" if r.unit else ""
@@ -1574,17 +2039,25 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
         previous = r.structure
         cls = ' class="rep"' if repeat else ' class="first"'
         out.append(
-            f'<tr data-row="{_esc(r.label)}" data-group="{_esc(r.group)}"{cls}>'
+            f'<tr data-row="{_esc(r.label)}" data-group="{_esc(r.group)}" '
+            f'data-basis="{_esc(r.basis)}"{cls}>'
             f"<th>{_esc(r.structure)}</th><td>{_esc(r.metric)}{_esc(unit)}</td>"
+            f'<td class="basis">{_esc(r.basis or _MISSING)}</td>'
             f'<td class="lim">{_esc(r.limit or "")}</td>'
         )
         out += [_value_cell(r, o) for o in options]
-        out.append(f'<td class="src">{_esc(r.source)}</td></tr>')
+        note = f'<span class="row-note">Note: {_prose(r.note)}</span>' if r.note else ""
+        out.append(f'<td class="src">{_prose(r.source)}{note}</td></tr>')
     out.append("</tbody></table>")
     out.append(
         f'<p class="note">{_PASS_MARK} pass, {_FAIL_MARK} fail; the signed number is the '
         "headroom to the limit in the row's unit. A dash: the metric does not apply to "
-        "that option.</p>"
+        "that option; <i>not evaluated</i>: the constraint could not be checked (its note "
+        "says why, e.g. an organ the anatomy lacks). <b>Dose (basis)</b> says which dose a "
+        "row is of: the courses treating a target (physical), the sum of every course "
+        "(composite physical), the composite converted to EQD2 with the alpha/beta shown "
+        "(limits converted alike, see the note), the conventional courses summed (target "
+        "hot spots), or one SBRT course.</p>"
     )
     return "\n".join(out)
 
@@ -1635,7 +2108,7 @@ def _context_section(comparison: Comparison) -> str:
     if given:
         out.append(f"<p>{_esc('; '.join(given))}.</p>")
     out.append('<ul class="evidence">')
-    out += [f"<li>{_esc(line)}</li>" for line in lines]
+    out += [f"<li>{_prose(line)}</li>" for line in lines]
     out.append("</ul>")
     out.append(
         '<p class="note">Published figures for the group; not a prediction for this patient.</p>'
@@ -1666,7 +2139,7 @@ def _model_section(comparison: Comparison) -> str:
             '<p class="note">Sources of the protocol values and constraints:</p>'
             '<ul class="sources">'
         )
-        out += [f"<li>{_esc(s)}</li>" for s in sources]
+        out += [f"<li>{_prose(s)}</li>" for s in sources]
         out.append("</ul>")
     created = comparison.created
     out.append('<h3>Provenance</h3><table class="kv">')
@@ -1705,10 +2178,12 @@ def _images_section(comparison: Comparison, colors: dict[str, str]) -> str:
     ct_grid = atlas.grid
     out.append(
         '<p class="note">Per option: planes through the centroid of its highest-dose PTV '
-        "(and through any PTV those planes miss). CT W400/L40; dose colour-wash from "
-        f"{100 * _WASH_FROM:.0f} % of the highest prescription; isodose lines at 95 % of "
-        "each prescription level and at 50 % of the highest. White: PTV, magenta dashed: "
-        "CTV, magenta: GTV, dotted: organs at risk.</p>"
+        "(and through any PTV those planes miss). CT W400/L40; dose colour-wash of the "
+        f"total physical dose from {100 * _WASH_FROM:.0f} % of the highest prescription; "
+        "isodose lines at 95 % of each target's prescription and at 50 % of the highest, "
+        "each drawn on the dose of the courses that prescription belongs to (the legend "
+        "names them). White: PTV, magenta dashed: CTV, magenta: GTV, dotted: organs at "
+        "risk in their legend colours.</p>"
     )
     window = _display_window(comparison, ct_grid)
     for r in comparison.results:
@@ -1734,16 +2209,29 @@ def _css() -> str:
     return resources.files("rtplan").joinpath("report.css").read_text(encoding="utf-8")
 
 
+def _same_dose_caption(comparison: Comparison) -> str:
+    """A sentence naming the options whose doses are identical (their curves coincide)."""
+    same = [g for g in _same_dose_groups(comparison) if len(g) > 1]
+    if not same:
+        return ""
+    text = "; ".join(" = ".join(g) for g in same)
+    return (
+        f" Identical doses (the options differ only in what the dose does not show, e.g. "
+        f"ADT), so their curves coincide: {_esc(text)}."
+    )
+
+
 def _dvh_section(comparison: Comparison, colors: dict[str, str]) -> str:
     dvh_uri = _dvh_figure(comparison, colors)
     body = ['<section id="dvh" class="page"><h2>Dose-volume histograms</h2>']
     if dvh_uri:
         body.append(
             f'<figure><img alt="Cumulative DVHs, one panel per structure" '
-            f'src="{dvh_uri}"><figcaption>Cumulative DVHs of the total physical dose, '
-            "one colour per option; \u25bc / \u25b2 mark the upper / lower dose-volume "
-            "limits of the protocol."
-            "</figcaption></figure>"
+            f'src="{dvh_uri}"><figcaption>Cumulative DVHs of the total physical dose (the '
+            "sum of every course), one colour per option; \u25bc / \u25b2 mark the upper / "
+            "lower dose-volume limits evaluated on that dose (limits in cc, and limits on "
+            "EQD2 or on one SBRT course, are in the table only)."
+            f"{_same_dose_caption(comparison)}</figcaption></figure>"
         )
     else:
         body.append('<p class="note">No DVH was computed.</p>')
@@ -1758,7 +2246,7 @@ def _report_header(comparison: Comparison, title: str) -> str:
     created = comparison.created
     meta = [f"case {_esc(comparison.case)}"]
     if stage is not None:
-        meta.append(f"miTNM {_esc(stage.string)}")
+        meta.append(f"stage {_esc(_stage_headline(stage))}")
     meta += [f"protocol {_esc(protocol.name)}", f"rtplan {_esc(_rtplan_version())}"]
     meta.append(_esc(f"{created:%Y-%m-%d}"))
     sep = " \u00b7 "
@@ -1811,15 +2299,22 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
         _dvh_section(comparison, colors),
         _images_section(comparison, colors),
         _model_section(comparison),
+    ]
+    text, keys = _numbered_citations("\n".join(body))
+    footer = (
         f"<footer>Generated by rtplan {_esc(_rtplan_version())} on "
         f"{datetime.now():%Y-%m-%d %H:%M}. Decision support for comparing options; "
-        "not a prescription.</footer>",
-    ]
+        "not a prescription.</footer>"
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_esc(title)}</title>\n<style>\n{_css()}\n</style>\n</head>\n<body>\n"
-        + "\n".join(body)
+        + _FACT_SHEET.sub("", text)  # a safety net: every free text went through _prose
+        + "\n"
+        + _references_section(keys)
+        + "\n"
+        + footer
         + "\n</body>\n</html>\n"
     )
 

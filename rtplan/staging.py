@@ -9,35 +9,54 @@ supradiaphragmatic SD, inguinal / other extrapelvic OE, and common iliac CI unle
 
 How a lesion is located (all distances are tool defaults in :class:`StagingRules`):
 
-1. **Bone** (M1b): at least half of the lesion's voxels lie in the bone structures
+1. **PSMA expression** (PROMISE V2, CLINICAL.md section 3c [V-3p]): a lesion whose miPSMA
+   expression score is 0 or 1 (uptake at or below the liver) reads negative. It is
+   located like any other lesion but its category is ``"not counted (miPSMA <score>)"``
+   and it drives neither the stage nor the options (``min_mipsma_score`` changes the
+   threshold). A lesion without a score (no PET) counts.
+2. **Bone** (M1b): at least half of the lesion's voxels lie in the bone structures
    (``Bone_*``, ``Sacrum``, ``VB_*``, ``Femur_Head_*``, ``PubicSymphys``, ``Coccyx``).
-2. **Prostate bed** (Tr): the centroid lies within 5 mm of ``ProstateBed``.
-3. **Organ** (M1c): at least half of the lesion lies in a soft-tissue organ of
+3. **Prostate bed** (Tr): the centroid lies in the prostate-bed region, the region
+   :func:`prostate_bed_region` builds with the RTOG 2010 bed-CTV rules of the protocol
+   (Michalski et al. 2010: vesicourethral anastomosis, bladder neck, retrovesical space /
+   seminal-vesicle bed up to the vas deferens cut end, between the rectum and the
+   bladder / symphysis; PROMISE miTr = local recurrence after prostatectomy, CLINICAL.md
+   sections 1a and 3a), united with a ``ProstateBed`` structure when the anatomy has one.
+   It exists for every anatomy that can build a bed CTV, so a TPS structure set without
+   ``ProstateBed`` recognises local recurrences too. A lesion lying mostly in the bladder,
+   rectum, anal canal, levator ani or urethra within ``local_invasion_mm`` of that region
+   is a local recurrence invading the organ (miT4 lists these organs, CLINICAL.md 3a).
+4. **Organ** (M1c): at least half of the lesion lies in a soft-tissue organ of
    :data:`M1C_ORGANS` (liver, lung, kidney, adrenal, bladder, rectum, sigmoid...).
-4. **Nodes**, by the centroid, following the rule of thumb of CLINICAL.md section 3b
-   (MUSIQ open-source code [V-3p], a heuristic, not a guideline):
+5. **Nodes**, by the centroid and the vessel segment the node lies along:
 
-   * the **pelvic brim** is the axial plane at the z level of the landmark
-     ``"SacralPromontory"`` (falling back on the top of ``VB_S1`` / ``Sacrum``). The
-     anatomical brim is oblique (promontory to the top of the symphysis); the level
-     was chosen because the rule of thumb is written in levels ("cranial to the top of
-     the sacrum") and because the external iliac vessels run along the oblique brim, so
-     an oblique plane would call anterior external iliac nodes extrapelvic;
-   * above the brim, up to the aortic bifurcation (landmark ``"AorticBifurcation"``,
-     else ``"L4L5_Interspace"``; at L4, CLINICAL.md section 9) -> **CI**; above it ->
-     **RP**; above the top of ``VB_T12`` when the atlas has it -> **SD**;
-   * below the brim, caudal to the lowest hip bone (``Bone_Ilium_*``,
+   * with common, external and internal iliac vessels (``A/V_Iliac_*``,
+     ``A/V_Iliac_Ext_*``, ``A/V_Iliac_Int_*``) the nearest vessel segment within
+     ``node_distance_mm`` names the region: the common iliac vessels (from the aortic
+     bifurcation to the iliac bifurcation of each side) -> **CI**, external -> **EI**,
+     internal -> **II**, aorta / inferior vena cava -> **RP**; the obturator (within 18 mm
+     of and medial to ``Obturator_Int_*``; Taylor's obturator strip, CLINICAL.md 2c [V])
+     and presacral regions (in front of S1-S3; CLINICAL.md 2a) compete by distance. A
+     pelvic node is therefore never common iliac because of its height alone. Without
+     the external / internal split (e.g. TotalSegmentator, whose iliac arteries hold the
+     common and external segments together) the rule of thumb of CLINICAL.md 3b is used
+     (MUSIQ open-source code [V-3p]): above the axial plane of the sacral promontory CI;
+   * above the aortic bifurcation (landmark ``"AorticBifurcation"``, else
+     ``"L4L5_Interspace"``; at L4, CLINICAL.md section 9) -> **RP**; above the top of
+     ``VB_T12`` when the atlas has it -> **SD**;
+   * below the pelvic brim, caudal to the lowest hip bone (``Bone_Ilium_*``,
      ``Bone_Ischium_*``, ``PubicSymphys``) -> **OE**; at the femoral-head level and
-     lateral to the medial edge of the femoral head, or in front of the pubic
-     symphysis -> **OE** (inguinal when anterior to the femoral-head centre);
-   * otherwise the nearest pelvic region within reach: EI / II = within 20 mm of the
-     external / internal iliac arteries and veins; OB = within 18 mm of and medial to
-     ``Obturator_Int_*`` on the lesion's side (Taylor's obturator strip is >= 18 mm
-     wide, CLINICAL.md section 2c [V]); PS = within 20 mm of ``Sacrum`` / ``VB_S1``-
-     ``VB_S3``, in front of the sacrum's mid-depth on the lesion's slice, within 20 mm
-     of the midline and not below S3 (RTOG presacral S1-S3, CLINICAL.md section 9). A
-     pelvic lesion in none of them is **OP** (perirectal when within 10 mm of the rectum;
-     otherwise flagged "region uncertain").
+     lateral to the medial edge of the femoral head, or in front of the pubic symphysis
+     -> **OE** (inguinal when anterior to the femoral-head centre);
+   * a pelvic lesion in none of the regions is **OP** (perirectal when within 10 mm of
+     the rectum; otherwise flagged "region uncertain").
+
+**Uncertain calls.** A lesion near the border of two categories or regions is staged by
+where its centroid lies and carries an :class:`UncertainCall` (in :attr:`Stage.uncertain`,
+with both candidates; ``region_uncertain`` and a note on the lesion): within
+``bed_border_mm`` of the prostate-bed region's border with a nodal region on the other
+side (Tr vs N1(OP/PS/OB...)), within ``junction_mm`` of the iliac bifurcation level of
+its side (CI vs EI/II) or of the aortic bifurcation level (CI vs RP).
 
 The **common iliac** region is N in PROMISE V1's template [U] but M1a in the V2
 calculators and the AJCC convention (CLINICAL.md section 3b [V-3p]); the default
@@ -49,20 +68,33 @@ involvement and M for the highest distant category; the PROMISE form is in
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from rtplan._typing import FloatArray, Vec3
-from rtplan._validation import check_choice
-from rtplan.errors import GridMismatchError, InvalidInputError, MissingStructureError
+from rtplan._typing import BoolMask, FloatArray, Vec3
+from rtplan._validation import bounding_box, check_choice, check_type
+from rtplan.errors import (
+    GridMismatchError,
+    InvalidInputError,
+    MissingStructureError,
+    ProtocolError,
+    RtplanWarning,
+)
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesion, LesionRow, Lesions
+from rtplan.margins import Margin, crop_away_from, expand, shrink
+from rtplan.protocol import Protocol as TreatmentProtocol
+from rtplan.protocol import list_protocols, load_protocol
 from rtplan.structures import StructureSet
 
 __all__ = [
@@ -70,17 +102,44 @@ __all__ = [
     "BONE_STRUCTURES",
     "CATEGORIES",
     "M1C_ORGANS",
+    "MIN_MIPSMA_SCORE",
+    "NOT_COUNTED",
+    "OLIGOMETASTATIC_MAX_LESIONS",
     "OVERRIDES",
+    "PERIRECTAL_REGION",
     "REGION_NAMES",
     "AtlasLike",
     "Stage",
     "StagingRules",
+    "UncertainCall",
+    "bed_region_missing",
     "check_atlas",
+    "is_counted",
+    "landmark_z_mm",
+    "prostate_bed_region",
     "stage",
 ]
 
 #: Per-lesion miTNM categories, lowest to highest for M.
 CATEGORIES: tuple[str, ...] = ("Tr", "N1", "M1a", "M1b", "M1c")
+
+#: Category prefix of a lesion that reads negative and is not counted, e.g.
+#: ``"not counted (miPSMA 1)"`` (see :data:`MIN_MIPSMA_SCORE`).
+NOT_COUNTED = "not counted"
+
+#: Lowest miPSMA expression score that reads positive: PROMISE V2 reads scores 0 (uptake
+#: <= blood pool) and 1 (<= liver) as negative, 2 and 3 as positive (Seifert et al., Eur
+#: Urol 2023, via open-source calculators; CLINICAL.md section 3c [V-3p]).
+MIN_MIPSMA_SCORE = 2
+
+#: Most distant lesions still called oligometastatic: STOMP (Ost et al., J Clin Oncol
+#: 2018) and ORIOLE (Phillips et al., JAMA Oncol 2020), the trials of metastasis-directed
+#: therapy to defer ADT, both enrolled men with at most 3 metastases (CLINICAL.md 4d [V]).
+#: SABR-COMET treated 1-5 (any primary); pass ``max_oligo_lesions=5`` to follow it.
+OLIGOMETASTATIC_MAX_LESIONS = 3
+
+#: Region name of an "other pelvic" node next to the rectum (perirectal / mesorectal).
+PERIRECTAL_REGION = "other pelvic (perirectal)"
 
 #: Values accepted in ``stage(..., overrides=)``: a category, or what the lesion is.
 OVERRIDES: tuple[str, ...] = (*CATEGORIES, "local", "node", "bone", "organ")
@@ -98,8 +157,7 @@ REGION_NAMES: dict[str, str] = {
     "OE": "other extrapelvic",
 }
 _M_CATEGORIES = ("M1a", "M1b", "M1c")
-_PELVIC_CODES = ("II", "EI", "OB", "PS", "OP")
-_M1A_CODES = ("RP", "SD", "OE")
+_PELVIC_CODES = ("II", "EI", "OB", "PS", "OP", "CI", "RP")
 
 #: Structures that count as bone (TG-263 names; prefixes ending in "_" match any suffix).
 BONE_STRUCTURES: tuple[str, ...] = (
@@ -145,9 +203,9 @@ BED_ADJACENT_ORGANS: tuple[str, ...] = (
     "Urethra",
 )
 
-_EI_VESSELS = ("A_Iliac_Ext_L", "A_Iliac_Ext_R", "V_Iliac_Ext_L", "V_Iliac_Ext_R")
-_II_VESSELS = ("A_Iliac_Int_L", "A_Iliac_Int_R", "V_Iliac_Int_L", "V_Iliac_Int_R")
-_CI_VESSELS = ("A_Iliac_L", "A_Iliac_R", "V_Iliac_L", "V_Iliac_R")
+_EI_VESSELS = {"L": ("A_Iliac_Ext_L", "V_Iliac_Ext_L"), "R": ("A_Iliac_Ext_R", "V_Iliac_Ext_R")}
+_II_VESSELS = {"L": ("A_Iliac_Int_L", "V_Iliac_Int_L"), "R": ("A_Iliac_Int_R", "V_Iliac_Int_R")}
+_CI_VESSELS = {"L": ("A_Iliac_L", "V_Iliac_L"), "R": ("A_Iliac_R", "V_Iliac_R")}
 _RP_VESSELS = ("A_Aorta", "V_Venacava_I")
 _SACRUM = ("Sacrum", "VB_S1", "VB_S2", "VB_S3")
 _HIP_BONES = (
@@ -158,6 +216,8 @@ _HIP_BONES = (
     "PubicSymphys",
     "Bone_Pelvic",
 )
+_SIDES = ("L", "R")
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -232,6 +292,23 @@ def check_atlas(atlas: object, *, name: str = "atlas") -> None:
             raise TypeError(f"{name}.{attr} must be a {cls.__name__}, got {type(value).__name__}")
 
 
+def is_counted(lesion: Lesion) -> bool:
+    """Whether a staged lesion drives the stage (its category is one of :data:`CATEGORIES`).
+
+    Examples
+    --------
+    >>> from rtplan.grid import ImageGrid
+    >>> from rtplan.structures import Structure
+    >>> g = ImageGrid(shape=(1, 1, 1), spacing_mm=(1, 1, 1), origin_mm=(0, 0, 0))
+    >>> s = Structure("L1", np.ones(g.shape, bool), g)
+    >>> is_counted(Lesion(id=1, name="L1", structure=s, category="N1"))
+    True
+    >>> is_counted(Lesion(id=1, name="L1", structure=s, category="not counted (miPSMA 1)"))
+    False
+    """
+    return lesion.category in CATEGORIES
+
+
 @dataclass(frozen=True)
 class StagingRules:
     """Distances and fractions used to locate lesions; all are tool defaults.
@@ -239,10 +316,9 @@ class StagingRules:
     Parameters
     ----------
     node_distance_mm : float
-        A node belongs to a vessel region (EI, II; CI / RP for the "uncertain" flag) when
-        its centroid lies within this distance of the vessels (tool default 20 mm: the
-        7 mm RTOG vessel margin, CLINICAL.md section 2a, plus the radius of an enlarged
-        node).
+        A node belongs to a vessel segment (CI, EI, II, RP) when its centroid lies within
+        this distance of the vessels (tool default 20 mm: the 7 mm RTOG vessel margin,
+        CLINICAL.md section 2a, plus the radius of an enlarged node).
     obturator_distance_mm : float
         Reach of the obturator region medial to the obturator internus (18 mm, the
         width of Taylor's obturator strip, CLINICAL.md section 2c [V]).
@@ -252,16 +328,25 @@ class StagingRules:
     presacral_half_width_mm : float
         How far from the midline a presacral node may lie (tool default 20 mm).
     bed_tolerance_mm : float
-        A lesion whose centroid lies within this distance of ``ProstateBed`` is a local
-        recurrence (tool default 5 mm, for registration and contouring uncertainty).
+        A lesion whose centroid lies outside the prostate-bed region but within this
+        distance of it, with no nodal region to call it, is a local recurrence (tool
+        default 5 mm, for registration and contouring uncertainty).
+    bed_border_mm : float
+        Width of the band on either side of the prostate-bed region's border where a
+        lesion that a nodal region could also claim is flagged uncertain (tool default
+        5 mm).
+    junction_mm : float
+        A node whose centroid lies within this height of the iliac bifurcation of its
+        side (CI vs EI / II) or of the aortic bifurcation (CI vs RP) is flagged uncertain
+        (tool default 5 mm: "a few mm", about the radius of a small node).
     perirectal_distance_mm : float
         An "other pelvic" node within this distance of the rectum is perirectal and not
         flagged uncertain (tool default 10 mm).
     local_invasion_mm : float
         A lesion lying in an organ next to the bed (:data:`BED_ADJACENT_ORGANS`) whose
-        centroid is within this distance of ``ProstateBed`` is a local recurrence invading
-        that organ, not an organ metastasis (tool default 20 mm: the bladder-neck /
-        anastomosis region above the vesicourethral anastomosis).
+        centroid is within this distance of the prostate-bed region is a local recurrence
+        invading that organ, not an organ metastasis (tool default 10 mm: the region
+        already holds the posterior bladder wall and the bladder neck).
     inside_fraction : float
         Fraction of a lesion's voxels that must lie in bone (or an organ) for it to be a
         bone (organ) lesion (tool default 0.5).
@@ -275,8 +360,10 @@ class StagingRules:
     presacral_distance_mm: float = 20.0
     presacral_half_width_mm: float = 20.0
     bed_tolerance_mm: float = 5.0
+    bed_border_mm: float = 5.0
+    junction_mm: float = 5.0
     perirectal_distance_mm: float = 10.0
-    local_invasion_mm: float = 20.0
+    local_invasion_mm: float = 10.0
     inside_fraction: float = 0.5
     midline_tolerance_mm: float = 5.0
 
@@ -287,6 +374,8 @@ class StagingRules:
             "presacral_distance_mm",
             "presacral_half_width_mm",
             "bed_tolerance_mm",
+            "bed_border_mm",
+            "junction_mm",
             "perirectal_distance_mm",
             "local_invasion_mm",
             "midline_tolerance_mm",
@@ -299,6 +388,639 @@ class StagingRules:
         f = self.inside_fraction
         if not (isinstance(f, (int, float)) and 0 < f <= 1):
             raise InvalidInputError(f"StagingRules.inside_fraction must be in (0, 1], got {f!r}")
+
+
+# ---------------------------------------------------------------------------- mask helpers
+def _union(ss: StructureSet, names: Iterable[str], grid: ImageGrid) -> BoolMask:
+    """Union of the named structures present in ``ss`` (synonyms resolved), on ``grid``."""
+    out = np.zeros(grid.shape, bool)
+    seen: set[str] = set()
+    for n in names:
+        key = ss.resolve(n)
+        if key is not None and key not in seen:
+            seen.add(key)
+            s = ss[key]
+            if s.bbox is not None:
+                out[s.bbox] |= s.cropped_mask
+    return out
+
+
+def _quiet_expand(mask: BoolMask, grid: ImageGrid, margin: Margin | float) -> BoolMask:
+    """Expansion for intermediate regions: clipped at the grid edge without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtplanWarning)
+        return expand(mask, grid, margin, clip=True)
+
+
+def _closing(mask: BoolMask, grid: ImageGrid, radius_mm: float) -> BoolMask:
+    if radius_mm <= 0 or not mask.any():
+        return mask
+    closed: BoolMask = mask | shrink(_quiet_expand(mask, grid, radius_mm), grid, radius_mm)
+    return closed
+
+
+def _z_between(grid: ImageGrid, lo_mm: float, hi_mm: float) -> BoolMask:
+    """Bool mask of the slices whose centre lies in [lo, hi] (half-slice tolerance)."""
+    z = grid.axis_coordinates_mm()[0]
+    tol = 1e-6
+    sel = (z >= lo_mm - tol) & (z <= hi_mm + tol)
+    out = np.zeros(grid.shape, bool)
+    out[sel] = True
+    return out
+
+
+def _crop_organs(
+    mask: BoolMask,
+    ss: StructureSet,
+    grid: ImageGrid,
+    groups: Mapping[tuple[str, ...], float],
+) -> BoolMask:
+    """``mask`` without the organ groups (each kept ``gap`` mm away) and inside ``Body``."""
+    for names, gap in groups.items():
+        avoid = _union(ss, names, grid)
+        if avoid.any():
+            mask = crop_away_from(mask, avoid, grid, gap) if gap > 0 else mask & ~avoid
+    body = _union(ss, ("Body",), grid)
+    if body.any():
+        mask &= body
+    return mask
+
+
+def _largest_component(mask: BoolMask) -> BoolMask:
+    box = bounding_box(mask)
+    if box is None:
+        return mask
+    labels, n = ndimage.label(mask[box])
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    out = np.zeros_like(mask)
+    out[box] = labels == (int(np.argmax(sizes)) + 1)
+    return out
+
+
+def _z_extent(ss: StructureSet, name: str, grid: ImageGrid) -> tuple[float, float] | None:
+    key = ss.resolve(name)
+    if key is None or ss[key].is_empty:
+        return None
+    lo, hi = ss[key].bounds_mm[2]
+    half = grid.spacing_mm[0] / 2
+    return (lo + half, hi - half)  # centres of the lowest and highest slices
+
+
+def landmark_z_mm(atlas: AtlasLike, name: str) -> float:
+    """Height (LPS z, mm) of a landmark, from ``atlas.landmarks`` or derived from structures.
+
+    Derivations used when the landmark is absent: ``PubicSymphysis_Top`` (top slice of
+    ``PubicSymphys``), ``L5S1_Interspace`` / ``L4L5_Interspace`` (midway between the
+    vertebral bodies), ``AorticBifurcation`` (lowest slice of ``A_Aorta``),
+    ``FemurHead_Top_L/R`` (top of ``Femur_Head_L/R``), ``S3_Bottom`` (lowest slice of
+    ``VB_S3``), ``PenileBulb_Top`` (top of ``PenileBulb``), ``IliacBifurcation_L/R``
+    (lowest slice of the common iliac artery ``A_Iliac_L/R``).
+
+    Parameters
+    ----------
+    atlas : AtlasLike
+        Anatomy with ``grid``, ``structures`` and ``landmarks``.
+    name : str
+        Landmark key, e.g. ``"L5S1_Interspace"``.
+
+    Returns
+    -------
+    float
+        z in mm.
+
+    Raises
+    ------
+    TypeError
+        When ``atlas`` is not an anatomy or ``name`` not a string.
+    MissingStructureError
+        When the landmark is absent and cannot be derived.
+
+    Examples
+    --------
+    >>> from rtplan.structures import Structure
+    >>> g = ImageGrid(shape=(6, 4, 4), spacing_mm=(2.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+    >>> ps = np.zeros(g.shape, bool); ps[1:4, 1:3, 1:3] = True
+    >>> from types import SimpleNamespace
+    >>> anatomy = SimpleNamespace(grid=g, landmarks={"VUA": (0.0, 0.0, 1.0)},
+    ...                           structures=StructureSet([Structure("PubicSymphys", ps, g)]))
+    >>> landmark_z_mm(anatomy, "VUA"), landmark_z_mm(anatomy, "PubicSymphysis_Top")
+    (1.0, 6.0)
+    """
+    check_atlas(atlas)
+    check_type(name, str, name="name")
+    z = _derived_landmark_z(atlas, name)
+    if z is None:
+        raise MissingStructureError(
+            f"landmark {name!r} is not in the anatomy's landmarks "
+            f"({', '.join(atlas.landmarks) or 'none'}) and cannot be derived from its structures"
+        )
+    return z
+
+
+_TOP_OF = {
+    "PubicSymphysis_Top": "PubicSymphys",
+    "FemurHead_Top_L": "Femur_Head_L",
+    "FemurHead_Top_R": "Femur_Head_R",
+    "PenileBulb_Top": "PenileBulb",
+}
+_BOTTOM_OF = {
+    "AorticBifurcation": "A_Aorta",
+    "S3_Bottom": "VB_S3",
+    "IliacBifurcation_L": "A_Iliac_L",
+    "IliacBifurcation_R": "A_Iliac_R",
+}
+_BETWEEN = {"L5S1_Interspace": ("VB_L5", "VB_S1"), "L4L5_Interspace": ("VB_L4", "VB_L5")}
+
+
+def _derived_landmark_z(atlas: AtlasLike, name: str) -> float | None:
+    """The z of a landmark given or derived (see :func:`landmark_z_mm`), ``None`` if neither."""
+    grid, ss = atlas.grid, atlas.structures
+    if name in atlas.landmarks:
+        return float(atlas.landmarks[name][2])
+    if name in _TOP_OF and (ext := _z_extent(ss, _TOP_OF[name], grid)) is not None:
+        return ext[1]
+    if name in _BOTTOM_OF and (ext := _z_extent(ss, _BOTTOM_OF[name], grid)) is not None:
+        return ext[0]
+    if name in _BETWEEN:
+        upper, lower = (_z_extent(ss, n, grid) for n in _BETWEEN[name])
+        if upper is not None and lower is not None:
+            return (upper[0] + lower[1]) / 2
+    return None
+
+
+def _landmark_xyz(atlas: AtlasLike, name: str) -> Vec3 | None:
+    p = atlas.landmarks.get(name)
+    return None if p is None else (float(p[0]), float(p[1]), float(p[2]))
+
+
+# ---------------------------------------------------------------------------- prostate bed
+#: Bone, rectum, muscle and bowel structures cropped from the prostate-bed region.
+_BED_BONES = (
+    "Bone_Ilium_L",
+    "Bone_Ilium_R",
+    "Bone_Ischium_L",
+    "Bone_Ischium_R",
+    "Bone_Pelvic",
+    "PubicSymphys",
+    "Sacrum",
+    "Coccyx",
+    "Femur_Head_L",
+    "Femur_Head_R",
+)
+_BED_RECTUM = ("Rectum", "Canal_Anal")
+_BED_MUSCLES = (
+    "Iliopsoas_L",
+    "Iliopsoas_R",
+    "Obturator_Int_L",
+    "Obturator_Int_R",
+    "Levator_Ani",
+)
+#: Bowel loops (TG-263 ``Bowel``, ``Bowel_Small``, ``Bowel_Large``, ``Colon``,
+#: ``Colon_Sigmoid``); the peritoneal space ``Spc_Bowel`` is not bowel and is not cropped.
+_BED_BOWEL = ("Bowel", "Bowel_Small", "Bowel_Large", "Colon", "Colon_Sigmoid")
+#: What the prostate-bed region needs: organs, and one of the inferior-border references.
+_BED_ORGANS = ("Bladder", "Rectum", "PubicSymphys")
+
+
+def _column_edge(mask2d: BoolMask, y_mm: FloatArray, *, posterior: bool) -> FloatArray:
+    """Per column: the most posterior (max y) or anterior (min y) y of the mask, else NaN."""
+    yy = np.broadcast_to(y_mm[:, None], mask2d.shape)
+    fill = -np.inf if posterior else np.inf
+    vals = np.where(mask2d, yy, fill)
+    edge: FloatArray = (vals.max(axis=0) if posterior else vals.min(axis=0)).astype(float)
+    edge[~mask2d.any(axis=0)] = np.nan
+    return edge
+
+
+def _fill_columns(values: FloatArray) -> FloatArray:
+    """Fill NaN columns with the nearest defined column (constant beyond the ends)."""
+    ok = np.isfinite(values)
+    if ok.all() or not ok.any():
+        return values
+    idx = np.arange(values.size)
+    filled: FloatArray = np.interp(idx, idx[ok], values[ok])
+    return filled
+
+
+def _nearest_slice(per_slice: Mapping[int, _T], k: int) -> _T | None:
+    """The value of slice ``k``, else of the nearest slice that has one (lower on a tie)."""
+    if k in per_slice:
+        return per_slice[k]
+    if not per_slice:
+        return None
+    nearest = min(per_slice, key=lambda kk: (abs(kk - k), kk))
+    return per_slice[nearest]
+
+
+def _as_protocol(protocol: str | Path | TreatmentProtocol) -> TreatmentProtocol:
+    check_type(
+        protocol,
+        (str, os.PathLike, TreatmentProtocol),
+        name="protocol",
+        expected_text="a protocol name, a path to a protocol file or a Protocol",
+    )
+    if isinstance(protocol, str) and protocol in _shipped_names():
+        return _shipped_protocol(protocol)
+    return load_protocol(protocol)
+
+
+@functools.cache
+def _shipped_names() -> frozenset[str]:
+    return frozenset(list_protocols())
+
+
+@functools.cache
+def _shipped_protocol(name: str) -> TreatmentProtocol:
+    """A shipped protocol by name, read once (shipped files are package data)."""
+    return load_protocol(name)
+
+
+@dataclass(frozen=True)
+class _BedRules:
+    """The ``[ctv.prostate_bed]`` values of a protocol (mm and choices).
+
+    ``lateral_cap_mm`` caps the distance from the midline below the top of the symphysis
+    (``None``: the levator ani / obturator internus border of RTOG 2010, no cap).
+    """
+
+    inferior_below_vua_mm: float
+    superior_reference: str
+    superior_above_symphysis_mm: float
+    bladder_wall_band_mm: float
+    lateral_halfwidth_mm: float
+    lateral_above_symphysis: str
+    mesorectal_offset_mm: float
+    smoothing_mm: float
+    lateral_cap_mm: float | None = None
+
+    @classmethod
+    def from_protocol(cls, proto: TreatmentProtocol) -> _BedRules:
+        def mm(key: str, default: float | None = None) -> float:
+            return proto.number(f"ctv.prostate_bed.{key}", default)
+
+        cap = "ctv.prostate_bed.lateral_cap_mm"
+        return cls(
+            inferior_below_vua_mm=mm("inferior_below_vua_mm"),
+            superior_reference=proto.text("ctv.prostate_bed.superior_reference"),
+            superior_above_symphysis_mm=mm("superior_above_symphysis_mm"),
+            bladder_wall_band_mm=mm("bladder_wall_band_mm"),
+            lateral_halfwidth_mm=mm("lateral_halfwidth_mm"),
+            lateral_above_symphysis=proto.text(
+                "ctv.prostate_bed.lateral_above_symphysis", "fascia"
+            ),
+            mesorectal_offset_mm=mm("mesorectal_offset_mm"),
+            smoothing_mm=mm("smoothing_mm", 0.0),
+            lateral_cap_mm=None if proto.get(cap) is None else proto.number(cap),
+        )
+
+
+@dataclass(frozen=True)
+class _BedLevels:
+    """Borders of the prostate-bed region: z levels and the midline (LPS mm)."""
+
+    z_inf: float
+    z_sup: float
+    z_symphysis_top: float
+    x_mid: float
+
+
+def bed_region_missing(atlas: AtlasLike) -> list[str]:
+    """What the anatomy lacks to build the prostate-bed region (empty: it can be built).
+
+    The region (and the bed CTV) needs ``Bladder``, ``Rectum`` and ``PubicSymphys``, and
+    for its inferior border the ``VUA`` landmark or a ``PenileBulb`` (structure or
+    ``PenileBulb_Top`` landmark).
+
+    Parameters
+    ----------
+    atlas : AtlasLike
+        The anatomy.
+
+    Returns
+    -------
+    list of str
+        Names of what is missing, e.g. ``["Rectum", "VUA or PenileBulb"]``.
+    """
+    check_atlas(atlas)
+    ss = atlas.structures
+    missing = [n for n in _BED_ORGANS if n not in ss or ss[n].is_empty]
+    if "VUA" not in atlas.landmarks and _derived_landmark_z(atlas, "PenileBulb_Top") is None:
+        missing.append("VUA or PenileBulb")
+    return missing
+
+
+def _bed_levels(atlas: AtlasLike, rules: _BedRules) -> _BedLevels:
+    """Inferior and superior borders, the top of the symphysis and the midline.
+
+    Inferior: ``inferior_below_vua_mm`` below the VUA, or the slice above the penile bulb
+    without a VUA (Michalski). Superior: the vas deferens cut end, or
+    ``superior_above_symphysis_mm`` above the symphysis. Midline: the VUA's x, else the
+    symphysis centroid's.
+    """
+    ss = atlas.structures
+    z_ps = landmark_z_mm(atlas, "PubicSymphysis_Top")
+    vua = _landmark_xyz(atlas, "VUA")
+    if vua is not None:
+        z_inf = vua[2] - rules.inferior_below_vua_mm
+    else:  # Michalski: if the VUA is not visible, the slice above the penile bulb
+        bulb = _derived_landmark_z(atlas, "PenileBulb_Top")
+        if bulb is None:
+            raise MissingStructureError(
+                "CTV_ProstateBed needs the 'VUA' landmark (vesicourethral anastomosis) or, "
+                "failing it, a 'PenileBulb' structure or 'PenileBulb_Top' landmark for its "
+                "inferior border"
+            )
+        z_inf = bulb + atlas.grid.spacing_mm[0]
+    cut_end = _landmark_xyz(atlas, "VasDeferens_CutEnd")
+    if rules.superior_reference == "vas_deferens" and cut_end is not None:
+        z_sup = cut_end[2]
+    else:
+        z_sup = z_ps + rules.superior_above_symphysis_mm
+    if z_sup <= z_inf:
+        raise ProtocolError(
+            f"CTV_ProstateBed: superior border z={z_sup:.1f} mm is not above the inferior "
+            f"border z={z_inf:.1f} mm; check the VUA / symphysis landmarks"
+        )
+    x_mid = vua[0] if vua is not None else ss["PubicSymphys"].centroid_mm[0]
+    return _BedLevels(z_inf, z_sup, z_ps, x_mid)
+
+
+@dataclass(frozen=True)
+class _BedPlanes:
+    """What the prostate-bed region is drawn between on each slice.
+
+    Attributes
+    ----------
+    y_mm, x_mm : ndarray of float
+        Row and column coordinates (mm); ``Y``, ``X`` the same on a whole slice.
+    bladder, rectum : ndarray of bool
+        Full masks (the rectum includes the anal canal).
+    lateral_below, lateral_above : tuple of ndarray of bool
+        Muscles bounding the region laterally below the symphysis top (levator ani and
+        obturator internus) and above it (obturator internus).
+    pubis_edge : dict of int to float
+        Slice -> posterior edge (y, mm) of the symphysis near the midline.
+    rectum_front : dict of int to float
+        Slice -> anterior surface (y, mm) of the rectum.
+    bladder_back : dict of int to ndarray of float
+        Slice above the symphysis -> posterior edge (y, mm) of the bladder per column.
+    """
+
+    y_mm: FloatArray
+    x_mm: FloatArray
+    Y: FloatArray
+    X: FloatArray
+    bladder: BoolMask
+    rectum: BoolMask
+    lateral_below: tuple[BoolMask, ...]
+    lateral_above: tuple[BoolMask, ...]
+    pubis_edge: dict[int, float]
+    rectum_front: dict[int, float]
+    bladder_back: dict[int, FloatArray]
+
+
+def _bed_planes(atlas: AtlasLike, lv: _BedLevels, slices: Sequence[int]) -> _BedPlanes:
+    """Organ masks and their reference edges, per slice, for the prostate-bed region."""
+    grid, ss = atlas.grid, atlas.structures
+    z_mm, y_mm, x_mm = grid.axis_coordinates_mm()
+    bladder = ss["Bladder"].mask
+    rectum = _union(ss, _BED_RECTUM, grid)
+    pubis = ss["PubicSymphys"].mask
+    obturators = tuple(_union(ss, (n,), grid) for n in ("Obturator_Int_L", "Obturator_Int_R"))
+    central = np.abs(x_mm - lv.x_mid) <= 20.0
+    pubis_edge = {
+        int(k): float(np.nanmax(e[central]))
+        for k in np.flatnonzero(pubis.any(axis=(1, 2)))
+        if np.isfinite(e := _column_edge(pubis[k], y_mm, posterior=True))[central].any()
+    }
+    rectum_front = {
+        int(k): float(np.nanmin(_column_edge(rectum[k], y_mm, posterior=False)))
+        for k in np.flatnonzero(rectum.any(axis=(1, 2)))
+    }
+    bladder_back = {
+        k: _fill_columns(_column_edge(bladder[k], y_mm, posterior=True))
+        for k in slices
+        if z_mm[k] > lv.z_symphysis_top + 1e-6 and bladder[k].any()
+    }
+    return _BedPlanes(
+        y_mm=y_mm,
+        x_mm=x_mm,
+        Y=np.broadcast_to(y_mm[:, None], grid.shape[1:]),
+        X=np.broadcast_to(x_mm[None, :], grid.shape[1:]),
+        bladder=bladder,
+        rectum=rectum,
+        lateral_below=(_union(ss, ("Levator_Ani",), grid), *obturators),
+        lateral_above=obturators,
+        pubis_edge=pubis_edge,
+        rectum_front=rectum_front,
+        bladder_back=bladder_back,
+    )
+
+
+def _bed_posterior(pl: _BedPlanes, k: int) -> FloatArray | None:
+    """Posterior border (y, mm, per column) on slice ``k``: the anterior rectal surface.
+
+    Concave around the rectum's lateral aspects, at most halfway to its centre; the
+    nearest slice's front where the rectum is absent; ``None`` without any rectum.
+    """
+    rectum = pl.rectum[k]
+    post = _column_edge(rectum, pl.y_mm, posterior=False)
+    if np.isfinite(post).any():
+        front = np.nanmin(post)
+        centre = float(pl.y_mm[rectum.any(axis=1)].mean())
+        post = np.where(np.isfinite(post), post, front)
+        return np.minimum(post, front + 0.5 * max(centre - front, 0.0))
+    nearest = _nearest_slice(pl.rectum_front, k)
+    return None if nearest is None else np.full(pl.x_mm.shape, nearest)
+
+
+def _bed_anterior(
+    pl: _BedPlanes, k: int, above: bool, band_mm: float
+) -> tuple[FloatArray, BoolMask] | None:
+    """Anterior border (y, mm, per column) on slice ``k`` and the bladder band kept there.
+
+    Above the symphysis top: ``band_mm`` in front of the bladder's posterior wall (of the
+    nearest slice with bladder). Below: the posterior edge of the symphysis, or the
+    posterior band of a bladder neck reaching below it. ``None`` without either.
+    """
+    bladder = pl.bladder[k]
+    back = _nearest_slice(pl.bladder_back, k) if above else None
+    if back is not None:
+        ant = back - band_mm
+    else:
+        edge = _nearest_slice(pl.pubis_edge, k)
+        if edge is None:
+            return None
+        ant = np.full(pl.x_mm.shape, edge)
+        if bladder.any():  # a bladder neck below the PS: its posterior band only
+            neck = _column_edge(bladder, pl.y_mm, posterior=True)
+            ant = np.where(np.isfinite(neck), np.maximum(ant, neck - band_mm), ant)
+    keep_band: BoolMask = bladder & (pl.Y > ant[None, :])
+    return ant, keep_band
+
+
+def _medial_edges(
+    muscles: Sequence[BoolMask], X: FloatArray, x_mid: float, fallback_mm: float
+) -> tuple[FloatArray, FloatArray]:
+    """Row-wise medial edges (x, mm) of muscles left and right of the midline.
+
+    Each muscle's edge is taken row by row and carried to the rows it does not reach
+    (nearest row), then the most medial muscle wins; ``x_mid -+ fallback_mm`` on a side
+    without muscle.
+    """
+    ny = X.shape[0]
+    left = np.full(ny, x_mid + fallback_mm)
+    right = np.full(ny, x_mid - fallback_mm)
+    found_left = found_right = False
+    for m in muscles:
+        part = m & (X > x_mid)
+        if part.any():
+            edge = _fill_columns(_finite_or_nan(np.where(part, X, np.inf).min(axis=1)))
+            left = edge if not found_left else np.minimum(left, edge)
+            found_left = True
+        part = m & (X < x_mid)
+        if part.any():
+            edge = _fill_columns(_finite_or_nan(np.where(part, X, -np.inf).max(axis=1)))
+            right = edge if not found_right else np.maximum(right, edge)
+            found_right = True
+    return left, right
+
+
+def _finite_or_nan(values: FloatArray) -> FloatArray:
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _bed_lateral(
+    pl: _BedPlanes, k: int, above: bool, x_mid: float, rules: _BedRules
+) -> tuple[FloatArray, FloatArray]:
+    """Left and right borders (x, mm, per row) on slice ``k``.
+
+    Below the symphysis top: the medial edge of the levator ani / obturator internus
+    (RTOG 2010), capped at ``lateral_cap_mm`` from the midline only when the protocol
+    sets that option; ``lateral_halfwidth_mm`` on a side without either muscle. Above
+    it: the half-width (the fascia) but never past the obturator internus, or the
+    obturator internus itself with ``lateral_above_symphysis = "obturator_internus"``.
+    """
+    halfwidth = rules.lateral_halfwidth_mm
+    muscles = [m[k] for m in (pl.lateral_above if above else pl.lateral_below)]
+    medial_left, medial_right = _medial_edges(muscles, pl.X, x_mid, halfwidth)
+    if above and rules.lateral_above_symphysis == "obturator_internus":
+        return medial_left, medial_right
+    cap = halfwidth if above else rules.lateral_cap_mm
+    if cap is None:
+        return medial_left, medial_right
+    left = np.minimum(np.full(pl.y_mm.shape, x_mid + cap), medial_left)
+    right = np.maximum(np.full(pl.y_mm.shape, x_mid - cap), medial_right)
+    return left, right
+
+
+def _bed_slice(
+    pl: _BedPlanes, k: int, above: bool, lv: _BedLevels, rules: _BedRules
+) -> tuple[BoolMask, BoolMask] | None:
+    """The region on slice ``k`` and the bladder band it keeps; ``None`` when unbounded."""
+    post = _bed_posterior(pl, k)
+    if post is None:
+        return None
+    if above:
+        post = post - rules.mesorectal_offset_mm
+    anterior = _bed_anterior(pl, k, above, rules.bladder_wall_band_mm)
+    if anterior is None:
+        return None
+    ant, keep_band = anterior
+    left, right = _bed_lateral(pl, k, above, lv.x_mid, rules)
+    rows = (pl.Y > ant[None, :]) & (pl.Y < post[None, :])
+    region: BoolMask = rows & (pl.X < left[:, None]) & (pl.X > right[:, None])
+    return region, keep_band
+
+
+def _bed_region(atlas: AtlasLike, rules: _BedRules) -> tuple[BoolMask, _BedLevels]:
+    """The prostate-bed region of ``atlas`` under ``rules`` and its levels (may be empty)."""
+    grid, ss = atlas.grid, atlas.structures
+    ss.require(list(_BED_ORGANS), purpose="CTV_ProstateBed (RTOG 2010)")
+    lv = _bed_levels(atlas, rules)
+    z_mm = grid.axis_coordinates_mm()[0]
+    slices = [k for k in range(grid.shape[0]) if lv.z_inf - 1e-6 <= z_mm[k] <= lv.z_sup + 1e-6]
+    planes = _bed_planes(atlas, lv, slices)
+    region = np.zeros(grid.shape, bool)
+    keep_band = np.zeros(grid.shape, bool)
+    for k in slices:
+        drawn = _bed_slice(planes, k, z_mm[k] > lv.z_symphysis_top + 1e-6, lv, rules)
+        if drawn is not None:
+            region[k], keep_band[k] = drawn
+    region = _closing(region, grid, rules.smoothing_mm) & _z_between(grid, lv.z_inf, lv.z_sup)
+    region &= ~(planes.bladder & ~keep_band)
+    region = _crop_organs(
+        region,
+        ss,
+        grid,
+        {_BED_BONES: 0.0, _BED_RECTUM: 0.0, _BED_MUSCLES: 0.0, _BED_BOWEL: 0.0},
+    )
+    return _largest_component(region), lv
+
+
+def prostate_bed_region(
+    atlas: AtlasLike, protocol: str | Path | TreatmentProtocol = "nrg_salvage"
+) -> BoolMask:
+    """The prostate bed as the RTOG 2010 consensus draws its CTV (Michalski et al. 2010).
+
+    The region the bed CTV (:func:`rtplan.volumes.ctv_prostate_bed`) is and the region
+    in which :func:`stage` calls a lesion a local recurrence (miTr). Built slice by slice
+    between the organs, with the borders of ``[ctv.prostate_bed]`` below and above the
+    top of the pubic symphysis (PS):
+
+    ========== ======================================= ===========================================
+    border     below the top of the PS                 above the top of the PS
+    ========== ======================================= ===========================================
+    inferior   ``inferior_below_vua_mm`` below the     --
+               VUA landmark (or the slice above the
+               penile bulb when there is no VUA)
+    superior   --                                      ``VasDeferens_CutEnd`` or
+                                                       ``superior_above_symphysis_mm`` above the PS
+    anterior   posterior edge of ``PubicSymphys``;     posterior ``bladder_wall_band_mm`` of the
+               where the bladder neck reaches below    bladder (the band is kept)
+               the PS, its posterior band as above
+    posterior  anterior surface of ``Rectum``          anterior surface of the rectum, moved
+               (``Canal_Anal``), column by column,     ``mesorectal_offset_mm`` forward (stands in
+               concave around its lateral aspects      for the mesorectal fascia)
+               at most halfway to its centre
+    lateral    medial edge of ``Levator_Ani`` /        ``lateral_halfwidth_mm`` from the midline
+               ``Obturator_Int_L/R`` (row by row);     (stands in for the sacrorectogenitopubic
+               a cap at ``lateral_cap_mm`` from the    fascia), or the obturator internus
+               midline only when the protocol sets it
+    ========== ======================================= ===========================================
+
+    then smoothed (closing by ``smoothing_mm``), cropped from bone, rectum, muscle, bowel
+    loops and the bladder except its posterior band, and reduced to its largest piece.
+
+    Parameters
+    ----------
+    atlas : AtlasLike
+        Anatomy with ``Bladder``, ``Rectum`` and ``PubicSymphys`` (required),
+        ``Levator_Ani``, ``Obturator_Int_L/R``, ``Canal_Anal`` (used when present), the
+        landmarks ``VUA`` (else ``PenileBulb_Top`` / a ``PenileBulb``),
+        ``PubicSymphysis_Top`` (else derived) and optionally ``VasDeferens_CutEnd``.
+    protocol : str, path or Protocol
+        Reads ``[ctv.prostate_bed]``.
+
+    Returns
+    -------
+    ndarray of bool, shape ``atlas.grid.shape``
+        May be empty when the organs do not reach the borders.
+
+    Raises
+    ------
+    TypeError
+        When ``atlas`` is not an anatomy or ``protocol`` not a protocol.
+    MissingStructureError
+        When a required organ or landmark is missing (see :func:`bed_region_missing`).
+    ProtocolError
+        When the superior border is not above the inferior one.
+    """
+    check_atlas(atlas)
+    rules = _BedRules.from_protocol(_as_protocol(protocol))
+    return _bed_region(atlas, rules)[0]
 
 
 # ---------------------------------------------------------------------------- atlas geometry
@@ -338,7 +1060,7 @@ class _Geometry:
                 self._trees[name] = (cKDTree(pts), pts)
         return self._trees[name]
 
-    def inside(self, point: np.ndarray, name: str) -> bool:
+    def inside(self, point: FloatArray, name: str) -> bool:
         idx = self.grid.lps_to_nearest_index(point)
         if not self.grid.contains_index(idx):
             return False
@@ -350,7 +1072,7 @@ class _Geometry:
             return False
         return bool(s.cropped_mask[tuple(local)])
 
-    def distance(self, point: np.ndarray, names: Sequence[str]) -> tuple[float, np.ndarray | None]:
+    def distance(self, point: FloatArray, names: Sequence[str]) -> tuple[float, FloatArray | None]:
         """Distance (mm) from a point to the nearest of ``names`` (0 inside) and that point."""
         best, near = math.inf, None
         for n in names:
@@ -410,7 +1132,7 @@ class _Geometry:
             return default
         _, y_mm, x_mm = self._axes
         cols = np.abs(x_mm - x_mid) <= 10.0
-        ys: list[np.ndarray] = []
+        ys: list[FloatArray] = []
         for n in names:
             s = self.ss[n]
             if s.bbox is None or not s.bbox[0].start <= k < s.bbox[0].stop:
@@ -448,6 +1170,8 @@ class _Levels:
     s3_bottom_z: float | None
     femoral: dict[str, tuple[float, float, float]]  # side -> (medial x, centre y, top z)
     symphysis: tuple[float, float] | None  # (anterior y, top z)
+    by_segment: dict[str, bool]  # side -> common / external / internal iliac vessels present
+    iliac_bifurcation_z: dict[str, float]  # side -> level of the iliac bifurcation
 
 
 def _levels(geo: _Geometry) -> tuple[_Levels, list[str]]:
@@ -487,8 +1211,51 @@ def _levels(geo: _Geometry) -> tuple[_Levels, list[str]]:
     if s3 is None:
         zr = geo.z_range(("VB_S3",))
         s3 = zr[0] if zr is not None else None
+    by_segment, iliac_bif = _vessel_segments(geo)
+    if not all(by_segment.values()):
+        sides = [s for s in _SIDES if not by_segment[s]]
+        notes.append(
+            f"no common / external / internal iliac vessel split on side {', '.join(sides)}: "
+            "common iliac nodes there are called by the pelvic-brim plane (rule of thumb)"
+        )
+    lv = _Levels(
+        mid,
+        brim,
+        bif,
+        sd,
+        lowest,
+        s3,
+        _femoral_levels(geo),
+        _symphysis_level(geo),
+        by_segment,
+        iliac_bif,
+    )
+    return lv, notes
+
+
+def _vessel_segments(geo: _Geometry) -> tuple[dict[str, bool], dict[str, float]]:
+    """Per side: whether the three iliac segments are present, and the iliac bifurcation z.
+
+    The bifurcation is the ``IliacBifurcation_<side>`` landmark, else the lowest slice of
+    the common iliac artery (where the external and internal iliac arteries start).
+    """
+    by_segment: dict[str, bool] = {}
+    bifurcation: dict[str, float] = {}
+    for side in _SIDES:
+        groups = (_CI_VESSELS[side], _EI_VESSELS[side], _II_VESSELS[side])
+        by_segment[side] = all(geo.present(g) for g in groups)
+        z = geo.landmark_z(f"IliacBifurcation_{side}")
+        if z is None:
+            zr = geo.z_range((f"A_Iliac_{side}",))
+            z = None if zr is None else zr[0]
+        if z is not None:
+            bifurcation[side] = z
+    return by_segment, bifurcation
+
+
+def _femoral_levels(geo: _Geometry) -> dict[str, tuple[float, float, float]]:
     femoral: dict[str, tuple[float, float, float]] = {}
-    for side in ("L", "R"):
+    for side in _SIDES:
         names = geo.present((f"Femur_Head_{side}",))
         if not names:
             continue
@@ -497,13 +1264,79 @@ def _levels(geo: _Geometry) -> tuple[_Levels, list[str]]:
         medial = x0 if side == "L" else x1  # left is +x: its medial edge is the low x
         top = geo.landmark_z(f"FemurHead_Top_{side}")
         femoral[side] = (medial, s.centroid_mm[1], z1 if top is None else top)
-    sym = None
-    if geo.present(("PubicSymphys",)):
-        s = geo.ss["PubicSymphys"]
-        _, (y0, _), (_, z1) = s.bounds_mm
-        top = geo.landmark_z("PubicSymphysis_Top")
-        sym = (y0, z1 if top is None else top)
-    return _Levels(mid, brim, bif, sd, lowest, s3, femoral, sym), notes
+    return femoral
+
+
+def _symphysis_level(geo: _Geometry) -> tuple[float, float] | None:
+    if not geo.present(("PubicSymphys",)):
+        return None
+    s = geo.ss["PubicSymphys"]
+    _, (y0, _), (_, z1) = s.bounds_mm
+    top = geo.landmark_z("PubicSymphysis_Top")
+    return (y0, z1 if top is None else top)
+
+
+class _BedDistance:
+    """Signed distance (mm) from a point to the prostate-bed region: negative inside.
+
+    Distances are exact to about half a voxel (voxel-centre distance transforms) and
+    known within ``reach_mm`` of the region; farther points are ``inf`` away.
+    """
+
+    def __init__(self, mask: BoolMask, grid: ImageGrid, reach_mm: float) -> None:
+        box = bounding_box(mask)
+        assert box is not None
+        pad = [math.ceil(reach_mm / s) + 1 for s in grid.spacing_mm]
+        self.start = np.array([max(b.start - p, 0) for b, p in zip(box, pad)])
+        stop = [min(b.stop + p, n) for b, p, n in zip(box, pad, grid.shape)]
+        local = mask[tuple(slice(a, b) for a, b in zip(self.start, stop))]
+        self.local = local
+        self.grid = grid
+        self.half_voxel = 0.5 * min(grid.spacing_mm)
+        self.outside = ndimage.distance_transform_edt(~local, sampling=grid.spacing_mm)
+        self.depth = ndimage.distance_transform_edt(local, sampling=grid.spacing_mm)
+
+    def __call__(self, point: FloatArray) -> float:
+        idx = self.grid.lps_to_nearest_index(point) - self.start
+        if np.any(idx < 0) or np.any(idx >= self.local.shape):
+            return math.inf
+        k = tuple(int(i) for i in idx)
+        if self.local[k]:
+            return -max(float(self.depth[k]) - self.half_voxel, 0.0)
+        return max(float(self.outside[k]) - self.half_voxel, 0.0)
+
+
+def _bed_distance(
+    atlas: AtlasLike, geo: _Geometry, proto: TreatmentProtocol, rules: StagingRules
+) -> tuple[_BedDistance | None, list[str]]:
+    """The local-recurrence region (derived bed united with ``ProstateBed``) and notes."""
+    notes: list[str] = []
+    region = np.zeros(atlas.grid.shape, bool)
+    missing = bed_region_missing(atlas)
+    if not missing:
+        region |= _bed_region(atlas, _BedRules.from_protocol(proto))[0]
+    given = geo.present(("ProstateBed",))
+    if given:
+        region |= geo.ss[given[0]].mask
+    if missing and not given:
+        notes.append(
+            "atlas has no ProstateBed and cannot build the prostate-bed region (missing "
+            f"{', '.join(missing)}): local recurrence (Tr) cannot be recognised"
+        )
+    elif missing:
+        notes.append(
+            f"prostate bed (Tr) taken from the ProstateBed structure only (missing "
+            f"{', '.join(missing)} to derive it)"
+        )
+    elif not given:
+        notes.append(
+            "prostate bed (Tr) derived from the anatomy with the RTOG 2010 bed-CTV rules "
+            f"of protocol {proto.name!r} (no ProstateBed structure)"
+        )
+    if not region.any():
+        return None, notes
+    reach = max(rules.bed_tolerance_mm, rules.bed_border_mm, rules.local_invasion_mm) + 5.0
+    return _BedDistance(region, atlas.grid, reach), notes
 
 
 # ---------------------------------------------------------------------------- per lesion
@@ -514,6 +1347,14 @@ class _Located:
     code: str
     uncertain: bool = False
     notes: list[str] = field(default_factory=list)
+    alternative: tuple[str, str] | None = None  # (category, code) of the other candidate
+    reason: str = ""
+
+    def flag(self, alternative: tuple[str, str], reason: str) -> None:
+        """Mark the call uncertain between this category and ``alternative``."""
+        self.uncertain = True
+        self.alternative = alternative
+        self.reason = reason
 
 
 def _side(x: float, mid: float, tolerance_mm: float) -> str:
@@ -522,25 +1363,32 @@ def _side(x: float, mid: float, tolerance_mm: float) -> str:
     return "L" if x > mid else "R"
 
 
-def _classify_node(c: np.ndarray, geo: _Geometry, lv: _Levels, rules: StagingRules) -> _Located:
-    x, y, z = c
-    side = "L" if x > lv.midline_x else "R"
-    if lv.sd_z is not None and z > lv.sd_z:
-        return _Located("M1a", "supradiaphragmatic", "SD")
-    if z > lv.brim_z:
-        if lv.bifurcation_z is not None and z > lv.bifurcation_z:
-            loc = _Located("M1a", REGION_NAMES["RP"], "RP")
-            vessels = geo.present(_RP_VESSELS)
-        else:
-            loc = _Located("CI", REGION_NAMES["CI"], "CI")
-            vessels = geo.present(_CI_VESSELS)
-        if vessels:
-            d, _ = geo.distance(c, vessels)
-            if d > rules.node_distance_mm:
-                loc.uncertain = True
-                loc.notes.append(f"{d:.0f} mm from the {loc.region} vessels")
-        return loc
-    # below the brim: outside the bony pelvis?
+def _node(code: str) -> _Located:
+    """A node located in the region ``code`` (CI and RP keep their own category)."""
+    category = {"CI": "CI", "RP": "M1a"}.get(code, "N")
+    return _Located(category, REGION_NAMES[code], code)
+
+
+def _retroperitoneal(c: FloatArray, geo: _Geometry, lv: _Levels, rules: StagingRules) -> _Located:
+    """A node above the aortic bifurcation: RP (uncertain CI vs RP near the bifurcation)."""
+    loc = _node("RP")
+    vessels = geo.present(_RP_VESSELS)
+    if vessels:
+        d, _ = geo.distance(c, vessels)
+        if d > rules.node_distance_mm:
+            loc.uncertain = True
+            loc.notes.append(f"{d:.0f} mm from the {loc.region} vessels")
+    assert lv.bifurcation_z is not None
+    dz = float(c[2]) - lv.bifurcation_z
+    ci = geo.present((*_CI_VESSELS["L"], *_CI_VESSELS["R"]))
+    if dz <= rules.junction_mm and ci and geo.distance(c, ci)[0] <= rules.node_distance_mm:
+        loc.flag(("CI", "CI"), f"{dz:.0f} mm above the aortic bifurcation")
+    return loc
+
+
+def _extrapelvic(c: FloatArray, lv: _Levels, side: str) -> _Located | None:
+    """OE below the hip bones, lateral at the femoral heads, or in front of the symphysis."""
+    x, y, z = (float(v) for v in c)
     if lv.lowest_hip_z is not None and z < lv.lowest_hip_z:
         return _Located("M1a", "inguinal / other extrapelvic", "OE")
     fh = lv.femoral.get(side)
@@ -552,9 +1400,23 @@ def _classify_node(c: np.ndarray, geo: _Geometry, lv: _Levels, rules: StagingRul
             return _Located("M1a", name, "OE")
     if lv.symphysis is not None and z <= lv.symphysis[1] and y < lv.symphysis[0]:
         return _Located("M1a", "inguinal", "OE")
-    # pelvic regions: nearest within reach
+    return None
+
+
+def _region_distances(
+    c: FloatArray, geo: _Geometry, lv: _Levels, rules: StagingRules, side: str
+) -> dict[str, float]:
+    """Distance (mm) to each nodal region within its reach (vessel segments, OB, PS)."""
+    x, y, z = (float(v) for v in c)
+    groups: dict[str, tuple[str, ...]] = {
+        "EI": (*_EI_VESSELS["L"], *_EI_VESSELS["R"]),
+        "II": (*_II_VESSELS["L"], *_II_VESSELS["R"]),
+    }
+    if lv.by_segment[side]:
+        groups["CI"] = (*_CI_VESSELS["L"], *_CI_VESSELS["R"])
+        groups["RP"] = _RP_VESSELS
     scores: dict[str, float] = {}
-    for code, names in (("EI", _EI_VESSELS), ("II", _II_VESSELS)):
+    for code, names in groups.items():
         present = geo.present(names)
         if present:
             d, _ = geo.distance(c, present)
@@ -576,14 +1438,70 @@ def _classify_node(c: np.ndarray, geo: _Geometry, lv: _Levels, rules: StagingRul
         in_front = near is not None and y < geo.mid_depth_y(z, sac, lv.midline_x, near[1])
         if in_front and d <= rules.presacral_distance_mm and not below_s3:
             scores["PS"] = d
+    return scores
+
+
+def _flag_iliac_junction(
+    loc: _Located, c: FloatArray, geo: _Geometry, lv: _Levels, rules: StagingRules, side: str
+) -> None:
+    """Flag CI vs EI / II for a node within ``junction_mm`` of its side's iliac bifurcation."""
+    z_bif = lv.iliac_bifurcation_z.get(side)
+    if z_bif is None or loc.code not in ("CI", "EI", "II") or not lv.by_segment[side]:
+        return
+    dz = float(c[2]) - z_bif
+    if abs(dz) > rules.junction_mm:
+        return
+    where = f"{abs(dz):.0f} mm {'above' if dz > 0 else 'below'} the {side} iliac bifurcation"
+    if loc.code != "CI":
+        loc.flag(("CI", "CI"), where)
+        return
+    d_ei, _ = geo.distance(c, geo.present(_EI_VESSELS[side]))
+    d_ii, _ = geo.distance(c, geo.present(_II_VESSELS[side]))
+    other = "EI" if d_ei <= d_ii else "II"
+    loc.flag(("N", other), where)
+
+
+def _common_iliac_by_plane(c: FloatArray, geo: _Geometry, rules: StagingRules) -> _Located:
+    """Above the brim without a vessel to go by: common iliac, uncertain when far from it."""
+    loc = _node("CI")
+    vessels = geo.present((*_CI_VESSELS["L"], *_CI_VESSELS["R"]))
+    if vessels:
+        d, _ = geo.distance(c, vessels)
+        if d > rules.node_distance_mm:
+            loc.uncertain = True
+            loc.notes.append(f"{d:.0f} mm from the {loc.region} vessels")
+    return loc
+
+
+def _classify_node(c: FloatArray, geo: _Geometry, lv: _Levels, rules: StagingRules) -> _Located:
+    x, _, z = (float(v) for v in c)
+    side = "L" if x > lv.midline_x else "R"
+    if lv.sd_z is not None and z > lv.sd_z:
+        return _Located("M1a", "supradiaphragmatic", "SD")
+    if lv.bifurcation_z is not None and z > lv.bifurcation_z:
+        return _retroperitoneal(c, geo, lv, rules)
+    above_brim = z > lv.brim_z
+    if above_brim and not lv.by_segment[side]:
+        return _common_iliac_by_plane(c, geo, rules)
+    if not above_brim and (outside := _extrapelvic(c, lv, side)) is not None:
+        return outside
+    scores = _region_distances(c, geo, lv, rules, side)
     if scores:
         code = min(scores, key=lambda k: (scores[k], _PELVIC_CODES.index(k)))
-        return _Located("N", REGION_NAMES[code], code)
+        loc = _node(code)
+        _flag_iliac_junction(loc, c, geo, lv, rules, side)
+        if code == "CI" and lv.bifurcation_z is not None:
+            dz = lv.bifurcation_z - z
+            if dz <= rules.junction_mm and "RP" in scores:
+                loc.flag(("M1a", "RP"), f"{dz:.0f} mm below the aortic bifurcation")
+        return loc
+    if above_brim:
+        return _common_iliac_by_plane(c, geo, rules)
     rectum = geo.present(("Rectum",))
     if rectum:
         d, _ = geo.distance(c, rectum)
         if d <= rules.perirectal_distance_mm:
-            return _Located("N", "other pelvic (perirectal)", "OP")
+            return _Located("N", PERIRECTAL_REGION, "OP")
     return _Located(
         "N",
         REGION_NAMES["OP"],
@@ -593,79 +1511,193 @@ def _classify_node(c: np.ndarray, geo: _Geometry, lv: _Levels, rules: StagingRul
     )
 
 
+def _is_nodal_region(loc: _Located) -> bool:
+    """Whether a node call names a region (not the "in no nodal region" fallback)."""
+    return loc.category in ("N", "CI") and not (loc.code == "OP" and loc.uncertain)
+
+
+def _in_front_of_rectum(c: FloatArray, geo: _Geometry) -> bool:
+    """Whether the point lies in front of the rectum on its slice, within its width.
+
+    The space between the rectum and the bladder / symphysis is the prostate bed, not the
+    mesorectum: a lesion there is not a perirectal node candidate.
+    """
+    names = geo.present(("Rectum", "Canal_Anal"))
+    if not names:
+        return False
+    k = int(geo.grid.lps_to_nearest_index(c)[0])
+    if not 0 <= k < geo.grid.shape[0]:
+        return False
+    _, y_mm, x_mm = geo._axes
+    section = np.zeros(geo.grid.shape[1:], bool)
+    for n in names:
+        s = geo.ss[n]
+        if s.bbox is not None and s.bbox[0].start <= k < s.bbox[0].stop:
+            section[s.bbox[1], s.bbox[2]] |= s.cropped_mask[k - s.bbox[0].start]
+    if not section.any():
+        return False
+    cols = section.any(axis=0)
+    x, y = float(c[0]), float(c[1])
+    return bool(x_mm[cols].min() <= x <= x_mm[cols].max() and y < y_mm[section.any(axis=1)].min())
+
+
+def _local(notes: Sequence[str] = ()) -> _Located:
+    return _Located("Tr", "prostate bed", "bed", notes=list(notes))
+
+
+def _at_bed_border(
+    c: FloatArray,
+    geo: _Geometry,
+    lv: _Levels,
+    rules: StagingRules,
+    d_bed: float,
+) -> _Located:
+    """Tr or a node for a lesion whose centroid lies within the border band of the bed.
+
+    Inside the region: Tr, flagged when a nodal region would also claim the lesion.
+    Outside but within ``bed_tolerance_mm``: the nodal region when there is one (flagged
+    Tr as the other candidate), else Tr (flagged with the node call as the other).
+    """
+    node = _classify_node(c, geo, lv, rules)
+    if node.code == "OP" and _in_front_of_rectum(c, geo):
+        node = _Located("N", REGION_NAMES["OP"], "OP", uncertain=True)
+    where = (
+        f"{-d_bed:.0f} mm inside the prostate-bed region's border"
+        if d_bed <= 0
+        else f"{d_bed:.0f} mm outside the prostate-bed region"
+    )
+    if d_bed <= 0:
+        loc = _local()
+        if _is_nodal_region(node) and -d_bed < rules.bed_border_mm:
+            loc.flag((node.category, node.code), where)
+        return loc
+    if _is_nodal_region(node):
+        node.flag(("Tr", "bed"), where)
+        return node
+    loc = _local()
+    loc.flag((node.category, node.code), where)
+    return loc
+
+
+def _override(
+    lesion: Lesion, geo: _Geometry, lv: _Levels, rules: StagingRules, override: str
+) -> _Located:
+    """Where the user says the lesion is (see :data:`OVERRIDES`)."""
+    c = np.asarray(lesion.centroid_mm, float)
+    if override in ("Tr", "local"):
+        loc = _local()
+    elif override in ("M1b", "bone"):
+        loc = _bone(lesion, geo)
+    elif override in ("M1c", "organ"):
+        loc = _organ(lesion, geo)
+    else:
+        loc = _classify_node(c, geo, lv, rules)
+        if override == "N1" and loc.category == "CI":
+            loc.category = "N"
+        elif override == "N1" and loc.category != "N":
+            loc = _Located("N", "pelvic node", "OP")
+        elif override == "M1a" and loc.category not in ("M1a", "CI"):
+            loc = _Located("M1a", "extrapelvic node", "OE")
+        if override == "M1a" and loc.category == "CI":
+            loc.category = "M1a"
+    if override != "node":
+        loc.uncertain = False
+        loc.alternative = None
+    loc.notes.append(f"located by user override {override!r}")
+    return loc
+
+
+def _bone(lesion: Lesion, geo: _Geometry) -> _Located:
+    bones = geo.present(BONE_STRUCTURES)
+    ov = geo.overlap(lesion, bones) if bones else {}
+    region = max(ov, key=lambda k: ov[k]) if ov else "bone"
+    return _Located("M1b", region, "bone")
+
+
+def _organ(lesion: Lesion, geo: _Geometry) -> _Located:
+    organs = geo.present(M1C_ORGANS)
+    ov = geo.overlap(lesion, organs) if organs else {}
+    if ov:
+        name = max(ov, key=lambda k: ov[k])
+        return _Located("M1c", name, M1C_ORGANS.get(name, "other"))
+    return _Located("M1c", "organ", "other")
+
+
+def _main_organ(lesion: Lesion, geo: _Geometry, rules: StagingRules) -> str | None:
+    """The organ of :data:`M1C_ORGANS` holding ``inside_fraction`` of the lesion, if any."""
+    organs = geo.present(M1C_ORGANS)
+    ov = geo.overlap(lesion, organs) if organs else {}
+    if not ov or max(ov.values()) < rules.inside_fraction:
+        return None
+    return max(ov, key=lambda k: ov[k])
+
+
 def _locate(
     lesion: Lesion,
     geo: _Geometry,
     lv: _Levels,
     rules: StagingRules,
     override: str | None,
+    bed: _BedDistance | None,
 ) -> _Located:
+    if override is not None:
+        return _override(lesion, geo, lv, rules, override)
     c = np.asarray(lesion.centroid_mm, float)
     bones = geo.present(BONE_STRUCTURES)
-    organs = geo.present(M1C_ORGANS)
-    bed = geo.present(("ProstateBed",))
-
-    def bone_loc() -> _Located:
-        ov = geo.overlap(lesion, bones) if bones else {}
-        region = max(ov, key=lambda k: ov[k]) if ov else "bone"
-        return _Located("M1b", region, "bone")
-
-    def organ_loc() -> _Located:
-        ov = geo.overlap(lesion, organs) if organs else {}
-        if ov:
-            name = max(ov, key=lambda k: ov[k])
-            return _Located("M1c", name, M1C_ORGANS.get(name, "other"))
-        return _Located("M1c", "organ", "other")
-
-    if override is not None:
-        if override in ("Tr", "local"):
-            loc = _Located("Tr", "prostate bed", "bed")
-        elif override in ("M1b", "bone"):
-            loc = bone_loc()
-        elif override in ("M1c", "organ"):
-            loc = organ_loc()
-        else:
-            loc = _classify_node(c, geo, lv, rules)
-            if override == "N1" and loc.category == "CI":
-                loc.category = "N"
-            elif override == "N1" and loc.category != "N":
-                loc = _Located("N", "pelvic node", "OP")
-            elif override == "M1a" and loc.category not in ("M1a", "CI"):
-                loc = _Located("M1a", "extrapelvic node", "OE")
-            if override == "M1a" and loc.category == "CI":
-                loc.category = "M1a"
-        if override != "node":
-            loc.uncertain = False
-        loc.notes.append(f"located by user override {override!r}")
-        return loc
-
     bone_fraction = geo.union_fraction(lesion, bones) if bones else 0.0
     if bone_fraction >= rules.inside_fraction:
-        return bone_loc()
-    if bed:
-        d, _ = geo.distance(c, bed)
-        if d <= rules.bed_tolerance_mm:
-            return _Located("Tr", "prostate bed", "bed")
-    if organs:
-        ov = geo.overlap(lesion, organs)
-        if ov and max(ov.values()) >= rules.inside_fraction:
-            organ = max(ov, key=lambda k: ov[k])
-            if bed and organ in BED_ADJACENT_ORGANS:
-                d, _ = geo.distance(c, bed)
-                if d <= rules.local_invasion_mm:
-                    loc = _Located("Tr", "prostate bed", "bed")
-                    loc.notes.append(
-                        f"local recurrence invading the {organ} ({d:.0f} mm from the bed)"
-                    )
-                    return loc
-            return organ_loc()
-    loc = _classify_node(c, geo, lv, rules)
+        return _bone(lesion, geo)
+    d_bed = math.inf if bed is None else bed(c)
+    organ = _main_organ(lesion, geo, rules)
+    invasion: list[str] = []
+    if organ in BED_ADJACENT_ORGANS and d_bed <= rules.local_invasion_mm:
+        where = "in" if d_bed <= 0 else f"{d_bed:.0f} mm from"
+        invasion.append(f"local recurrence invading the {organ} ({where} the prostate-bed region)")
+    if d_bed <= 0 and (-d_bed >= rules.bed_border_mm or invasion):
+        return _local(invasion)
+    if organ is not None:
+        return _local(invasion) if invasion else _organ(lesion, geo)
+    if d_bed <= rules.bed_tolerance_mm:
+        loc = _at_bed_border(c, geo, lv, rules, d_bed)
+    else:
+        loc = _classify_node(c, geo, lv, rules)
     if bone_fraction > 0:
         loc.notes.append(f"{100 * bone_fraction:.0f}% of the lesion lies in bone")
     return loc
 
 
 # ---------------------------------------------------------------------------- patient stage
+@dataclass(frozen=True)
+class UncertainCall:
+    """A lesion near the border of two categories or regions, with both candidates.
+
+    Attributes
+    ----------
+    lesion_id : int
+        :attr:`rtplan.lesions.Lesion.id` of the lesion.
+    lesion_name : str
+        Its name, e.g. ``"L2"``.
+    chosen : str
+        What the lesion was staged as (where its centroid lies): ``"Tr"``, ``"N1(EI)"``,
+        ``"M1a(CI)"``...
+    alternative : str
+        The other candidate, in the same form.
+    reason : str
+        Why, e.g. ``"3 mm outside the prostate-bed region"``.
+    """
+
+    lesion_id: int
+    lesion_name: str
+    chosen: str
+    alternative: str
+    reason: str
+
+    @property
+    def text(self) -> str:
+        """One line for tables, e.g. ``"L2: N1(OP) or Tr (3 mm outside the ...)"``."""
+        return f"{self.lesion_name}: {self.chosen} or {self.alternative} ({self.reason})"
+
+
 @dataclass(frozen=True)
 class Stage:
     """PROMISE miTNM stage of a patient, with the staged lesions.
@@ -695,15 +1727,20 @@ class Stage:
     oligometastatic : bool
         True when there is at least one and at most ``max_oligo_lesions`` distant lesion.
     max_oligo_lesions : int
-        The limit used.
+        The limit used (default :data:`OLIGOMETASTATIC_MAX_LESIONS`).
     bone_pattern : str or None
         ``"uni"`` (1), ``"oligo"`` (2-3), ``"diss"`` (> 3 bone lesions), None without bone.
     lesions : Lesions
-        The lesions with ``category``, ``region``, ``region_code``, ``side`` filled in.
+        The lesions with ``category``, ``region``, ``region_code``, ``side`` filled in;
+        the category of a lesion that reads negative is ``"not counted (miPSMA <score>)"``.
     promise_version, common_iliac : str
         Options used.
     notes : tuple of str
-        Assumptions made (fallback landmarks, uncertain regions).
+        Assumptions made (fallback landmarks, derived regions, uncertain calls).
+    uncertain : tuple of UncertainCall
+        Lesions near the border of two categories or regions, with both candidates.
+    min_mipsma_score : int
+        Lowest miPSMA expression score counted (default :data:`MIN_MIPSMA_SCORE`).
     """
 
     t: str
@@ -721,6 +1758,8 @@ class Stage:
     promise_version: str
     common_iliac: str
     notes: tuple[str, ...] = ()
+    uncertain: tuple[UncertainCall, ...] = ()
+    min_mipsma_score: int = MIN_MIPSMA_SCORE
 
     def __post_init__(self) -> None:
         check_choice(self.t, ("T0", "Tr"), name="Stage.t")
@@ -730,12 +1769,19 @@ class Stage:
             raise TypeError(
                 f"Stage.lesions must be a Lesions collection, got {type(self.lesions).__name__}"
             )
-        unstaged = [x.name for x in self.lesions if x.category not in CATEGORIES]
+        unstaged = [
+            x.name
+            for x in self.lesions
+            if x.category not in CATEGORIES and not (x.category or "").startswith(NOT_COUNTED)
+        ]
         if unstaged:
             raise InvalidInputError(
-                f"Stage.lesions must be staged, with a category among {', '.join(CATEGORIES)}; "
-                f"not so: {', '.join(unstaged)}"
+                f"Stage.lesions must be staged, with a category among {', '.join(CATEGORIES)} "
+                f"or {NOT_COUNTED!r}; not so: {', '.join(unstaged)}"
             )
+        object.__setattr__(self, "uncertain", tuple(self.uncertain))
+        for call in self.uncertain:
+            check_type(call, UncertainCall, name="an item of Stage.uncertain")
 
     @property
     def string(self) -> str:
@@ -754,7 +1800,21 @@ class Stage:
     @property
     def distant_lesions(self) -> list[Lesion]:
         """Lesions staged M1a / M1b / M1c (candidates for SBRT when oligometastatic)."""
-        return [les for les in self.lesions if (les.category or "").startswith("M1")]
+        return [les for les in self.lesions if les.category in _M_CATEGORIES]
+
+    @property
+    def counted_lesions(self) -> list[Lesion]:
+        """The lesions that drive the stage (category among :data:`CATEGORIES`)."""
+        return [les for les in self.lesions if is_counted(les)]
+
+    @property
+    def not_counted_lesions(self) -> list[Lesion]:
+        """Lesions that read negative (miPSMA below :attr:`min_mipsma_score`)."""
+        return [les for les in self.lesions if not is_counted(les)]
+
+    def uncertain_call(self, lesion_id: int) -> UncertainCall | None:
+        """The :class:`UncertainCall` of a lesion (by id), or ``None`` when it is certain."""
+        return next((u for u in self.uncertain if u.lesion_id == lesion_id), None)
 
     def table(self) -> list[LesionRow]:
         """Per-lesion rows: id, name, category, region, side, volume_cc, SUVs, centroid.
@@ -796,10 +1856,12 @@ def stage(
     *,
     common_iliac: Literal["N", "M1a"] = "M1a",
     promise_version: Literal["v1", "v2"] = "v2",
-    max_oligo_lesions: int = 5,
+    max_oligo_lesions: int = OLIGOMETASTATIC_MAX_LESIONS,
+    min_mipsma_score: int = MIN_MIPSMA_SCORE,
     overrides: Mapping[str | int, str] | None = None,
     nodal_regions_by_side: bool = False,
     rules: StagingRules | None = None,
+    protocol: str | Path | TreatmentProtocol = "nrg_salvage",
 ) -> Stage:
     """Stage lesions by PROMISE miTNM against an atlas (see the module notes for the rules).
 
@@ -817,19 +1879,28 @@ def stage(
     promise_version : {"v2", "v1"}
         Detailed N category: V2 N1 (one region) / N2 (>= 2); V1 N1a / N1b.
     max_oligo_lesions : int
-        Most distant lesions still called oligometastatic. Default 5: SABR-COMET treated
-        1-5 metastases (Palma et al., Lancet 2019; CLINICAL.md section 4d). STOMP and
-        ORIOLE used <= 3.
+        Most distant lesions still called oligometastatic. Default
+        :data:`OLIGOMETASTATIC_MAX_LESIONS` (3: STOMP and ORIOLE enrolled <= 3
+        metastases; CLINICAL.md section 4d). SABR-COMET treated 1-5.
+    min_mipsma_score : int
+        Lowest miPSMA expression score (0-3) that counts; lesions with a lower score stay
+        in the lesion table as ``"not counted (miPSMA <score>)"`` and drive neither the
+        stage nor the options. Default :data:`MIN_MIPSMA_SCORE` (2: PROMISE V2 reads 0-1
+        as negative, CLINICAL.md 3c). Lesions without a score (no PET) always count.
     overrides : mapping, optional
         Lesion name (``"L2"``) or id (``2``) -> one of :data:`OVERRIDES`: a category
         (``"Tr"``, ``"N1"``, ``"M1a"``, ``"M1b"``, ``"M1c"``) or what the lesion is
         (``"local"``, ``"node"``, ``"bone"``, ``"organ"``; ``"organ"`` stages M1c,
-        ``"node"`` skips the bone, bed and organ tests).
+        ``"node"`` skips the bone, bed and organ tests). An overridden lesion counts
+        whatever its miPSMA score.
     nodal_regions_by_side : bool
         Count left and right of one region as two regions for N1/N2 (tool default
         False: regions are counted by type).
     rules : StagingRules, optional
         Distances and fractions (tool defaults).
+    protocol : str, path or Protocol
+        Whose ``[ctv.prostate_bed]`` rules draw the prostate-bed region (Tr); default
+        ``"nrg_salvage"`` (RTOG 2010).
 
     Returns
     -------
@@ -839,7 +1910,8 @@ def stage(
     Raises
     ------
     TypeError
-        When ``lesions``, ``atlas``, ``overrides`` or ``rules`` is not of its type.
+        When ``lesions``, ``atlas``, ``overrides``, ``rules`` or ``protocol`` is not of
+        its type.
     GridMismatchError
         When the lesions are not on the atlas grid.
     MissingStructureError
@@ -860,28 +1932,68 @@ def stage(
     ('T0N0M0', 'T0N0M0', 'miT0 miN0 miM0', False)
     """
     _check_stage_options(common_iliac, promise_version, max_oligo_lesions, rules)
+    _check_score(min_mipsma_score)
     check_atlas(atlas)
+    proto = _as_protocol(protocol)
     les = _as_lesions(lesions, atlas.grid)
     ov_map = _override_map(overrides, les)
     notes: list[str] = []
     staged: list[Lesion] = []
+    calls: list[UncertainCall] = []
     if len(les):
         geo = _Geometry(atlas)
         lv, level_notes = _levels(geo)
         notes.extend(level_notes)
-        notes.extend(_atlas_notes(geo))
         rules = StagingRules() if rules is None else rules
-        staged = [
-            _stage_lesion(lesion, geo, lv, rules, ov_map.get(lesion.name), common_iliac)
-            for lesion in les
-        ]
+        bed, bed_notes = _bed_distance(atlas, geo, proto, rules)
+        notes.extend(bed_notes)
+        notes.extend(_atlas_notes(geo))
+        for lesion in les:
+            override = ov_map.get(lesion.name)
+            loc = _locate(lesion, geo, lv, rules, override, bed)
+            staged_lesion, call = _stage_lesion(lesion, loc, lv, rules, common_iliac)
+            if override is None and _reads_negative(lesion, min_mipsma_score):
+                staged_lesion, call = _not_counted(staged_lesion), None
+            staged.append(staged_lesion)
+            if call is not None:
+                calls.append(call)
     return _patient_stage(
         Lesions(staged, grid=atlas.grid),
         common_iliac=common_iliac,
         promise_version=promise_version,
         max_oligo_lesions=int(max_oligo_lesions),
+        min_mipsma_score=int(min_mipsma_score),
         by_side=nodal_regions_by_side,
         notes=notes,
+        uncertain=tuple(calls),
+    )
+
+
+def _check_score(min_mipsma_score: object) -> None:
+    if (
+        isinstance(min_mipsma_score, bool)
+        or not isinstance(min_mipsma_score, (int, np.integer))
+        or not 0 <= min_mipsma_score <= 3
+    ):
+        raise InvalidInputError(
+            f"min_mipsma_score must be a miPSMA expression score 0-3, got {min_mipsma_score!r}"
+        )
+
+
+def _reads_negative(lesion: Lesion, min_mipsma_score: int) -> bool:
+    return lesion.mipsma_score is not None and lesion.mipsma_score < min_mipsma_score
+
+
+def _not_counted(lesion: Lesion) -> Lesion:
+    """The staged lesion marked as reading negative (its location kept in the notes)."""
+    would_be = f"{lesion.category}({lesion.region_code})" if lesion.category else "?"
+    return lesion.with_staging(
+        category=f"{NOT_COUNTED} (miPSMA {lesion.mipsma_score})",
+        region_uncertain=False,
+        notes=(
+            *lesion.notes,
+            f"reads negative (miPSMA {lesion.mipsma_score}, PROMISE V2): would be {would_be}",
+        ),
     )
 
 
@@ -925,41 +2037,58 @@ def _override_map(overrides: object, les: Lesions) -> dict[str, str]:
 def _atlas_notes(geo: _Geometry) -> list[str]:
     """What the atlas lacks to recognise some categories."""
     notes = []
-    if not geo.present(("ProstateBed",)):
-        notes.append("atlas has no ProstateBed: local recurrence (Tr) cannot be recognised")
     if not geo.present(BONE_STRUCTURES):
         notes.append("atlas has no bone structures: bone lesions (M1b) cannot be recognised")
     return notes
 
 
+def _mitnm(category: str, code: str, common_iliac: str) -> str:
+    """A located category as a miTNM candidate: ``"Tr"``, ``"N1(EI)"``, ``"M1a(CI)"``."""
+    if category == "Tr":
+        return "Tr"
+    if category == "CI":
+        return f"{'N1' if common_iliac == 'N' else 'M1a'}(CI)"
+    if category == "N":
+        return f"N1({code})"
+    return f"{category}({code})"
+
+
 def _stage_lesion(
     lesion: Lesion,
-    geo: _Geometry,
+    loc: _Located,
     lv: _Levels,
     rules: StagingRules,
-    override: str | None,
     common_iliac: str,
-) -> Lesion:
-    """A copy of the lesion with its category, region, side and notes filled in."""
-    loc = _locate(lesion, geo, lv, rules, override)
+) -> tuple[Lesion, UncertainCall | None]:
+    """A copy of the lesion with its category, region, side and notes, and its doubt."""
     if loc.category == "CI":
         category = "N1" if common_iliac == "N" else "M1a"
     elif loc.category == "N":
         category = "N1"
     else:
         category = loc.category
-    return lesion.with_staging(
+    call = None
+    doubt: list[str] = []
+    if loc.alternative is not None:
+        call = UncertainCall(
+            lesion_id=lesion.id,
+            lesion_name=lesion.name,
+            chosen=_mitnm(loc.category, loc.code, common_iliac),
+            alternative=_mitnm(*loc.alternative, common_iliac),
+            reason=loc.reason,
+        )
+        doubt.append(f"uncertain: {call.chosen} or {call.alternative} ({call.reason})")
+    elif loc.uncertain:
+        doubt.append("region uncertain")
+    staged = lesion.with_staging(
         category=category,
         region=loc.region,
         region_code=loc.code,
         side=_side(lesion.centroid_mm[0], lv.midline_x, rules.midline_tolerance_mm),
         region_uncertain=loc.uncertain,
-        notes=(
-            *lesion.notes,
-            *loc.notes,
-            *(["region uncertain"] if loc.uncertain else []),
-        ),
+        notes=(*lesion.notes, *loc.notes, *doubt),
     )
+    return staged, call
 
 
 def _patient_stage(
@@ -968,12 +2097,15 @@ def _patient_stage(
     common_iliac: str,
     promise_version: str,
     max_oligo_lesions: int,
+    min_mipsma_score: int,
     by_side: bool,
     notes: list[str],
+    uncertain: tuple[UncertainCall, ...],
 ) -> Stage:
-    cats = [x.category for x in les]
+    counted = [x for x in les if is_counted(x)]
+    cats = [x.category for x in counted]
     t = "Tr" if "Tr" in cats else "T0"
-    nodal = [x for x in les if x.category == "N1"]
+    nodal = [x for x in counted if x.category == "N1"]
     regions: list[str] = []
     for x in nodal:
         code = x.region_code or "OP"
@@ -991,14 +2123,14 @@ def _patient_stage(
             n_detail = "N1a" if n_regions == 1 else "N1b"
     m_cats = tuple(c for c in _M_CATEGORIES if c in cats)
     m = m_cats[-1] if m_cats else "M0"
-    distant = [x for x in les if (x.category or "").startswith("M1")]
-    n_bone = sum(1 for x in les if x.category == "M1b")
+    distant = [x for x in counted if x.category in _M_CATEGORIES]
+    n_bone = sum(1 for x in counted if x.category == "M1b")
     bone_pattern = None
     if n_bone:
         bone_pattern = "uni" if n_bone == 1 else "oligo" if n_bone <= 3 else "diss"
 
     def codes(cat: str) -> str:
-        found = list(dict.fromkeys(x.region_code or "?" for x in les if x.category == cat))
+        found = list(dict.fromkeys(x.region_code or "?" for x in counted if x.category == cat))
         return ",".join(found)
 
     parts = [f"mi{t}"]
@@ -1010,9 +2142,17 @@ def _patient_stage(
             parts.append(f"miM1b({bone_pattern})")
         else:
             parts.append(f"mi{cat}({codes(cat)})")
-    if any(x.region_uncertain for x in les):
-        uncertain = [x.name for x in les if x.region_uncertain]
-        notes = [*notes, f"region uncertain for {', '.join(uncertain)}"]
+    notes = [*notes, *(f"uncertain: {u.text}" for u in uncertain)]
+    vague = [x.name for x in counted if x.region_uncertain and _call_of(uncertain, x) is None]
+    if vague:
+        notes.append(f"region uncertain for {', '.join(vague)}")
+    negative = [x for x in les if not is_counted(x)]
+    if negative:
+        listed = ", ".join(f"{x.name} ({x.category})" for x in negative)
+        notes.append(
+            f"not counted (miPSMA below {min_mipsma_score}; PROMISE V2 reads 0-1 as "
+            f"negative): {listed}"
+        )
     return Stage(
         t=t,
         n=n,
@@ -1029,4 +2169,11 @@ def _patient_stage(
         promise_version=promise_version,
         common_iliac=common_iliac,
         notes=tuple(notes),
+        uncertain=uncertain,
+        min_mipsma_score=min_mipsma_score,
     )
+
+
+def _call_of(uncertain: Sequence[UncertainCall], lesion: Lesion) -> UncertainCall | None:
+    """The call of ``lesion`` among ``uncertain``, or ``None``."""
+    return next((u for u in uncertain if u.lesion_id == lesion.id), None)

@@ -3,7 +3,16 @@
 Names follow AAPM TG-263 (Mayo et al., IJROBP 2018;100:1057; the pelvic entries are
 listed in CLINICAL.md section 8). User spellings are mapped to TG-263 through
 :data:`TG263_SYNONYMS`: case, spaces, hyphens and underscores are ignored, and common
-alternatives ("Urinary Bladder", "femur_left", TotalSegmentator class names) are known.
+alternatives ("Urinary Bladder", "femur_left", TotalSegmentator class names, the
+spellings of Eclipse, RayStation, Monaco and Pinnacle templates such as
+"Femoral Head Lt" or "BowelBag") are known. A side written as a leading or trailing
+word (``L``, ``Lt``, ``Left``, ``R``, ``Rt``, ``Right``) is moved to the end before the
+lookup. A wall or a PRV is a structure of its own and never maps to the organ
+(``Rectum_wall`` is ``Rectal_Wall``).
+
+A :class:`Structure` carries its :attr:`~Structure.derivation`: empty for a structure
+the user gave, otherwise how rtplan derived it (anatomy completion, a rule on another
+structure); :attr:`~Structure.derived` says which.
 """
 
 from __future__ import annotations
@@ -61,13 +70,35 @@ ROLE_TO_INTERPRETED_TYPE: dict[str, str] = {
 #: :func:`canonical_name`). TotalSegmentator (Wasserthal et al., Radiol AI 2023) class
 #: names are included so its label maps load with TG-263 names.
 TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "Body": ("external", "body", "skin_outline", "outer_contour", "patient", "body_outline"),
+    "Body": (
+        "external",
+        "body",
+        "skin_outline",
+        "outer_contour",
+        "patient",
+        "body_outline",
+        "patient outline",
+        "outline",
+        "external contour",
+        "body contour",
+    ),
     "Bladder": ("urinary bladder", "bladder", "vessie", "blase", "urinary_bladder", "bldr"),
     "Rectum": ("rectum", "rect", "rectal"),
-    "Canal_Anal": ("anal canal", "anal_canal", "anus_canal", "analcanal"),
-    "Colon_Sigmoid": ("sigmoid", "sigmoid colon", "colon_sigmoid", "sigmoidcolon"),
+    "Rectal_Wall": ("rectal wall", "rectum wall", "wall rectum", "rectal_wall"),
+    "Bladder_Wall": ("bladder wall", "wall bladder", "bladder_wall"),
+    "Canal_Anal": ("anal canal", "anal_canal", "anus_canal", "analcanal", "canal anal"),
+    "Colon_Sigmoid": ("sigmoid", "sigmoid colon", "colon_sigmoid", "sigmoidcolon", "sigmoid_colon"),
     "Colon": ("colon", "large bowel", "large_bowel", "bowel_large"),
-    "Bowel_Small": ("small bowel", "small_bowel", "smallbowel", "small intestine", "sb"),
+    "Bowel_Small": (
+        "small bowel",
+        "small_bowel",
+        "smallbowel",
+        "small intestine",
+        "sb",
+        "bowel sm",
+        "sm bowel",
+        "small bowel loops",
+    ),
     "Spc_Bowel": (
         "bowel bag",
         "bowel_bag",
@@ -76,9 +107,21 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "peritoneal cavity",
         "bowel space",
         "spc_bowel",
+        "bowel cavity",
+        "peritoneal space",
+        "bowelspace",
     ),
-    "Bowel": ("bowel", "intestine", "bowels"),
-    "PenileBulb": ("penile bulb", "penile_bulb", "bulb", "bulb of penis", "bulbus penis"),
+    "Bowel": ("bowel", "intestine", "bowels", "bowel loops", "loops", "bowel_loops"),
+    "PenileBulb": (
+        "penile bulb",
+        "penile_bulb",
+        "bulb",
+        "bulb of penis",
+        "bulbus penis",
+        "bulb penis",
+        "penis bulb",
+        "pbulb",
+    ),
     "Urethra": ("urethra", "membranous urethra"),
     "Prostate": ("prostate", "prostate gland"),
     "ProstateBed": (
@@ -133,6 +176,9 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "femur_head_left",
         "femur l",
         "hip joint left",
+        "femoral hd l",
+        "head of femur l",
+        "fem hd l",
     ),
     "Femur_Head_R": (
         "femoral head r",
@@ -146,13 +192,23 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "femur_head_right",
         "femur r",
         "hip joint right",
+        "femoral hd r",
+        "head of femur r",
+        "fem hd r",
     ),
     "Bone_Ilium_L": ("hip_left", "ilium left", "ilium l", "left ilium", "iliac bone left"),
     "Bone_Ilium_R": ("hip_right", "ilium right", "ilium r", "right ilium", "iliac bone right"),
     "Bone_Ischium_L": ("ischium left", "ischium l", "left ischium"),
     "Bone_Ischium_R": ("ischium right", "ischium r", "right ischium"),
     "Bone_Pelvic": ("pelvic bones", "pelvis bone", "bony pelvis", "pelvis"),
-    "PubicSymphys": ("pubic symphysis", "symphysis", "symphysis pubis", "pubis", "pubic_symphysis"),
+    "PubicSymphys": (
+        "pubic symphysis",
+        "symphysis",
+        "symphysis pubis",
+        "pubis",
+        "pubic_symphysis",
+        "pubic symph",
+    ),
     "Sacrum": ("sacrum", "os sacrum", "sacral bone"),
     "Coccyx": ("coccyx", "tailbone"),
     "VB_L4": ("l4", "vertebra l4", "vertebrae_l4", "l4 vertebra", "vb l4"),
@@ -169,6 +225,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "vena cava",
     ),
     "A_Iliac_L": (
+        "common iliac a l",
+        "iliac a l",
         "common iliac artery l",
         "common iliac artery left",
         "iliac_artery_left",
@@ -179,6 +237,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "a_iliac_common_l",
     ),
     "A_Iliac_R": (
+        "common iliac a r",
+        "iliac a r",
         "common iliac artery r",
         "common iliac artery right",
         "iliac_artery_right",
@@ -189,6 +249,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "a_iliac_common_r",
     ),
     "V_Iliac_L": (
+        "common iliac v l",
+        "iliac v l",
         "common iliac vein l",
         "common iliac vein left",
         "iliac_vena_left",
@@ -198,6 +260,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "v_iliac_common_l",
     ),
     "V_Iliac_R": (
+        "common iliac v r",
+        "iliac v r",
         "common iliac vein r",
         "common iliac vein right",
         "iliac_vena_right",
@@ -207,6 +271,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "v_iliac_common_r",
     ),
     "A_Iliac_Ext_L": (
+        "ext iliac a l",
+        "ext iliac artery l",
         "external iliac artery l",
         "external iliac artery left",
         "l external iliac artery",
@@ -214,6 +280,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "eia_l",
     ),
     "A_Iliac_Ext_R": (
+        "ext iliac a r",
+        "ext iliac artery r",
         "external iliac artery r",
         "external iliac artery right",
         "r external iliac artery",
@@ -221,6 +289,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "eia_r",
     ),
     "V_Iliac_Ext_L": (
+        "ext iliac v l",
+        "ext iliac vein l",
         "external iliac vein l",
         "external iliac vein left",
         "l external iliac vein",
@@ -228,6 +298,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "eiv_l",
     ),
     "V_Iliac_Ext_R": (
+        "ext iliac v r",
+        "ext iliac vein r",
         "external iliac vein r",
         "external iliac vein right",
         "r external iliac vein",
@@ -235,6 +307,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "eiv_r",
     ),
     "A_Iliac_Int_L": (
+        "int iliac a l",
+        "int iliac artery l",
         "internal iliac artery l",
         "internal iliac artery left",
         "l internal iliac artery",
@@ -243,6 +317,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "hypogastric artery left",
     ),
     "A_Iliac_Int_R": (
+        "int iliac a r",
+        "int iliac artery r",
         "internal iliac artery r",
         "internal iliac artery right",
         "r internal iliac artery",
@@ -251,6 +327,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "hypogastric artery right",
     ),
     "V_Iliac_Int_L": (
+        "int iliac v l",
+        "int iliac vein l",
         "internal iliac vein l",
         "internal iliac vein left",
         "l internal iliac vein",
@@ -258,6 +336,8 @@ TG263_SYNONYMS: dict[str, tuple[str, ...]] = {
         "iiv_l",
     ),
     "V_Iliac_Int_R": (
+        "int iliac v r",
+        "int iliac vein r",
         "internal iliac vein r",
         "internal iliac vein right",
         "r internal iliac vein",
@@ -279,14 +359,49 @@ def _normalise(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", name.lower())
 
 
+def _set_key(name: str) -> str:
+    """A name as compared within a structure set: TG-263's ``!`` and ``^`` count.
+
+    Like :func:`_normalise`, but ``!`` (a PTV with higher-dose PTVs removed) and ``^``
+    (custom qualifier) are kept.
+    """
+    return re.sub(r"[^a-z0-9!^]+", "", name.lower())
+
+
 _LOOKUP: dict[str, str] = {}
 for _tg, _alts in TG263_SYNONYMS.items():
     for _alt in (_tg, *_alts):
         _LOOKUP.setdefault(_normalise(_alt), _tg)
 
+#: Words that name a side, and the letter TG-263 puts at the end of the name.
+_SIDE_WORDS: dict[str, str] = {"l": "l", "lt": "l", "left": "l", "r": "r", "rt": "r", "right": "r"}
+
+
+def _words(name: str) -> list[str]:
+    """Lower-case words of a name: split at non-alphanumerics and camel-case humps."""
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def _side_last(name: str) -> str | None:
+    """The normalised name with a leading or trailing side word moved to the end as l/r."""
+    words = _words(name)
+    if len(words) < 2:
+        return None
+    if words[-1] in _SIDE_WORDS:
+        return "".join(words[:-1]) + _SIDE_WORDS[words[-1]]
+    if words[0] in _SIDE_WORDS:
+        return "".join(words[1:]) + _SIDE_WORDS[words[0]]
+    return None
+
 
 def canonical_name(name: str) -> str | None:
     """TG-263 name for a user spelling, or ``None`` if it is not a known synonym.
+
+    The spelling is compared with :data:`TG263_SYNONYMS` ignoring case, spaces, hyphens,
+    underscores and brackets; failing that, a leading or trailing side word (``Lt``,
+    ``Left``, ``R``...) is moved to the end (``"LT FEMORAL HEAD"`` is looked up as
+    ``"femoral head l"``).
 
     Raises
     ------
@@ -297,9 +412,15 @@ def canonical_name(name: str) -> str | None:
     --------
     >>> canonical_name("Urinary Bladder"), canonical_name("femur_left"), canonical_name("xyz")
     ('Bladder', 'Femur_Head_L', None)
+    >>> canonical_name("Femoral Head Lt"), canonical_name("Rectum_wall"), canonical_name("Lt")
+    ('Femur_Head_L', 'Rectal_Wall', None)
     """
     check_type(name, str, name="name")
-    return _LOOKUP.get(_normalise(name))
+    found = _LOOKUP.get(_normalise(name))
+    if found is not None:
+        return found
+    sided = _side_last(name)
+    return None if sided is None else _LOOKUP.get(sided)
 
 
 # Colours (RGB 0-255) in the spirit of common TPS defaults; a tool default, not a standard.
@@ -375,6 +496,10 @@ class Structure:
         What the structure is; sets the DICOM RT ROI Interpreted Type.
     color : (r, g, b), optional
         Display colour 0-255; default from :func:`default_color`.
+    derivation : str
+        How rtplan derived the structure (e.g. ``"atlas registration (rigid, affine,
+        deformable)"``); empty (the default) for a structure the user gave. Written to
+        RTSTRUCT as ROIGenerationDescription with ROIGenerationAlgorithm ``AUTOMATIC``.
 
     Examples
     --------
@@ -385,14 +510,17 @@ class Structure:
     (0.002, (1.0, 1.0, 2.0))
     >>> Structure("empty", np.zeros(g.shape, bool), g).is_empty
     True
+    >>> s.derived, Structure("Sacrum", m, g, derivation="bone from CT").derived
+    (False, True)
     """
 
-    __slots__ = ("_bbox", "_local", "color", "grid", "name", "role")
+    __slots__ = ("_bbox", "_local", "color", "derivation", "grid", "name", "role")
 
     name: str
     grid: ImageGrid
     role: str
     color: tuple[int, int, int]
+    derivation: str
     _bbox: tuple[slice, slice, slice] | None
     _local: BoolMask
 
@@ -404,11 +532,13 @@ class Structure:
         *,
         role: str = "organ",
         color: tuple[int, int, int] | None = None,
+        derivation: str = "",
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError(f"structure name must be a non-empty string, got {name!r}")
         check_type(grid, ImageGrid, name=f"grid of structure {name!r}")
         check_choice(role, ROLES, name=f"role of structure {name!r}")
+        check_type(derivation, str, name=f"derivation of structure {name!r}")
         full = as_mask(mask, grid, name=f"mask of structure {name!r}")
         bbox = bounding_box(full)
         local = np.zeros((0, 0, 0), bool) if bbox is None else full[bbox].copy()
@@ -419,6 +549,7 @@ class Structure:
             ("grid", grid),
             ("role", role),
             ("color", rgb),
+            ("derivation", derivation),
             ("_bbox", bbox),
             ("_local", local),
         ):
@@ -449,6 +580,7 @@ class Structure:
         *,
         role: str = "organ",
         color: tuple[int, int, int] | None = None,
+        derivation: str = "",
     ) -> Structure:
         """Build a structure from the mask of a sub-box starting at index ``offset`` (k, j, i).
 
@@ -469,7 +601,14 @@ class Structure:
                 f"sub-box of structure {name!r} at {off.tolist()} with shape {local.shape} does "
                 f"not fit in the grid of shape {grid.shape}"
             )
-        out = cls(name, np.zeros((1, 1, 1), bool), _single_voxel_grid(grid), role=role, color=color)
+        out = cls(
+            name,
+            np.zeros((1, 1, 1), bool),
+            _single_voxel_grid(grid),
+            role=role,
+            color=color,
+            derivation=derivation,
+        )
         tight = bounding_box(local)
         bbox: tuple[slice, slice, slice] | None = None
         cropped: BoolMask = np.zeros((0, 0, 0), bool)
@@ -550,12 +689,44 @@ class Structure:
         """DICOM RT ROI Interpreted Type for :attr:`role`."""
         return ROLE_TO_INTERPRETED_TYPE[self.role]
 
+    @property
+    def derived(self) -> bool:
+        """True when rtplan derived the structure (see :attr:`derivation`)."""
+        return bool(self.derivation)
+
     def renamed(self, name: str, *, role: str | None = None) -> Structure:
-        """A copy with another name (and optionally role)."""
-        return Structure(name, self.to_mask(), self.grid, role=role or self.role, color=self.color)
+        """A copy with another name (and optionally role); the derivation is kept."""
+        return self._copy(name, role or self.role, self.derivation)
+
+    def with_derivation(self, derivation: str) -> Structure:
+        """A copy marked with ``derivation`` (``""`` marks it as given by the user)."""
+        check_type(derivation, str, name=f"derivation of structure {self.name!r}")
+        return self._copy(self.name, self.role, derivation)
+
+    def _copy(self, name: str, role: str, derivation: str) -> Structure:
+        if self._bbox is None:
+            return Structure(
+                name,
+                np.zeros(self.grid.shape, bool),
+                self.grid,
+                role=role,
+                color=self.color,
+                derivation=derivation,
+            )
+        offset = (self._bbox[0].start, self._bbox[1].start, self._bbox[2].start)
+        return Structure.from_cropped(
+            name,
+            self._local,
+            offset,
+            self.grid,
+            role=role,
+            color=self.color,
+            derivation=derivation,
+        )
 
     def __repr__(self) -> str:
-        return f"Structure({self.name!r}, role={self.role!r}, volume_cc={self.volume_cc:.2f})"
+        mark = f", derivation={self.derivation!r}" if self.derived else ""
+        return f"Structure({self.name!r}, role={self.role!r}, volume_cc={self.volume_cc:.2f}{mark})"
 
 
 class StructureSet(Mapping[str, Structure]):
@@ -624,9 +795,9 @@ class StructureSet(Mapping[str, Structure]):
     def _find(self, name: str) -> str | None:
         if name in self._items:
             return name
-        norm = _normalise(name)
+        norm = _set_key(name)
         for key in self._items:
-            if _normalise(key) == norm:
+            if _set_key(key) == norm:
                 return key
         tg = canonical_name(name)
         if tg is not None:

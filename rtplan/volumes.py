@@ -1,54 +1,43 @@
 """Target volumes for each field option: prostate bed, pelvic nodes, boosts, SBRT.
 
 Every margin, border and dose comes from a :class:`~rtplan.protocol.Protocol` (TOML, see
-:mod:`rtplan.protocol`); nothing clinical is hard-coded here. The builders work on an
+:mod:`rtplan.protocol`); the few values a protocol cannot hold yet are module constants
+with their source (:data:`MESORECTAL_MARGIN_MM`, :data:`ADT_SHORT_MONTHS`,
+:data:`ADT_LONG_MONTHS`, :data:`ALPHA_BETA_PROSTATE_GY`). The builders work on an
 *anatomy*, :class:`rtplan.staging.AtlasLike`: an object with ``grid``
 (:class:`~rtplan.grid.ImageGrid`), ``structures`` (:class:`~rtplan.structures.StructureSet`,
 TG-263 names) and ``landmarks`` (mapping of name -> LPS ``(x, y, z)`` mm), such as
-:class:`rtplan.atlas.Atlas`. Landmarks that are
-missing are derived from the structures where possible (e.g. ``PubicSymphysis_Top`` = the
-top of ``PubicSymphys``, ``L5S1_Interspace`` = between ``VB_L5`` and ``VB_S1``).
+:class:`rtplan.atlas.Atlas`. Landmarks that are missing are derived from the structures
+where possible (:func:`landmark_z_mm`: e.g. ``PubicSymphysis_Top`` = the top of
+``PubicSymphys``, ``L5S1_Interspace`` = between ``VB_L5`` and ``VB_S1``).
 
 Volumes
 -------
 * :func:`ctv_prostate_bed` -- ``CTVsb_<cGy>``, RTOG 2010 consensus (Michalski et al.,
-  IJROBP 2010;76:361): built slice by slice as the region between the organs, with the
-  borders of that paper below and above the top of the pubic symphysis (PS):
-
-  ========== ======================================= ===========================================
-  border     below the top of the PS                 above the top of the PS
-  ========== ======================================= ===========================================
-  inferior   ``inferior_below_vua_mm`` below the     --
-             VUA landmark (or the slice above the
-             penile bulb when there is no VUA)
-  superior   --                                      ``VasDeferens_CutEnd`` or
-                                                     ``superior_above_symphysis_mm`` above the PS
-  anterior   posterior edge of ``PubicSymphys``;     posterior ``bladder_wall_band_mm`` of the
-             where the bladder neck reaches below    bladder (the band is kept in the CTV)
-             the PS, its posterior band as above
-  posterior  anterior surface of ``Rectum``          anterior surface of the rectum, moved
-             (``Canal_Anal``), column by column,     ``mesorectal_offset_mm`` forward (stands in
-             concave around its lateral aspects      for the mesorectal fascia)
-             at most halfway to its centre
-  lateral    medial edge of ``Levator_Ani`` /        ``lateral_halfwidth_mm`` from the midline
-             ``Obturator_Int_L/R`` (row by row),     (stands in for the sacrorectogenitopubic
-             at most ``lateral_halfwidth_mm``        fascia), or the obturator internus
-             from the midline
-  ========== ======================================= ===========================================
-
-  then smoothed (closing by ``smoothing_mm``) and cropped from bone, rectum, muscle,
-  bowel and the bladder except its posterior band.
+  IJROBP 2010;76:361): the prostate-bed region of :func:`rtplan.staging.prostate_bed_region`
+  (its border table is there), the same region in which staging calls a lesion a local
+  recurrence. Laterally, below the top of the symphysis, the CTV reaches the levator ani /
+  obturator internus; a cap from the midline is only a protocol option
+  (``lateral_cap_mm``).
 * :func:`ctv_pelvic_nodes` -- ``CTVn_<cGy>``, RTOG 2009 consensus (Lawton et al., IJROBP
-  2009;74:383): common, external and internal iliac vessels plus ``vessel_margin_mm``
-  in-plane (radial); presacral strip ``presacral_depth_mm`` anterior to
-  ``presacral_vertebrae`` (S1-S3), at most ``presacral_halfwidth_mm`` from the midline;
-  obturator strip ``obturator_strip_width_mm`` medial to
-  the obturator internus (Taylor et al. 2005); the external iliac region stops at the top
-  of the femoral heads, the rest at the top of the pubic symphysis; superior border at the
-  ``superior_border`` landmark (L5/S1 by default; the NRG 2021 variant L4/L5 or the aortic
-  bifurcation); cropped from bone, bowel, bladder, rectum and muscle.
+  2009;74:383) and its NRG 2021 update (Hall et al., IJROBP 2021;109:174): common,
+  external and internal iliac vessels plus ``vessel_margin_mm`` in-plane (radial);
+  presacral strip ``presacral_depth_mm`` in front of the anterior surface of
+  ``presacral_vertebrae`` (S1-S3), at most ``presacral_halfwidth_mm`` from the midline
+  and never in the sacral canal; obturator strip ``obturator_strip_width_mm`` medial to
+  the obturator internus, and the same width of pelvic sidewall joining the external and
+  internal iliac regions from the inferior border up to the iliac bifurcation (Taylor et
+  al. 2005: obturator strip >= 18 mm along the sidewall); the external iliac region stops
+  at the top of the femoral heads, the rest at the top of the pubic symphysis; superior
+  border at the ``superior_border`` landmark (NRG 2021: L4/L5 interspace; RTOG 2009:
+  L5/S1); cropped from bone, bowel loops (``Bowel``, ``Bowel_Small``, ``Bowel_Large``,
+  ``Colon``, ``Colon_Sigmoid``; not the peritoneal space ``Spc_Bowel``, which is not
+  bowel), bladder, rectum, muscle and the sacral canal. Node-positive adaptations:
+  ``superior_border="AorticBifurcation"`` for common iliac disease, ``mesorectal=True``
+  adds the mesorectum (``MESORECTAL_MARGIN_MM`` around the rectum) for a PSMA-positive
+  perirectal node.
 * boosts (:func:`boost_volumes`): a PSMA-positive local recurrence (``GTVp`` ->
-  ``CTVp_<cGy>`` -> ``PTVp_<cGy>``), PSMA-positive pelvic nodes (``GTVn1`` ->
+  ``CTVp_<cGy>`` -> ``PTVp_<cGy>``), PSMA-positive nodes (``GTVn1`` ->
   ``CTVn1_<cGy>`` -> ``PTVn1_<cGy>``) and SBRT lesions (``GTV1`` = ``CTV1_<cGy>`` ->
   ``PTV1_<cGy>``).
 * PTVs (:func:`ptv_from_ctv`): the CTV grown by the protocol margin (anisotropic allowed,
@@ -58,15 +47,19 @@ Volumes
 
 Names follow AAPM TG-263 (CLINICAL.md section 8): type, classifier (``sb`` surgical bed,
 ``n`` nodal, ``p`` primary), enumerator, then the total dose in cGy; at most 16 characters
-and unique within an option.
+and unique within an option. An adapted elective nodal CTV says so in its name
+(``CTVnExt_4500``: extended to the aortic bifurcation; ``CTVnMR_4500``: with the
+mesorectum).
 
 Field options
 -------------
 :func:`suggest_options` lists the options worth comparing for a PROMISE miTNM stage
-(:class:`rtplan.staging.Stage`), each with its evidence line (CLINICAL.md sections 4b and
-10a); :func:`build_options` builds them as :class:`~rtplan.plan.FieldOption` objects. This
-is decision support for comparing options, never a prescription: the options, doses and
-evidence lines are for the treating team to weigh.
+(:class:`rtplan.staging.Stage`), each with its evidence line (CLINICAL.md sections 4b, 4d
+and 10a), its ADT duration (:attr:`OptionSpec.adt_duration`) and, once built, the EQD2 of
+each prescription (:func:`prescription_eqd2`); :func:`build_options` builds them as
+:class:`~rtplan.plan.FieldOption` objects. This is decision support for comparing
+options, never a prescription: the options, doses and evidence lines are for the treating
+team to weigh.
 """
 
 from __future__ import annotations
@@ -76,13 +69,15 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
-from rtplan._typing import BoolMask, FloatArray, Vec3
-from rtplan._validation import as_mask, bounding_box, check_choice, check_names, check_type
+from rtplan._typing import BoolMask
+from rtplan._validation import as_mask, check_choice, check_names, check_type
+from rtplan.dose_estimate import eqd2_gy
 from rtplan.errors import (
     GeometryError,
     InvalidInputError,
@@ -95,12 +90,26 @@ from rtplan.lesions import Lesion, Lesions
 from rtplan.margins import Margin, crop_away_from, expand, shrink
 from rtplan.plan import TECHNIQUES, Course, FieldOption, Target
 from rtplan.protocol import Protocol, load_protocol
-from rtplan.staging import AtlasLike, Stage, check_atlas
+from rtplan.staging import (
+    PERIRECTAL_REGION,
+    AtlasLike,
+    Stage,
+    check_atlas,
+    is_counted,
+    landmark_z_mm,
+    prostate_bed_region,
+)
 from rtplan.structures import Structure, StructureSet
 
 __all__ = [
+    "ADT_LONG_MONTHS",
+    "ADT_SHORT_MONTHS",
+    "ALPHA_BETA_PROSTATE_GY",
     "DISCLAIMER",
+    "MESORECTAL_MARGIN_MM",
+    "NODAL_SUPERIOR_BORDERS",
     "OptionSpec",
+    "PrescriptionEQD2",
     "TargetOverlap",
     "boost_volumes",
     "build_option",
@@ -110,6 +119,7 @@ __all__ = [
     "evaluation_ptv",
     "landmark_z_mm",
     "option_volume_table",
+    "prescription_eqd2",
     "ptv_from_ctv",
     "suggest_options",
     "target_overlaps",
@@ -119,6 +129,35 @@ __all__ = [
 DISCLAIMER = (
     "Decision support for comparing options, not a prescription: the choice of field, dose "
     "and ADT rests with the treating team."
+)
+
+#: Short-term ADT (months) with salvage RT: SPPORT arm 2 and 3 STAD, 4-6 months starting
+#: about 2 months before RT (Pollack et al., Lancet 2022; CLINICAL.md section 4b [V]).
+ADT_SHORT_MONTHS: tuple[int, int] = (4, 6)
+
+#: Long-term ADT (months): RADICALS-HD gave 24 months (vs 6) with postoperative RT, 10-year
+#: metastasis-free survival 78.1 % vs 71.9 %, HR 0.773 (Parker et al., Lancet 2024;
+#: @parker2024_radicals_hd [V-3p]); 18 months is the lower end in common use (tool default
+#: [U]). No trial fixes the duration for PSMA-positive nodes or oligometastases.
+ADT_LONG_MONTHS: tuple[int, int] = (18, 24)
+
+#: alpha/beta of prostate cancer for the EQD2 of prescriptions: about 1.4-1.7 Gy, 1.5 Gy
+#: used (review PMID 23482774; CLINICAL.md section 7 [V]); the protocol's
+#: ``alpha_beta.prostate`` wins when the option is built.
+ALPHA_BETA_PROSTATE_GY = 1.5
+
+#: Mesorectal coverage added to the elective nodal CTV for a PSMA-positive perirectal node:
+#: the rectum grown this far in-plane (tool default 10 mm, standing in for the mesorectal
+#: fascia; the NRG 2021 atlas names perirectal nodes as optional in node-positive cases,
+#: CLINICAL.md 2b [U]).
+MESORECTAL_MARGIN_MM = 10.0
+
+#: Superior borders of the elective nodal CTV (landmarks): RTOG 2009 (L5/S1), NRG 2021
+#: (L4/L5; CLINICAL.md 2b [U]) and the aortic bifurcation (common iliac disease).
+NODAL_SUPERIOR_BORDERS: tuple[str, ...] = (
+    "L5S1_Interspace",
+    "L4L5_Interspace",
+    "AorticBifurcation",
 )
 
 _BONES = (
@@ -138,15 +177,36 @@ _BONES = (
     "Femur_Head_L",
     "Femur_Head_R",
 )
-_BOWEL = ("Spc_Bowel", "Bowel", "Bowel_Small", "Bowel_Large", "Colon", "Colon_Sigmoid")
+#: Bowel loops (TG-263). The peritoneal space ``Spc_Bowel`` is not bowel: RTOG 2009 carves
+#: bowel out of the nodal CTV (Lawton et al. 2009), not the space the loops may occupy.
+_BOWEL = ("Bowel", "Bowel_Small", "Bowel_Large", "Colon", "Colon_Sigmoid")
 _RECTUM = ("Rectum", "Canal_Anal")
 _MUSCLES = ("Iliopsoas_L", "Iliopsoas_R", "Obturator_Int_L", "Obturator_Int_R", "Levator_Ani")
+#: The sacral canal's contents when the anatomy has them (TG-263); the canal itself is
+#: also found as the hole of the sacrum and vertebrae on each slice.
+_CANAL = ("CaudaEquina", "SpinalCanal", "SpinalCord")
+_SPINE = ("Sacrum", "VB_S1", "VB_S2", "VB_S3", "VB_L4", "VB_L5")
 _VESSELS_COMMON = ("A_Iliac_L", "A_Iliac_R", "V_Iliac_L", "V_Iliac_R")
 _VESSELS_EXT = {"L": ("A_Iliac_Ext_L", "V_Iliac_Ext_L"), "R": ("A_Iliac_Ext_R", "V_Iliac_Ext_R")}
-_VESSELS_INT = ("A_Iliac_Int_L", "A_Iliac_Int_R", "V_Iliac_Int_L", "V_Iliac_Int_R")
+_VESSELS_INT = {"L": ("A_Iliac_Int_L", "V_Iliac_Int_L"), "R": ("A_Iliac_Int_R", "V_Iliac_Int_R")}
+_ALL_VESSELS = (
+    *_VESSELS_COMMON,
+    *_VESSELS_EXT["L"],
+    *_VESSELS_EXT["R"],
+    *_VESSELS_INT["L"],
+    *_VESSELS_INT["R"],
+)
+_SIDEWALL = {
+    side: (
+        f"Bone_Ilium_{side}",
+        f"Bone_Ischium_{side}",
+        f"Obturator_Int_{side}",
+        f"Iliopsoas_{side}",
+    )
+    for side in ("L", "R")
+}
 _BOOST_KINDS = ("local_boost", "node_boost", "sbrt_bone", "sbrt_node")
 _MAX_NAME = 16
-_T = TypeVar("_T")
 
 #: (GTV, CTV, PTV) of one boost or SBRT lesion.
 _Boost = tuple[Structure, Structure, Structure]
@@ -208,85 +268,6 @@ def _union(ss: StructureSet, names: Iterable[str], grid: ImageGrid) -> BoolMask:
 def _body(atlas: AtlasLike) -> Structure | None:
     """The anatomy's ``Body`` structure, when it has one."""
     return atlas.structures["Body"] if "Body" in atlas.structures else None
-
-
-def _z_extent(ss: StructureSet, name: str, grid: ImageGrid) -> tuple[float, float] | None:
-    key = ss.resolve(name)
-    if key is None or ss[key].is_empty:
-        return None
-    lo, hi = ss[key].bounds_mm[2]
-    half = grid.spacing_mm[0] / 2
-    return (lo + half, hi - half)  # centres of the lowest and highest slices
-
-
-def landmark_z_mm(atlas: AtlasLike, name: str) -> float:
-    """Height (LPS z, mm) of a landmark, from ``atlas.landmarks`` or derived from structures.
-
-    Derivations used when the landmark is absent: ``PubicSymphysis_Top`` (top slice of
-    ``PubicSymphys``), ``L5S1_Interspace`` / ``L4L5_Interspace`` (midway between the
-    vertebral bodies), ``AorticBifurcation`` (lowest slice of ``A_Aorta``),
-    ``FemurHead_Top_L/R`` (top of ``Femur_Head_L/R``), ``S3_Bottom`` (lowest slice of
-    ``VB_S3``), ``PenileBulb_Top`` (top of ``PenileBulb``).
-
-    Parameters
-    ----------
-    atlas : AtlasLike
-        Anatomy with ``grid``, ``structures`` and ``landmarks``.
-    name : str
-        Landmark key, e.g. ``"L5S1_Interspace"``.
-
-    Returns
-    -------
-    float
-        z in mm.
-
-    Raises
-    ------
-    TypeError
-        When ``atlas`` is not an anatomy or ``name`` not a string.
-    MissingStructureError
-        When the landmark is absent and cannot be derived.
-
-    Examples
-    --------
-    >>> from types import SimpleNamespace
-    >>> g = ImageGrid(shape=(6, 4, 4), spacing_mm=(2.0, 1.0, 1.0), origin_mm=(0, 0, 0))
-    >>> ps = np.zeros(g.shape, bool); ps[1:4, 1:3, 1:3] = True
-    >>> anatomy = SimpleNamespace(grid=g, landmarks={"VUA": (0.0, 0.0, 1.0)},
-    ...                           structures=StructureSet([Structure("PubicSymphys", ps, g)]))
-    >>> landmark_z_mm(anatomy, "VUA"), landmark_z_mm(anatomy, "PubicSymphysis_Top")
-    (1.0, 6.0)
-    """
-    check_atlas(atlas)
-    check_type(name, str, name="name")
-    grid, ss, landmarks = atlas.grid, atlas.structures, atlas.landmarks
-    if name in landmarks:
-        return float(landmarks[name][2])
-    top = {
-        "PubicSymphysis_Top": "PubicSymphys",
-        "FemurHead_Top_L": "Femur_Head_L",
-        "FemurHead_Top_R": "Femur_Head_R",
-        "PenileBulb_Top": "PenileBulb",
-    }
-    bottom = {"AorticBifurcation": "A_Aorta", "S3_Bottom": "VB_S3"}
-    between = {"L5S1_Interspace": ("VB_L5", "VB_S1"), "L4L5_Interspace": ("VB_L4", "VB_L5")}
-    if name in top and (ext := _z_extent(ss, top[name], grid)) is not None:
-        return ext[1]
-    if name in bottom and (ext := _z_extent(ss, bottom[name], grid)) is not None:
-        return ext[0]
-    if name in between:
-        upper, lower = (_z_extent(ss, n, grid) for n in between[name])
-        if upper is not None and lower is not None:
-            return (upper[0] + lower[1]) / 2
-    raise MissingStructureError(
-        f"landmark {name!r} is not in the anatomy's landmarks ({', '.join(landmarks) or 'none'}) "
-        "and cannot be derived from its structures"
-    )
-
-
-def _landmark_xyz(atlas: AtlasLike, name: str) -> Vec3 | None:
-    p = atlas.landmarks.get(name)
-    return None if p is None else (float(p[0]), float(p[1]), float(p[2]))
 
 
 def _z_between(grid: ImageGrid, lo_mm: float, hi_mm: float) -> BoolMask:
@@ -381,7 +362,23 @@ class _NodeRules:
         }
 
 
-def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> BoolMask:
+@dataclass(frozen=True)
+class _VesselRegions:
+    """The vessels grown by the margin: common iliac, and per side external and internal."""
+
+    common: BoolMask
+    external: dict[str, BoolMask]
+    internal: dict[str, BoolMask]
+
+    @property
+    def union(self) -> BoolMask:
+        out = self.common.copy()
+        for part in (*self.external.values(), *self.internal.values()):
+            out |= part
+        return out
+
+
+def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> _VesselRegions:
     """Common, internal and external iliac vessels grown in-plane by the vessel margin.
 
     The external iliac region of each side stops at the ``external_iliac_inferior``
@@ -390,9 +387,10 @@ def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> BoolMask:
     grid, ss = atlas.grid, atlas.structures
     vm = rules.vessel_margin_mm
     z_top = float(grid.axis_coordinates_mm()[0].max())
-    region = _quiet_expand(_union(ss, _VESSELS_COMMON, grid), grid, _inplane(vm))
-    region |= _quiet_expand(_union(ss, _VESSELS_INT, grid), grid, _inplane(vm))
+    common = _quiet_expand(_union(ss, _VESSELS_COMMON, grid), grid, _inplane(vm))
     extra = rules.external_iliac_anterolateral_mm
+    external: dict[str, BoolMask] = {}
+    internal: dict[str, BoolMask] = {}
     for side in ("L", "R"):
         side_margin = Margin(
             right=vm + (extra if side == "R" else 0.0),
@@ -402,25 +400,32 @@ def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> BoolMask:
         )
         ext = _quiet_expand(_union(ss, _VESSELS_EXT[side], grid), grid, side_margin)
         z_ext = landmark_z_mm(atlas, f"{rules.external_iliac_inferior}_{side}")
-        region |= ext & _z_between(grid, z_ext, z_top)
-    return region
+        external[side] = ext & _z_between(grid, z_ext, z_top)
+        internal[side] = _quiet_expand(_union(ss, _VESSELS_INT[side], grid), grid, _inplane(vm))
+    return _VesselRegions(common, external, internal)
 
 
 def _presacral_strip(ss: StructureSet, grid: ImageGrid, rules: _NodeRules) -> BoolMask:
-    """Strip ``presacral_depth_mm`` anterior to the sacral vertebral bodies (or the sacrum).
+    """Strip ``presacral_depth_mm`` deep in front of the sacral vertebral bodies' surface.
 
-    At most ``presacral_halfwidth_mm`` from the vertebrae's mean x when that is set; empty
-    without sacral structures.
+    Column by column on each slice of ``presacral_vertebrae`` (else ``Sacrum``), from the
+    most anterior bone voxel forward, so nothing behind the anterior surface (the sacral
+    canal, the foramina) is in it; at most ``presacral_halfwidth_mm`` from the
+    vertebrae's mean x when that is set; empty without sacral structures.
     """
     vb = _union(ss, rules.presacral_vertebrae, grid)
     if not vb.any():
         vb = _union(ss, ("Sacrum",), grid)
     if not vb.any():
         return vb
-    strip = _quiet_expand(vb, grid, Margin(anterior=rules.presacral_depth_mm)) & ~vb
+    _, y_mm, x_mm = grid.axis_coordinates_mm()
+    Y = y_mm[None, :, None]
+    has = vb.any(axis=1)  # [slice, column]
+    front = np.where(has, np.where(vb, Y, np.inf).min(axis=1), np.nan)  # y of the surface
+    depth = rules.presacral_depth_mm
+    strip: BoolMask = (Y < front[:, None, :]) & (Y >= front[:, None, :] - depth)
     half = rules.presacral_halfwidth_mm
     if half is not None:
-        x_mm = grid.axis_coordinates_mm()[2]
         x_mid = float(np.mean(x_mm[vb.any(axis=(0, 1))]))
         strip &= (np.abs(x_mm - x_mid) <= half)[None, None, :]
     return strip
@@ -437,21 +442,130 @@ def _obturator_strips(ss: StructureSet, grid: ImageGrid, width_mm: float) -> Boo
     return region
 
 
+def _hull_2d(mask2d: BoolMask) -> BoolMask:
+    """The filled convex hull of a 2-D mask (voxel centres); the mask itself when flat."""
+    pts = np.argwhere(mask2d).astype(float)
+    if len(pts) < 3:
+        return mask2d
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # all points on a line: nothing to fill between them
+        return mask2d
+    lo = pts.min(axis=0).astype(int)
+    hi = pts.max(axis=0).astype(int) + 1
+    jj, ii = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]]
+    grid_pts = np.stack([jj.ravel(), ii.ravel()], axis=1).astype(float)
+    inside = np.all(grid_pts @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9, axis=1)
+    out = mask2d.copy()
+    out[lo[0] : hi[0], lo[1] : hi[1]] |= inside.reshape(jj.shape)
+    return out
+
+
+def _sidewall_bridges(
+    atlas: AtlasLike,
+    vessels: _VesselRegions,
+    obturator: BoolMask,
+    z_inf: float,
+    width_mm: float,
+) -> BoolMask:
+    """The pelvic sidewall between the external and internal iliac regions, per side.
+
+    On each slice from ``z_inf`` up to the side's iliac bifurcation: the convex hull of
+    that side's external iliac, internal iliac and obturator regions, within ``width_mm``
+    of the sidewall (``Bone_Ilium``, ``Bone_Ischium``, ``Obturator_Int``, ``Iliopsoas``
+    of the side, when present). This is the obturator fossa / sidewall strip of Lawton
+    2009 and Taylor et al. 2005 (>= 18 mm along the sidewall, CLINICAL.md 2a, 2c) that
+    joins the two vessel islands.
+    """
+    grid, ss = atlas.grid, atlas.structures
+    z_mm, _, x_mm = grid.axis_coordinates_mm()
+    out = np.zeros(grid.shape, bool)
+    x_mid = float(np.mean(x_mm[vessels.union.any(axis=(0, 1))]))
+    for side in ("L", "R"):
+        on_side = (x_mm > x_mid) if side == "L" else (x_mm < x_mid)
+        parts = vessels.external[side] | vessels.internal[side] | (obturator & on_side)
+        wall = _union(ss, _SIDEWALL[side], grid)
+        near_wall = _quiet_expand(wall, grid, _inplane(width_mm)) if wall.any() else None
+        try:
+            z_top = landmark_z_mm(atlas, f"IliacBifurcation_{side}")
+        except MissingStructureError:
+            z_top = float(z_mm.max())
+        for k in np.flatnonzero((z_mm >= z_inf - 1e-6) & (z_mm <= z_top + 1e-6)):
+            if not parts[k].any():
+                continue
+            hull = _hull_2d(parts[k])
+            out[k] |= hull if near_wall is None else hull & near_wall[k]
+    return out
+
+
+def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
+    """The spinal / sacral canal: named structures, and the holes of the sacrum and spine.
+
+    A hole is found slice by slice (2-D hole filling of the bone minus the bone).
+    """
+    canal = _union(ss, _CANAL, grid)
+    bone = _union(ss, _SPINE, grid)
+    for k in np.flatnonzero(bone.any(axis=(1, 2))):
+        filled = np.asarray(ndimage.binary_fill_holes(bone[k]), bool)
+        canal[k] |= filled & ~bone[k]
+    return canal
+
+
+def _mesorectum(atlas: AtlasLike, z_inf: float, margin_mm: float) -> BoolMask:
+    """The rectum grown ``margin_mm`` in-plane, without the rectum, from ``z_inf`` up."""
+    grid, ss = atlas.grid, atlas.structures
+    rectum = _union(ss, ("Rectum",), grid)
+    if not rectum.any():
+        raise MissingStructureError(
+            "mesorectal coverage of the nodal CTV needs a 'Rectum' structure"
+        )
+    z_top = float(grid.axis_coordinates_mm()[0].max())
+    grown = _quiet_expand(rectum, grid, _inplane(margin_mm)) & ~rectum
+    levels: BoolMask = np.asarray(rectum.any(axis=(1, 2)), bool)
+    out: BoolMask = grown & _z_between(grid, z_inf, z_top) & levels[:, None, None]
+    return out
+
+
+def _node_ctv_name(
+    proto: Protocol, rules: _NodeRules, superior_border: str | None, mesorectal: bool
+) -> str:
+    tags = ""
+    if superior_border is not None and superior_border != rules.superior_border:
+        tags += "Ext"
+    if mesorectal:
+        tags += "MR"
+    return f"CTVn{tags}_{proto.prescription('pelvic_nodes').dose_cgy}"
+
+
 def ctv_pelvic_nodes(
-    atlas: AtlasLike, protocol: str | Protocol = "nrg_salvage", *, name: str | None = None
+    atlas: AtlasLike,
+    protocol: str | Protocol = "nrg_salvage",
+    *,
+    name: str | None = None,
+    superior_border: str | None = None,
+    mesorectal: bool = False,
 ) -> Structure:
-    """Elective pelvic nodal CTV per the RTOG 2009 consensus (Lawton et al.).
+    """Elective pelvic nodal CTV per the RTOG 2009 / NRG 2021 consensus.
 
     Parameters
     ----------
     atlas : AtlasLike
         Anatomy with ``grid``, ``structures`` (the iliac vessels ``A_Iliac_L/R``,
         ``V_Iliac_L/R``, ``A/V_Iliac_Ext_L/R``, ``A/V_Iliac_Int_L/R`` are required; bone,
-        bowel, bladder, rectum and muscles are cropped out when present) and landmarks.
+        bowel loops, bladder, rectum, muscles and the sacral canal are cropped out when
+        present) and landmarks.
     protocol : str or Protocol
         Protocol name or object; reads ``[ctv.pelvic_nodes]``.
     name : str, optional
-        Structure name; default ``CTVn_<pelvic dose in cGy>``.
+        Structure name; default ``CTVn_<pelvic dose in cGy>`` (``CTVnExt_``,
+        ``CTVnMR_``, ``CTVnExtMR_`` when adapted).
+    superior_border : str, optional
+        Node-positive adaptation: a landmark of :data:`NODAL_SUPERIOR_BORDERS` replacing
+        the protocol's superior border, e.g. ``"AorticBifurcation"`` for common iliac
+        disease.
+    mesorectal : bool
+        Node-positive adaptation: add the mesorectum (:data:`MESORECTAL_MARGIN_MM` around
+        the rectum, from the inferior border up) for a PSMA-positive perirectal node.
 
     Returns
     -------
@@ -470,300 +584,49 @@ def ctv_pelvic_nodes(
     check_atlas(atlas)
     proto = _protocol(protocol)
     rules = _NodeRules.from_protocol(proto)
+    if superior_border is not None:
+        check_choice(superior_border, NODAL_SUPERIOR_BORDERS, name="superior_border")
+    check_type(mesorectal, bool, name="mesorectal")
     grid, ss = atlas.grid, atlas.structures
     ss.require(
-        [*_VESSELS_COMMON, *_VESSELS_EXT["L"], *_VESSELS_EXT["R"], *_VESSELS_INT],
+        list(_ALL_VESSELS),
         purpose="CTV_PelvicNodes (RTOG 2009 vessel-based CTV)",
     )
-    z_sup = landmark_z_mm(atlas, rules.superior_border)
+    z_sup = landmark_z_mm(atlas, superior_border or rules.superior_border)
     z_inf = landmark_z_mm(atlas, rules.inferior_border)
-    region = _vessel_regions(atlas, rules)
+    vessels = _vessel_regions(atlas, rules)
+    obturator = _obturator_strips(ss, grid, rules.obturator_strip_width_mm)
+    region = vessels.union | obturator
     region |= _presacral_strip(ss, grid, rules)
-    region |= _obturator_strips(ss, grid, rules.obturator_strip_width_mm)
+    region |= _sidewall_bridges(atlas, vessels, obturator, z_inf, rules.obturator_strip_width_mm)
     region &= _z_between(grid, z_inf, z_sup)
     region = _closing(region, grid, rules.smoothing_mm) & _z_between(grid, z_inf, z_sup)
+    if mesorectal:
+        region |= _mesorectum(atlas, z_inf, MESORECTAL_MARGIN_MM) & _z_between(grid, z_inf, z_sup)
     region = _crop_organs(region, ss, grid, rules.crops_mm)
+    region &= ~_sacral_canal(ss, grid)
     if not region.any():
         raise GeometryError(
             f"CTV_PelvicNodes is empty between z={z_inf:.1f} and {z_sup:.1f} mm; check the "
             "vessels and the landmarks"
         )
     if name is None:
-        name = f"CTVn_{proto.prescription('pelvic_nodes').dose_cgy}"
+        name = _node_ctv_name(proto, rules, superior_border, mesorectal)
     return _structure(name, region, grid, "ctv")
 
 
 # ---------------------------------------------------------------------------- CTV bed
-def _column_edge(mask2d: BoolMask, y_mm: FloatArray, *, posterior: bool) -> FloatArray:
-    """Per column: the most posterior (max y) or anterior (min y) y of the mask, else NaN."""
-    yy = np.broadcast_to(y_mm[:, None], mask2d.shape)
-    fill = -np.inf if posterior else np.inf
-    vals = np.where(mask2d, yy, fill)
-    edge: FloatArray = (vals.max(axis=0) if posterior else vals.min(axis=0)).astype(float)
-    edge[~mask2d.any(axis=0)] = np.nan
-    return edge
-
-
-def _fill_columns(values: FloatArray) -> FloatArray:
-    """Fill NaN columns with the nearest defined column (constant beyond the ends)."""
-    ok = np.isfinite(values)
-    if ok.all() or not ok.any():
-        return values
-    idx = np.arange(values.size)
-    filled: FloatArray = np.interp(idx, idx[ok], values[ok])
-    return filled
-
-
-def _nearest_slice(per_slice: Mapping[int, _T], k: int) -> _T | None:
-    """The value of slice ``k``, else of the nearest slice that has one (lower on a tie)."""
-    if k in per_slice:
-        return per_slice[k]
-    if not per_slice:
-        return None
-    nearest = min(per_slice, key=lambda kk: (abs(kk - k), kk))
-    return per_slice[nearest]
-
-
-@dataclass(frozen=True)
-class _BedRules:
-    """The ``[ctv.prostate_bed]`` values of a protocol (mm and choices)."""
-
-    inferior_below_vua_mm: float
-    superior_reference: str
-    superior_above_symphysis_mm: float
-    bladder_wall_band_mm: float
-    lateral_halfwidth_mm: float
-    lateral_above_symphysis: str
-    mesorectal_offset_mm: float
-    smoothing_mm: float
-
-    @classmethod
-    def from_protocol(cls, proto: Protocol) -> _BedRules:
-        def mm(key: str, default: float | None = None) -> float:
-            return proto.number(f"ctv.prostate_bed.{key}", default)
-
-        return cls(
-            inferior_below_vua_mm=mm("inferior_below_vua_mm"),
-            superior_reference=proto.text("ctv.prostate_bed.superior_reference"),
-            superior_above_symphysis_mm=mm("superior_above_symphysis_mm"),
-            bladder_wall_band_mm=mm("bladder_wall_band_mm"),
-            lateral_halfwidth_mm=mm("lateral_halfwidth_mm"),
-            lateral_above_symphysis=proto.text(
-                "ctv.prostate_bed.lateral_above_symphysis", "fascia"
-            ),
-            mesorectal_offset_mm=mm("mesorectal_offset_mm"),
-            smoothing_mm=mm("smoothing_mm", 0.0),
-        )
-
-
-@dataclass(frozen=True)
-class _BedLevels:
-    """Borders of the prostate-bed CTV: z levels and the midline (LPS mm)."""
-
-    z_inf: float
-    z_sup: float
-    z_symphysis_top: float
-    x_mid: float
-
-
-def _bed_levels(atlas: AtlasLike, rules: _BedRules) -> _BedLevels:
-    """Inferior and superior borders, the top of the symphysis and the midline.
-
-    Inferior: ``inferior_below_vua_mm`` below the VUA, or the slice above the penile bulb
-    without a VUA (Michalski). Superior: the vas deferens cut end, or
-    ``superior_above_symphysis_mm`` above the symphysis. Midline: the VUA's x, else the
-    symphysis centroid's.
-    """
-    ss = atlas.structures
-    z_ps = landmark_z_mm(atlas, "PubicSymphysis_Top")
-    vua = _landmark_xyz(atlas, "VUA")
-    if vua is not None:
-        z_inf = vua[2] - rules.inferior_below_vua_mm
-    else:  # Michalski: if the VUA is not visible, the slice above the penile bulb
-        try:
-            z_inf = landmark_z_mm(atlas, "PenileBulb_Top") + atlas.grid.spacing_mm[0]
-        except MissingStructureError:
-            raise MissingStructureError(
-                "CTV_ProstateBed needs the 'VUA' landmark (vesicourethral anastomosis) or, "
-                "failing it, a 'PenileBulb' structure or 'PenileBulb_Top' landmark for its "
-                "inferior border"
-            ) from None
-    cut_end = _landmark_xyz(atlas, "VasDeferens_CutEnd")
-    if rules.superior_reference == "vas_deferens" and cut_end is not None:
-        z_sup = cut_end[2]
-    else:
-        z_sup = z_ps + rules.superior_above_symphysis_mm
-    if z_sup <= z_inf:
-        raise ProtocolError(
-            f"CTV_ProstateBed: superior border z={z_sup:.1f} mm is not above the inferior "
-            f"border z={z_inf:.1f} mm; check the VUA / symphysis landmarks"
-        )
-    x_mid = vua[0] if vua is not None else ss["PubicSymphys"].centroid_mm[0]
-    return _BedLevels(z_inf, z_sup, z_ps, x_mid)
-
-
-@dataclass(frozen=True)
-class _BedPlanes:
-    """What the prostate-bed CTV is drawn between on each slice.
-
-    Attributes
-    ----------
-    y_mm, x_mm : ndarray of float
-        Row and column coordinates (mm); ``Y``, ``X`` the same on a whole slice.
-    bladder, rectum : ndarray of bool
-        Full masks (the rectum includes the anal canal).
-    lateral_below, lateral_above : tuple of ndarray of bool
-        Muscles bounding the CTV laterally below the symphysis top (levator ani and
-        obturator internus) and above it (obturator internus).
-    pubis_edge : dict of int to float
-        Slice -> posterior edge (y, mm) of the symphysis near the midline.
-    rectum_front : dict of int to float
-        Slice -> anterior surface (y, mm) of the rectum.
-    bladder_back : dict of int to ndarray of float
-        Slice above the symphysis -> posterior edge (y, mm) of the bladder per column.
-    """
-
-    y_mm: FloatArray
-    x_mm: FloatArray
-    Y: FloatArray
-    X: FloatArray
-    bladder: BoolMask
-    rectum: BoolMask
-    lateral_below: tuple[BoolMask, ...]
-    lateral_above: tuple[BoolMask, ...]
-    pubis_edge: dict[int, float]
-    rectum_front: dict[int, float]
-    bladder_back: dict[int, FloatArray]
-
-
-def _bed_planes(atlas: AtlasLike, lv: _BedLevels, slices: Sequence[int]) -> _BedPlanes:
-    """Organ masks and their reference edges, per slice, for the prostate-bed CTV."""
-    grid, ss = atlas.grid, atlas.structures
-    z_mm, y_mm, x_mm = grid.axis_coordinates_mm()
-    bladder = ss["Bladder"].mask
-    rectum = _union(ss, _RECTUM, grid)
-    pubis = ss["PubicSymphys"].mask
-    obturators = tuple(_union(ss, (n,), grid) for n in ("Obturator_Int_L", "Obturator_Int_R"))
-    central = np.abs(x_mm - lv.x_mid) <= 20.0
-    pubis_edge = {
-        k: float(np.nanmax(e[central]))
-        for k in range(grid.shape[0])
-        if np.isfinite(e := _column_edge(pubis[k], y_mm, posterior=True))[central].any()
-    }
-    rectum_front = {
-        k: float(np.nanmin(e))
-        for k in range(grid.shape[0])
-        if np.isfinite(e := _column_edge(rectum[k], y_mm, posterior=False)).any()
-    }
-    bladder_back = {
-        k: _fill_columns(_column_edge(bladder[k], y_mm, posterior=True))
-        for k in slices
-        if z_mm[k] > lv.z_symphysis_top + 1e-6 and bladder[k].any()
-    }
-    return _BedPlanes(
-        y_mm=y_mm,
-        x_mm=x_mm,
-        Y=np.broadcast_to(y_mm[:, None], grid.shape[1:]),
-        X=np.broadcast_to(x_mm[None, :], grid.shape[1:]),
-        bladder=bladder,
-        rectum=rectum,
-        lateral_below=(_union(ss, ("Levator_Ani",), grid), *obturators),
-        lateral_above=obturators,
-        pubis_edge=pubis_edge,
-        rectum_front=rectum_front,
-        bladder_back=bladder_back,
-    )
-
-
-def _bed_posterior(pl: _BedPlanes, k: int) -> FloatArray | None:
-    """Posterior border (y, mm, per column) on slice ``k``: the anterior rectal surface.
-
-    Concave around the rectum's lateral aspects, at most halfway to its centre; the
-    nearest slice's front where the rectum is absent; ``None`` without any rectum.
-    """
-    rectum = pl.rectum[k]
-    post = _column_edge(rectum, pl.y_mm, posterior=False)
-    if np.isfinite(post).any():
-        front = np.nanmin(post)
-        centre = float(pl.y_mm[rectum.any(axis=1)].mean())
-        post = np.where(np.isfinite(post), post, front)
-        return np.minimum(post, front + 0.5 * max(centre - front, 0.0))
-    nearest = _nearest_slice(pl.rectum_front, k)
-    return None if nearest is None else np.full(pl.x_mm.shape, nearest)
-
-
-def _bed_anterior(
-    pl: _BedPlanes, k: int, above: bool, band_mm: float
-) -> tuple[FloatArray, BoolMask] | None:
-    """Anterior border (y, mm, per column) on slice ``k`` and the bladder band kept there.
-
-    Above the symphysis top: ``band_mm`` in front of the bladder's posterior wall (of the
-    nearest slice with bladder). Below: the posterior edge of the symphysis, or the
-    posterior band of a bladder neck reaching below it. ``None`` without either.
-    """
-    bladder = pl.bladder[k]
-    back = _nearest_slice(pl.bladder_back, k) if above else None
-    if back is not None:
-        ant = back - band_mm
-    else:
-        edge = _nearest_slice(pl.pubis_edge, k)
-        if edge is None:
-            return None
-        ant = np.full(pl.x_mm.shape, edge)
-        if bladder.any():  # a bladder neck below the PS: its posterior band only
-            neck = _column_edge(bladder, pl.y_mm, posterior=True)
-            ant = np.where(np.isfinite(neck), np.maximum(ant, neck - band_mm), ant)
-    keep_band: BoolMask = bladder & (pl.Y > ant[None, :])
-    return ant, keep_band
-
-
-def _bed_lateral(
-    pl: _BedPlanes, k: int, above: bool, x_mid: float, rules: _BedRules
-) -> tuple[FloatArray, FloatArray]:
-    """Left and right borders (x, mm, per row) on slice ``k``.
-
-    Below the symphysis top: the medial edge of the levator ani / obturator internus, at
-    most ``lateral_halfwidth_mm`` from the midline. Above it: the half-width (the fascia)
-    but never past the obturator internus, or the obturator internus itself with
-    ``lateral_above_symphysis = "obturator_internus"``.
-    """
-    halfwidth = rules.lateral_halfwidth_mm
-    muscles = [m[k] for m in (pl.lateral_above if above else pl.lateral_below)]
-    medial_left, medial_right = _medial_edges(muscles, pl.X, x_mid, halfwidth)
-    if above and rules.lateral_above_symphysis == "obturator_internus":
-        return medial_left, medial_right
-    left = np.minimum(np.full(pl.y_mm.shape, x_mid + halfwidth), medial_left)
-    right = np.maximum(np.full(pl.y_mm.shape, x_mid - halfwidth), medial_right)
-    return left, right
-
-
-def _bed_slice(
-    pl: _BedPlanes, k: int, above: bool, lv: _BedLevels, rules: _BedRules
-) -> tuple[BoolMask, BoolMask] | None:
-    """The CTV on slice ``k`` and the bladder band it keeps; ``None`` when unbounded."""
-    post = _bed_posterior(pl, k)
-    if post is None:
-        return None
-    if above:
-        post = post - rules.mesorectal_offset_mm
-    anterior = _bed_anterior(pl, k, above, rules.bladder_wall_band_mm)
-    if anterior is None:
-        return None
-    ant, keep_band = anterior
-    left, right = _bed_lateral(pl, k, above, lv.x_mid, rules)
-    rows = (pl.Y > ant[None, :]) & (pl.Y < post[None, :])
-    region: BoolMask = rows & (pl.X < left[:, None]) & (pl.X > right[:, None])
-    return region, keep_band
-
-
 def ctv_prostate_bed(
     atlas: AtlasLike, protocol: str | Protocol = "nrg_salvage", *, name: str | None = None
 ) -> Structure:
     """Prostate-bed CTV per the RTOG 2010 consensus (Michalski et al.).
 
-    Built slice by slice as the region between the organs (see the module docstring for
-    the borders), smoothed, and cropped from bone, rectum, muscle, bowel and the bladder
-    except its posterior wall band above the symphysis.
+    The region :func:`rtplan.staging.prostate_bed_region` draws (its docstring has the
+    border table): between the organs slice by slice, laterally the levator ani /
+    obturator internus below the top of the symphysis (a cap from the midline only with
+    the protocol option ``lateral_cap_mm``), smoothed, and cropped from bone, rectum,
+    muscle, bowel loops and the bladder except its posterior wall band above the
+    symphysis. Staging calls a lesion in the same region a local recurrence.
 
     Parameters
     ----------
@@ -795,79 +658,15 @@ def ctv_prostate_bed(
     """
     check_atlas(atlas)
     proto = _protocol(protocol)
-    rules = _BedRules.from_protocol(proto)
-    grid, ss = atlas.grid, atlas.structures
-    ss.require(["Bladder", "Rectum", "PubicSymphys"], purpose="CTV_ProstateBed (RTOG 2010)")
-    lv = _bed_levels(atlas, rules)
-    z_mm = grid.axis_coordinates_mm()[0]
-    slices = [k for k in range(grid.shape[0]) if lv.z_inf - 1e-6 <= z_mm[k] <= lv.z_sup + 1e-6]
-    planes = _bed_planes(atlas, lv, slices)
-    region = np.zeros(grid.shape, bool)
-    keep_band = np.zeros(grid.shape, bool)
-    for k in slices:
-        drawn = _bed_slice(planes, k, z_mm[k] > lv.z_symphysis_top + 1e-6, lv, rules)
-        if drawn is not None:
-            region[k], keep_band[k] = drawn
-    region = _closing(region, grid, rules.smoothing_mm) & _z_between(grid, lv.z_inf, lv.z_sup)
-    region &= ~(planes.bladder & ~keep_band)
-    region = _crop_organs(
-        region,
-        ss,
-        grid,
-        {_BONES: 0.0, _RECTUM: 0.0, _MUSCLES: 0.0, _BOWEL: 0.0},
-    )
-    region = _largest_component(region)
+    region = prostate_bed_region(atlas, proto)
     if not region.any():
         raise GeometryError(
-            f"CTV_ProstateBed is empty between z={lv.z_inf:.1f} and {lv.z_sup:.1f} mm: the "
-            "symphysis, rectum or bladder does not reach these levels; check the anatomy"
+            "CTV_ProstateBed is empty: the symphysis, rectum or bladder does not reach the "
+            "levels of its borders; check the anatomy and the VUA / symphysis landmarks"
         )
     if name is None:
         name = f"CTVsb_{proto.prescription('prostate_bed').dose_cgy}"
-    return _structure(name, region, grid, "ctv")
-
-
-def _medial_edges(
-    muscles: Sequence[BoolMask], X: FloatArray, x_mid: float, cap_mm: float
-) -> tuple[FloatArray, FloatArray]:
-    """Row-wise medial edges (x, mm) of muscles left and right of the midline.
-
-    Each muscle's edge is taken row by row and carried to the rows it does not reach
-    (nearest row), then the most medial muscle wins; ``x_mid -+ cap_mm`` where no muscle.
-    """
-    ny = X.shape[0]
-    left = np.full(ny, x_mid + cap_mm)
-    right = np.full(ny, x_mid - cap_mm)
-    found_left = found_right = False
-    for m in muscles:
-        part = m & (X > x_mid)
-        if part.any():
-            edge = _fill_columns(_finite_or_nan(np.where(part, X, np.inf).min(axis=1)))
-            left = edge if not found_left else np.minimum(left, edge)
-            found_left = True
-        part = m & (X < x_mid)
-        if part.any():
-            edge = _fill_columns(_finite_or_nan(np.where(part, X, -np.inf).max(axis=1)))
-            right = edge if not found_right else np.maximum(right, edge)
-            found_right = True
-    return left, right
-
-
-def _finite_or_nan(values: FloatArray) -> FloatArray:
-    return np.where(np.isfinite(values), values, np.nan)
-
-
-def _largest_component(mask: BoolMask) -> BoolMask:
-    box = bounding_box(mask)
-    if box is None:
-        return mask
-    labels, n = ndimage.label(mask[box])
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    out = np.zeros_like(mask)
-    out[box] = labels == (int(np.argmax(sizes)) + 1)
-    return out
+    return _structure(name, region, atlas.grid, "ctv")
 
 
 # ---------------------------------------------------------------------------- PTVs
@@ -1044,9 +843,12 @@ def boost_volumes(
 
 
 # ---------------------------------------------------------------------------- options
+#: ADT durations an option can carry: short-term (:data:`ADT_SHORT_MONTHS`) or long-term
+#: (:data:`ADT_LONG_MONTHS`).
+AdtDuration = Literal["short-term", "long-term"]
+_ADT_DURATIONS: tuple[AdtDuration, ...] = ("short-term", "long-term")
 
 
-# ---------------------------------------------------------------------------- options
 def _lesion_ids(value: object, *, name: str) -> tuple[int, ...]:
     """``value`` as a tuple of lesion ids (:attr:`rtplan.lesions.Lesion.id`, int)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -1074,7 +876,7 @@ class OptionSpec:
         Lesion ids (:attr:`rtplan.lesions.Lesion.id`) of PSMA-positive local recurrences
         boosted in the bed.
     node_boost : tuple of int
-        Lesion ids of PSMA-positive pelvic nodes boosted (SIB in the pelvic course).
+        Lesion ids of PSMA-positive nodes boosted (SIB in the pelvic course).
     sbrt_bone, sbrt_node : tuple of int
         Lesion ids treated with SBRT, each as its own course (bone, or extrapelvic node /
         other soft tissue).
@@ -1082,13 +884,27 @@ class OptionSpec:
         ADT suggested with this option (reported, not dosed).
     description, evidence : str
         One-line description and the evidence line with its source.
+    prostate_bed : bool
+        Prostate-bed RT (default True); False only for SBRT alone.
+    adt_duration : {"short-term", "long-term"} or None
+        How long the ADT runs (:data:`ADT_SHORT_MONTHS`, :data:`ADT_LONG_MONTHS`); None
+        when not stated or without ADT.
+    superior_border : str or None
+        Superior border of the elective nodal CTV replacing the protocol's (one of
+        :data:`NODAL_SUPERIOR_BORDERS`), e.g. ``"AorticBifurcation"`` for common iliac
+        disease; needs ``pelvis``.
+    mesorectal : bool
+        Add the mesorectum to the elective nodal CTV (PSMA-positive perirectal node);
+        needs ``pelvis``.
 
     Raises
     ------
     TypeError
-        When the name is not a string or a lesion id not an integer.
+        When the name is not a string, a lesion id not an integer or a flag not a bool.
     InvalidInputError
-        When a node boost is asked for without whole-pelvis RT.
+        When the parts do not fit: a node boost or an adaptation without whole-pelvis RT,
+        a local boost or the pelvis without the prostate bed, an option that treats
+        nothing, a duration without ADT.
     """
 
     name: str
@@ -1100,13 +916,15 @@ class OptionSpec:
     adt: bool = False
     description: str = ""
     evidence: str = ""
+    prostate_bed: bool = True
+    adt_duration: AdtDuration | None = None
+    superior_border: str | None = None
+    mesorectal: bool = False
 
     def __post_init__(self) -> None:
         check_type(self.name, str, name="OptionSpec.name")
-        if self.node_boost and not self.pelvis:
-            raise InvalidInputError(
-                f"option {self.name!r}: a pelvic-node boost needs whole-pelvis RT (pelvis=True)"
-            )
+        for flag in ("pelvis", "adt", "prostate_bed", "mesorectal"):
+            check_type(getattr(self, flag), bool, name=f"OptionSpec.{flag}")
         for field_name, ids in (
             ("local_boost", self.local_boost),
             ("node_boost", self.node_boost),
@@ -1114,25 +932,81 @@ class OptionSpec:
             ("sbrt_node", self.sbrt_node),
         ):
             object.__setattr__(self, field_name, _lesion_ids(ids, name=f"OptionSpec.{field_name}"))
+        if self.adt_duration is not None:
+            check_choice(self.adt_duration, _ADT_DURATIONS, name="OptionSpec.adt_duration")
+        if self.superior_border is not None:
+            check_choice(
+                self.superior_border, NODAL_SUPERIOR_BORDERS, name="OptionSpec.superior_border"
+            )
+        problem = self._inconsistency()
+        if problem:
+            raise InvalidInputError(f"option {self.name!r}: {problem}")
+
+    def _inconsistency(self) -> str:
+        """What does not fit together, or ``""``."""
+        if self.node_boost and not self.pelvis:
+            return "a pelvic-node boost needs whole-pelvis RT (pelvis=True)"
+        if (self.superior_border is not None or self.mesorectal) and not self.pelvis:
+            return "a nodal CTV adaptation needs whole-pelvis RT (pelvis=True)"
+        if not self.prostate_bed and (self.pelvis or self.local_boost):
+            return "whole-pelvis RT and a local boost need the prostate bed (prostate_bed=True)"
+        if not self.prostate_bed and not (self.sbrt_bone or self.sbrt_node):
+            return "treats nothing: without the prostate bed it needs SBRT lesions"
+        if self.adt_duration is not None and not self.adt:
+            return "an ADT duration needs adt=True"
+        return ""
+
+    @property
+    def adt_months(self) -> tuple[int, int] | None:
+        """ADT duration as (shortest, longest) months, or ``None`` (no ADT / not stated)."""
+        if not self.adt or self.adt_duration is None:
+            return None
+        return ADT_SHORT_MONTHS if self.adt_duration == "short-term" else ADT_LONG_MONTHS
+
+    @property
+    def adt_text(self) -> str:
+        """The ADT of the option for a table cell, e.g. ``"short-term ADT, 4-6 months"``."""
+        if not self.adt:
+            return "no ADT"
+        months = self.adt_months
+        if months is None:
+            return "ADT (duration not stated)"
+        return f"{self.adt_duration} ADT, {months[0]}-{months[1]} months"
 
 
 @dataclass(frozen=True)
 class _LesionGroups:
-    """Lesion ids of a stage by how they can be treated."""
+    """Counted lesion ids of a stage by how they can be treated."""
 
     local: tuple[int, ...]  # local recurrences (Tr): prostate-bed boost
     node: tuple[int, ...]  # pelvic nodes (N1): node boost
     bone: tuple[int, ...]  # bone metastases (M1b): SBRT
     soft: tuple[int, ...]  # extrapelvic nodes and organ metastases (M1a, M1c): SBRT
+    common_iliac: tuple[int, ...] = ()  # nodes in the common iliac region (N1 or M1a)
+    perirectal: tuple[int, ...] = ()  # perirectal / mesorectal pelvic nodes
+
+    @property
+    def distant(self) -> tuple[int, ...]:
+        return (*self.bone, *self.soft)
+
+    @property
+    def common_iliac_only(self) -> bool:
+        """True when every distant lesion is a common iliac node (and there is one)."""
+        return bool(self.soft) and not self.bone and set(self.soft) <= set(self.common_iliac)
 
 
 def _group_lesions(stage: Stage) -> _LesionGroups:
-    """Group the staged lesions by category (a lesion in a bone region counts as bone)."""
+    """Group the counted lesions by category (a lesion in a bone region counts as bone).
+
+    Lesions that read negative (:func:`rtplan.staging.is_counted` False) drive nothing.
+    """
     local: list[int] = []
     node: list[int] = []
     bone: list[int] = []
     soft: list[int] = []
     for lesion in stage.lesions:
+        if not is_counted(lesion):
+            continue
         category = lesion.category or ""
         if category == "Tr":
             local.append(lesion.id)
@@ -1142,12 +1016,27 @@ def _group_lesions(stage: Stage) -> _LesionGroups:
             bone.append(lesion.id)
         elif category.startswith("M1"):
             soft.append(lesion.id)
-    return _LesionGroups(tuple(local), tuple(node), tuple(bone), tuple(soft))
+    counted = [x for x in stage.lesions if is_counted(x)]
+    common_iliac = tuple(x.id for x in counted if x.region_code == "CI")
+    perirectal = tuple(
+        x.id for x in counted if x.category == "N1" and x.region == PERIRECTAL_REGION
+    )
+    return _LesionGroups(
+        tuple(local), tuple(node), tuple(bone), tuple(soft), common_iliac, perirectal
+    )
 
 
 _EV_SPPORT = (
     "SPPORT (NRG/RTOG 0534): 5-y freedom from progression 71% PBRT vs 83% PBRT+STAD vs "
     "89% PLNRT+PBRT+STAD (ASTRO 2018 interim; CLINICAL.md 4b)"
+)
+_EV_STAD = (
+    "SPPORT arm 2: PBRT + short-term ADT (STAD, 4-6 months), 5-y freedom from progression "
+    "83% vs 71% with PBRT alone (ASTRO 2018 interim; CLINICAL.md 4b)"
+)
+_EV_SPPORT_PELVIS = (
+    "SPPORT's pelvic arm (PLNRT + PBRT) always had short-term ADT (STAD, 4-6 months): 89% "
+    "5-y freedom from progression; no SPPORT arm gave pelvic RT without ADT (CLINICAL.md 4b)"
 )
 _EV_UCLA_T0 = (
     "UCLA PSMA-guided SRT (Nikitas et al., JNCCN 2026): WPRT did not improve PFS in "
@@ -1169,77 +1058,185 @@ _EV_NODE_BOOST = (
     "PSMA-positive pelvic nodes: elective pelvis 45-50 Gy with PET-positive regions boosted up "
     "to 60 Gy (multicentre PSMA SRT, EMUC 2021; CLINICAL.md 4a)"
 )
-_EV_SBRT = (
-    "Metastasis-directed SBRT for oligometastases: STOMP (ADT-free survival 21 vs 13 mo, HR "
-    "0.60), ORIOLE (progression at 6 mo 19% vs 61%) (CLINICAL.md 4d)"
+_EV_MDT_NO_ADT = (
+    "STOMP (<= 3 metastases) and ORIOLE (1-3 metastases) tested metastasis-directed therapy "
+    "to defer ADT: ADT-free survival 21 vs 13 mo, HR 0.60 (STOMP); progression at 6 mo 19% "
+    "vs 61% (ORIOLE) (CLINICAL.md 4d)"
 )
+_EV_SBRT_ONLY = (
+    "No PSMA-positive disease in the bed or the pelvis: STOMP and ORIOLE treated the "
+    "metastases only (CLINICAL.md 4d)"
+)
+_EV_EFRT = (
+    "Common iliac nodes: the commonest site outside the RTOG 2009 field (proximal common "
+    "iliac 30%, Meijer 2013) and 16.4% of PSMA-positive nodes after prostatectomy (Trapp "
+    "2023); elective field extended to the aortic bifurcation with a node boost "
+    "(CLINICAL.md 2d)"
+)
+_EV_MESORECTAL = (
+    "Perirectal nodes: 7.8% of PSMA-positive nodes after prostatectomy (Trapp 2023), "
+    "pararectal 25% of the nodes outside the RTOG CTV (Meijer 2013); mesorectum added to the "
+    "elective field (CLINICAL.md 2d)"
+)
+_EV_ADT = {
+    "short-term": "ADT short-term, 4-6 months: SPPORT STAD (CLINICAL.md 4b)",
+    "long-term": (
+        "ADT long-term, 18-24 months: RADICALS-HD, 24 vs 6 months with postoperative RT, "
+        "10-y metastasis-free survival 78.1% vs 71.9%, HR 0.77 (Parker et al., Lancet 2024); "
+        "no trial fixes the duration for PSMA-positive nodes or oligometastases"
+    ),
+}
 
 
-def _spec_name(pelvis: bool, lr: bool, nb: bool, sbrt: bool, adt: bool) -> str:
-    parts = ["PBRT"]
+def _ev_sbrt(max_oligo_lesions: int) -> str:
+    return (
+        f"Metastasis-directed SBRT for oligometastases (here <= {max_oligo_lesions} distant "
+        "lesions; STOMP and ORIOLE enrolled <= 3, SABR-COMET 1-5): STOMP (ADT-free survival "
+        "21 vs 13 mo, HR 0.60), ORIOLE (progression at 6 mo 19% vs 61%) (CLINICAL.md 4d)"
+    )
+
+
+@dataclass(frozen=True)
+class _Case:
+    """A stage seen by the option rules: its lesion groups and the adaptations it asks."""
+
+    label: str
+    groups: _LesionGroups
+    has_local: bool
+    has_nodes: bool
+    has_mets: bool
+    oligometastatic: bool
+    max_oligo_lesions: int
+
+    @property
+    def superior_border(self) -> str | None:
+        """The aortic bifurcation when a pelvic (N1) node is in the common iliac region."""
+        nodal_ci = set(self.groups.common_iliac) & set(self.groups.node)
+        return "AorticBifurcation" if nodal_ci else None
+
+    @property
+    def mesorectal(self) -> bool:
+        return bool(self.groups.perirectal)
+
+
+def _spec_name(
+    *,
+    bed: bool,
+    pelvis: bool,
+    extended: bool,
+    lr: bool,
+    nb: bool,
+    sbrt: bool,
+    adt: AdtDuration | None,
+) -> str:
+    parts = ["PBRT"] if bed else []
     if pelvis:
-        parts.append("WPRT")
+        parts.append("EFRT" if extended else "WPRT")
     if lr:
         parts.append("LRboost")
     if nb:
         parts.append("Nboost")
     if sbrt:
         parts.append("SBRT")
-    if adt:
-        parts.append("ADT")
+    if adt is not None:
+        parts.append("STAD" if adt == "short-term" else "ADT")
     return "+".join(parts)
 
 
 def _spec(
+    case: _Case,
     *,
     pelvis: bool,
-    groups: _LesionGroups,
-    lr: bool,
     nb: bool,
     sbrt: bool,
-    adt: bool,
+    adt: AdtDuration | None,
     description: str,
     evidence: Sequence[str],
+    bed: bool = True,
+    superior_border: str | None = None,
+    extra_boost: tuple[int, ...] = (),
 ) -> OptionSpec:
+    """One option of ``case``; the nodal adaptations of the case apply to its pelvis."""
+    groups = case.groups
+    lr = bed and case.has_local
+    border = (superior_border or case.superior_border) if pelvis else None
+    mesorectal = pelvis and case.mesorectal
+    evidence = list(evidence)
+    if border is not None:
+        evidence.append(_EV_EFRT)
+    if mesorectal:
+        evidence.append(_EV_MESORECTAL)
+    if adt is not None:
+        evidence.append(_EV_ADT[adt])
     return OptionSpec(
-        name=_spec_name(pelvis, lr and bool(groups.local), nb, sbrt, adt),
+        name=_spec_name(
+            bed=bed,
+            pelvis=pelvis,
+            extended=border is not None,
+            lr=lr and bool(groups.local),
+            nb=nb,
+            sbrt=sbrt,
+            adt=adt,
+        ),
         pelvis=pelvis,
         local_boost=groups.local if lr else (),
-        node_boost=groups.node if nb else (),
+        node_boost=(*groups.node, *extra_boost) if nb else (),
         sbrt_bone=groups.bone if sbrt else (),
         sbrt_node=groups.soft if sbrt else (),
-        adt=adt,
+        adt=adt is not None,
         description=f"{description} {DISCLAIMER}",
-        evidence="; ".join(evidence),
+        evidence="; ".join(dict.fromkeys(evidence)),
+        prostate_bed=bed,
+        adt_duration=adt,
+        superior_border=border,
+        mesorectal=mesorectal,
     )
 
 
-def _options_localised(label: str, groups: _LesionGroups, has_local: bool) -> list[OptionSpec]:
-    """N0M0: the prostate bed (with a local boost for Tr), without and with the pelvis."""
-    if has_local:
-        texts = (
-            "prostate bed with a boost to the local recurrence.",
-            "prostate bed with local boost plus elective pelvis.",
+def _options_localised(case: _Case) -> list[OptionSpec]:
+    """N0M0: the bed (with a local boost for Tr), the same with STAD, and with the pelvis."""
+    label = case.label
+    if case.has_local:
+        bed, ev_bed, ev_pelvis = (
+            "prostate bed with a boost to the local recurrence",
+            (_EV_BOOST_LR, _EV_SPPORT),
+            (_EV_UCLA_TR, _EV_SPPORT_PELVIS),
         )
-        evidence = ((_EV_BOOST_LR, _EV_SPPORT), (_EV_UCLA_TR, _EV_SPPORT))
     else:
-        texts = (
-            "prostate bed only.",
-            "prostate bed plus elective pelvis (SPPORT arm 3 added short-term ADT).",
+        bed, ev_bed, ev_pelvis = (
+            "prostate bed only",
+            (_EV_SPPORT, _EV_UCLA_T0),
+            (_EV_SPPORT_PELVIS, _EV_UCLA_T0),
         )
-        evidence = ((_EV_SPPORT, _EV_UCLA_T0), (_EV_SPPORT, _EV_UCLA_T0))
     return [
         _spec(
-            pelvis=pelvis,
-            groups=groups,
-            lr=has_local,
+            case,
+            pelvis=False,
             nb=False,
             sbrt=False,
-            adt=False,
-            description=f"{label}: {text}",
-            evidence=ev,
-        )
-        for pelvis, text, ev in zip((False, True), texts, evidence, strict=True)
+            adt=None,
+            description=f"{label}: {bed}.",
+            evidence=ev_bed,
+        ),
+        _spec(
+            case,
+            pelvis=False,
+            nb=False,
+            sbrt=False,
+            adt="short-term",
+            description=f"{label}: {bed}, with short-term ADT (SPPORT arm 2).",
+            evidence=(_EV_STAD, *ev_bed),
+        ),
+        _spec(
+            case,
+            pelvis=True,
+            nb=False,
+            sbrt=False,
+            adt=None,
+            description=f"{label}: {bed} plus elective pelvis (SPPORT's pelvic arm added "
+            "short-term ADT).",
+            evidence=ev_pelvis,
+        ),
     ]
 
 
@@ -1252,71 +1249,109 @@ class _PelvicOption(NamedTuple):
     evidence: tuple[str, ...]
 
 
-def _pelvic_options(has_local: bool, has_nodes: bool) -> list[_PelvicOption]:
-    """With nodes: WPRT with and without a node boost; without: the bed. All with ADT."""
-    local = " and a boost to the local recurrence" if has_local else ""
+def _pelvic_options(case: _Case) -> list[_PelvicOption]:
+    """With nodes: WPRT with and without a node boost; without: the bed."""
+    local = " and a boost to the local recurrence" if case.has_local else ""
     adt_ev = (_EV_UCLA_ADT, _EV_SPPORT)
-    if not has_nodes:  # distant disease without pelvic nodes: the bed is the pelvic target
-        return [_PelvicOption(False, False, f"prostate bed{local}, with ADT", adt_ev)]
+    if not case.has_nodes:  # distant disease without pelvic nodes: the bed is the pelvic target
+        return [_PelvicOption(False, False, f"prostate bed{local}", adt_ev)]
+    field = "pelvis" if case.superior_border is None else "pelvis to the aortic bifurcation"
     return [
         _PelvicOption(
             True,
             True,
-            f"prostate bed{local}, elective pelvis and a boost to the PSMA-positive nodes, "
-            "with ADT",
+            f"prostate bed{local}, elective {field} and a boost to the PSMA-positive nodes",
             (_EV_NODE_BOOST, *adt_ev),
         ),
         _PelvicOption(
-            True,
-            False,
-            f"prostate bed{local} and elective pelvis without a node boost, with ADT",
-            adt_ev,
+            True, False, f"prostate bed{local} and elective {field} without a node boost", adt_ev
         ),
     ]
 
 
-def _options_spread(
-    label: str,
-    groups: _LesionGroups,
-    *,
-    has_local: bool,
-    has_nodes: bool,
-    has_mets: bool,
-    oligometastatic: bool,
-) -> list[OptionSpec]:
-    """N1 and/or M1: ADT with every option (UCLA aHR 0.37 in N1/M1), SBRT when oligo."""
-    out: list[OptionSpec] = []
-    bases = _pelvic_options(has_local, has_nodes)
-    if has_mets:
-        first = bases[0]
-        if oligometastatic and (groups.bone or groups.soft):
-            out.append(
-                _spec(
-                    pelvis=first.pelvis,
-                    groups=groups,
-                    lr=has_local,
-                    nb=first.node_boost,
-                    sbrt=True,
-                    adt=True,
-                    description=f"{label} (oligometastatic): {first.text}, and SBRT to each "
-                    "metastasis.",
-                    evidence=[_EV_SBRT, *first.evidence],
-                )
+def _oligo_options(case: _Case, first: _PelvicOption) -> list[OptionSpec]:
+    """Oligometastatic M1: pelvic + SBRT with and without ADT; SBRT alone for T0N0M1."""
+    label, sbrt_ev = case.label, _ev_sbrt(case.max_oligo_lesions)
+    out = [
+        _spec(
+            case,
+            pelvis=first.pelvis,
+            nb=first.node_boost,
+            sbrt=True,
+            adt="long-term",
+            description=f"{label} (oligometastatic): {first.text}, SBRT to each metastasis, "
+            "with ADT.",
+            evidence=(sbrt_ev, *first.evidence),
+        ),
+        _spec(
+            case,
+            pelvis=first.pelvis,
+            nb=first.node_boost,
+            sbrt=True,
+            adt=None,
+            description=f"{label} (oligometastatic): {first.text} and SBRT to each metastasis, "
+            "without ADT (metastasis-directed therapy to defer ADT).",
+            evidence=(_EV_MDT_NO_ADT, sbrt_ev, first.evidence[0]),
+        ),
+    ]
+    if not case.has_local and not case.has_nodes:
+        out.append(
+            _spec(
+                case,
+                bed=False,
+                pelvis=False,
+                nb=False,
+                sbrt=True,
+                adt=None,
+                description=f"{label} (oligometastatic): SBRT to each metastasis only, no "
+                "prostate-bed RT and no ADT.",
+                evidence=(_EV_SBRT_ONLY, _EV_MDT_NO_ADT, sbrt_ev),
             )
-            bases = bases[:1]
+        )
+    return out
+
+
+def _extended_field(case: _Case) -> OptionSpec:
+    """Common-iliac-only distant disease: the pelvis to the aortic bifurcation, nodes boosted."""
+    local = " and a boost to the local recurrence" if case.has_local else ""
+    return _spec(
+        case,
+        pelvis=True,
+        nb=True,
+        sbrt=False,
+        adt="long-term",
+        superior_border="AorticBifurcation",
+        extra_boost=tuple(i for i in case.groups.soft if i not in case.groups.node),
+        description=f"{case.label} (common iliac nodes only): prostate bed{local}, elective "
+        "pelvis extended to the aortic bifurcation and a boost to the PSMA-positive nodes, "
+        "with ADT.",
+        evidence=(_EV_NODE_BOOST, _EV_UCLA_ADT),
+    )
+
+
+def _options_spread(case: _Case) -> list[OptionSpec]:
+    """N1 and/or M1: ADT with the pelvic options (UCLA aHR 0.37 in N1/M1), SBRT when oligo."""
+    out: list[OptionSpec] = []
+    bases = _pelvic_options(case)
+    if case.has_mets:
+        first = bases[0]
+        if case.oligometastatic and case.groups.distant:
+            out.extend(_oligo_options(case, first))
         else:
             text = f"{first.text}. Not oligometastatic: pelvic RT shown for comparison only"
-            bases = [first._replace(text=text)]
+            first = first._replace(text=text)
+        if case.groups.common_iliac_only:
+            out.append(_extended_field(case))
+        bases = [first]
     for base in bases:
         out.append(
             _spec(
+                case,
                 pelvis=base.pelvis,
-                groups=groups,
-                lr=has_local,
                 nb=base.node_boost,
                 sbrt=False,
-                adt=True,
-                description=f"{label}: {base.text}.",
+                adt="long-term",
+                description=f"{case.label}: {base.text}, with ADT.",
                 evidence=base.evidence,
             )
         )
@@ -1331,22 +1366,35 @@ def suggest_options(stage: Stage, protocol: str | Protocol = "nrg_salvage") -> l
     ============== ===============================================================
     stage          options
     ============== ===============================================================
-    T0N0M0         PBRT; PBRT + WPRT (SPPORT; UCLA: no PFS gain from WPRT in T0N0M0)
-    TrN0M0         PBRT + local-recurrence boost; the same + WPRT (UCLA aHR 0.12)
-    N1 (M0)        PBRT + WPRT + ADT, with and without a PSMA-node boost (UCLA ADT
-                   aHR 0.37); a local boost is added when there is a local recurrence
+    T0N0M0         PBRT; PBRT + STAD (SPPORT arm 2); PBRT + WPRT (SPPORT's pelvic
+                   arm had STAD; UCLA: no PFS gain from WPRT in T0N0M0)
+    TrN0M0         PBRT + local-recurrence boost, without and with STAD; the same
+                   + WPRT (UCLA aHR 0.12)
+    N1 (M0)        PBRT + WPRT + long-term ADT, with and without a PSMA-node boost
+                   (UCLA ADT aHR 0.37); a local boost for a local recurrence
     M1 oligo       the pelvic option (N1: WPRT + node boost; N0: PBRT; + local boost
-                   for Tr) + SBRT to each metastasis + ADT, and the same without SBRT
+                   for Tr) + SBRT to each metastasis, with and without ADT (STOMP,
+                   ORIOLE); SBRT alone for T0N0M1; the pelvic option + ADT
     M1 (not oligo) the pelvic option + ADT, for comparison only
+    CI nodes only  also PBRT + elective pelvis extended to the aortic bifurcation
+                   (EFRT) + node boost + ADT
     ============== ===============================================================
+
+    Oligometastatic is the stage's :attr:`~rtplan.staging.Stage.oligometastatic` (at most
+    :attr:`~rtplan.staging.Stage.max_oligo_lesions` distant lesions, default 3 as in STOMP
+    and ORIOLE); the SBRT evidence line states the cut-off. Node-positive adaptations of
+    the elective nodal CTV follow the nodes: a pelvic node in the common iliac region
+    (``common_iliac="N"``) extends the field to the aortic bifurcation (``EFRT``), a
+    perirectal node adds the mesorectum. Each option carries its ADT duration
+    (:attr:`OptionSpec.adt_duration`: short-term 4-6 months, long-term 18-24 months).
 
     Parameters
     ----------
     stage : Stage
         The stage :func:`rtplan.staging.stage` returns: its ``t``, ``n``, ``m`` and
-        ``oligometastatic``, and its lesions by ``category`` (``"Tr"``, ``"N1"``,
+        ``oligometastatic``, and its counted lesions by ``category`` (``"Tr"``, ``"N1"``,
         ``"M1a"``, ``"M1b"``, ``"M1c"``; a lesion whose ``region`` names a bone counts as
-        bone) and ``id``.
+        bone), ``region_code`` and ``id``. Lesions that read negative drive nothing.
     protocol : str or Protocol
         The protocol the options will be built with (checked here).
 
@@ -1368,19 +1416,109 @@ def suggest_options(stage: Stage, protocol: str | Protocol = "nrg_salvage") -> l
     )
     _protocol(protocol)
     groups = _group_lesions(stage)
-    has_local = stage.t == "Tr" or bool(groups.local)
-    has_nodes = stage.n != "N0" or bool(groups.node)
-    has_mets = stage.m != "M0" or bool(groups.bone or groups.soft)
-    if not has_nodes and not has_mets:
-        return _options_localised(stage.string, groups, has_local)
-    return _options_spread(
-        stage.string,
-        groups,
-        has_local=has_local,
-        has_nodes=has_nodes,
-        has_mets=has_mets,
+    case = _Case(
+        label=stage.string,
+        groups=groups,
+        has_local=stage.t == "Tr" or bool(groups.local),
+        has_nodes=stage.n != "N0" or bool(groups.node),
+        has_mets=stage.m != "M0" or bool(groups.distant),
         oligometastatic=stage.oligometastatic,
+        max_oligo_lesions=stage.max_oligo_lesions,
     )
+    if not case.has_nodes and not case.has_mets:
+        return _options_localised(case)
+    return _options_spread(case)
+
+
+# ---------------------------------------------------------------------------- EQD2
+@dataclass(frozen=True)
+class PrescriptionEQD2:
+    """The prescription of one PTV of an option, physical and in EQD2.
+
+    Attributes
+    ----------
+    ptv : str
+        PTV name.
+    physical_gy : float
+        Total physical prescription over the option's courses, Gy.
+    eqd2_gy : float
+        The same in equivalent dose in 2 Gy fractions, summed course by course, Gy.
+    alpha_beta_gy : float
+        alpha/beta used, Gy.
+    schedule : str
+        The courses that make it up, e.g. ``"45 Gy / 25 fx + 21.6 Gy / 12 fx"``.
+    """
+
+    ptv: str
+    physical_gy: float
+    eqd2_gy: float
+    alpha_beta_gy: float
+    schedule: str
+
+    @property
+    def text(self) -> str:
+        """E.g. ``"PTVsb_6250: 62.5 Gy / 25 fx = 71.4 Gy EQD2"``."""
+        return f"{self.ptv}: {self.schedule} = {self.eqd2_gy:.1f} Gy EQD2"
+
+
+def _eqd2_rows(courses: Sequence[Course], alpha_beta_gy: float) -> list[PrescriptionEQD2]:
+    physical: dict[str, float] = {}
+    eqd2: dict[str, float] = {}
+    parts: dict[str, list[str]] = {}
+    for c in courses:
+        for t in c.targets:
+            physical[t.name] = physical.get(t.name, 0.0) + t.prescription_gy
+            eqd2[t.name] = eqd2.get(t.name, 0.0) + float(
+                eqd2_gy(t.prescription_gy, c.fractions, alpha_beta_gy)
+            )
+            parts.setdefault(t.name, []).append(f"{t.prescription_gy:g} Gy / {c.fractions} fx")
+    return [
+        PrescriptionEQD2(
+            ptv=name,
+            physical_gy=round(physical[name], 4),
+            eqd2_gy=round(eqd2[name], 4),
+            alpha_beta_gy=alpha_beta_gy,
+            schedule=" + ".join(parts[name]),
+        )
+        for name in physical
+    ]
+
+
+def prescription_eqd2(
+    option: FieldOption, alpha_beta_gy: float = ALPHA_BETA_PROSTATE_GY
+) -> list[PrescriptionEQD2]:
+    """The EQD2 of each target prescription of an option, beside its physical dose.
+
+    ``EQD2 = D (d + a/b) / (2 + a/b)`` per course, summed over the courses that treat the
+    PTV, so schedules compare honestly: 62.5 Gy / 25 is 71.4 Gy EQD2 and 66.6 Gy / 37 is
+    62.8 Gy EQD2 at alpha/beta 1.5 Gy.
+
+    Parameters
+    ----------
+    option : FieldOption
+    alpha_beta_gy : float
+        alpha/beta in Gy; default :data:`ALPHA_BETA_PROSTATE_GY` (1.5 Gy).
+
+    Returns
+    -------
+    list of PrescriptionEQD2
+        One per PTV, in course order.
+
+    Raises
+    ------
+    TypeError
+        When ``option`` is not a FieldOption.
+
+    Examples
+    --------
+    >>> g = ImageGrid(shape=(1, 1, 1), spacing_mm=(1, 1, 1), origin_mm=(0, 0, 0))
+    >>> ptv = Structure("PTVsb_6250", np.ones(g.shape, bool), g, role="ptv")
+    >>> hypo = FieldOption("PBRT", (Course("ProstateBed", "imrt", 25, (Target(ptv, 62.5),)),))
+    >>> [row.text for row in prescription_eqd2(hypo)]
+    ['PTVsb_6250: 62.5 Gy / 25 fx = 71.4 Gy EQD2']
+    """
+    check_type(option, FieldOption, name="option")
+    return _eqd2_rows(option.courses, float(alpha_beta_gy))
 
 
 # ---------------------------------------------------------------------------- building
@@ -1514,23 +1652,33 @@ class _OptionBuilder:
         self.protocol = protocol
         self.lesions = lesions
         self.body = _body(atlas)
-        self._elective: dict[str, tuple[Structure, Structure]] = {}
+        self._elective: dict[tuple[str, str | None, bool], tuple[Structure, Structure]] = {}
         self._boosts: dict[tuple[str, int, int], _Boost] = {}
         self._evaluation: dict[str, Structure | None] = {}
 
-    def elective(self, target: str) -> tuple[Structure, Structure]:
-        """(CTV, PTV) of ``"prostate_bed"`` or ``"pelvic_nodes"``."""
-        if target not in self._elective:
-            build = ctv_prostate_bed if target == "prostate_bed" else ctv_pelvic_nodes
-            ctv = build(self.atlas, self.protocol)
+    def elective(
+        self, target: str, *, superior_border: str | None = None, mesorectal: bool = False
+    ) -> tuple[Structure, Structure]:
+        """(CTV, PTV) of ``"prostate_bed"`` or ``"pelvic_nodes"`` (with its adaptations)."""
+        key = (target, superior_border, mesorectal)
+        if key not in self._elective:
+            if target == "prostate_bed":
+                ctv = ctv_prostate_bed(self.atlas, self.protocol)
+            else:
+                ctv = ctv_pelvic_nodes(
+                    self.atlas,
+                    self.protocol,
+                    superior_border=superior_border,
+                    mesorectal=mesorectal,
+                )
             ptv = ptv_from_ctv(
                 ctv,
                 self.protocol.ptv_margin(target),
                 name=ctv.name.replace("CTV", "PTV", 1),
                 body=self.body,
             )
-            self._elective[target] = (ctv, ptv)
-        return self._elective[target]
+            self._elective[key] = (ctv, ptv)
+        return self._elective[key]
 
     def lesion(self, lesion_id: int) -> Lesion:
         """The lesion with this id, or raise naming it."""
@@ -1592,10 +1740,14 @@ class _OptionBuilder:
                     out.append(ev)
         return out
 
+    @property
+    def alpha_beta_gy(self) -> float:
+        """The protocol's ``alpha_beta.prostate``, else :data:`ALPHA_BETA_PROSTATE_GY`."""
+        return self.protocol.alpha_beta_gy.get("prostate", ALPHA_BETA_PROSTATE_GY)
+
     def option(self, spec: OptionSpec) -> FieldOption:
         """Build the volumes, courses and prescriptions of one option."""
         n_local = len(spec.local_boost)
-        bed = self.elective("prostate_bed")
         local = [
             self.boost("local_boost", lid, None if n_local == 1 else i, key=n_local)
             for i, lid in enumerate(spec.local_boost, start=1)
@@ -1607,16 +1759,30 @@ class _OptionBuilder:
         notes: list[str] = []
         nodes = None
         if spec.pelvis:
-            nodes = self.elective("pelvic_nodes")
+            nodes = self.elective(
+                "pelvic_nodes", superior_border=spec.superior_border, mesorectal=spec.mesorectal
+            )
             notes = _outside_notes(node, nodes[0])
-        courses = _pelvic_courses(self.protocol, bed, nodes, local, node)
+        courses: list[Course] = []
+        if spec.prostate_bed:
+            bed = self.elective("prostate_bed")
+            courses = _pelvic_courses(self.protocol, bed, nodes, local, node)
         courses += self.sbrt_courses(spec)
         _check_unique_names(spec.name, courses)
+        ab = self.alpha_beta_gy
+        eqd2 = "; ".join(row.text for row in _eqd2_rows(courses, ab))
         return FieldOption(
             name=spec.name,
             courses=tuple(courses),
             adt=spec.adt,
-            description=" ".join([spec.description or DISCLAIMER, *notes]),
+            description=" ".join(
+                [
+                    spec.description or DISCLAIMER,
+                    f"ADT: {spec.adt_text}.",
+                    f"Prescriptions (EQD2, alpha/beta {ab:g} Gy): {eqd2}.",
+                    *notes,
+                ]
+            ),
             evidence=spec.evidence,
             extra_structures=tuple(self.evaluation_ptvs(courses)),
         )

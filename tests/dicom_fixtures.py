@@ -156,10 +156,14 @@ def write_pet(
     injection_time: str | None = "090000",
     series_time: str = "100000",
     acquisition_times: Sequence[str] | None = None,
+    philips: dict[int, float] | None = None,
 ) -> dict:
     """Write a PET series (Units BQML) with per-slice rescale slopes.
 
-    Returns the activity as stored (after int16 quantisation) under ``"activity"``.
+    ``philips`` maps element offsets of the private group "Philips PET Private Group"
+    (0x00: SUV Scale Factor (7053,1000), 0x09: Activity Concentration Scale Factor) to the
+    values written in every slice. Returns the activity as stored (after int16
+    quantisation) under ``"activity"``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     series_uid, study_uid = generate_uid(), generate_uid()
@@ -201,6 +205,10 @@ def write_pet(
             slope=slope,
             extra=extra,
         )
+        if philips:
+            block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+            for element, value in philips.items():
+                block.add_new(element, "DS", _fmt(value))
         pydicom.dcmwrite(folder / f"pet{k:03d}.dcm", ds, enforce_file_format=True)
     return {"for_uid": for_uid, "series_uid": series_uid, "activity": stored}
 

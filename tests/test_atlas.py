@@ -979,3 +979,134 @@ def test_a_real_error_while_looking_for_the_rtstruct_is_not_silenced(tmp_path, m
     # it used to be taken for a non-DICOM file and reported as "no RTSTRUCT"
     with pytest.raises(RuntimeError, match="disk on fire"):
         atlas_from_dicom(folder)
+
+
+# ------------------------------------------------------------------ issue 14: DICOM parity
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _ball(atlas: Atlas, name: str, radius_mm: float) -> np.ndarray:
+    z, y, x = atlas.grid.axis_coordinates_mm()
+    cx, cy, cz = atlas.structures[name].centroid_mm
+    return (
+        ((x[None, None, :] - cx) ** 2 + (y[None, :, None] - cy) ** 2) + (z[:, None, None] - cz) ** 2
+    ) <= radius_mm**2
+
+
+def test_the_full_atlas_exported_to_dicom_reads_back_the_same(tmp_path, coarse_atlas):
+    """Landmarks (POINT ROIs), targets and stage are those of the atlas in memory."""
+    from rtplan.atlas import atlas_from_dicom
+    from rtplan.lesions import lesions_from_mask
+    from rtplan.staging import stage
+    from rtplan.volumes import ctv_pelvic_nodes, ctv_prostate_bed
+
+    a = coarse_atlas
+    back = atlas_from_dicom(a.export_dicom(tmp_path / "atlas", uid_seed="parity"))
+    assert set(back.landmarks) == set(a.landmarks)
+    for key, p in a.landmarks.items():
+        assert back.landmarks[key] == pytest.approx(p, abs=1e-3), key
+    assert back.landmark_derivations == {} and back.derived_structures == {}
+    assert back.missing() == []
+    for name, s in a.structures.items():
+        assert np.array_equal(back.structures[name].mask, s.mask), name
+    assert _dice(ctv_prostate_bed(back).mask, ctv_prostate_bed(a).mask) >= 0.98
+    assert _dice(ctv_pelvic_nodes(back).mask, ctv_pelvic_nodes(a).mask) >= 0.98
+    lesions = _ball(a, "A_Iliac_Ext_L", 6.0) | _ball(a, "ProstateBed", 5.0)
+    here = stage(lesions_from_mask(lesions, a.grid), a)
+    there = stage(lesions_from_mask(lesions, back.grid), back)
+    assert there.string == here.string
+    assert [les.category for les in there.lesions] == [les.category for les in here.lesions]
+
+
+def test_derivation_marks_survive_a_dicom_round_trip(tmp_path, coarse_atlas):
+    from rtplan.atlas import atlas_from_dicom
+
+    a = coarse_atlas
+    ss = StructureSet(
+        [s.with_derivation("test rule") if n == "VB_S1" else s for n, s in a.structures.items()],
+        grid=a.grid,
+    )
+    marked = Atlas(
+        name="marked",
+        grid=a.grid,
+        ct_hu=a.ct_hu,
+        structures=ss,
+        landmarks=dict(a.landmarks),
+        landmark_derivations={"VUA": "atlas landmark carried by registration"},
+    )
+    assert marked.derivations() == [
+        ("structure", "VB_S1", "test rule"),
+        ("landmark", "VUA", "atlas landmark carried by registration"),
+    ]
+    back = atlas_from_dicom(marked.export_dicom(tmp_path / "marked"))
+    assert back.derived_structures == {"VB_S1": "test rule"}
+    assert back.landmark_derivations == {"VUA": "atlas landmark carried by registration"}
+    with pytest.raises(FileExistsError):
+        marked.export_dicom(tmp_path / "marked")
+
+
+def test_landmark_derivations_must_name_landmarks(coarse_atlas):
+    a = coarse_atlas
+    with pytest.raises(InvalidInputError, match="Nowhere"):
+        Atlas(
+            name="x",
+            grid=a.grid,
+            ct_hu=a.ct_hu,
+            structures=a.structures,
+            landmarks={},
+            landmark_derivations={"Nowhere": "rule"},
+        )
+
+
+# ------------------------------------------------------------------ issue 14: truncated scans
+
+
+def _scan(atlas: Atlas, z_min_mm: float, z_max_mm: float) -> StructureSet:
+    """The atlas's structures on the slices between two heights (a shorter scan)."""
+    z = atlas.grid.axis_coordinates_mm()[0]
+    ks = np.flatnonzero((z >= z_min_mm) & (z <= z_max_mm))
+    crop = (slice(int(ks[0]), int(ks[-1]) + 1), slice(None), slice(None))
+    grid = atlas.grid.crop(crop)
+    return StructureSet(
+        [Structure(n, s.mask[crop], grid, role=s.role) for n, s in atlas.structures.items()],
+        grid=grid,
+    )
+
+
+def test_a_landmark_on_a_structure_cut_by_the_scan_edge_is_refused(atlas):
+    from rtplan.errors import RtplanWarning
+
+    through_hips = _scan(atlas, -60.0, 10.0)  # ends inside the femoral heads (tops at 17)
+    with pytest.warns(RtplanWarning, match="FemurHead_Top_L.*cut by the scan's edge"):
+        found = derive_landmarks(through_hips)
+    assert "FemurHead_Top_L" not in found and "FemurHead_Top_R" not in found
+    assert "PubicSymphysis_Top" in found  # the symphysis lies wholly inside the scan
+    above_bifurcation = _scan(atlas, 145.0, 180.0)  # starts above the bifurcation (137)
+    with pytest.warns(RtplanWarning, match="AorticBifurcation"):
+        found = derive_landmarks(above_bifurcation)
+    assert "AorticBifurcation" not in found
+
+
+def test_user_anatomy_lists_the_landmarks_it_refused(tmp_path, atlas):
+    from rtplan.atlas import atlas_from_dicom
+    from rtplan.errors import RtplanWarning
+
+    ss = _scan(atlas, -60.0, 10.0)
+    z = atlas.grid.axis_coordinates_mm()[0]
+    keep = (z >= -60.0) & (z <= 10.0)
+    short = Atlas(
+        name="short",
+        grid=ss.grid,
+        ct_hu=atlas.ct_hu[keep],
+        structures=ss,
+        landmarks={},
+    )
+    folder = short.export_dicom(tmp_path / "short")
+    with pytest.warns(RtplanWarning, match="FemurHead_Top_L"):
+        back = atlas_from_dicom(folder)
+    assert "FemurHead_Top_L" not in back.landmarks
+    assert "cut by the scan's edge" in back.parameters["refused_landmarks"]["FemurHead_Top_L"]
+    assert "FemurHead_Top_L" in back.missing()

@@ -191,3 +191,289 @@ def test_to_pandas_builds_a_frame_with_options_as_columns(t0, monkeypatch):
     frame = cmp.table.to_pandas()
     assert list(frame["data"]) == list(cmp.table.options)
     assert frame["index"] == [r.label for r in cmp.table.rows]
+
+
+# ---------------------------------------------------------------------------- issue 12
+from rtplan.compare import (  # noqa: E402
+    BASIS_PHYSICAL,
+    HOT_SPOT_LIMIT_PCT,
+    NOT_EVALUATED,
+    basis_eqd2,
+)
+from rtplan.dose_estimate import ALPHA_BETA_GY, eqd2_gy  # noqa: E402
+from rtplan.dvh import compute_dvh  # noqa: E402
+from rtplan.errors import InvalidInputError  # noqa: E402
+from rtplan.plan import target_levels  # noqa: E402
+from rtplan.protocol import list_protocols, load_protocol  # noqa: E402
+from rtplan.references import keys_in  # noqa: E402
+
+#: Node sites next to the prostate bed (coarse atlas, LPS mm): obturator (left pelvic
+#: sidewall), perirectal (right of the rectum) and mesorectal (behind the rectum).
+NODE_SITES = {
+    "obturator": (30.0, -15.0, -5.0),
+    "perirectal": (-24.0, 5.0, -5.0),
+    "mesorectal": (5.0, 30.0, 0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def three_nodes(coarse_atlas):
+    """A node at each of the obturator, perirectal and mesorectal sites: nrg_salvage options."""
+    mask = np.zeros(coarse_atlas.grid.shape, bool)
+    for centre in NODE_SITES.values():
+        mask |= sphere_mask(coarse_atlas.grid, centre, 5.5)
+    lesions = lesions_from_mask(mask, coarse_atlas.grid)
+    st = stage(lesions, coarse_atlas)
+    cmp = compare_options(coarse_atlas, lesions, suggest_options(st), stage=st, case=st.string)
+    return st, cmp
+
+
+def _highest_overlapping_eqd2(levels, ab):
+    """Intended EQD2 of each PTV: the highest among the PTVs overlapping it (from scratch)."""
+    eq = {lv.name: sum(eqd2_gy(d, n, ab) for d, n in lv.parts) for lv in levels}
+    return {
+        lv.name: max(eq[u.name] for u in levels if np.any(lv.ptv.mask & u.ptv.mask))
+        for lv in levels
+    }
+
+
+def test_boosts_do_not_stack_at_nodes_next_to_the_bed(three_nodes, coarse_atlas):
+    st, cmp = three_nodes
+    assert {"OB", "OP"} <= {row["region_code"] for row in st.table()}
+    ab = ALPHA_BETA_GY["prostate"]
+    boosted = [r for r in cmp.results if "Nboost" in r.name]
+    assert boosted
+    for r in cmp.results:
+        composite = np.zeros(r.dose_grid.shape)
+        for course in r.option.courses:
+            composite += eqd2_gy(r.course_doses_gy[course.name], course.fractions, ab)
+        levels = target_levels(r.option)
+        highest = _highest_overlapping_eqd2(levels, ab)
+        for lv in levels:
+            near_max = compute_dvh(composite, r.dose_grid, lv.ptv).dose_at_volume_cc(0.03)
+            assert near_max <= 1.07 * highest[lv.name], (r.name, lv.name, near_max)
+    # the nodes sit in or next to the bed PTV: without cropping they got ~82-84 Gy
+    for r in boosted:
+        assert max(r.dose_gy.max(), 0) < 75.0, r.name
+
+
+def test_later_phase_ptv_is_cropped_and_exported(three_nodes):
+    _, cmp = three_nodes
+    r = next(r for r in cmp.results if "Nboost" in r.name)
+    boost = r.option.courses[-1]
+    bed = next(t for t in boost.targets if t.whole_ptv.name.startswith("PTVsb"))
+    assert bed.ptv.name == "PTV!sb_6660" and bed.cropped_from is not None
+    nodes = [
+        t.ptv
+        for t in r.option.courses[0].targets
+        if t.ptv.name.startswith("PTVn") and t.ptv.name[4:5].isdigit()
+    ]
+    assert nodes and all(not np.any(bed.ptv.mask & n.mask) for n in nodes)
+    assert "PTV!sb_6660" in {s.name for s in cmp.all_structures()}
+    assert bed.ptv.derivation.startswith("PTVsb_6660 minus")
+
+
+def test_every_row_names_its_basis_and_hot_spots_are_checked(three_nodes):
+    _, cmp = three_nodes
+    for row in cmp.table.rows:
+        if row.metric != "Volume":
+            assert row.basis, row.label
+    hot = [r for r in cmp.table.rows if r.unit == "% intended"]
+    assert hot and all(r.limit == f"<= {HOT_SPOT_LIMIT_PCT:g} %" for r in hot)
+    plan = [r for r in cmp.table.rows if r.group == "Plan"]
+    assert len(plan) == 1 and set(plan[0].status.values()) <= {"pass", "fail"}
+    # node levels at 2.4 Gy per fraction next to a 1.8 Gy bed: hot spots in EQD2
+    assert "EQD2 (alpha/beta 1.5 Gy)" in plan[0].basis
+    records = cmp.table.records()
+    assert {"basis", "note"} <= set(records[0])
+    assert "basis" in cmp.table.to_csv().splitlines()[0]
+
+
+def test_near_maximum_limits_of_rectum_bladder_and_bowel(three_nodes):
+    _, cmp = three_nodes
+    for structure, metric in (
+        ("Rectum", "D2cc"),
+        ("Rectum", "D0.03cc"),
+        ("Bladder", "D0.03cc"),
+        ("Spc_Bowel", "D0.035cc"),
+    ):
+        row = cmp.table.row(structure, metric, basis=BASIS_PHYSICAL)
+        assert row.limit and row.source and "@" in row.source, (structure, metric)
+        assert set(row.status.values()) <= {"pass", "fail"}
+
+
+def test_bladder_minus_ctv_is_evaluated_on_the_bladder_minus_the_ctvs(three_nodes, coarse_atlas):
+    _, cmp = three_nodes
+    row = cmp.table.row("Bladder-CTV", "V65Gy")
+    r = cmp.results[0]
+    bladder = coarse_atlas.structures["Bladder"].mask
+    for t in r.option.targets:
+        if t.ctv is not None:
+            bladder &= ~t.ctv.mask
+    from rtplan.structures import Structure
+
+    s = Structure("Bladder-CTV", bladder, coarse_atlas.grid)
+    expected = compute_dvh(r.dose_gy, r.dose_grid, s).volume_at_dose_pct(65.0)
+    assert row.values[r.name] == pytest.approx(expected, abs=1e-6)
+    whole = compute_dvh(r.dose_gy, r.dose_grid, coarse_atlas.structures["Bladder"])
+    assert abs(whole.volume_at_dose_pct(65.0) - expected) > 1.0
+    assert "whole bladder" not in row.note
+
+
+@pytest.fixture(scope="module")
+def two_bone_lesions(coarse_atlas):
+    """SBRT to an L4 vertebral lesion and to a right ilium lesion next to the femoral head."""
+    bone = coarse_atlas.structures["VB_L4"].mask | coarse_atlas.structures["Bone_Ilium_R"].mask
+    mask = bone & (
+        sphere_mask(coarse_atlas.grid, (0.0, 20.0, 150.0), 8.0)
+        | sphere_mask(coarse_atlas.grid, (-72.0, -14.0, 25.0), 8.0)
+    )
+    lesions = lesions_from_mask(mask, coarse_atlas.grid)
+    st = stage(lesions, coarse_atlas)
+    specs = [s for s in suggest_options(st) if s.name in ("PBRT+SBRT", "PBRT+ADT")]
+    cmp = compare_options(coarse_atlas, lesions, specs, stage=st, case=st.string)
+    return st, cmp
+
+
+def test_sbrt_options_are_checked_per_course_and_on_the_composite(two_bone_lesions):
+    st, cmp = two_bone_lesions
+    assert st.string.endswith("M1b") and cmp.options == ["PBRT+SBRT", "PBRT+ADT"]
+    course = [r for r in cmp.table.rows if r.group == "OAR (SBRT course)"]
+    composite = [r for r in cmp.table.rows if r.group == "OAR (SBRT composite)"]
+    assert course and composite
+    assert {r.basis for r in course} == {"SBRT course, physical (3 fx)"}
+    assert all(r.basis.startswith("composite EQD2") for r in composite)
+    # conventional limits of every option on the composite EQD2 of all courses
+    femur = next(
+        r
+        for r in cmp.table.rows
+        if r.group == "OAR" and r.structure == "Femur_Head_R" and r.metric == "Dmax"
+    )
+    assert femur.basis == basis_eqd2(3.0)
+    res = cmp.result("PBRT+SBRT")
+    total = np.zeros(res.dose_grid.shape)
+    for c in res.option.courses:
+        total += eqd2_gy(res.course_doses_gy[c.name], c.fractions, 3.0)
+    fh = cmp.atlas.structures["Femur_Head_R"]
+    assert femur.values["PBRT+SBRT"] == pytest.approx(
+        compute_dvh(total, res.dose_grid, fh).dose_at_volume_cc(0.03), rel=1e-6
+    )
+    conventional_only = res.course_doses_gy["ProstateBed"]
+    assert (
+        femur.values["PBRT+SBRT"]
+        > compute_dvh(conventional_only, res.dose_grid, fh).dose_at_volume_cc(0.03) + 5.0
+    )
+
+
+def test_missing_organs_are_reported_and_the_cauda_equina_is_derived(two_bone_lesions):
+    _, cmp = two_bone_lesions
+    assert [s.name for s in cmp.derived] == ["CaudaEquina"]
+    assert "spinal canal" in cmp.derived[0].derivation
+    cauda = [
+        r
+        for r in cmp.table.rows
+        if r.structure == "CaudaEquina" and r.group.startswith("OAR (SBRT")
+    ]
+    assert cauda and all(r.status["PBRT+SBRT"] in ("pass", "fail") for r in cauda)
+    plexus = [r for r in cmp.table.rows if r.structure == "SacralPlex"]
+    assert plexus and all(r.status["PBRT+SBRT"] == NOT_EVALUATED for r in plexus)
+    assert all(r.note == "not evaluated: SacralPlex missing" for r in plexus)
+    lines = cmp.not_evaluated()
+    assert lines and all("SacralPlex missing" in line for line in lines)
+    assert "CaudaEquina" in {s.name for s in cmp.all_structures()}
+
+
+def test_tg101_set_for_pelvic_and_spinal_sbrt_is_complete():
+    p = load_protocol("nrg_salvage")
+    for fx in (3, 5):
+        cs = [c for c in p.constraints_for("sbrt", fractions=fx) if c.fractions == fx]
+        have = {(c.structure, c.parsed.kind) for c in cs}
+        for organ in (
+            "Rectum",
+            "Colon_Sigmoid",
+            "Spc_Bowel",
+            "CaudaEquina",
+            "SacralPlex",
+            "Bladder",
+            "PenileBulb",
+        ):
+            assert (organ, "V") in have and (organ, "D") in have, (fx, organ)
+        assert ("Femur_Head_L", "V") in have and ("Femur_Head_R", "V") in have
+        assert all(keys_in(c.source) for c in cs)
+
+
+def test_an_untabulated_fraction_number_gets_converted_limits(coarse_atlas):
+    from rtplan.plan import Course, FieldOption, Target
+    from rtplan.structures import Structure
+
+    ptv = Structure(
+        "PTV1_2000",
+        sphere_mask(coarse_atlas.grid, (-72.0, -14.0, 25.0), 10.0),
+        coarse_atlas.grid,
+        role="ptv",
+    )
+    option = FieldOption("SBRT4", (Course("SBRT_1", "sbrt", 4, (Target(ptv, 24.0),)),))
+    cmp = compare_options(coarse_atlas, None, [option], oars=["Rectum"])
+    rows = [
+        r
+        for r in cmp.table.rows
+        if r.group == "OAR (SBRT course)" and r.structure == "Rectum" and r.metric == "D0.035cc"
+    ]
+    assert len(rows) == 1 and rows[0].basis == "SBRT course, physical (4 fx)"
+    assert "converted" in rows[0].note and "3-fraction" in rows[0].note
+    ab = 3.0
+    from rtplan.dose_estimate import physical_dose_gy
+
+    expected = physical_dose_gy(eqd2_gy(28.2, 3, ab), 4, ab)
+    assert rows[0].limit.startswith(f"< {round(expected, 2):g} Gy")
+    # a protocol without any SBRT limit: said so, not dropped
+    data = load_protocol("nrg_salvage").data
+    data["constraints"] = [c for c in data["constraints"] if c.get("applies_to") != "sbrt"]
+    from rtplan.protocol import Protocol
+
+    bare = Protocol(data, name="no_sbrt")
+    cmp = compare_options(coarse_atlas, None, [option], protocol=bare, oars=["Rectum"])
+    row = next(r for r in cmp.table.rows if r.group == "OAR (SBRT course)")
+    assert row.status["SBRT4"] == NOT_EVALUATED
+    assert row.note == "not evaluated: no constraint for 4 fractions in protocol no_sbrt"
+
+
+def test_hypofractionated_protocols_use_constraints_of_their_own_scheme():
+    for name in ("hypo_salvage", "gu003_hyport"):
+        p = load_protocol(name)
+        assert p.prescription("prostate_bed").fractions == 25
+        conventional = p.constraints_for("conventional")
+        assert conventional and all(c.fractions == 25 for c in conventional), name
+        for c in conventional:
+            assert "70 Gy / 28" not in c.source, (name, c.structure, c.metric)
+        converted = [c for c in conventional if "to 25 fractions" in c.note]
+        assert len(converted) >= 10, name
+        rectum_v65 = [
+            c for c in conventional if c.structure == "Rectum" and c.limit == 35 and c.op == "<="
+        ]
+        assert rectum_v65 and rectum_v65[0].metric == "V58.1Gy"
+
+
+def test_small_bowel_limits_on_the_bowel_bag_say_so():
+    for name in list_protocols():
+        for c in load_protocol(name).constraints:
+            text = c.source.lower()
+            if c.structure == "Spc_Bowel" and ("small bowel" in text or "jejunum" in text):
+                if "peritoneal space" in text:
+                    continue  # defined for the bowel bag
+                assert "bowel bag" in c.note, (name, c.metric)
+
+
+def test_one_alpha_beta_per_tissue(coarse_atlas):
+    tissue = {"Rectum": "rectum", "Bladder": "bladder"}
+    for name in list_protocols():
+        p = load_protocol(name)
+        ab = p.alpha_beta_gy
+        assert ab["prostate"] == ALPHA_BETA_GY["prostate"]
+        assert ab["rectum"] == ALPHA_BETA_GY["Rectum"]
+        assert ab["bladder"] == ALPHA_BETA_GY["Bladder"]
+        for organ, model in p.ntcp_models.items():
+            assert model.alpha_beta_gy == ab[tissue.get(organ, "normal_tissue")], (name, organ)
+    odd = load_protocol("nrg_salvage").with_values({"ntcp.Bladder.alpha_beta_gy": 5.0})
+    with pytest.raises(InvalidInputError, match="one alpha/beta per tissue"):
+        compare_options(coarse_atlas, None, [], protocol=odd)

@@ -960,3 +960,147 @@ def test_outputs_are_readable_by_others_per_umask(tmp_path):
     assert (ct.stat().st_mode & 0o777) == 0o755
     assert all((f.stat().st_mode & 0o777) == 0o644 for f in ct.iterdir())
     assert (dose.stat().st_mode & 0o777) == 0o644
+
+
+# ====================================================================== hostile folders, PET limits
+def test_ct_symlinked_subfolder_is_followed_once_and_loops_are_not(tmp_path):
+    write_ct(tmp_path / "elsewhere" / "ct", n_slices=4)
+    root = tmp_path / "patient"
+    root.mkdir()
+    os.symlink(tmp_path / "elsewhere" / "ct", root / "linked_ct")
+    os.symlink(root, root / "loop")  # a link to its own folder
+    os.symlink(tmp_path / "elsewhere" / "ct", root / "again")  # the same folder twice
+    first = sorted((tmp_path / "elsewhere" / "ct").iterdir())[0]
+    os.symlink(first, root / "file_link.dcm")  # and one of its files
+    assert read_ct_series(root).grid.shape == (4, 8, 10)
+
+
+def test_pet_covering_most_of_the_region_warns(tmp_path):
+    info = write_pet(tmp_path / "pet", activity_bqml=pet_activity(), decay="ADMIN")
+    ct_grid = ImageGrid(
+        shape=(4, 8, 20),
+        spacing_mm=(2.0, 1.5, 1.5),
+        origin_mm=(0.0, 0.0, 4.0),
+        frame_of_reference_uid=info["for_uid"],
+    )
+    region = np.zeros(ct_grid.shape, bool)
+    region[:, :, :10] = True  # x <= 13.5 mm: inside the PET (edge at 14 mm)
+    region[0, 0, 12] = True  # one voxel beyond
+    with pytest.warns(RtplanWarning, match=r"covers 99\.7 %.*SUV is 0 in the rest"):
+        read_pet_suv(tmp_path / "pet", ct_grid, require_cover=region)
+    with pytest.raises(ValueError, match="require_cover"):
+        read_pet_suv(tmp_path / "pet", require_cover=region)
+
+
+def test_pet_edge_voxels_hold_up_to_their_edge(tmp_path):
+    """A CT voxel between the PET's last voxel centre and its edge takes the edge value."""
+    info = write_pet(tmp_path / "pet", activity_bqml=np.full((5, 6, 6), 5000.0), decay="ADMIN")
+    ct_grid = ImageGrid(  # PET voxel centres x -8..12 mm, edges -10..14 mm
+        shape=(1, 1, 2),
+        spacing_mm=(2.0, 1.0, 23.0),
+        origin_mm=(-9.5, 0.0, 4.0),
+        frame_of_reference_uid=info["for_uid"],
+    )
+    suv, _ = read_pet_suv(tmp_path / "pet", ct_grid)
+    np.testing.assert_allclose(suv, info["activity"][0, 0, 0] * 80_000.0 / 200e6, rtol=1e-9)
+
+
+def test_pet_scan_ten_half_lives_after_injection_is_refused(tmp_path):
+    # injected at 11:00, scanned at 10:00: the day before, 23 h = 20 Ga-68 half-lives
+    write_pet(tmp_path / "pet", activity_bqml=pet_activity((2, 4, 4)), injection_time="110000")
+    with pytest.raises(DicomInputError, match=r"23\.0 h \(20 half-lives.*injection_datetime="):
+        read_pet_suv(tmp_path / "pet")
+
+
+def test_pet_unreadable_time_names_the_tag(tmp_path):
+    write_pet(tmp_path / "pet", activity_bqml=pet_activity((2, 4, 4)), series_time="1x0000")
+    with pytest.raises(DicomInputError, match=r"SeriesTime \(0008,0031\) '1x0000'"):
+        read_pet_suv(tmp_path / "pet")
+
+
+def test_philips_cnts_with_its_suv_scale_factor(tmp_path):
+    act = write_pet(
+        tmp_path / "suv", activity_bqml=pet_activity(), units="CNTS", philips={0x00: 2.5e-4}
+    )["activity"]
+    suv, _ = read_pet_suv(tmp_path / "suv")
+    np.testing.assert_allclose(suv, act * 2.5e-4, rtol=1e-9)
+    # without the SUV factor: Bq/mL from the activity factor, then as BQML
+    act = write_pet(
+        tmp_path / "bq", activity_bqml=pet_activity(), units="CNTS", philips={0x09: 2.0}
+    )["activity"]
+    suv, _ = read_pet_suv(tmp_path / "bq")
+    dose = 200e6 * 2.0 ** (-3600.0 / 4062.6)
+    np.testing.assert_allclose(suv, 2.0 * act * 80_000.0 / dose, rtol=1e-9)
+
+
+def test_explicit_suv_factor_overrides_the_units(tmp_path):
+    act = write_pet(tmp_path / "pet", activity_bqml=pet_activity((2, 4, 4)), units="CNTS")[
+        "activity"
+    ]
+    with pytest.raises(DicomInputError, match=r"CNTS.*suv_factor="):
+        read_pet_suv(tmp_path / "pet")
+    suv, _ = read_pet_suv(tmp_path / "pet", suv_factor=1e-3)
+    np.testing.assert_allclose(suv, act * 1e-3, rtol=1e-9)
+    with pytest.raises(ValueError, match="suv_factor"):
+        read_pet_suv(tmp_path / "pet", suv_factor=0.0)
+
+
+def test_invalid_patient_attributes_of_the_input_ct_are_not_copied(tmp_path):
+    bad = {
+        "PatientBirthDate": "19501399",
+        "PatientSex": "X",
+        "StudyTime": "99",
+        "AccessionNumber": "A" * 20,
+    }
+    with pytest.warns(UserWarning):  # pydicom: invalid values for their VRs
+        write_ct(tmp_path / "ct", n_slices=3, per_slice_extra={k: bad for k in range(3)})
+    pattern = r"PatientBirthDate \(0010,0030\), PatientSex .*StudyTime .*AccessionNumber .*empty"
+    with pytest.warns(RtplanWarning, match=pattern) as caught:
+        ct = read_ct_series(tmp_path / "ct")
+    assert "19501399" not in str(caught[0].message)  # names the tags, never the values
+    p = ct.patient
+    assert (p.birth_date, p.sex, p.study_time, p.accession_number) == ("", "", "", "")
+    assert p.name == SECRET_NAME and p.study_date == "20240102"  # valid ones are kept
+    m = np.zeros(ct.grid.shape, bool)
+    m[1, 2:5, 2:5] = True
+    with pytest.warns(RtplanWarning, match="PatientBirthDate"):
+        out = write_rtstruct([Structure("Box", m, ct.grid)], tmp_path / "ct", tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(out)
+    assert ds.PatientBirthDate == "" and ds.PatientSex == "" and ds.AccessionNumber == ""
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(out) == []
+
+
+DCMCJPEG = shutil.which("dcmcjpeg")
+if DCMCJPEG is None and os.environ.get("CI"):
+    raise RuntimeError("CI must install dcmcjpeg (Debian dcmtk): .ci/run does")
+
+
+@pytest.mark.parametrize("syntax", ["JPEG 2000 Lossless", "JPEG Lossless SV1"])
+def test_compressed_ct_reads_like_the_uncompressed_one(tmp_path, syntax):
+    """pylibjpeg's plugins (dependencies of rtplan) decode JPEG 2000 and JPEG Lossless."""
+    from pydicom.uid import JPEG2000Lossless
+
+    write_ct(
+        tmp_path / "ct",
+        n_slices=3,
+        rows=32,
+        cols=32,
+        hu=lambda k, z: np.arange(1024.0).reshape(32, 32) * 3.0 - 1000.0 + k,
+    )
+    (tmp_path / "packed").mkdir()
+    for f in sorted((tmp_path / "ct").iterdir()):
+        out = tmp_path / "packed" / f.name
+        if syntax == "JPEG 2000 Lossless":
+            ds = pydicom.dcmread(f)
+            ds.compress(JPEG2000Lossless)
+            ds.save_as(out)
+        elif DCMCJPEG is None:
+            pytest.skip("dcmcjpeg (Debian dcmtk) is not installed; CI installs it")
+        else:
+            subprocess.run([DCMCJPEG, "--encode-lossless-sv1", f, out], check=True, timeout=60)
+    ts = pydicom.dcmread(out, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert ts.is_compressed
+    np.testing.assert_array_equal(
+        read_ct_series(tmp_path / "packed").hu, read_ct_series(tmp_path / "ct").hu
+    )

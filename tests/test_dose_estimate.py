@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -298,3 +299,69 @@ def test_arguments_of_the_wrong_type_are_refused_by_name(body, dose_grid):
         make_dose_grid(CT.shape)
     with pytest.raises(TypeError, match="body"):
         make_dose_grid(CT, body=body.mask)
+
+
+# ---------------------------------------------------------------------------- plan sum (issue 12)
+def _stacking_option(boost_technique: str = "imrt") -> FieldOption:
+    """Pelvis 45 Gy / 25 with a node SIB 60 Gy, then a bed boost 21.6 Gy / 12 over the node."""
+    pelvis = _sphere_cc(400.0, name="PTVn_4500")
+    bed = _sphere_cc(60.0, centre=(0.0, 10.0, -5.0), name="PTVsb_6660")
+    node = _sphere_cc(4.0, centre=(18.0, 10.0, -5.0), name="PTVn1_6000")
+    assert np.any(node.mask & bed.mask)
+    pelvic = Course(
+        "Pelvis", "imrt", 25, (Target(pelvis, 45.0), Target(bed, 45.0), Target(node, 60.0))
+    )
+    boost = Course("Boost", boost_technique, 12, (Target(bed, 21.6),))
+    return FieldOption("WPRT+Nboost", (pelvic, boost))
+
+
+def _node_eqd2_max(od, node: Structure, dose_grid) -> float:
+    composite = od.eqd2_gy(1.5)
+    return compute_dvh(composite, dose_grid, node).dose_at_volume_cc(0.03)
+
+
+def test_courses_are_planned_on_the_sum(dose_grid, body_mask):
+    option = _stacking_option()
+    node = option.courses[0].targets[2].ptv
+    level = 60.0 * (60.0 / 25 + 1.5) / 3.5  # EQD2 of the node, the highest level, 66.9 Gy
+    held = estimate_option_dose(option, dose_grid, body=body_mask)
+    free = estimate_option_dose(
+        option, dose_grid, body=body_mask, params=DoseModelParameters(plan_sum_ceiling=10.0)
+    )
+    assert _node_eqd2_max(free, node, dose_grid) > 1.15 * level  # stacked as modelled alone
+    assert _node_eqd2_max(held, node, dose_grid) <= 1.07 * level
+    # the ceiling only lowers the later course, never the first one
+    np.testing.assert_array_equal(held.courses[0].dose_gy, free.courses[0].dose_gy)
+    assert np.all(held.courses[1].dose_gy <= free.courses[1].dose_gy + 1e-9)
+    # far from the node the boost course is untouched
+    assert held.courses[1].dose_gy.max() == pytest.approx(free.courses[1].dose_gy.max())
+
+
+def test_a_3dcrt_course_is_never_reshaped(dose_grid, body_mask):
+    level = 60.0 * (60.0 / 25 + 1.5) / 3.5
+    # a 3D-CRT boost: the pelvic IMRT course gives way under it, the box stays a box
+    option = _stacking_option("3dcrt")
+    node = option.courses[0].targets[2].ptv
+    od = estimate_option_dose(option, dose_grid, body=body_mask)
+    alone = estimate_course_dose(option.courses[1], dose_grid, body=body_mask)
+    np.testing.assert_array_equal(od.courses[1].dose_gy, alone)
+    assert _node_eqd2_max(od, node, dose_grid) <= 1.07 * level
+    # both courses 3D-CRT: nothing can give way, the stacking stays
+    pelvic = dataclasses.replace(option.courses[0], technique="3dcrt")
+    boxes = dataclasses.replace(option, courses=(pelvic, option.courses[1]))
+    od = estimate_option_dose(boxes, dose_grid, body=body_mask)
+    assert _node_eqd2_max(od, node, dose_grid) > 1.1 * level
+
+
+def test_plan_sum_ceiling_is_checked():
+    with pytest.raises(ValueError, match="plan_sum_ceiling"):
+        DoseModelParameters(plan_sum_ceiling=0.9)
+
+
+def test_physical_dose_inverts_eqd2():
+    from rtplan.dose_estimate import physical_dose_gy
+
+    d = np.array([0.0, 10.0, 45.0, 66.6])
+    np.testing.assert_allclose(physical_dose_gy(eqd2_gy(d, 25, 3.0), 25, 3.0), d, atol=1e-9)
+    # 21 Gy in 3 fractions is as effective (alpha/beta 3 Gy) as about 25.76 Gy in 5
+    assert physical_dose_gy(eqd2_gy(21.0, 3, 3.0), 5, 3.0) == pytest.approx(25.76, abs=0.01)

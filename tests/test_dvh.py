@@ -398,3 +398,29 @@ def test_arguments_of_the_wrong_type_are_refused_by_name():
         lkb_ntcp(dvh, {"td50_gy": 76.9, "m": 0.13, "n": 0.09})
     with pytest.raises(TypeError, match="constraint text"):
         parse_constraint(35, structure="R")
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_near_maximum_stays_under_a_flat_top(partial):
+    """A plateau ending in a cliff: no part of the DVH lies above the highest dose (issue 12).
+
+    The linear dose model of a voxel, spread by its central-difference gradient, put the
+    plateau's edge voxels up to half a cliff above the plateau; the spread is now limited
+    to the range of the voxel and its neighbours.
+    """
+    g = ImageGrid(shape=(12, 12, 12), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(0.0, 0.0, 0.0))
+    dose = np.full(g.shape, 40.0)
+    dose[:, :, :6] = 70.0  # flat top, then a 30 Gy cliff
+    mask = np.zeros(g.shape, bool)
+    if partial:  # a structure finer than the dose grid, partly occupying its voxels
+        fine = ImageGrid(shape=(24, 24, 24), spacing_mm=(1.25,) * 3, origin_mm=(-0.625,) * 3)
+        fmask = np.zeros(fine.shape, bool)
+        fmask[5:19, 5:19, 3:17] = True
+        s = Structure("S", fmask, fine)
+    else:
+        mask[2:10, 2:10, 2:10] = True
+        s = Structure("S", mask, g)
+    dvh = compute_dvh(dose, g, s)
+    assert dvh.dose_at_volume_cc(0.03) <= 70.0 + 0.01
+    assert dvh.max_gy <= 70.0 + 0.01
+    assert dvh.min_gy >= 40.0 - 0.01

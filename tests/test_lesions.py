@@ -482,3 +482,24 @@ def test_lesion_fields_and_staging_fields_are_checked(mgrid):
     with pytest.raises(TypeError, match="id"):
         lesion.with_staging(id=5)
     assert set(staged.row()) == set(LesionRow.__annotations__)
+
+
+def test_pet_lesions_are_checked_against_the_body_or_search_region(mgrid):
+    hot = np.full(mgrid.shape, 6.0)
+    region = np.zeros(mgrid.shape, bool)
+    region[5:25, 5:35, 5:35] = True
+    with pytest.raises(InvalidMaskError, match=r"100 % of the search region"):
+        lesions_from_pet(hot, mgrid, method="fixed", threshold_suv=4.0, search_region=region)
+    with pytest.raises(InvalidMaskError, match=r"% of the Body"):
+        lesions_from_pet(hot, mgrid, method="fixed", threshold_suv=4.0, body=region)
+
+
+def test_lesion_partly_outside_the_body_is_kept(mgrid):
+    body = np.zeros(mgrid.shape, bool)
+    body[:, :, :20] = True
+    lesion = np.zeros(mgrid.shape, bool)
+    lesion[10:14, 10:14, 17:22] = True  # 3 of its 5 columns inside
+    (kept,) = lesions_from_mask(lesion, mgrid, body=body)
+    assert kept.volume_cc == pytest.approx(lesion.sum() * mgrid.voxel_volume_cc)
+    with pytest.raises(InvalidMaskError, match="empty"):
+        lesions_from_mask(lesion, mgrid, body=np.zeros(mgrid.shape, bool))

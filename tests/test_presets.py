@@ -123,7 +123,8 @@ def test_diff_of_two_presets():
     assert rows["prescription.prostate_bed.fractions"] == (37, 25)
     assert rows["technique.wprt_mode"] == ("sequential", "sib")
     assert rows["constraints[Rectum V40Gy (%), conventional]"] == ("<= 55 %", None)
-    assert rows["constraints[Rectum V65Gy (cc), conventional]"] == (None, "< 10 cc")
+    # HYPORT's constraints: the 37-fraction post-op set converted to 25 fractions (same EQD2)
+    assert rows["constraints[Rectum V58.1Gy (%), conventional, 25 fx]"] == (None, "<= 35 %")
     assert "ctv.pelvic_nodes.vessel_margin_mm" not in rows
 
 

@@ -84,7 +84,8 @@ def test_shipped_clinical_values(proto):
     assert proto.value("ctv.prostate_bed.inferior_below_vua_mm") in (8, 9, 10, 11, 12)
     assert 30 <= proto.value("ctv.prostate_bed.superior_above_symphysis_mm") <= 40
     assert 10 <= proto.value("ctv.prostate_bed.bladder_wall_band_mm") <= 20
-    assert proto.value("ctv.pelvic_nodes.superior_border") == "L5S1_Interspace"
+    # the protocol says NRG 2021 (Hall et al., IJROBP 2021), so its border is the default
+    assert proto.value("ctv.pelvic_nodes.superior_border") == "L4L5_Interspace"
     assert proto.value("ctv.pelvic_nodes.presacral_vertebrae") == ("VB_S1", "VB_S2", "VB_S3")
     pb = proto.prescription("prostate_bed")
     assert 64.8 <= pb.dose_gy <= 70.2 and pb.dose_per_fraction_gy == pytest.approx(1.8)
@@ -278,3 +279,26 @@ def test_typed_accessors(proto):
         proto.text("ctv.pelvic_nodes.vessel_margin_mm")
     with pytest.raises(ProtocolError, match="wprt_mode: expected a list of names"):
         proto.names("technique.wprt_mode")
+
+
+def test_constraint_structure_names_are_checked():
+    data = _raw()
+    rectum = next(c for c in data["constraints"] if c["structure"] == "Rectum")
+    for name in ("Rectum_PRV05", "Bladder-CTV", "PTV_6660", "SacralPlex", "rectum"):
+        Protocol({**data, "constraints": [{**rectum, "structure": name}]})
+    with pytest.raises(ProtocolError, match=r"'Rectum_PRV05x'"):
+        Protocol({**data, "constraints": [{**rectum, "structure": "Rectum_PRV05x"}]})
+    ntcp = copy.deepcopy(data["ntcp"])
+    ntcp["Rectun"] = ntcp.pop("Rectum")
+    with pytest.raises(ProtocolError, match=r"ntcp\.Rectun.*did you mean 'Rectum'"):
+        Protocol({**data, "ntcp": ntcp})
+
+
+def test_deeply_nested_protocol_data_is_refused():
+    deep: list = []
+    node = deep
+    for _ in range(2000):
+        node.append([])
+        node = node[0]
+    with pytest.raises(ProtocolError, match="nested more than 16"):
+        Protocol({**_raw(), "protocol": {"name": "x", "title": "x", "deep": deep}})

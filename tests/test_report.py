@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import shutil
@@ -697,3 +698,234 @@ def test_report_of_a_real_comparison_shows_stage_evidence_sources_and_suv(coarse
     for c in cmp.protocol.constraints[:5]:
         assert c.source.split(",")[0] in html
     assert "not a treatment plan" in html
+
+
+# ----------------------------------------------------------------------------- issue 12
+class _DomText(HTMLParser):
+    """Text of the DOM, and per element id / data-row the text inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self._stack: list[tuple[str, str | None]] = []
+        self.by_key: dict[str, list[str]] = {}
+        self.cells: dict[str, dict[str, str]] = {}  # data-row -> class of cell -> text
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        key = a.get("id") or (
+            f"row:{a['data-row']}|{a.get('data-group', '')}|{a.get('data-basis', '')}"
+            if "data-row" in a
+            else None
+        )
+        cls = a.get("class")
+        self._stack.append((tag, key if key else cls))
+
+    def handle_endtag(self, tag):
+        while self._stack:
+            t, _ = self._stack.pop()
+            if t == tag:
+                break
+
+    def handle_data(self, data):
+        self.text.append(data)
+        keys = [k for _, k in self._stack if k]
+        for k in keys:
+            if k.startswith("row:") or not k.startswith(("num", "src", "basis", "lim")):
+                self.by_key.setdefault(k, []).append(data)
+        row = next((k for _, k in reversed(self._stack) if k and k.startswith("row:")), None)
+        cls = self._stack[-1][1] if self._stack else None
+        if row is not None:
+            inner = next(
+                (k for _, k in reversed(self._stack) if k in ("basis", "src", "lim")), None
+            )
+            if inner:
+                self.cells.setdefault(row, {}).setdefault(inner, "")
+                self.cells[row][inner] += data
+        del cls
+
+    def of(self, key: str) -> str:
+        return " ".join(" ".join(self.by_key.get(key, [])).split())
+
+
+@pytest.fixture(scope="module")
+def real_case(coarse_atlas, tmp_path_factory):
+    """An obturator node and an L4 vertebral lesion: SBRT, nodal boosts, ADT twins."""
+    from phantoms import sphere_mask
+
+    from rtplan.compare import compare_options
+    from rtplan.lesions import lesions_from_mask
+    from rtplan.staging import stage
+    from rtplan.volumes import suggest_options
+
+    a = coarse_atlas
+    mask = (sphere_mask(a.grid, (0.0, 20.0, 150.0), 8.0) & a.structures["VB_L4"].mask) | (
+        sphere_mask(a.grid, (30.0, -15.0, -5.0), 5.5)
+    )
+    lesions = lesions_from_mask(mask, a.grid)
+    st = stage(lesions, a)
+    cmp = compare_options(a, lesions, suggest_options(st), stage=st, case=st.string)
+    path = rpt.write_report(cmp, tmp_path_factory.mktemp("real") / "report.html")
+    return st, cmp, path
+
+
+def _dom_text(path: Path, tmp_path: Path) -> str:
+    """The DOM of the report as headless Chromium renders it (--dump-dom)."""
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed but CI is set: the browser test must run")
+        pytest.skip("chromium not installed")
+    proc = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    return proc.stdout.decode("utf-8")
+
+
+@pytest.mark.browser
+def test_rendered_report_says_which_dose_each_number_is(real_case, tmp_path):
+    from rtplan.references import cite, keys_in
+
+    st, cmp, path = real_case
+    dom = _DomText()
+    dom.feed(_dom_text(path, tmp_path))
+    text = " ".join(" ".join(dom.text).split())
+    # no pointer to a file the reader does not have
+    assert "CLINICAL.md" not in text and "CLINICAL" not in text
+    # the staging headline names both forms, consistently with the stage block
+    assert f"stage {st.string} (PROMISE miTNM: {st.detailed})" in text
+    assert "PROMISE miTNM" in dom.of("stage-forms") or "miN2 two or more" in text
+    # every metric row names its dose basis
+    rows = [k for k in dom.cells if k.startswith("row:")]
+    assert len(rows) == len(cmp.table.rows)
+    for row in cmp.table.rows:
+        key = f"row:{row.label}|{row.group}|{row.basis}"
+        if row.metric == "Volume":
+            continue
+        assert dom.cells[key]["basis"].strip() == row.basis, row.label
+        if row.note:
+            assert "Note:" in dom.cells[key]["src"], row.label  # notes beside their limits
+    assert any(r.basis == "SBRT course, physical (3 fx)" for r in cmp.table.rows)
+    assert any("EQD2 (alpha/beta 3 Gy)" in r.basis for r in cmp.table.rows)
+    # citations written out in full, evidence tags explained
+    cited = {k for r in cmp.table.rows for k in keys_in(r.source)}
+    assert cited
+    refs = dom.of("references")
+    for key in cited:
+        assert " ".join(cite(key).split()) in refs, key
+    tags = dom.of("evidence-tags")
+    for tag in ("[V]", "[V-3p]", "[U]", "tool default"):
+        assert tag in tags
+    # the constraints that could not be evaluated, and why
+    assert "not evaluated: SacralPlex missing" in text
+    assert "SacralPlex" in dom.of("glance-not-evaluated")
+    # the at-a-glance block sets the options apart
+    worst = dom.of("glance-worst")
+    assert worst and "of the limit" in worst
+    assert "only here" in dom.of("glance-failed") or "not in every option" in dom.of(
+        "glance-failed"
+    )
+    assert "Hot spot" in dom.of("glance-hot-spot")
+
+
+def test_isodose_lines_are_drawn_on_the_dose_they_refer_to(real_case):
+    _, cmp, _ = real_case
+    r = next(r for r in cmp.results if any(c.technique == "sbrt" for c in r.option.courses))
+    lines = rpt._isodose_lines(r)
+    sbrt = next(line for line in lines if "SBRT" in line.label)
+    course = next(c.name for c in r.option.courses if c.technique == "sbrt")
+    np.testing.assert_array_equal(sbrt.dose_gy, r.course_doses_gy[course])
+    assert sbrt.level_gy == pytest.approx(0.95 * 21.0)
+    assert f"({course})" in sbrt.label
+    bed = next(line for line in lines if "PTVsb" in line.label and "95 %" in line.label)
+    np.testing.assert_allclose(
+        bed.dose_gy, r.course_doses_gy["Pelvis"] + r.course_doses_gy["ProstateBedBoost"]
+    )
+    # on the total dose the SBRT 95 % line would enclose most of the pelvis
+    assert np.count_nonzero(r.dose_gy >= sbrt.level_gy) > 20 * np.count_nonzero(
+        sbrt.dose_gy >= sbrt.level_gy
+    )
+
+
+def _inside_figure(fig, artist) -> bool:
+    fig.canvas.draw()  # Agg canvas of a plain Figure
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    fb = fig.bbox
+    return (
+        box.x0 >= fb.x0 - 1 and box.x1 <= fb.x1 + 1 and box.y0 >= fb.y0 - 1 and box.y1 <= fb.y1 + 1
+    )
+
+
+def test_plots_keep_their_legends_inside_and_their_organs_apart(real_case):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    _, cmp, _ = real_case
+    colors = rpt._option_colors(cmp.options)
+    fig = rpt._dvh_figure_object(cmp, colors)
+    FigureCanvasAgg(fig)
+    assert fig.legends and all(_inside_figure(fig, leg) for leg in fig.legends)
+    window = rpt._display_window(cmp, cmp.atlas.grid)
+    for r in cmp.results:
+        centre = rpt._image_centre(r, cmp.atlas.grid)[0]
+        planes = rpt._three_planes(window, centre)
+        extra = rpt._unseen_ptvs(r.option, planes)
+        for ps in (
+            planes,
+            [
+                rpt._make_plane("axial", rpt._subsample(window), p.centroid_mm, window)
+                for p in extra[:1]
+            ],
+        ):
+            if not ps:
+                continue
+            fig = rpt._option_images_figure(cmp, r, window, ps, max_height_in=3.2)
+            FigureCanvasAgg(fig)
+            (leg,) = fig.legends
+            assert _inside_figure(fig, leg), r.name
+            oars = [h for h in leg.legend_handles if h.get_linestyle() == ":"]
+            colours = [h.get_color() for h in oars]
+            assert len(set(map(str, colours))) == len(colours)  # one colour per organ
+
+
+def test_dvh_limits_identical_curves_and_labels(real_case):
+    _, cmp, _ = real_case
+    # no cc limit on the % axis, no limit of another dose on the physical DVH
+    for row in cmp.table.rows:
+        for _, _, label, _ in rpt._limit_markers(cmp, row.structure):
+            src = next(
+                r
+                for r in cmp.table.rows
+                if r.structure == row.structure
+                and r.metric == label
+                and r.group == "OAR"
+                and r.basis == "composite physical"
+            )
+            assert src.unit != "cc"
+    groups = rpt._same_dose_groups(cmp)
+    twins = [g for g in groups if len(g) > 1]
+    assert twins  # the ADT and no-ADT variants of the SBRT option have the same dose
+    assert "Identical doses" in rpt._same_dose_caption(cmp)
+    handles = rpt._dvh_legend_handles(cmp, rpt._option_colors(cmp.options), {"-"}, groups)
+    assert any("(= " in h.get_label() for h in handles)
+    # crowded markers: every label placed lies clear of the others
+    points = [(60.0 + i, 35.0 - i, f"V{60 + i}Gy") for i in range(6)]
+    spots = [s for s in rpt._place_labels(points, 80.0) if s is not None]
+    assert spots and len(spots) < len(points) + 1
+    ys = sorted((s[1], s[0]) for s in spots)
+    for (y0, x0), (y1, x1) in itertools.pairwise(ys):
+        assert abs(y1 - y0) >= 3.0 or abs(x1 - x0) >= 5.0

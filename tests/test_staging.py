@@ -374,9 +374,15 @@ def _shipped_points(atlas):
         "M1b",
         "bone",
     )
+    # obturator node medial to the obturator internus, above the top of the symphysis (below
+    # it the prostate bed reaches the muscle, RTOG 2010, and the call would be uncertain)
     obt = ss["Obturator_Int_L"]
-    _, oy, oz = obt.centroid_mm
-    pts["OB"] = ((obt.bounds_mm[0][0] - 6.0, oy, oz), "N1", "OB")
+    _, oy, _ = obt.centroid_mm
+    pts["OB"] = (
+        (obt.bounds_mm[0][0] - 6.0, oy + 14.0, lm["PubicSymphysis_Top"][2] + 5.0),
+        "N1",
+        "OB",
+    )
     fh = ss["Femur_Head_L"]
     fx, _, fz = fh.centroid_mm
     pts["inguinal"] = ((fx, fh.bounds_mm[1][0] - 15.0, fz), "M1a", "OE")
@@ -496,3 +502,197 @@ def test_stage_is_checked_when_built(atlas):
     unstaged = lesions_at(atlas, ["bed"])
     with pytest.raises(ValueError, match="must be staged.*not so: L1"):
         Stage(**{**fields, "lesions": unstaged})
+
+
+# ---------------------------------------------------------------------------- issue 11
+def _sphere_lesions(atlas, spots):
+    """Lesions at (centre, radius[, miPSMA score]) spots, ids from 1."""
+    from rtplan.lesions import Lesion
+
+    out = []
+    for n, spot in enumerate(spots, start=1):
+        centre, radius, *score = spot
+        m = sphere_mask(atlas.grid, centre, radius)
+        gtv = Structure(f"L{n}", m, atlas.grid, role="gtv")
+        out.append(Lesion(id=n, name=f"L{n}", structure=gtv, mipsma_score=next(iter(score), None)))
+    return Lesions(out, grid=atlas.grid)
+
+
+def _without(atlas, *names):
+    keep = [n for n in atlas.structures.names if n not in names]
+    return SimpleNamespace(
+        grid=atlas.grid, structures=atlas.structures.select(keep), landmarks=dict(atlas.landmarks)
+    )
+
+
+def _between_bladder_and_rectum(atlas, z_mm):
+    g = atlas.grid
+    z, y, x = g.axis_coordinates_mm()
+    k, i = int(np.argmin(np.abs(z - z_mm))), int(np.argmin(np.abs(x)))
+    front = y[atlas.structures["Bladder"].mask[k, :, i]].max()
+    back = y[atlas.structures["Rectum"].mask[k, :, i]].min()
+    return (0.0, float((front + back) / 2), float(z[k]))
+
+
+def test_local_recurrence_recognised_without_a_prostate_bed_structure(shipped):
+    """Issue 11.1: a vesicourethral-anastomosis recurrence on anatomy without ProstateBed."""
+    anatomy = _without(shipped, "ProstateBed")
+    x, y, z = shipped.landmarks["VUA"]
+    st = stage(_sphere_lesions(anatomy, [((x, y + 6.0, z), 4.0)]), anatomy)
+    assert (st.lesions[0].category, st.string) == ("Tr", "TrN0M0")
+    assert any("derived from the anatomy" in n for n in st.notes)
+
+
+@pytest.mark.parametrize("where", ["retrovesical", "seminal-vesicle bed"])
+def test_retrovesical_and_sv_bed_lesions_are_local_recurrences(shipped, where):
+    """Issue 11.1: inside the bed CTV rtplan builds (up to the vas cut end): Tr, not N1(OP)."""
+    lm = shipped.landmarks
+    z = lm["PubicSymphysis_Top"][2] + 12.0 if where == "retrovesical" else 20.0
+    for anatomy in (shipped, _without(shipped, "ProstateBed")):
+        centre = _between_bladder_and_rectum(shipped, z)
+        st = stage(_sphere_lesions(anatomy, [(centre, 3.0)]), anatomy)
+        assert (st.lesions[0].category, st.string, st.uncertain) == ("Tr", "TrN0M0", ()), centre
+
+
+def test_tr_region_is_the_bed_ctv(shipped):
+    """The local-recurrence region is drawn by the bed-CTV rules (one region, two uses)."""
+    from rtplan.staging import prostate_bed_region
+    from rtplan.volumes import ctv_prostate_bed
+
+    region = prostate_bed_region(shipped)
+    assert np.array_equal(region, ctv_prostate_bed(shipped).mask)
+    z = shipped.grid.axis_coordinates_mm()[0][region.any(axis=(1, 2))]
+    assert z.max() >= shipped.landmarks["VasDeferens_CutEnd"][2] - shipped.grid.spacing_mm[0]
+
+
+def _just_outside_the_bed_beside_the_rectum(atlas):
+    """A voxel 2-4 mm outside the bed region, lateral to the rectum, clear of organs."""
+    from scipy import ndimage
+
+    from rtplan.staging import prostate_bed_region
+
+    g = atlas.grid
+    bed = prostate_bed_region(atlas)
+    d = ndimage.distance_transform_edt(~bed, sampling=g.spacing_mm)
+    rectum = atlas.structures["Rectum"].mask
+    near_rectum = ndimage.distance_transform_edt(~rectum, sampling=g.spacing_mm) <= 8.0
+    solid = np.any(
+        [atlas.structures[n].mask for n in atlas.structures.names if n not in ("Body",)], axis=0
+    )
+    x = g.axis_coordinates_mm()[2]
+    ok = (d >= 2.0) & (d <= 4.5) & near_rectum & ~solid & (np.abs(x) > 15)[None, None, :]
+    ok &= ~ndimage.binary_dilation(solid, iterations=1)
+    idx = np.argwhere(ok)
+    assert len(idx), "no point just outside the bed beside the rectum"
+    return tuple(g.index_to_lps(idx[len(idx) // 2]))
+
+
+def test_bed_border_lesion_is_uncertain_with_both_candidates(shipped):
+    """Issue 11.1: Tr vs N1(OP) near the bed border: an explicit flag with both candidates."""
+    centre = _just_outside_the_bed_beside_the_rectum(shipped)
+    st = stage(_sphere_lesions(shipped, [(centre, 2.0)]), shipped)
+    (call,) = st.uncertain
+    assert {call.chosen, call.alternative} == {"N1(OP)", "Tr"}, call
+    assert call.lesion_id == 1 and call.lesion_name == "L1" and "prostate-bed" in call.reason
+    assert st.uncertain_call(1) is call and st.uncertain_call(2) is None
+    lesion = st.lesions[0]
+    assert lesion.region_uncertain and any(n.startswith("uncertain: ") for n in lesion.notes)
+    assert any(call.text in n for n in st.notes)
+
+
+def test_internal_iliac_node_above_the_promontory_level_is_pelvic(shipped):
+    """Issue 11.2: below the iliac bifurcation, beside the internal iliac vessels: N1(II)."""
+    g = shipped.grid
+    z_ps = shipped.landmarks["SacralPromontory"][2]
+    k = int(np.argmin(np.abs(g.axis_coordinates_mm()[0] - (z_ps + 4.0))))
+    assert g.axis_coordinates_mm()[0][k] > z_ps
+    vessels = (
+        shipped.structures["A_Iliac_Int_R"].mask[k] | shipped.structures["V_Iliac_Int_R"].mask[k]
+    )
+    jj, ii = np.nonzero(vessels)
+    x, y, z = g.index_to_lps([k, jj.mean(), ii.mean()])
+    st = stage(_sphere_lesions(shipped, [((x, y + 12.0, z), 4.0)]), shipped)
+    assert (st.lesions[0].category, st.lesions[0].region_code) == ("N1", "II"), st.lesions[0].row()
+    assert st.string == "T0N1M0" and not st.uncertain
+
+
+def test_common_iliac_by_vessel_segment(shipped):
+    """Issue 11.2: along the common iliac vessels CI; at the iliac bifurcation uncertain."""
+    ss = shipped.structures
+    bif = ss["A_Iliac_L"].bounds_mm[2][0] + shipped.grid.spacing_mm[0] / 2
+    mid = _slice_point(shipped, "A_Iliac_L", bif + 15.0)
+    at_bif = _slice_point(shipped, "A_Iliac_L", bif)
+    les = _sphere_lesions(shipped, [(np.add(mid, (12.0, 0, 0)), 4.0)])
+    st = stage(les, shipped)
+    assert (st.lesions[0].category, st.lesions[0].region_code, st.uncertain) == ("M1a", "CI", ())
+    assert stage(les, shipped, common_iliac="N").string == "T0N1M0"
+    st = stage(_sphere_lesions(shipped, [(np.add(at_bif, (10.0, -4.0, 0)), 4.0)]), shipped)
+    (call,) = st.uncertain
+    assert "M1a(CI)" in (call.chosen, call.alternative)
+    assert {call.chosen, call.alternative} - {"M1a(CI)"} <= {"N1(EI)", "N1(II)"}
+    assert "iliac bifurcation" in call.reason
+
+
+def test_common_iliac_falls_back_on_the_brim_without_the_vessel_split(shipped):
+    """Without external / internal iliac vessels the plane rule applies, and says so."""
+    anatomy = _without(
+        shipped,
+        *[
+            n
+            for n in shipped.structures.names
+            if n.startswith(("A_Iliac_", "V_Iliac_")) and n[-6:-2] in ("_Ext", "_Int")
+        ],
+    )
+    mid = _slice_point(shipped, "A_Iliac_L", 120.0)
+    st = stage(_sphere_lesions(anatomy, [(np.add(mid, (12.0, 0, 0)), 4.0)]), anatomy)
+    assert st.lesions[0].region_code == "CI"
+    assert any("pelvic-brim plane" in n for n in st.notes)
+
+
+def test_mipsma_score_below_two_is_not_counted(shipped):
+    """Issue 11.5: a score-1 node stays in the table, marked, and drives nothing."""
+    from rtplan.volumes import suggest_options
+
+    ei = _slice_point(shipped, "A_Iliac_Ext_L", 60.0)
+    spots = [(np.add(ei, (14.0, 0, 0)), 4.0, 1)]
+    st = stage(_sphere_lesions(shipped, spots), shipped)
+    lesion = st.lesions[0]
+    assert lesion.category == "not counted (miPSMA 1)" and lesion.region_code == "EI"
+    assert lesion.row()["category"] == "not counted (miPSMA 1)"
+    assert (st.string, st.detailed) == ("T0N0M0", "miT0 miN0 miM0")
+    assert st.not_counted_lesions == [lesion] and st.counted_lesions == []
+    assert any("not counted" in n and "L1" in n for n in st.notes)
+    specs = suggest_options(st)
+    assert [o.name for o in specs] == ["PBRT", "PBRT+STAD", "PBRT+WPRT"]
+    assert not any(o.node_boost for o in specs)
+    # the threshold is an option of the stage; a score of 2 (> liver) counts
+    assert stage(_sphere_lesions(shipped, spots), shipped, min_mipsma_score=1).string == "T0N1M0"
+    spots2 = [(np.add(ei, (14.0, 0, 0)), 4.0, 2)]
+    assert stage(_sphere_lesions(shipped, spots2), shipped).string == "T0N1M0"
+
+
+def test_new_stage_options_are_checked(atlas):
+    les = lesions_at(atlas, ["bed"])
+    with pytest.raises(ValueError, match="min_mipsma_score"):
+        stage(les, atlas, min_mipsma_score=4)
+    with pytest.raises(TypeError, match="protocol"):
+        stage(les, atlas, protocol=3)
+    st = stage(les, atlas)
+    fields = {f: getattr(st, f) for f in Stage.__dataclass_fields__}
+    with pytest.raises(TypeError, match="Stage.uncertain"):
+        Stage(**{**fields, "uncertain": ("L1: Tr or N1",)})
+
+
+def test_oligometastatic_cut_off_is_three_lesions(atlas):
+    """Issue 11.6: STOMP and ORIOLE enrolled <= 3 metastases: the default cut-off is 3."""
+    from rtplan.staging import OLIGOMETASTATIC_MAX_LESIONS
+
+    assert OLIGOMETASTATIC_MAX_LESIONS == 3
+    grid = atlas.grid
+    labels = np.zeros(grid.shape, np.int32)
+    for n, z in enumerate((35.0, 65.0, 95.0, 50.0), start=1):
+        labels[sphere_mask(grid, (107.0 if n < 4 else -107.0, 0.0, z), 5.0)] = n
+    four = lesions_from_mask(labels, grid)
+    assert stage(four, atlas).oligometastatic is False
+    assert stage(four[:3], atlas).oligometastatic is True
+    assert stage(four, atlas, max_oligo_lesions=5).oligometastatic is True

@@ -191,3 +191,77 @@ def test_by_role_refuses_an_unknown_role():
     assert [s.name for s in ss.by_role("gtv")] == ["GTV"]
     with pytest.raises(ValueError, match="role"):
         ss.by_role("tumour")
+
+
+# ------------------------------------------------------------------ issue 14: names and marks
+@pytest.mark.parametrize(
+    "spelling, tg263",
+    [
+        # Eclipse / RayStation / Monaco / Pinnacle style spellings (docs/completion.md)
+        ("Femoral Head Lt", "Femur_Head_L"),
+        ("Femoral Head Rt", "Femur_Head_R"),
+        ("FemoralHead_L", "Femur_Head_L"),
+        ("Fem_Head_R", "Femur_Head_R"),
+        ("LT FEMORAL HEAD", "Femur_Head_L"),
+        ("Femur_Head_(R)", "Femur_Head_R"),
+        ("FemHead_Lt", "Femur_Head_L"),
+        ("BowelBag", "Spc_Bowel"),
+        ("Bowel_Bag", "Spc_Bowel"),
+        ("Bowel_Small", "Bowel_Small"),
+        ("SmallBowel", "Bowel_Small"),
+        ("Bowel Loops", "Bowel"),
+        ("PenileBulb", "PenileBulb"),
+        ("Bulb_Penis", "PenileBulb"),
+        ("Rectum_wall", "Rectal_Wall"),
+        ("Bladder_Wall", "Bladder_Wall"),
+        ("BODY", "Body"),
+        ("External", "Body"),
+        ("Patient Outline", "Body"),
+        ("AnalCanal", "Canal_Anal"),
+        ("SigmoidColon", "Colon_Sigmoid"),
+        ("Ext Iliac A Lt", "A_Iliac_Ext_L"),
+        ("Int_Iliac_V_Rt", "V_Iliac_Int_R"),
+        ("PubicSymphysis", "PubicSymphys"),
+    ],
+)
+def test_vendor_spellings_map_to_tg263(spelling, tg263):
+    assert canonical_name(spelling) == tg263
+
+
+@pytest.mark.parametrize("spelling", ["Rectum_wall", "Rectal Wall", "Bladder_Wall", "Rectum_PRV"])
+def test_a_wall_or_prv_is_not_the_organ(spelling):
+    """A wall (or a PRV) is a different structure: never mapped to the whole organ."""
+    assert canonical_name(spelling) not in ("Rectum", "Bladder")
+
+
+def test_laterality_words_do_not_invent_structures():
+    assert canonical_name("Lt") is None
+    assert canonical_name("Left") is None
+    assert canonical_name("Liver Lt") is None  # no left-sided liver in TG-263
+
+
+def test_a_structure_says_whether_it_was_derived():
+    g = aniso_grid()
+    m = sphere_mask(g, g.center_mm, 6.0)
+    given = Structure("Sacrum", m, g)
+    assert not given.derived and given.derivation == ""
+    derived = Structure("Sacrum", m, g, derivation="bone from CT HU, labelled by atlas")
+    assert derived.derived and derived.derivation.startswith("bone from CT")
+    assert derived.renamed("VB_S1").derivation == derived.derivation
+    assert Structure.from_cropped("S", m[:2], (0, 0, 0), g, derivation="x").derived
+    import pickle
+
+    assert pickle.loads(pickle.dumps(derived)).derivation == derived.derivation
+    with pytest.raises(TypeError, match="derivation"):
+        Structure("Sacrum", m, g, derivation=True)
+
+
+def test_tg263_exclamation_and_caret_names_are_distinct_structures():
+    """``PTV!sb_6660`` (higher-dose PTVs removed) is not ``PTVsb_6660``; ``^`` counts too."""
+    g = aniso_grid()
+    a = Structure("PTVsb_6660", sphere_mask(g, g.center_mm, 8.0), g, role="ptv")
+    b = Structure("PTV!sb_6660", sphere_mask(g, g.center_mm, 5.0), g, role="ptv")
+    c = Structure("PTVsb_6660^Dr1", sphere_mask(g, g.center_mm, 4.0), g, role="ptv")
+    ss = StructureSet([a, b, c])
+    assert ss.names == ["PTVsb_6660", "PTV!sb_6660", "PTVsb_6660^Dr1"]
+    assert ss["ptv!sb_6660"] is b and ss["PTV_sb_6660"] is a and ss["ptvsb6660^dr1"] is c

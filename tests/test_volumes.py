@@ -230,9 +230,10 @@ def test_ctv_nodes_superior_border(phantom, protocol, border, z_mm):
     assert z_mm - SPACING[0] < top <= z_mm
 
 
-def test_nrg_variant_is_larger(phantom, protocol, ctv_n):
-    p = protocol.with_values({"ctv.pelvic_nodes.superior_border": "L4L5_Interspace"})
-    assert ctv_pelvic_nodes(phantom, p).volume_cc > ctv_n.volume_cc
+def test_nrg_variant_is_larger(phantom, protocol):
+    rtog = protocol.with_values({"ctv.pelvic_nodes.superior_border": "L5S1_Interspace"})
+    nrg = protocol.with_values({"ctv.pelvic_nodes.superior_border": "L4L5_Interspace"})
+    assert ctv_pelvic_nodes(phantom, nrg).volume_cc > ctv_pelvic_nodes(phantom, rtog).volume_cc
 
 
 def test_ctv_nodes_inferior_borders(phantom, ctv_n):
@@ -448,15 +449,24 @@ def test_boost_volumes_names_and_nesting(phantom, protocol, lesions):
 _STAGE_GRID = ImageGrid(shape=(1, 1, 8), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
 
 
-def _stage(string, t="T0", n="N0", m="M0", rows=(), oligo=False):
-    """A Stage with lesions (id, category, region) of one voxel each; ``string`` is t+n+m."""
+def _stage(string, t="T0", n="N0", m="M0", rows=(), oligo=False, max_oligo=5):
+    """A Stage with lesions (id, category, region[, code]) of one voxel each (t+n+m)."""
     lesions = []
-    for i, c, r in rows:
+    for i, c, r, *code in rows:
         voxel = np.zeros(_STAGE_GRID.shape, bool)
         voxel[0, 0, i] = True
         gtv = Structure(f"L{i}", voxel, _STAGE_GRID, role="gtv")
-        lesions.append(Lesion(id=i, name=f"L{i}", structure=gtv, category=c, region=r))
-    distant = [c for _, c, _ in rows if c.startswith("M1")]
+        lesions.append(
+            Lesion(
+                id=i,
+                name=f"L{i}",
+                structure=gtv,
+                category=c,
+                region=r,
+                region_code=next(iter(code), None),
+            )
+        )
+    distant = [row[1] for row in rows if row[1].startswith("M1")]
     st = Stage(
         t=t,
         n=n,
@@ -467,7 +477,7 @@ def _stage(string, t="T0", n="N0", m="M0", rows=(), oligo=False):
         m_categories=tuple(dict.fromkeys(distant)),
         n_distant_lesions=len(distant),
         oligometastatic=oligo,
-        max_oligo_lesions=5,
+        max_oligo_lesions=max_oligo,
         bone_pattern=None,
         lesions=Lesions(lesions, grid=_STAGE_GRID),
         promise_version="v2",
@@ -495,16 +505,20 @@ STAGES = {
 
 def test_suggest_options_per_stage():
     names = {k: [o.name for o in suggest_options(s)] for k, s in STAGES.items()}
-    assert names["T0N0M0"] == ["PBRT", "PBRT+WPRT"]
-    assert names["TrN0M0"] == ["PBRT+LRboost", "PBRT+WPRT+LRboost"]
+    assert names["T0N0M0"] == ["PBRT", "PBRT+STAD", "PBRT+WPRT"]
+    assert names["TrN0M0"] == ["PBRT+LRboost", "PBRT+LRboost+STAD", "PBRT+WPRT+LRboost"]
     assert names["TrN1M0"] == ["PBRT+WPRT+LRboost+Nboost+ADT", "PBRT+WPRT+LRboost+ADT"]
-    assert names["T0N1M1b"] == ["PBRT+WPRT+Nboost+SBRT+ADT", "PBRT+WPRT+Nboost+ADT"]
-    for k, s in STAGES.items():
+    assert names["T0N1M1b"] == [
+        "PBRT+WPRT+Nboost+SBRT+ADT",
+        "PBRT+WPRT+Nboost+SBRT",
+        "PBRT+WPRT+Nboost+ADT",
+    ]
+    for s in STAGES.values():
         for o in suggest_options(s):
             assert DISCLAIMER in o.description and "CLINICAL.md" in o.evidence
-            assert o.adt == (k in ("TrN1M0", "T0N1M1b"))
+            assert o.adt == o.name.endswith(("+ADT", "+STAD"))
     tr = suggest_options(STAGES["TrN0M0"])
-    assert "0.12" in tr[1].evidence
+    assert "0.12" in tr[2].evidence
     assert "0.37" in suggest_options(STAGES["TrN1M0"])[0].evidence
     m1 = suggest_options(STAGES["T0N1M1b"])[0]
     assert m1.sbrt_bone == (3,) and m1.sbrt_node == (4,) and m1.node_boost == (2,)
@@ -515,7 +529,11 @@ def test_suggest_options_per_stage():
         "TrN0M1a", t="Tr", m="M1a", rows=[(1, "Tr", ""), (4, "M1a", "RP")], oligo=True
     )
     specs = suggest_options(oligo_n0)
-    assert [o.name for o in specs] == ["PBRT+LRboost+SBRT+ADT", "PBRT+LRboost+ADT"]
+    assert [o.name for o in specs] == [
+        "PBRT+LRboost+SBRT+ADT",
+        "PBRT+LRboost+SBRT",
+        "PBRT+LRboost+ADT",
+    ]
     assert specs[0].sbrt_node == (4,) and specs[0].local_boost == (1,) and not specs[0].pelvis
 
 
@@ -636,14 +654,17 @@ def test_shipped_atlas_borders_and_crops(atlas_ctvs, protocol):
     z_inf = lm["VUA"][2] - protocol.value("ctv.prostate_bed.inferior_below_vua_mm")
     assert z_inf <= zs.min() < z_inf + dz
     assert lm["VasDeferens_CutEnd"][2] - dz < zs.max() <= lm["VasDeferens_CutEnd"][2]
-    assert lm["L5S1_Interspace"][2] - dz < zn.max() <= lm["L5S1_Interspace"][2]
+    # the default protocol says NRG 2021: superior border at L4/L5 (issue 11)
+    assert lm["L4L5_Interspace"][2] - dz < zn.max() <= lm["L4L5_Interspace"][2]
     assert lm["PubicSymphysis_Top"][2] <= zn.min() < lm["PubicSymphysis_Top"][2] + dz
     bone = [k for k in ss.names if k.startswith(("Bone_", "VB_", "Femur_"))]
     avoid = np.any(
-        [ss[k].mask for k in [*bone, "PubicSymphys", "Sacrum", "Spc_Bowel", "Colon_Sigmoid"]],
+        [ss[k].mask for k in [*bone, "PubicSymphys", "Sacrum", "Colon_Sigmoid"]],
         axis=0,
     )
     assert not (sb.mask & avoid).any() and not (n.mask & avoid).any()
+    # the bowel bag (peritoneal space) is not bowel: the nodal CTV is not cropped from it
+    assert not (sb.mask & ss["Spc_Bowel"].mask).any() and (n.mask & ss["Spc_Bowel"].mask).any()
     assert not (sb.mask & ss["Rectum"].mask).any()
     body = ss["Body"]
     for ctv, m in (
@@ -683,7 +704,7 @@ def test_inconsistent_landmarks_raise(phantom, protocol):
     ph = SimpleNamespace(grid=phantom.grid, structures=phantom.structures, landmarks=lm)
     with pytest.raises(ProtocolError, match="superior border"):
         ctv_prostate_bed(ph, protocol)
-    lm = dict(phantom.landmarks, L5S1_Interspace=(0.0, 0.0, -30.0))
+    lm = dict(phantom.landmarks, L4L5_Interspace=(0.0, 0.0, -30.0))  # the default border
     ph = SimpleNamespace(grid=phantom.grid, structures=phantom.structures, landmarks=lm)
     with pytest.raises(GeometryError, match="CTV_PelvicNodes is empty"):
         ctv_pelvic_nodes(ph, protocol)
@@ -756,7 +777,7 @@ def test_build_options_accepts_a_stage_a_spec_or_none(phantom, lesions, protocol
     (one,) = build_options(OptionSpec("PBRT"), phantom, lesions, protocol)
     assert one.name == "PBRT"
     staged = build_options(STAGES["T0N0M0"], phantom, lesions, protocol)
-    assert [o.name for o in staged] == ["PBRT", "PBRT+WPRT"]
+    assert [o.name for o in staged] == ["PBRT", "PBRT+STAD", "PBRT+WPRT"]
 
 
 def test_builders_name_the_bad_argument(phantom, lesions, protocol):
@@ -817,3 +838,297 @@ def test_plan_objects_check_their_parts(ctv_sb):
         Course("Bed", "imrt", 37, ("PTVsb_6660",))
     with pytest.raises(TypeError, match="a course of option 'PBRT' must be a Course"):
         FieldOption("PBRT", ("ProstateBed",))
+
+
+# ---------------------------------------------------------------------------- issue 11
+@pytest.fixture(scope="module")
+def coarse_nodes(coarse_atlas, protocol):
+    return ctv_pelvic_nodes(coarse_atlas, protocol)
+
+
+def _presacral_band(atlas, depth_mm=10.0, half_mm=25.0):
+    """The band ``depth_mm`` deep in front of the anterior surface of S1-S3, column by
+    column, within ``half_mm`` of the midline, without organs and bone."""
+    g, ss = atlas.grid, atlas.structures
+    _, y, x = g.axis_coordinates_mm()
+    vb = ss["VB_S1"].mask | ss["VB_S2"].mask | ss["VB_S3"].mask
+    Y = y[None, :, None]
+    front = np.where(vb.any(axis=1), np.where(vb, Y, np.inf).min(axis=1), np.nan)
+    band = (Y < front[:, None, :]) & (Y >= front[:, None, :] - depth_mm)
+    band &= (np.abs(x) <= half_mm)[None, None, :]
+    organs = [n for n in ss.names if n.startswith(("Bone_", "VB_", "A_", "V_"))]
+    organs += ["Sacrum", "Rectum", "Colon_Sigmoid", "Bladder"]
+    return band & ~np.any([ss[n].mask for n in organs], axis=0)
+
+
+def test_presacral_band_s1_s3_is_covered(coarse_atlas, coarse_nodes):
+    """Issue 11.3: the band in front of S1-S3 is CTV (>= 90 %), not cropped as bowel space."""
+    band = _presacral_band(coarse_atlas)
+    assert band.sum() > 20
+    covered = (band & coarse_nodes.mask).sum() / band.sum()
+    assert covered >= 0.90, covered
+
+
+def test_sacral_canal_is_not_ctv(coarse_atlas, coarse_nodes):
+    """Issue 11.3: the sacral canal (cauda equina) is not in the CTV: 0 cc."""
+    ss = coarse_atlas.structures
+    sacrum = ss["Sacrum"].mask
+    canal = np.zeros_like(sacrum)
+    for k in np.flatnonzero(sacrum.any(axis=(1, 2))):
+        canal[k] = ndimage.binary_fill_holes(sacrum[k]) & ~sacrum[k]
+    assert canal.sum() > 10
+    assert (canal & coarse_nodes.mask).sum() == 0
+
+
+def _fossa_point(atlas, side, k):
+    """Obturator-fossa point on slice ``k``: midway between the external iliac vein and the
+    internal iliac vessels, moved medially until 3 mm clear of muscle, bone and vessels."""
+    g, ss = atlas.grid, atlas.structures
+    z, y, x = g.axis_coordinates_mm()
+
+    def centre(names):
+        m = np.any([ss[n].mask[k] for n in names], axis=0)
+        jj, ii = np.nonzero(m)
+        return np.array([x[ii].mean(), y[jj].mean()])
+
+    mid = (
+        centre([f"V_Iliac_Ext_{side}"]) + centre([f"A_Iliac_Int_{side}", f"V_Iliac_Int_{side}"])
+    ) / 2
+    solid = np.any(
+        [
+            ss[n].mask[k]
+            for n in ss.names
+            if n.startswith(("Bone_", "A_", "V_", "Iliopsoas", "Obturator"))
+        ],
+        axis=0,
+    )
+    clear = ndimage.distance_transform_edt(~solid, sampling=g.spacing_mm[1:]) >= 3.0
+    step = -1.0 if side == "L" else 1.0
+    for d in np.arange(0.0, 30.0, 1.0):
+        px, py = mid[0] + step * d, mid[1]
+        j, i = int(np.argmin(np.abs(y - py))), int(np.argmin(np.abs(x - px)))
+        if clear[j, i]:
+            return j, i
+    raise AssertionError(f"no obturator-fossa point on slice z={z[k]}")
+
+
+@pytest.mark.parametrize("side", ["L", "R"])
+def test_obturator_fossa_is_ctv_between_the_muscle_and_the_bifurcation(
+    coarse_atlas, coarse_nodes, side
+):
+    """Issue 11.3: the sidewall strip joins the external and internal iliac regions: an
+    obturator-fossa point at every level from the top of the obturator internus to the
+    iliac bifurcation is in the CTV (where both regions exist: the external iliac region
+    starts at the top of the femoral head, Lawton 2009)."""
+    g, ss, lm = coarse_atlas.grid, coarse_atlas.structures, coarse_atlas.landmarks
+    z = g.axis_coordinates_mm()[0]
+    top_obt = z[ss[f"Obturator_Int_{side}"].mask.any(axis=(1, 2))].max()
+    start = max(top_obt, lm[f"FemurHead_Top_{side}"][2])
+    ext = ss[f"V_Iliac_Ext_{side}"].mask.any(axis=(1, 2))
+    internal = (ss[f"A_Iliac_Int_{side}"].mask | ss[f"V_Iliac_Int_{side}"].mask).any(axis=(1, 2))
+    levels = np.flatnonzero((z >= start) & ext & internal)
+    assert len(levels) >= 10
+    for k in levels:
+        j, i = _fossa_point(coarse_atlas, side, k)
+        assert coarse_nodes.mask[k, j, i], f"obturator fossa ({side}) at z={z[k]} not in the CTV"
+
+
+def test_obturator_fossa_node_at_the_acetabular_roof_is_inside(coarse_atlas, coarse_nodes):
+    g = coarse_atlas.grid
+    z = g.axis_coordinates_mm()[0]
+    k = int(np.argmin(np.abs(z - (coarse_atlas.landmarks["FemurHead_Top_L"][2] + 8.0))))
+    j, i = _fossa_point(coarse_atlas, "L", k)
+    node = sphere_mask_at(g, g.index_to_lps([k, j, i]), 4.0)
+    assert (node & coarse_nodes.mask).sum() / node.sum() >= 0.5
+
+
+def sphere_mask_at(grid, centre, radius_mm):
+    Z, Y, X = _coords(grid)
+    return (X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2 <= radius_mm**2
+
+
+def test_default_superior_border_follows_the_stated_source(coarse_atlas):
+    """Issue 11.3: a protocol that says NRG 2021 defaults to NRG 2021 (L4/L5); RTOG 2009
+    (L5/S1) stays as a named variant."""
+    from rtplan.protocol import list_protocols
+
+    key = "ctv.pelvic_nodes.superior_border"
+    for name in list_protocols():
+        p = load_protocol(name)
+        says_nrg = "NRG 2021" in f"{p.title} {p.value('protocol.name')}" or name.startswith("nrg")
+        border = p.value(key)
+        if says_nrg:
+            assert border == "L4L5_Interspace", name
+            assert "hall2021" in p.source(key) or "NRG 2021" in p.source(key), name
+        elif border == "L5S1_Interspace":
+            assert "lawton2009" in p.source(key) or "Lawton" in p.source(key), name
+    assert load_protocol("nrg_salvage").value(key) == "L4L5_Interspace"
+    assert load_protocol("rtog2009_nodes").value(key) == "L5S1_Interspace"
+    dz = coarse_atlas.grid.spacing_mm[0]
+    for name, landmark in (
+        ("nrg_salvage", "L4L5_Interspace"),
+        ("rtog2009_nodes", "L5S1_Interspace"),
+    ):
+        top = _slices(ctv_pelvic_nodes(coarse_atlas, name)).max()
+        assert coarse_atlas.landmarks[landmark][2] - dz < top <= coarse_atlas.landmarks[landmark][2]
+
+
+def _node_beside(atlas, names, z_mm, offset):
+    g = atlas.grid
+    k = int(np.argmin(np.abs(g.axis_coordinates_mm()[0] - z_mm)))
+    m = np.any([atlas.structures[n].mask[k] for n in names], axis=0)
+    jj, ii = np.nonzero(m)
+    return np.add(g.index_to_lps([k, jj.mean(), ii.mean()]), offset)
+
+
+def test_node_positive_adaptations(coarse_atlas, protocol):
+    """Issue 11.3: common iliac disease extends the field to the aortic bifurcation; a
+    perirectal node adds the mesorectum. Without them the boost sits outside the CTV."""
+    g = coarse_atlas.grid
+    rtog = protocol.with_values({"ctv.pelvic_nodes.superior_border": "L5S1_Interspace"})
+    ci = sphere_mask_at(g, _node_beside(coarse_atlas, ("A_Iliac_L",), 120.0, (12, 0, 0)), 4.0)
+    plain = ctv_pelvic_nodes(coarse_atlas, rtog)
+    ext = ctv_pelvic_nodes(coarse_atlas, rtog, superior_border="AorticBifurcation")
+    assert ext.name == "CTVnExt_4500" and plain.name == "CTVn_4500"
+    assert (ci & plain.mask).sum() == 0 and (ci & ext.mask).sum() >= 0.5 * ci.sum()
+    top = _slices(ext).max()
+    assert coarse_atlas.landmarks["AorticBifurcation"][2] - g.spacing_mm[0] < top
+    rectal = sphere_mask_at(g, _node_beside(coarse_atlas, ("Rectum",), 20.0, (0, 22, 0)), 3.0)
+    assert not (rectal & coarse_atlas.structures["Rectum"].mask).any()
+    meso = ctv_pelvic_nodes(coarse_atlas, protocol, mesorectal=True)
+    assert meso.name == "CTVnMR_4500"
+    assert (rectal & meso.mask).sum() >= 0.5 * rectal.sum()
+    assert (rectal & ctv_pelvic_nodes(coarse_atlas, protocol).mask).sum() < 0.5 * rectal.sum()
+    assert not (meso.mask & coarse_atlas.structures["Rectum"].mask).any()
+    with pytest.raises(ValueError, match="superior_border"):
+        ctv_pelvic_nodes(coarse_atlas, protocol, superior_border="L3L4")
+
+
+def test_options_adapt_the_nodal_ctv_to_the_nodes(coarse_atlas, protocol):
+    """A staged perirectal node: the pelvic options cover the mesorectum; the boost is in."""
+    from rtplan.staging import stage
+
+    g = coarse_atlas.grid
+    node = sphere_mask_at(g, _node_beside(coarse_atlas, ("Rectum",), 20.0, (0, 22, 0)), 3.0)
+    les = Lesions([Lesion(id=1, name="L1", structure=Structure("L1", node, g))], grid=g)
+    st = stage(les, coarse_atlas)
+    assert st.lesions[0].region_code == "OP" and st.string == "T0N1M0"
+    specs = suggest_options(st)
+    assert all(s.mesorectal for s in specs if s.pelvis)
+    built = build_option(specs[0], coarse_atlas, les, protocol)
+    names = {t.ctv.name for t in built.targets if t.ctv is not None}
+    assert "CTVnMR_4500" in names and "outside" not in built.description
+
+
+def test_bed_lateral_border_is_the_muscle(atlas_ctvs, protocol):
+    """Issue 11.4: below the top of the symphysis the bed CTV reaches the obturator
+    internus / levator ani (no 25 mm cap); a cap is only a protocol option."""
+    atlas, sb, _ = atlas_ctvs
+    g, ss = atlas.grid, atlas.structures
+    z, _, x = g.axis_coordinates_mm()
+    ps = atlas.landmarks["PubicSymphysis_Top"][2]
+    k = int(np.argmin(np.abs(z - (ps - 4.0))))
+    muscle = ss["Obturator_Int_L"].mask[k] | ss["Levator_Ani"].mask[k]
+    medial = x[muscle.any(axis=0) & (x > 0)].min()
+    reach = x[sb.mask[k].any(axis=0)].max()
+    assert reach >= medial - 2 * g.spacing_mm[2], (reach, medial)
+    assert reach > 25.0 + g.spacing_mm[2]
+    assert 62 <= sb.volume_cc <= 177  # RTOG CTV 62-177 cc (CLINICAL.md 1a)
+    from dataclasses import replace
+
+    from rtplan.staging import _bed_region, _BedRules
+
+    capped, _ = _bed_region(atlas, replace(_BedRules.from_protocol(protocol), lateral_cap_mm=25.0))
+    below = z < ps - 1e-6
+    assert np.abs(x[capped[below].any(axis=(0, 1))]).max() <= 25.0 + 1e-6
+    assert capped.sum() < sb.mask.sum()
+
+
+_CI_ONLY = _stage(
+    "T0N0M1a", m="M1a", rows=[(4, "M1a", "common iliac", "CI")], oligo=True, max_oligo=3
+)
+_BONE_OLIGO = _stage("T0N0M1b", m="M1b", rows=[(3, "M1b", "bone")], oligo=True, max_oligo=3)
+
+
+def test_localised_options_add_short_term_adt():
+    """Issue 11.6: T0N0M0 / TrN0M0 get PBRT + STAD (SPPORT arm 2, 4-6 months); the WPRT
+    option says SPPORT's pelvic arm always had STAD."""
+    for key in ("T0N0M0", "TrN0M0"):
+        specs = {s.name: s for s in suggest_options(STAGES[key])}
+        stad = next(s for s in specs.values() if s.name.endswith("+STAD"))
+        assert (stad.adt, stad.adt_duration, stad.adt_months) == (True, "short-term", (4, 6))
+        assert stad.adt_text == "short-term ADT, 4-6 months" and "SPPORT arm 2" in stad.evidence
+        wprt = next(s for s in specs.values() if s.pelvis)
+        assert "always had short-term ADT" in wprt.evidence and not wprt.adt
+    n1 = suggest_options(STAGES["TrN1M0"])[0]
+    assert (n1.adt_duration, n1.adt_months) == ("long-term", (18, 24))
+    assert "RADICALS-HD" in n1.evidence
+
+
+def test_oligometastatic_options_without_adt_and_without_the_bed():
+    """Issue 11.6: MDT without ADT (STOMP, ORIOLE, cut-off 3) and SBRT alone for T0N0M1."""
+    specs = {s.name: s for s in suggest_options(_BONE_OLIGO)}
+    assert list(specs) == ["PBRT+SBRT+ADT", "PBRT+SBRT", "SBRT", "PBRT+ADT"]
+    alone = specs["SBRT"]
+    assert not alone.prostate_bed and not alone.adt and alone.sbrt_bone == (3,)
+    assert "STOMP" in specs["PBRT+SBRT"].evidence and "ORIOLE" in specs["PBRT+SBRT"].evidence
+    assert "<= 3 distant lesions" in specs["PBRT+SBRT+ADT"].evidence
+    # with a local recurrence the bed is treated: no SBRT-alone option
+    tr = _stage("TrN0M1b", t="Tr", m="M1b", rows=[(1, "Tr", ""), (3, "M1b", "bone")], oligo=True)
+    assert "SBRT" not in [s.name for s in suggest_options(tr)]
+
+
+def test_common_iliac_only_disease_gets_an_extended_field():
+    specs = {s.name: s for s in suggest_options(_CI_ONLY)}
+    efrt = specs["PBRT+EFRT+Nboost+ADT"]
+    assert efrt.pelvis and efrt.superior_border == "AorticBifurcation" and efrt.node_boost == (4,)
+    assert "aortic bifurcation" in efrt.description and "Meijer" in efrt.evidence
+    assert "SBRT" in specs and "PBRT+SBRT" in specs  # the node is also oligometastatic
+
+
+def test_option_spec_checks_its_new_parts():
+    with pytest.raises(ValueError, match="treats nothing"):
+        OptionSpec("x", prostate_bed=False)
+    with pytest.raises(ValueError, match="prostate bed"):
+        OptionSpec("x", prostate_bed=False, pelvis=True, sbrt_bone=(1,))
+    with pytest.raises(ValueError, match="adt=True"):
+        OptionSpec("x", adt_duration="short-term")
+    with pytest.raises(ValueError, match="adt_duration"):
+        OptionSpec("x", adt=True, adt_duration="forever")
+    with pytest.raises(ValueError, match="whole-pelvis"):
+        OptionSpec("x", mesorectal=True)
+    with pytest.raises(TypeError, match="prostate_bed"):
+        OptionSpec("x", prostate_bed="no")
+    assert OptionSpec("x", adt=True).adt_text == "ADT (duration not stated)"
+    assert OptionSpec("x").adt_months is None and OptionSpec("x").adt_text == "no ADT"
+
+
+def test_prescriptions_in_eqd2(phantom, lesions, protocol):
+    """Issue 11.6: each target prescription with its EQD2 (alpha/beta 1.5): 66.6/37 is
+    62.8 Gy, 62.5/25 is 71.4 Gy; sequential courses add in EQD2."""
+    from rtplan.volumes import prescription_eqd2
+
+    conventional = build_option(OptionSpec("PBRT"), phantom, lesions, protocol)
+    (row,) = prescription_eqd2(conventional)
+    assert (row.ptv, row.physical_gy, round(row.eqd2_gy, 1)) == ("PTVsb_6660", 66.6, 62.8)
+    assert "62.8 Gy EQD2" in conventional.description
+    hypo = load_protocol("hypo_salvage")
+    (row,) = prescription_eqd2(build_option(OptionSpec("PBRT"), phantom, lesions, hypo))
+    assert (row.ptv, round(row.eqd2_gy, 1)) == ("PTVsb_6250", 71.4)
+    assert row.schedule == "62.5 Gy / 25 fx"
+    wprt = build_option(OptionSpec("PBRT+WPRT", pelvis=True), phantom, lesions, protocol)
+    rows = {r.ptv: r for r in prescription_eqd2(wprt)}
+    assert rows["PTVsb_6660"].schedule == "45 Gy / 25 fx + 21.6 Gy / 12 fx"
+    assert rows["PTVsb_6660"].physical_gy == pytest.approx(66.6)
+    assert rows["PTVn_4500"].eqd2_gy == pytest.approx(45 * (1.8 + 1.5) / 3.5)
+    assert rows["PTVsb_6660"].eqd2_gy == pytest.approx(45 * 3.3 / 3.5 + 21.6 * (1.8 + 1.5) / 3.5)
+    with pytest.raises(TypeError, match="option must be a FieldOption"):
+        prescription_eqd2("PBRT")
+
+
+def test_sbrt_alone_builds_without_the_bed(phantom, lesions, protocol):
+    o = build_option(
+        OptionSpec("SBRT", prostate_bed=False, sbrt_bone=(3,)), phantom, lesions, protocol
+    )
+    assert [c.technique for c in o.courses] == ["sbrt"] and not o.adt
+    assert "no ADT" in o.description

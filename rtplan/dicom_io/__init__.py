@@ -39,6 +39,7 @@ from rtplan.dicom_io._common import (
 )
 from rtplan.dicom_io.ct import CtSeries, read_ct_series, write_ct_series
 from rtplan.dicom_io.pet import read_pet_header, read_pet_suv
+from rtplan.dicom_io.points import read_point_rois, write_rtstruct_with_points
 from rtplan.dicom_io.rtdose import read_rtdose, write_rtdose
 from rtplan.dicom_io.rtstruct import read_rtstruct, write_rtstruct
 
@@ -53,9 +54,11 @@ __all__ = [
     "read_ct_series",
     "read_pet_header",
     "read_pet_suv",
+    "read_point_rois",
     "read_rtdose",
     "read_rtstruct",
     "write_ct_series",
     "write_rtdose",
     "write_rtstruct",
+    "write_rtstruct_with_points",
 ]

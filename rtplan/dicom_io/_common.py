@@ -75,25 +75,59 @@ class PatientInfo:
     study_description: str = field(default="", repr=False)
 
 
-def _patient_info(ds: Dataset) -> PatientInfo:
-    """The patient and study attributes of ``ds`` (``""`` for an absent one)."""
+#: The patient and study attributes copied to derived objects: PatientInfo field, keyword,
+#: VR.
+_PATIENT_ATTRIBUTES = (
+    ("name", "PatientName", "PN"),
+    ("patient_id", "PatientID", "LO"),
+    ("birth_date", "PatientBirthDate", "DA"),
+    ("sex", "PatientSex", "CS"),
+    ("study_date", "StudyDate", "DA"),
+    ("study_time", "StudyTime", "TM"),
+    ("study_id", "StudyID", "SH"),
+    ("accession_number", "AccessionNumber", "SH"),
+    ("referring_physician_name", "ReferringPhysicianName", "PN"),
+    ("study_description", "StudyDescription", "LO"),
+)
+#: PatientSex (0010,0040) enumerated values (DICOM PS3.3 C.7.1.1).
+_PATIENT_SEXES = ("M", "F", "O")
 
-    def text(keyword: str) -> str:
-        value = ds.get(keyword, "")
-        return "" if value is None else str(value)
 
-    return PatientInfo(
-        name=text("PatientName"),
-        patient_id=text("PatientID"),
-        birth_date=text("PatientBirthDate"),
-        sex=text("PatientSex"),
-        study_date=text("StudyDate"),
-        study_time=text("StudyTime"),
-        study_id=text("StudyID"),
-        accession_number=text("AccessionNumber"),
-        referring_physician_name=text("ReferringPhysicianName"),
-        study_description=text("StudyDescription"),
-    )
+def _patient_info(ds: Dataset, path: Path | str) -> PatientInfo:
+    """The patient and study attributes of ``ds`` (``""`` for an absent one).
+
+    A value that is not valid for its VR (a birth date that is no date, a name component
+    over 64 characters, an accession number over 16...) or, for PatientSex, not M, F or
+    O, is left empty with an :class:`RtplanWarning` naming the tag (never the value), so
+    that the objects rtplan writes stay valid DICOM even when the input is not.
+    """
+    values: dict[str, str] = {}
+    dropped: list[str] = []
+    for field_name, keyword, vr in _PATIENT_ATTRIBUTES:
+        value = _value(ds, keyword, path)
+        text = "" if value is None else str(value)
+        if text and not _valid_value(vr, keyword, text):
+            dropped.append(_tag_name(keyword))
+            text = ""
+        values[field_name] = text
+    if dropped:
+        warnings.warn(
+            f"{path}: {', '.join(dropped)} not valid DICOM; left empty in the files rtplan writes",
+            RtplanWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+    return PatientInfo(**values)
+
+
+def _valid_value(vr: str, keyword: str, text: str) -> bool:
+    """Whether ``text`` is a valid value of the VR ``vr`` (and of PatientSex's values)."""
+    if keyword == "PatientSex":
+        return text.strip() in _PATIENT_SEXES
+    try:
+        pydicom.valuerep.validate_value(vr, text, pydicom.config.RAISE)
+    except ValueError:
+        return False
+    return True
 
 
 # ====================================================================== tags
@@ -105,13 +139,104 @@ def _tag_name(keyword: str) -> str:
     return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+#: What pydicom raises when it converts an element's bytes to a value (a malformed number,
+#: a value of the wrong length, text it cannot decode).
+_VALUE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError, EOFError)
+
+
+# The value of a DICOM element is whatever its VR decodes to (str, float, list, Sequence...).
+def _value(ds: Dataset, keyword: str, path: Path | str) -> Any:
+    """The value of ``keyword`` in ``ds``, None when absent.
+
+    An element pydicom cannot decode raises an error naming the file and tag.
+    """
+    try:
+        return ds.get(keyword, None)
+    except _VALUE_ERRORS as exc:
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} cannot be decoded ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _is_empty(value: object) -> bool:
+    """True for an absent or empty element value (None, blank text, no values)."""
+    return value is None or (isinstance(value, str) and not value.strip()) or value == []
+
+
 # The value of a DICOM element is whatever its VR decodes to (str, float, list, Sequence...).
 def _require(ds: Dataset, keyword: str, path: Path | str) -> Any:
     """The value of ``keyword`` in ``ds``; an error naming the file and tag when absent or empty."""
-    value = ds.get(keyword, None)
-    if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+    value = _value(ds, keyword, path)
+    if _is_empty(value):
         raise DicomInputError(f"{path}: tag {_tag_name(keyword)} is missing or empty")
     return value
+
+
+def _finite(value: object, keyword: str, path: Path | str) -> npt.NDArray[np.float64]:
+    """``value`` (one number or several) as a 1-D float array.
+
+    A value that is not a number or not finite (NaN, infinity) raises an error naming the
+    file and tag.
+    """
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    except _VALUE_ERRORS as exc:
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} is not a number: {value!r}"
+        ) from exc
+    if not np.all(np.isfinite(arr)):
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} holds a value that is not a finite number: "
+            f"{arr.tolist()}"
+        )
+    return arr
+
+
+def _numbers(
+    ds: Dataset, keyword: str, path: Path | str, count: int | None = None
+) -> npt.NDArray[np.float64]:
+    """The finite numbers of the required tag ``keyword`` (``count`` of them when given)."""
+    arr = _finite(_require(ds, keyword, path), keyword, path)
+    if count is not None and arr.size != count:
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} must have {count} values, got {arr.size}"
+        )
+    return arr
+
+
+def _number(ds: Dataset, keyword: str, path: Path | str, default: float | None = None) -> float:
+    """The finite number of ``keyword``; ``default`` when absent or empty (required without)."""
+    value = _value(ds, keyword, path)
+    if _is_empty(value):
+        if default is None:
+            raise DicomInputError(f"{path}: tag {_tag_name(keyword)} is missing or empty")
+        return default
+    arr = _finite(value, keyword, path)
+    if arr.size != 1:
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} must have one value, got {arr.tolist()}"
+        )
+    return float(arr[0])
+
+
+def _integer(ds: Dataset, keyword: str, path: Path | str, default: int | None = None) -> int:
+    """The whole number of ``keyword``; ``default`` when absent or empty (required without)."""
+    value = _number(ds, keyword, path, None if default is None else float(default))
+    if value != round(value):
+        raise DicomInputError(
+            f"{path}: tag {_tag_name(keyword)} must be a whole number, got {value:g}"
+        )
+    return int(value)
+
+
+def _hint(argument: str) -> str:
+    """``"pass <argument>="``: how to give a reader the value a message asks for.
+
+    Always this form, the Python keyword argument, so that the command line can name its
+    own option instead (:mod:`rtplan.cli` rewrites ``<argument>=`` into the option that
+    sets it).
+    """
+    return f"pass {argument}="
 
 
 def _caller_stacklevel() -> int:
@@ -133,13 +258,20 @@ def _in_package(module_name: str) -> bool:
 
 
 def _handle_invalid(
-    message: str, on_invalid: OnInvalid, exc: type[Exception] = DicomInputError
+    problem: str,
+    on_invalid: OnInvalid,
+    consequence: str = "skipped",
+    exc: type[Exception] = DicomInputError,
 ) -> None:
-    """Raise ``exc(message)``, warn with :class:`RtplanWarning`, or do nothing."""
+    """Raise ``exc(problem)``, warn ``"<problem>; <consequence>"`` (RtplanWarning), or pass.
+
+    The consequence (what the reader does instead) is said only in the warning: an error
+    stops the read, so its message never says "skipped".
+    """
     if on_invalid == "raise":
-        raise exc(message)
+        raise exc(problem)
     if on_invalid == "warn":
-        warnings.warn(message, RtplanWarning, stacklevel=_caller_stacklevel())
+        warnings.warn(f"{problem}; {consequence}", RtplanWarning, stacklevel=_caller_stacklevel())
 
 
 # ====================================================================== UIDs, dates, meta
@@ -241,10 +373,10 @@ def _check_output(
         if resolved.parent == folder or folder in resolved.parents:
             raise InvalidInputError(
                 f"refusing to write {path.name} into the input CT folder {input_folder}; choose "
-                "another folder or pass allow_input_folder=True"
+                "another folder or pass allow_input_folder=True (API)"
             )
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (API) to replace it")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path")
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from rtplan._typing import FloatArray
-from rtplan.dicom_io._common import _require, _tag_name
+from rtplan.dicom_io._common import _integer, _number, _numbers, _tag_name
 from rtplan.errors import DicomInputError, GeometryError
 from rtplan.grid import GRID_ATOL_MM, ImageGrid
 
@@ -49,17 +49,17 @@ class _PlaneGeometry:
     @classmethod
     def of(cls, path: Path, ds: Dataset) -> _PlaneGeometry:
         """The geometry of the file ``path`` holding ``ds``."""
-        iop = np.asarray(_require(ds, "ImageOrientationPatient", path), float)
-        if iop.shape != (6,):
+        spacing = _numbers(ds, "PixelSpacing", path, 2)
+        if np.any(spacing <= 0):
             raise DicomInputError(
-                f"{path}: tag {_tag_name('ImageOrientationPatient')} must have 6 values"
+                f"{path}: tag {_tag_name('PixelSpacing')} {spacing.tolist()} must be positive"
             )
         return cls(
             path=path,
-            orientation=iop,
-            rows=int(_require(ds, "Rows", path)),
-            columns=int(_require(ds, "Columns", path)),
-            pixel_spacing_mm=np.asarray(_require(ds, "PixelSpacing", path), float),
+            orientation=_numbers(ds, "ImageOrientationPatient", path, 6),
+            rows=_integer(ds, "Rows", path),
+            columns=_integer(ds, "Columns", path),
+            pixel_spacing_mm=spacing,
             frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         )
 
@@ -81,34 +81,34 @@ def _sorted_series(
 def _slice_position(path: Path, ds: Dataset, plane: _PlaneGeometry) -> FloatArray:
     """ImagePositionPatient of one slice, after checking that it shares ``plane``."""
     first_path = plane.path
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if _integer(ds, "NumberOfFrames", path, 1) > 1:
         raise DicomInputError(
             f"{path}: multi-frame image (tag {_tag_name('NumberOfFrames')} > 1); only "
             "single-frame image series are supported"
         )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if _integer(ds, "SamplesPerPixel", path, 1) != 1:
         raise DicomInputError(f"{path}: tag {_tag_name('SamplesPerPixel')} must be 1")
-    tilt = ds.get("GantryDetectorTilt", None)
-    if tilt is not None and str(tilt).strip() and abs(float(tilt)) > 1e-3:
+    tilt = _number(ds, "GantryDetectorTilt", path, 0.0)
+    if abs(tilt) > 1e-3:
         raise DicomInputError(
-            f"{path}: gantry tilt of {float(tilt)} degrees (tag "
+            f"{path}: gantry tilt of {tilt} degrees (tag "
             f"{_tag_name('GantryDetectorTilt')}); resample the series to an axial grid first"
         )
-    iop = np.asarray(_require(ds, "ImageOrientationPatient", path), float)
-    if iop.shape != (6,) or not np.allclose(iop, plane.orientation, atol=1e-4):
+    iop = _numbers(ds, "ImageOrientationPatient", path, 6)
+    if not np.allclose(iop, plane.orientation, atol=1e-4):
         raise DicomInputError(
             f"{path}: tag {_tag_name('ImageOrientationPatient')} {iop.tolist()} differs "
             f"from {plane.orientation.tolist()} in {first_path}"
         )
     for key, value in (("Rows", plane.rows), ("Columns", plane.columns)):
-        got = int(_require(ds, key, path))
+        got = _integer(ds, key, path)
         if got != value:
             raise DicomInputError(
                 f"{path}: tag {_tag_name(key)} is {got} but {value} in {first_path} "
                 "(mixed image sizes in one series)"
             )
-    ps = np.asarray(_require(ds, "PixelSpacing", path), float)
-    if ps.shape != (2,) or not np.allclose(ps, plane.pixel_spacing_mm, atol=1e-4):
+    ps = _numbers(ds, "PixelSpacing", path, 2)
+    if not np.allclose(ps, plane.pixel_spacing_mm, atol=1e-4):
         raise DicomInputError(
             f"{path}: tag {_tag_name('PixelSpacing')} {ps.tolist()} differs from "
             f"{plane.pixel_spacing_mm.tolist()} in {first_path}"
@@ -117,7 +117,7 @@ def _slice_position(path: Path, ds: Dataset, plane: _PlaneGeometry) -> FloatArra
         raise DicomInputError(
             f"{path}: tag {_tag_name('FrameOfReferenceUID')} differs from {first_path}'s"
         )
-    return np.asarray(_require(ds, "ImagePositionPatient", path), float)
+    return _numbers(ds, "ImagePositionPatient", path, 3)
 
 
 def _order_along_normal(

@@ -31,9 +31,14 @@ from rtplan.dicom_io._series import _flip_to_identity, _identity_grid, _sorted_s
 from rtplan.errors import InvalidInputError, OutputExistsError
 from rtplan.grid import ImageGrid
 
-__all__ = ["CtSeries", "read_ct_series", "write_ct_series"]
+__all__ = ["MAX_ABS_HU", "CtSeries", "read_ct_series", "write_ct_series"]
 
 logger = logging.getLogger(__name__)
+
+#: The largest magnitude (HU) a CT value may have (tool default): a 16-bit stored value
+#: with RescaleSlope 1 and RescaleIntercept -1024 spans -33792 to 64511 HU; values far
+#: beyond that come from wrong rescale tags.
+MAX_ABS_HU = 1e6
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +118,10 @@ def read_ct_series(
     DicomInputError
         No CT series, several CT series and no ``series_uid``, a missing tag, gantry tilt
         (GantryDetectorTilt), oblique orientation (ImageOrientationPatient), missing,
-        duplicate or unevenly spaced slices (ImagePositionPatient), or mixed Rows, Columns,
-        PixelSpacing or FrameOfReferenceUID; the message names the file and the tag.
+        duplicate or unevenly spaced slices (ImagePositionPatient), mixed Rows, Columns,
+        PixelSpacing or FrameOfReferenceUID, a tag that is not a finite number, a
+        RescaleSlope that is not > 0, or HU beyond +-:data:`MAX_ABS_HU` (wrong rescale
+        tags); the message names the file and the tag.
     """
     found = _find_dicom_files(folder)
     items = _select_series(
@@ -123,7 +130,8 @@ def read_ct_series(
     series = _sorted_series(items, folder)
     grid, flips = _identity_grid(series.grid_file)
     if pixels:
-        hu_file = np.stack([_pixels(p) for p, _ in series.items]).astype(np.float32)
+        slices = [_pixels(p, max_abs=MAX_ABS_HU) for p, _ in series.items]
+        hu_file = np.stack(slices).astype(np.float32)
         hu = np.ascontiguousarray(_flip_to_identity(hu_file, flips))
     else:
         hu = np.zeros((0, 0, 0), np.float32)
@@ -142,7 +150,7 @@ def read_ct_series(
         sop_class_uid=str(first.get("SOPClassUID", CT_IMAGE_STORAGE)),
         series_description=str(first.get("SeriesDescription", "") or ""),
         flipped_axes=flips,
-        patient=_patient_info(first),
+        patient=_patient_info(first, series.items[0][0]),
     )
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 
 from rtplan._typing import FloatArray
@@ -32,7 +31,7 @@ from rtplan.dicom_io._common import (
     _require,
     _tag_name,
 )
-from rtplan.dicom_io._files import _PIXEL_DATA_ERRORS, _dcmread
+from rtplan.dicom_io._files import _PIXEL_DATA_ERRORS, _read_file
 from rtplan.dicom_io._series import _flip_to_identity, _identity_grid
 from rtplan.dicom_io.ct import CtSeries, read_ct_series
 from rtplan.errors import DicomInputError, GeometryError, GridMismatchError, InvalidInputError
@@ -320,10 +319,7 @@ def read_rtdose(path: str | os.PathLike[str]) -> tuple[FloatArray, ImageGrid]:
         Not an RTDOSE, DoseUnits other than GY, a missing tag or an unsupported geometry.
     """
     p = Path(path)
-    try:
-        ds = _dcmread(p)
-    except (InvalidDicomError, OSError) as exc:
-        raise DicomInputError(f"{p}: not a readable DICOM file ({exc})") from exc
+    ds = _read_file(p, "an RTDOSE file")
     if str(ds.get("Modality", "")) != "RTDOSE":
         raise DicomInputError(f"{p}: tag {_tag_name('Modality')} is not RTDOSE")
     units = str(_require(ds, "DoseUnits", p)).upper()

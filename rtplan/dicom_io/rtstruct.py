@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,6 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 
@@ -46,13 +45,15 @@ from rtplan.dicom_io._common import (
     _check_output,
     _file_meta,
     _handle_invalid,
+    _integer,
     _new_uid,
     _now,
     _raw_element,
     _tag_name,
+    _value,
 )
 from rtplan.dicom_io._contours import _contours_of, _fill_polygons
-from rtplan.dicom_io._files import _dcmread
+from rtplan.dicom_io._files import _read_file
 from rtplan.dicom_io.ct import CtSeries, read_ct_series
 from rtplan.errors import DicomInputError, GridMismatchError, InvalidInputError, RtplanError
 from rtplan.grid import ImageGrid
@@ -441,6 +442,21 @@ def _contour_sequence(contours: list[tuple[int, int, bytes]], ct: CtSeries) -> D
 
 
 # ====================================================================== RTSTRUCT in
+#: Longest ROIName a DICOM LO element holds.
+_LO_MAX_CHARS = 64
+#: A contour point further than this beyond the image's edge (in plane) is reported
+#: (tool default: a contour drawn on another image or with a wrong origin).
+_FAR_OUTSIDE_MM = 10.0
+
+
+def _items(ds: Dataset, keyword: str, p: Path) -> list[tuple[str, Dataset]]:
+    """The items of the sequence ``keyword`` with their place for messages (none when absent)."""
+    seq = _value(ds, keyword, p)
+    if seq is None or seq == "":
+        return []
+    return [(f"{p}: {_tag_name(keyword)} item {n}", item) for n, item in enumerate(seq, start=1)]
+
+
 @dataclass(frozen=True)
 class _RoiTables:
     """The per-ROI items of an RTSTRUCT, by ROI number, and the file's frames of reference."""
@@ -450,19 +466,29 @@ class _RoiTables:
     interpreted_types: dict[int, str]  # RTROIInterpretedType, upper case ("" when absent)
 
     @classmethod
-    def of(cls, ds: Dataset) -> _RoiTables:
-        """The tables of the RTSTRUCT dataset ``ds``."""
+    def of(cls, ds: Dataset, p: Path) -> _RoiTables:
+        """The tables of the RTSTRUCT dataset ``ds`` read from ``p``.
+
+        A missing or malformed ReferencedROINumber raises an error naming the item.
+        """
+        contours = {
+            _integer(r, "ReferencedROINumber", where): r
+            for where, r in _items(ds, "ROIContourSequence", p)
+        }
+        types = {
+            _integer(o, "ReferencedROINumber", where): str(
+                _value(o, "RTROIInterpretedType", where) or ""
+            ).upper()
+            for where, o in _items(ds, "RTROIObservationsSequence", p)
+        }
+        frames = frozenset(
+            str(_value(f, "FrameOfReferenceUID", where) or "")
+            for where, f in _items(ds, "ReferencedFrameOfReferenceSequence", p)
+        )
         return cls(
-            frames_of_reference=frozenset(
-                str(f.FrameOfReferenceUID)
-                for f in ds.get("ReferencedFrameOfReferenceSequence", [])
-                if "FrameOfReferenceUID" in f
-            ),
-            contours={int(r.ReferencedROINumber): r for r in ds.get("ROIContourSequence", [])},
-            interpreted_types={
-                int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "").upper()
-                for o in ds.get("RTROIObservationsSequence", [])
-            },
+            frames_of_reference=frames - {""},
+            contours=contours,
+            interpreted_types=types,
         )
 
 
@@ -480,6 +506,38 @@ class _PointContour:
     """A POINT contour: the grid voxels nearest its points."""
 
     voxels: npt.NDArray[np.int64]  # (n, 3) (k, j, i) inside the grid
+
+
+@dataclass
+class _ContourIssues:
+    """Contours of one ROI skipped or cut while reading, reported once per ROI."""
+
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # OPEN_PLANAR...: count
+    degenerate: int = 0  # fewer than 3 distinct points, or no area
+    outside: int = 0  # entirely outside the image in plane: skipped
+    far: int = 0  # reaching more than _FAR_OUTSIDE_MM beyond the image: cut
+    far_mm: float = 0.0  # the furthest such point beyond the edge
+
+    def messages(self) -> list[str]:
+        """One phrase per kind of problem, for the ROI's warning."""
+        out = [
+            f"{n} {kind} contour(s) (tag {_tag_name('ContourGeometricType')}; only "
+            "CLOSED_PLANAR and POINT are read) skipped"
+            for kind, n in sorted(self.skipped_kinds.items())
+        ]
+        if self.degenerate:
+            out.append(
+                f"{self.degenerate} degenerate contour(s) (fewer than 3 distinct points or no "
+                "area) skipped"
+            )
+        if self.outside:
+            out.append(f"{self.outside} contour(s) or point(s) outside the image skipped")
+        if self.far:
+            out.append(
+                f"{self.far} contour(s) reaching {self.far_mm:.0f} mm beyond the edge of the "
+                "image (the part outside is cut)"
+            )
+        return out
 
 
 def read_rtstruct(
@@ -500,6 +558,16 @@ def read_rtstruct(
     with an :class:`RtplanWarning` (silently with ``on_invalid="ignore"``). POINT contours
     mark their nearest voxel. ROIs without contours become empty structures.
 
+    Contours that cannot be filled are skipped, never read as something else, with one
+    :class:`RtplanWarning` per ROI (also with ``on_invalid="raise"``; silently with
+    ``"ignore"``) naming the ROI and what was skipped: OPEN_PLANAR and OPEN_NONPLANAR
+    contours (a line is not an area, so a single one does not abort the read), degenerate
+    contours (fewer than 3 distinct points, or no area), contours or points outside the
+    image; contours reaching more than 10 mm (tool default) beyond the image are
+    reported too. An ROI name longer than the 64 characters a DICOM LO holds is read as
+    its first 64 characters, with a warning. An unreadable ROIDisplayColor gives the
+    default colour, with a warning.
+
     Parameters
     ----------
     path : path
@@ -511,9 +579,10 @@ def read_rtstruct(
         Map ROI names to TG-263 with :func:`rtplan.structures.canonical_name` (names it
         does not know are kept).
     on_invalid : {"raise", "warn", "ignore"}
-        What to do with invalid content (contours off the grid, non-planar or open
-        contours, duplicate names after mapping, a different frame of reference): raise
-        :class:`DicomInputError`, skip it with an :class:`RtplanWarning`, or skip it.
+        What to do with invalid content (contours off the grid's slices, non-planar
+        contours, contour coordinates that are not finite numbers, duplicate names after
+        mapping, a different frame of reference): raise :class:`DicomInputError`, skip it
+        with an :class:`RtplanWarning`, or skip it.
 
     Returns
     -------
@@ -524,30 +593,32 @@ def read_rtstruct(
     Raises
     ------
     DicomInputError
-        The file is not an RTSTRUCT, or invalid content with ``on_invalid="raise"``.
+        The file is not a regular file, not an RTSTRUCT, or cannot be parsed; a missing or
+        malformed ROINumber / ReferencedROINumber (naming the file, sequence item and
+        tag); or invalid content with ``on_invalid="raise"``.
     """
     check_choice(on_invalid, ("raise", "warn", "ignore"), name="on_invalid")
     p = Path(path)
     ds = _read_rtstruct_dataset(p)
-    rois = ds.get("StructureSetROISequence", None)
-    if rois is None:
+    rois = _items(ds, "StructureSetROISequence", p)
+    if _value(ds, "StructureSetROISequence", p) is None:
         raise DicomInputError(f"{p}: tag {_tag_name('StructureSetROISequence')} is missing")
-    tables = _RoiTables.of(ds)
+    tables = _RoiTables.of(ds, p)
     out = StructureSet(grid=grid)
-    for roi in rois:
-        number = int(roi.ROINumber)
-        raw_name = str(roi.get("ROIName", "") or f"ROI_{number}").strip() or f"ROI_{number}"
+    for where, roi in rois:
+        number = _integer(roi, "ROINumber", where)
+        raw_name = _roi_name(roi, number, where, on_invalid)
         name = (canonical_name(raw_name) or raw_name) if map_names else raw_name
         if not _on_grid_frame(roi, tables, grid, p, raw_name, on_invalid):
             continue
         role = _INTERPRETED_TYPE_TO_ROLE.get(tables.interpreted_types.get(number, ""), "organ")
         rc = tables.contours.get(number)
-        color = _roi_color(rc)
+        color = _roi_color(rc, p, raw_name, on_invalid)
         mask = _roi_mask(rc, grid, p, raw_name, on_invalid)
         if name in out:
             _handle_invalid(
-                f"{p}: ROI {raw_name!r} maps to the name {name!r} of another ROI; skipped "
-                "(read with map_names=False to keep both)",
+                f"{p}: ROI {raw_name!r} maps to the name {name!r} of another ROI (read with "
+                "map_names=False to keep both)",
                 on_invalid,
             )
             continue
@@ -556,17 +627,29 @@ def read_rtstruct(
     return out
 
 
+def _roi_name(roi: Dataset, number: int, where: str, on_invalid: OnInvalid) -> str:
+    """ROIName (``ROI_<number>`` when empty), cut to 64 characters with a warning."""
+    value = _value(roi, "ROIName", where)
+    name = str(value or "").strip() or f"ROI_{number}"
+    if len(name) > _LO_MAX_CHARS:
+        short = name[:_LO_MAX_CHARS]
+        _handle_invalid(
+            f"{where}: ROI name {name!r} has {len(name)} characters, more than the "
+            f"{_LO_MAX_CHARS} a DICOM {_tag_name('ROIName')} holds",
+            "warn" if on_invalid == "raise" else on_invalid,
+            f"read as {short!r}",
+        )
+        name = short
+    return name
+
+
 def _read_rtstruct_dataset(p: Path) -> Dataset:
     """The dataset of the RTSTRUCT file ``p``; an error for another file."""
-    try:
-        ds = _dcmread(p)
-    except (InvalidDicomError, OSError) as exc:
-        raise DicomInputError(f"{p}: not a readable DICOM file ({exc})") from exc
-    if str(ds.get("Modality", "")) != "RTSTRUCT" and str(ds.get("SOPClassUID", "")) != (
-        RTSTRUCT_STORAGE
-    ):
+    ds = _read_file(p, "an RTSTRUCT file")
+    modality = str(_value(ds, "Modality", p) or "")
+    if modality != "RTSTRUCT" and str(_value(ds, "SOPClassUID", p) or "") != RTSTRUCT_STORAGE:
         raise DicomInputError(
-            f"{p}: tag {_tag_name('Modality')} is {ds.get('Modality', None)!r}, expected RTSTRUCT"
+            f"{p}: tag {_tag_name('Modality')} is {modality or None!r}, expected RTSTRUCT"
         )
     return ds
 
@@ -584,26 +667,39 @@ def _on_grid_frame(
     The ROI's ReferencedFrameOfReferenceUID, else the file's only referenced frame; an
     unknown frame on either side is accepted.
     """
-    roi_for = str(roi.get("ReferencedFrameOfReferenceUID", "") or "") or (
+    roi_for = str(_value(roi, "ReferencedFrameOfReferenceUID", p) or "") or (
         next(iter(tables.frames_of_reference)) if len(tables.frames_of_reference) == 1 else ""
     )
     if grid.frame_of_reference_uid and roi_for and roi_for != grid.frame_of_reference_uid:
         _handle_invalid(
             f"{p}: ROI {raw_name!r} refers to FrameOfReferenceUID {roi_for} but the grid has "
-            f"{grid.frame_of_reference_uid}; skipped",
+            f"{grid.frame_of_reference_uid}",
             on_invalid,
         )
         return False
     return True
 
 
-def _roi_color(rc: Dataset | None) -> tuple[int, int, int] | None:
-    """ROIDisplayColor when it holds three values 0-255, else None (default colour)."""
-    if rc is None or rc.get("ROIDisplayColor", None) is None:
+def _roi_color(
+    rc: Dataset | None, p: Path, raw_name: str, on_invalid: OnInvalid
+) -> tuple[int, int, int] | None:
+    """ROIDisplayColor when it holds three whole numbers 0-255, else None (default colour).
+
+    A value that is not three numbers 0-255 warns (the colour is cosmetic: the ROI is
+    read with the default colour).
+    """
+    value = None if rc is None else _value(rc, "ROIDisplayColor", p)
+    if value is None:
         return None
-    rgb = [int(c) for c in rc.ROIDisplayColor]
-    if len(rgb) == 3 and all(0 <= c <= 255 for c in rgb):
-        return (rgb[0], rgb[1], rgb[2])
+    rgb = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    whole = np.isfinite(rgb) & (rgb == np.round(rgb)) & (rgb >= 0) & (rgb <= 255)
+    if rgb.shape == (3,) and np.all(whole):
+        return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+    _handle_invalid(
+        f"{p}: ROI {raw_name!r}: tag {_tag_name('ROIDisplayColor')} is not three numbers 0-255",
+        "warn" if on_invalid == "raise" else on_invalid,
+        "the default colour is used",
+    )
     return None
 
 
@@ -613,8 +709,9 @@ def _roi_mask(
     """The mask of one ROI: its POINT voxels and the even-odd fill of its planar contours."""
     mask = np.zeros(grid.shape, bool)
     planes: dict[int, dict[float, list[FloatArray]]] = {}
+    issues = _ContourIssues()
     for c in rc.get("ContourSequence", []) if rc is not None else []:
-        placed = _place_contour(c, grid, p, raw_name, on_invalid)
+        placed = _place_contour(c, grid, p, raw_name, on_invalid, issues)
         if isinstance(placed, _PointContour):
             mask[tuple(placed.voxels.T)] = True
         elif placed is not None:
@@ -624,37 +721,68 @@ def _roi_mask(
     for k, by_plane in planes.items():
         polys = _nearest_plane(by_plane, k, p, raw_name, on_invalid)
         mask[k] ^= _fill_polygons(polys, ny, nx)
+    problems = issues.messages()
+    if problems:
+        _handle_invalid(
+            f"{p}: ROI {raw_name!r}: {'; '.join(problems)}",
+            "warn" if on_invalid == "raise" else on_invalid,
+            "the rest of the ROI is read",
+        )
     return mask
 
 
 def _place_contour(
-    c: Dataset, grid: ImageGrid, p: Path, raw_name: str, on_invalid: OnInvalid
+    c: Dataset,
+    grid: ImageGrid,
+    p: Path,
+    raw_name: str,
+    on_invalid: OnInvalid,
+    issues: _ContourIssues,
 ) -> _PlanarContour | _PointContour | None:
-    """A contour item on the grid; None for an empty or invalid one (handled here)."""
-    kind = str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+    """A contour item on the grid; None for an empty or invalid one (handled or counted)."""
+    kind = str(_value(c, "ContourGeometricType", p) or "CLOSED_PLANAR").strip().upper()
     try:
         data = _contour_data(c)
     except (DicomInputError, ValueError) as exc:
         raise DicomInputError(f"{p}: ROI {raw_name!r}: {exc}") from exc
     if data.size == 0:
         return None
+    if not np.all(np.isfinite(data)):
+        _handle_invalid(
+            f"{p}: ROI {raw_name!r}: tag {_tag_name('ContourData')} holds values that are not "
+            "finite numbers",
+            on_invalid,
+            "contour skipped",
+        )
+        return None
+    if kind not in ("POINT", "CLOSED_PLANAR"):
+        issues.skipped_kinds[kind] = issues.skipped_kinds.get(kind, 0) + 1
+        return None
     idx = grid.lps_to_index(data)
     if kind == "POINT":
         ijk = np.rint(idx).astype(np.int64)
-        return _PointContour(voxels=ijk[grid.contains_index(ijk)])
-    if kind != "CLOSED_PLANAR":
-        _handle_invalid(
-            f"{p}: ROI {raw_name!r} has a {kind} contour (tag "
-            f"{_tag_name('ContourGeometricType')}); only CLOSED_PLANAR and POINT are "
-            "read; skipped",
-            on_invalid,
-        )
-        return None
+        inside = grid.contains_index(ijk)
+        issues.outside += int(np.count_nonzero(~inside))
+        return _PointContour(voxels=ijk[inside])
+    return _planar_contour(idx, data, grid, p, raw_name, on_invalid, issues)
+
+
+def _planar_contour(
+    idx: FloatArray,
+    data: FloatArray,
+    grid: ImageGrid,
+    p: Path,
+    raw_name: str,
+    on_invalid: OnInvalid,
+    issues: _ContourIssues,
+) -> _PlanarContour | None:
+    """A CLOSED_PLANAR contour (fractional indices ``idx``) on its slice, or None."""
     kf = idx[:, 0]
     if np.ptp(kf) > _ON_SLICE_FRACTION:
         _handle_invalid(
-            f"{p}: ROI {raw_name!r} has a contour that is not in one axial plane; skipped",
+            f"{p}: ROI {raw_name!r} has a contour that is not in one axial plane",
             on_invalid,
+            "contour skipped",
         )
         return None
     kmean = float(kf.mean())
@@ -662,11 +790,49 @@ def _place_contour(
     if k < 0 or k >= grid.shape[0]:
         _handle_invalid(
             f"{p}: ROI {raw_name!r} has a contour at z = {float(data[0, 2]):.2f} mm, "
-            f"outside the grid's slices; skipped",
+            "outside the grid's slices",
             on_invalid,
+            "contour skipped",
         )
         return None
-    return _PlanarContour(slice_index=k, plane_key=round(kmean, 2), points_ji=idx[:, 1:])
+    ji = idx[:, 1:]
+    if _is_degenerate(ji):
+        issues.degenerate += 1
+        return None
+    beyond_mm = _beyond_edge_mm(ji, grid)
+    if np.all(beyond_mm[:, 0] > 0) or np.all(beyond_mm[:, 1] > 0):
+        issues.outside += 1  # entirely beside the image: fills nothing
+        return None
+    reach = float(beyond_mm.max())
+    if reach > _FAR_OUTSIDE_MM:
+        issues.far += 1
+        issues.far_mm = max(issues.far_mm, reach)
+    return _PlanarContour(slice_index=k, plane_key=round(kmean, 2), points_ji=ji)
+
+
+def _is_degenerate(ji: FloatArray) -> bool:
+    """True for a polygon with fewer than 3 distinct points or no area (collinear points)."""
+    if len(np.unique(np.round(ji, 6), axis=0)) < 3:
+        return True
+    j, i = ji[:, 0], ji[:, 1]
+    twice_area = float(np.dot(i, np.roll(j, -1)) - np.dot(j, np.roll(i, -1)))
+    return abs(twice_area) < 1e-9
+
+
+def _beyond_edge_mm(ji: FloatArray, grid: ImageGrid) -> FloatArray:
+    """How far (mm) each point lies beyond the image's row and column edges: ``(n, 2)``.
+
+    Per axis: 0 inside the voxel edges, else the distance beyond the nearest edge,
+    signed so that a point before the first edge and one past the last are both positive.
+    """
+    _nz, ny, nx = grid.shape
+    _sz, sy, sx = grid.spacing_mm
+    lo = np.array([-0.5, -0.5])
+    hi = np.array([ny - 0.5, nx - 0.5])
+    below = np.clip(lo - ji, 0.0, None)
+    above = np.clip(ji - hi, 0.0, None)
+    out: FloatArray = (below + above) * np.array([sy, sx])
+    return out
 
 
 def _nearest_plane(
@@ -685,9 +851,9 @@ def _nearest_plane(
         return next(iter(by_plane.values()))
     best = min(by_plane, key=lambda v: abs(v - k))
     _handle_invalid(
-        f"{p}: ROI {raw_name!r} has contours on {len(by_plane)} planes that all fall "
-        f"on slice {k}; kept the plane nearest the slice centre",
+        f"{p}: ROI {raw_name!r} has contours on {len(by_plane)} planes that all fall on slice {k}",
         "warn" if on_invalid == "raise" else on_invalid,
+        "kept the plane nearest the slice centre",
     )
     return by_plane[best]
 
