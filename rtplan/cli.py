@@ -7,9 +7,11 @@ Exit status: 0 on success; 1 when an input cannot be used or the system refuses 
 one-line message on ``stderr`` names the file, structure or parameter, or the cause: no
 space left, a read-only file system, not enough memory; ``--debug`` adds the traceback);
 2 for a command-line usage error; 3 for an unexpected internal error (a bug, to be
-reported); 130 when interrupted (Ctrl-C); 143 when terminated (SIGTERM, handled like
-Ctrl-C); 141 when standard output is a pipe that was closed (``rtplan ... | head``): the
-command stops quietly, as a tool killed by SIGPIPE does.
+reported); 4 when ``plan`` wrote its outputs but some suggested options could not be built
+on this anatomy ("partial": each is listed on ``stderr`` and in the report with what it
+lacks); 130 when interrupted (Ctrl-C); 143 when terminated (SIGTERM, handled like Ctrl-C);
+141 when standard output is a pipe that was closed (``rtplan ... | head``): the command
+stops quietly, as a tool killed by SIGPIPE does.
 
 Output folders are written into a temporary sibling folder and renamed into place at the
 end, so a failed, interrupted or terminated run leaves no half-written ``--out`` folder
@@ -52,10 +54,18 @@ from rtplan._io import errno_of, name_max, staged_output
 from rtplan._memory import check_memory, image_bytes, shipped_atlas_grid
 from rtplan._progress import Progress
 from rtplan._typing import BoolMask, FloatArray, Vec3
-from rtplan.atlas import Atlas, atlas_from_dicom, atlas_from_label_maps, list_atlases, load_atlas
+from rtplan.atlas import (
+    Atlas,
+    atlas_from_dicom,
+    atlas_from_label_maps,
+    complete_anatomy,
+    list_atlases,
+    load_atlas,
+    read_landmarks,
+)
 from rtplan.context import scan_meaning, subgroup_lines
 from rtplan.demo import plan_case, run_demo, write_case_outputs
-from rtplan.dicom_io import read_pet_suv, read_rtstruct, write_rtstruct
+from rtplan.dicom_io import read_pet_suv, read_rtstruct, write_rtstruct_with_points
 from rtplan.errors import DicomInputError, InvalidInputError, RtplanError, RtplanWarning
 from rtplan.figures import save_atlas_views
 from rtplan.grid import ImageGrid, resample_to_grid
@@ -112,6 +122,7 @@ EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+EXIT_PARTIAL = 4  # written, but some suggested options could not be built (listed on stderr)
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a tool killed by it
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
@@ -353,16 +364,37 @@ _PHYSIOLOGICAL = ("Bladder", "Kidney_L", "Kidney_R", "Bowel", "Bowel_Small", "Co
 
 
 def _load_atlas_from_patient(args: argparse.Namespace, progress: Progress) -> Atlas:
-    """The patient's anatomy (an Atlas) from --ct with --structures or --labels."""
+    """The patient's anatomy (an Atlas) from --ct with --structures or --labels.
+
+    What the later steps need but the structures lack (bones, vessels, muscles, landmarks,
+    the prostate-bed region) is derived by :func:`rtplan.atlas.complete_anatomy` unless
+    ``--no-complete`` is given; ``--landmarks`` overrides derived landmarks.
+    """
+    landmarks = None
+    if args.landmarks is not None:
+        landmarks = read_landmarks(_require_file(args.landmarks, "--landmarks"))
+    atlas = _read_patient_anatomy(args, landmarks, progress)
+    if args.no_complete or not atlas.missing():
+        return atlas
+    with progress.step("deriving the missing anatomy (marked as derived)"):
+        return complete_anatomy(atlas, landmarks=landmarks, progress=progress)
+
+
+def _read_patient_anatomy(
+    args: argparse.Namespace, landmarks: Mapping[str, Vec3] | None, progress: Progress
+) -> Atlas:
+    """The anatomy as given: --ct with --structures or --labels, and --landmarks."""
     ct_dir = _require_dir(args.ct, "--ct")
     structures = _optional_file(args.structures, "--structures")
     labels = _optional_dir(args.labels, "--labels")
     with progress.step("reading CT and structures"):
         if labels is not None:
-            return _atlas_from_labels(labels, ct_dir)
+            return _atlas_from_labels(labels, ct_dir, landmarks)
         try:
             with _cli_names(_CT_OPTIONS):
-                return atlas_from_dicom(ct_dir, rtstruct=structures, series_uid=args.series_uid)
+                return atlas_from_dicom(
+                    ct_dir, rtstruct=structures, series_uid=args.series_uid, landmarks=landmarks
+                )
         except DicomInputError as exc:
             if structures is None and "RTSTRUCT" in str(exc):
                 raise DicomInputError(
@@ -382,7 +414,9 @@ def _nifti_errors() -> tuple[type[BaseException], ...]:
     return (ImageFileError, HeaderDataError, ImageDataError, OSError, EOFError, zlib.error)
 
 
-def _atlas_from_labels(labels: Path, ct_dir: Path) -> Atlas:
+def _atlas_from_labels(
+    labels: Path, ct_dir: Path, landmarks: Mapping[str, Vec3] | None = None
+) -> Atlas:
     """:func:`atlas_from_label_maps`, an unreadable label map named in a one-line error.
 
     The reader's own errors (RtplanError) pass as they are; what nibabel raises on a
@@ -390,7 +424,7 @@ def _atlas_from_labels(labels: Path, ct_dir: Path) -> Atlas:
     """
     _require_nibabel("reading NIfTI label maps")
     try:
-        return atlas_from_label_maps(labels, ct=ct_dir)
+        return atlas_from_label_maps(labels, ct=ct_dir, landmarks=landmarks)
     except RtplanError:
         raise
     except _nifti_errors() as exc:
@@ -808,6 +842,9 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
             tracer=tracer,
         )
         write_case_outputs(comparison, tmp, ct_folder=Path(args.ct), progress=progress)
+    for skipped in comparison.skipped:  # listed even with --quiet
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"{PROG}: warning: option not built: {skipped.text}\n")
     for line in comparison.not_evaluated():  # listed even with --quiet
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(f"{PROG}: warning: {line}\n")
@@ -818,7 +855,7 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
                 _print(f"uncertain: {call.text}")
         _print(f"options: {', '.join(comparison.options)}")
         _print(f"written: {args.out}")
-    return EXIT_OK
+    return EXIT_PARTIAL if comparison.skipped else EXIT_OK
 
 
 def _cmd_stage(args: argparse.Namespace, progress: Progress) -> int:
@@ -911,11 +948,13 @@ def _cmd_atlas_export(args: argparse.Namespace, progress: Progress) -> int:
                 patient_id=f"RTPLAN-{atlas.name}"[:64],
             )
         if not args.no_structures:
-            with progress.step("writing RTSTRUCT"):
-                write_rtstruct(
-                    list(atlas.structures.values()),
+            with progress.step("writing RTSTRUCT (structures and landmark points)"):
+                write_rtstruct_with_points(
+                    atlas.structures,
                     ct_dir,
                     tmp / f"RS_{atlas.name}.dcm",
+                    points=atlas.landmarks,
+                    point_derivations=atlas.landmark_derivations,
                     label=atlas.name[:16],
                 )
     if not args.quiet:
@@ -1154,6 +1193,17 @@ def _add_spacing(p: argparse.ArgumentParser, what: str) -> None:
 def _add_patient_inputs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("patient inputs")
     g.add_argument("--ct", metavar="DIR", required=True, help="CT series folder (DICOM)")
+    g.add_argument(
+        "--landmarks",
+        metavar="TOML",
+        help="landmarks in LPS mm (name = [x, y, z]) that override the derived ones",
+    )
+    g.add_argument(
+        "--no-complete",
+        action="store_true",
+        help="do not derive missing bones, vessels, muscles, landmarks and the prostate-bed "
+        "region from the CT and the registered atlas (default: derive them, marked as derived)",
+    )
     g.add_argument(
         "--pet",
         metavar="DIR",
@@ -1571,8 +1621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         Exit status: 0 success, 1 bad input or a refusal of the system, 2 usage error,
-        3 internal error, 130 interrupted, 141 standard output closed (a pipe), 143
-        terminated (SIGTERM).
+        3 internal error, 4 partial (some options not built), 130 interrupted, 141
+        standard output closed (a pipe), 143 terminated (SIGTERM).
     """
     parsed = _parse(build_parser(), argv)
     if isinstance(parsed, int):

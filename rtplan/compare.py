@@ -53,7 +53,7 @@ from rtplan.protocol import Protocol, ProtocolConstraint, load_protocol
 from rtplan.staging import Stage
 from rtplan.structures import Structure, StructureSet
 from rtplan.tracers import Tracer
-from rtplan.volumes import OptionSpec, build_options
+from rtplan.volumes import OptionSpec, SkippedOption, build_options
 
 __all__ = [
     "BASIS_CONVENTIONAL",
@@ -379,6 +379,9 @@ class Comparison:
     derived : tuple of Structure
         Organs rtplan derived because the anatomy lacked them
         (:func:`rtplan.derived.derived_oars`); each says how in its ``derivation``.
+    skipped : tuple of SkippedOption
+        Options that could not be built on this anatomy, each with what it lacks
+        (:func:`rtplan.volumes.build_options_partial`); empty when every option was built.
     """
 
     case: str
@@ -393,6 +396,7 @@ class Comparison:
     context: ClinicalContext | None = None
     tracer: Tracer | None = None
     derived: tuple[Structure, ...] = ()
+    skipped: tuple[SkippedOption, ...] = ()
 
     @property
     def options(self) -> list[str]:
@@ -442,7 +446,7 @@ class Comparison:
         options: Sequence[str] | None = None,
         label: str | None = None,
     ) -> Path:
-        """Write the anatomy and the targets of the options as one RTSTRUCT.
+        """Write the anatomy, the landmarks and the targets of the options as one RTSTRUCT.
 
         Parameters
         ----------
@@ -455,14 +459,21 @@ class Comparison:
         label : str, optional
             Structure Set Label; default ``"rtplan <case>"``.
         """
-        from rtplan.dicom_io import write_rtstruct
+        from rtplan.dicom_io import write_rtstruct_with_points
 
         out = Path(path)
         if out.is_dir():
             out = out / f"RS_{_safe(self.case or 'rtplan')}.dcm"
         structures = [s for s in self.all_structures(options) if not s.is_empty]
-        return write_rtstruct(
-            structures, ct_folder, out, label=(label or f"rtplan {self.case}".strip())[:16]
+        # derived structures and landmarks are written as such (ROIGenerationAlgorithm
+        # AUTOMATIC with how they were derived), the landmarks as POINT ROIs
+        return write_rtstruct_with_points(
+            structures,
+            ct_folder,
+            out,
+            points=self.atlas.landmarks,
+            point_derivations=self.atlas.landmark_derivations,
+            label=(label or f"rtplan {self.case}".strip())[:16],
         )
 
     def write_rtdose(
@@ -728,6 +739,7 @@ def compare_options(
     progress: Progress | ProgressLike | bool | None = None,
     context: ClinicalContext | None = None,
     tracer: Tracer | None = None,
+    skipped: Sequence[SkippedOption] = (),
 ) -> Comparison:
     """Estimate the dose of every option and lay the options side by side.
 
@@ -760,6 +772,8 @@ def compare_options(
         PSA and pathology; the report then says what the PET result means at this PSA.
     tracer : Tracer, optional
         The PET tracer (:func:`rtplan.tracers.get_tracer`); sets the detection-rate source.
+    skipped : sequence of SkippedOption, optional
+        Options that could not be built (kept for the report and the command's exit status).
 
     Returns
     -------
@@ -845,6 +859,7 @@ def compare_options(
         context=context,
         tracer=tracer,
         derived=derived,
+        skipped=tuple(skipped),
     )
 
 

@@ -76,7 +76,7 @@ from rtplan.staging import BONE_STRUCTURES
 from rtplan.staging import stage as stage_lesions
 from rtplan.structures import Structure
 from rtplan.tracers import Tracer
-from rtplan.volumes import build_options, suggest_options
+from rtplan.volumes import build_options_partial, suggest_options
 
 __all__ = [
     "DEMO_ATLAS",
@@ -532,7 +532,12 @@ def plan_case(
     with prog.step("target volumes"):
         specs = suggest_options(stage, proto)
         _check_plan_memory(atlas, len(specs), dose_spacing_mm)
-        options = build_options(specs, atlas, lesions, proto)
+        options, skipped = build_options_partial(specs, atlas, lesions, proto)
+    if not options:
+        raise MissingStructureError(
+            "no option can be built on this anatomy: "
+            + "; ".join(s.text for s in skipped)
+        )
     with prog.step("dose estimate and metrics"):
         return compare_options(
             atlas,
@@ -545,6 +550,7 @@ def plan_case(
             progress=prog,
             context=context,
             tracer=tracer,
+            skipped=skipped,
         )
 
 

@@ -1652,6 +1652,19 @@ def _lesions_of(comparison: Comparison) -> list[Lesion]:
     return [] if lesions is None else list(lesions)
 
 
+def _skipped_list(comparison: Comparison) -> str:
+    """The options that could not be built on this anatomy, each with what it lacks."""
+    if not comparison.skipped:
+        return ""
+    items = "".join(f"<li>{_esc(s.text)}</li>" for s in comparison.skipped)
+    return (
+        '<h3 id="skipped">Options not built on this anatomy</h3>'
+        '<p class="note">Suggested for this stage, but the anatomy lacks what they need; '
+        "the options above were compared without them.</p>"
+        f'<ul class="sources">{items}</ul>'
+    )
+
+
 def _eqd2_cell(option: FieldOption) -> str:
     """One line per PTV: its physical prescription and its EQD2, so schedules compare."""
     return "".join(
@@ -1991,6 +2004,7 @@ def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
         (f'<td class="evidence">{_prose(r.option.evidence or _MISSING)}</td>' for r in results),
     )
     out.append("</tbody></table>")
+    out.append(_skipped_list(comparison))
     out.append(_metrics_table(comparison, colors))
     out.append("</section>")
     return "\n".join(out)

@@ -110,10 +110,12 @@ __all__ = [
     "NODAL_SUPERIOR_BORDERS",
     "OptionSpec",
     "PrescriptionEQD2",
+    "SkippedOption",
     "TargetOverlap",
     "boost_volumes",
     "build_option",
     "build_options",
+    "build_options_partial",
     "ctv_pelvic_nodes",
     "ctv_prostate_bed",
     "evaluation_ptv",
@@ -1879,6 +1881,66 @@ def build_options(
     check_atlas(atlas)
     builder = _OptionBuilder(atlas, proto, _lesions_by_id(lesions))
     return [builder.option(s) for s in spec_list]
+
+
+@dataclass(frozen=True)
+class SkippedOption:
+    """An option that could not be built on this anatomy, and why.
+
+    Attributes
+    ----------
+    name : str
+        The option's name (:attr:`OptionSpec.name`).
+    reason : str
+        The error, naming the structures or landmarks the anatomy lacks.
+    """
+
+    name: str
+    reason: str
+
+    @property
+    def text(self) -> str:
+        """One line, e.g. ``"PBRT+WPRT: missing structures: A_Iliac_Int_L"``."""
+        return f"{self.name}: {self.reason}"
+
+
+def build_options_partial(
+    specs: OptionSpec | Sequence[OptionSpec] | Stage,
+    atlas: AtlasLike,
+    lesions: Lesions | Iterable[Lesion] | None = None,
+    protocol: str | Protocol = "nrg_salvage",
+) -> tuple[list[FieldOption], list[SkippedOption]]:
+    """Build each option on its own: those the anatomy allows, and the others with the reason.
+
+    As :func:`build_options`, but an option whose structures or landmarks the anatomy lacks
+    (:class:`~rtplan.errors.MissingStructureError`) is skipped and listed instead of ending
+    the run, so a clinical structure set without, say, the iliac vessels still gives the
+    prostate-bed options.
+
+    Returns
+    -------
+    options : list of FieldOption
+        The options built, in the order of ``specs``.
+    skipped : list of SkippedOption
+        The options not built, each with the error that names what is missing.
+
+    Raises
+    ------
+    TypeError
+        When ``specs``, ``atlas``, ``lesions`` or ``protocol`` is not of its type.
+    """
+    proto = _protocol(protocol)
+    spec_list = _as_specs(specs, proto)
+    check_atlas(atlas)
+    builder = _OptionBuilder(atlas, proto, _lesions_by_id(lesions))
+    built: list[FieldOption] = []
+    skipped: list[SkippedOption] = []
+    for spec in spec_list:
+        try:
+            built.append(builder.option(spec))
+        except MissingStructureError as exc:  # this option only: the others go on
+            skipped.append(SkippedOption(spec.name, str(exc)))
+    return built, skipped
 
 
 # ---------------------------------------------------------------------------- reporting

@@ -68,14 +68,14 @@ def test_a_second_run_to_the_same_out_fails_and_keeps_the_first(tmp_path):
 
 def test_cli_run_whose_out_was_written_meanwhile_fails_with_exit_1(tmp_path, monkeypatch, capsys):
     out = tmp_path / "export"
-    real = cli.write_rtstruct
+    real = cli.write_rtstruct_with_points
 
     def rtstruct_and_a_rival(*args, **kwargs):
         out.mkdir()
         (out / "rival.txt").write_text("rival")  # another run finished first
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "write_rtstruct", rtstruct_and_a_rival)
+    monkeypatch.setattr(cli, "write_rtstruct_with_points", rtstruct_and_a_rival)
     code, _, err = run(["atlas", "export", "--spacing", *_TINY, "--out", out], capsys)
     assert code == 1
     assert_one_line_error(err, "another run", str(out.name))
