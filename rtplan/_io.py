@@ -309,10 +309,18 @@ def _remove_empty(folders: Iterable[Path]) -> None:
             return
 
 
+def _folder_mode() -> int:
+    """The mode a new folder gets under this process's umask (e.g. 0o755 under 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _new_partial(target: Path) -> Path:
     """The temporary sibling of ``target`` for this run, with its marker file."""
     prefix = f"{_sibling_prefix(target, 'partial')}{os.getpid()}-"  # mkdtemp adds 8 chars
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    tmp.chmod(_folder_mode())  # mkdtemp makes it 0700; the output folder follows the umask
     (tmp / _MARKER).write_text(f"{socket.gethostname()}\n{os.getpid()}\n", encoding="utf-8")
     return tmp
 

@@ -280,6 +280,7 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "lateral_above_symphysis": _Field("choice", False, ("fascia", "obturator_internus")),
         "mesorectal_offset_mm": _mm(),
         "smoothing_mm": _mm(False),
+        "lateral_cap_mm": _mm(False),
     },
     "ctv.pelvic_nodes": {
         "vessel_margin_mm": _mm(),
@@ -319,9 +320,23 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "pelvic": _Field("choice", True, ("imrt", "3dcrt")),
         "wprt_mode": _Field("choice", True, ("sequential", "sib")),
     },
+    "staging": {
+        "max_oligo_lesions": _Field("count", False),
+        "min_mipsma_score": _Field("score", False),
+    },
 }
+#: Sections a protocol may leave out (their values then take the staging module's defaults).
+_OPTIONAL_SECTIONS = ("staging",)
 _GROUPS = ("ctv", "ptv", "prescription")
-_TOP_LEVEL = ("protocol", *_GROUPS, "technique", "alpha_beta", "ntcp", "constraints")
+_TOP_LEVEL = (
+    "protocol",
+    *_GROUPS,
+    "technique",
+    "staging",
+    "alpha_beta",
+    "ntcp",
+    "constraints",
+)
 _META = ("source", "note")
 _NTCP_FIELDS = {
     "model": _Field("choice", True, ("lkb",)),
@@ -483,6 +498,12 @@ def _check_field(path: str, value: object, field: _Field) -> ProtocolValue:
                 f"{path}: a number of fractions must be between 1 and {_MAX_FRACTIONS} "
                 f"(tool default), got {value}"
             )
+        return int(value)
+    if kind in ("count", "score"):
+        high = 3 if kind == "score" else _MAX_FRACTIONS
+        low = 0 if kind == "score" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ProtocolError(f"{path}: expected a whole number in {low}-{high}, got {value!r}")
         return int(value)
     if kind == "str":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -767,6 +788,8 @@ class Protocol:
         for section, fields in _SCHEMA.items():
             node = _get(data, section)
             if node is _MISSING:
+                if section in _OPTIONAL_SECTIONS:
+                    continue
                 raise ProtocolError(f"missing table [{section}]")
             _check_section(
                 section, node, fields, values, sources, needs_source=section != "protocol"

@@ -1856,8 +1856,8 @@ def stage(
     *,
     common_iliac: Literal["N", "M1a"] = "M1a",
     promise_version: Literal["v1", "v2"] = "v2",
-    max_oligo_lesions: int = OLIGOMETASTATIC_MAX_LESIONS,
-    min_mipsma_score: int = MIN_MIPSMA_SCORE,
+    max_oligo_lesions: int | None = None,
+    min_mipsma_score: int | None = None,
     overrides: Mapping[str | int, str] | None = None,
     nodal_regions_by_side: bool = False,
     rules: StagingRules | None = None,
@@ -1878,15 +1878,16 @@ def stage(
         template, where CI is a pelvic region [U].
     promise_version : {"v2", "v1"}
         Detailed N category: V2 N1 (one region) / N2 (>= 2); V1 N1a / N1b.
-    max_oligo_lesions : int
-        Most distant lesions still called oligometastatic. Default
-        :data:`OLIGOMETASTATIC_MAX_LESIONS` (3: STOMP and ORIOLE enrolled <= 3
-        metastases; CLINICAL.md section 4d). SABR-COMET treated 1-5.
-    min_mipsma_score : int
+    max_oligo_lesions : int, optional
+        Most distant lesions still called oligometastatic. Default: the protocol's
+        ``staging.max_oligo_lesions``, else :data:`OLIGOMETASTATIC_MAX_LESIONS` (3: STOMP
+        and ORIOLE enrolled <= 3 metastases). SABR-COMET treated 1-5.
+    min_mipsma_score : int, optional
         Lowest miPSMA expression score (0-3) that counts; lesions with a lower score stay
         in the lesion table as ``"not counted (miPSMA <score>)"`` and drive neither the
         stage nor the options. Default :data:`MIN_MIPSMA_SCORE` (2: PROMISE V2 reads 0-1
-        as negative, CLINICAL.md 3c). Lesions without a score (no PET) always count.
+        as negative), or the protocol's ``staging.min_mipsma_score``. Lesions without a
+        score (no PET) always count.
     overrides : mapping, optional
         Lesion name (``"L2"``) or id (``2``) -> one of :data:`OVERRIDES`: a category
         (``"Tr"``, ``"N1"``, ``"M1a"``, ``"M1b"``, ``"M1c"``) or what the lesion is
@@ -1931,10 +1932,16 @@ def stage(
     >>> s.string, s.ucla_group, s.detailed, s.oligometastatic
     ('T0N0M0', 'T0N0M0', 'miT0 miN0 miM0', False)
     """
+    proto = _as_protocol(protocol)
+    if max_oligo_lesions is None:
+        max_oligo_lesions = int(
+            proto.number("staging.max_oligo_lesions", OLIGOMETASTATIC_MAX_LESIONS)
+        )
+    if min_mipsma_score is None:
+        min_mipsma_score = int(proto.number("staging.min_mipsma_score", MIN_MIPSMA_SCORE))
     _check_stage_options(common_iliac, promise_version, max_oligo_lesions, rules)
     _check_score(min_mipsma_score)
     check_atlas(atlas)
-    proto = _as_protocol(protocol)
     les = _as_lesions(lesions, atlas.grid)
     ov_map = _override_map(overrides, les)
     notes: list[str] = []

@@ -180,3 +180,19 @@ def test_a_folder_put_back_is_not_overwritten_by_the_run_that_found_it(tmp_path)
     ):
         pass
     assert (tmp_path / "o" / "previous.txt").read_text() == "previous"
+
+
+def test_staged_output_folder_follows_the_umask(tmp_path):
+    """mkdtemp gives 0700; a finished output folder gets the mode of any new folder."""
+    import os
+    import stat
+
+    from rtplan._io import staged_output
+
+    old = os.umask(0o027)
+    try:
+        with staged_output(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
