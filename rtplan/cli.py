@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, TextIO, TypedDict
+from typing import NoReturn, TextIO, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,7 @@ from rtplan.atlas import (
     load_atlas,
     read_landmarks,
 )
+from rtplan.cohort.cli import add_cohort_parser
 from rtplan.context import scan_meaning, subgroup_lines
 from rtplan.demo import plan_case, run_demo, write_case_outputs
 from rtplan.dicom_io import read_pet_suv, read_rtstruct, write_rtstruct_with_points
@@ -1445,6 +1446,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_parser(sub)
     _add_atlas_parser(sub)
     _add_protocol_parser(sub)
+    # the cohort parsers take any ArgumentParser subclass; _Parser is one
+    add_cohort_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -45,7 +46,7 @@ from rtplan.dvh import (
     lkb_ntcp,
     structure_on_dose_grid,
 )
-from rtplan.errors import InvalidInputError
+from rtplan.errors import InvalidInputError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesions
 from rtplan.plan import FieldOption, TargetLevel, resolve_overlaps, target_levels
@@ -824,8 +825,9 @@ def compare_options(
     proto = load_protocol(protocol)
     alpha_beta = _AlphaBeta(proto.alpha_beta_gy)
     _check_ntcp_alpha_beta(proto, alpha_beta)
+    spare = _spared_organs(atlas, proto)
     built = [
-        resolve_overlaps(o, alpha_beta_gy=alpha_beta.target)
+        resolve_overlaps(o, alpha_beta_gy=alpha_beta.target, spare=spare)
         for o in _field_options(options, atlas, lesions, proto)
     ]
     report = as_progress(False if progress is None else progress)
@@ -861,6 +863,26 @@ def compare_options(
         derived=derived,
         skipped=tuple(skipped),
     )
+
+
+def _spared_organs(atlas: Atlas, protocol: Protocol) -> list[Structure]:
+    """The organs the protocol's boost PTVs are cropped by (``technique.boost_spare_organs``).
+
+    An organ the anatomy lacks cannot be spared: that is said in a warning, not skipped
+    silently.
+    """
+    if protocol.get("technique.boost_spare_organs") is None:
+        return []
+    names = protocol.names("technique.boost_spare_organs")
+    missing = [n for n in names if n not in atlas.structures]
+    if missing:
+        warnings.warn(
+            f"protocol {protocol.name}: boost PTVs cannot be cropped by "
+            f"{', '.join(missing)} (not in the anatomy)",
+            RtplanWarning,
+            stacklevel=3,
+        )
+    return [atlas.structures[n] for n in names if n in atlas.structures]
 
 
 def _check_ntcp_alpha_beta(protocol: Protocol, alpha_beta: _AlphaBeta) -> None:

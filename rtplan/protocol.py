@@ -101,7 +101,13 @@ the boost; it is given as a simultaneous integrated boost in the course it joins
 
 ``[technique]``: ``pelvic`` (``"imrt"`` or ``"3dcrt"``), ``wprt_mode``
 (``"sequential"``: pelvic course then a prostate-bed boost course, as in SPPORT; or
-``"sib"``: one course, the prostate bed and pelvis in the same fractions).
+``"sib"``: one course, the prostate bed and pelvis in the same fractions), and optionally
+``boost_spare_organs`` (list of structures: boost PTVs minus these organs, the part taken
+away planned at the course's lowest level; an organ the anatomy lacks is warned about).
+
+``[staging]`` (optional): ``max_oligo_lesions`` (most distant lesions still called
+oligometastatic; default 3, STOMP / ORIOLE) and ``min_mipsma_score`` (lowest miPSMA
+expression score that counts, 0-3; default 2, PROMISE V2).
 
 ``[alpha_beta]``: ``<tissue> = <alpha/beta in Gy>``. ``[ntcp.<Structure>]``: ``model``
 (``"lkb"``), ``parameter_set``, ``td50_gy``, ``m``, ``n``, ``endpoint``.
@@ -319,6 +325,7 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
     "technique": {
         "pelvic": _Field("choice", True, ("imrt", "3dcrt")),
         "wprt_mode": _Field("choice", True, ("sequential", "sib")),
+        "boost_spare_organs": _Field("str_list", False),
     },
     "staging": {
         "max_oligo_lesions": _Field("count", False),

@@ -202,7 +202,7 @@ from rtplan.compare import (  # noqa: E402
 )
 from rtplan.dose_estimate import ALPHA_BETA_GY, eqd2_gy  # noqa: E402
 from rtplan.dvh import compute_dvh  # noqa: E402
-from rtplan.errors import InvalidInputError  # noqa: E402
+from rtplan.errors import InvalidInputError, RtplanWarning  # noqa: E402
 from rtplan.plan import target_levels  # noqa: E402
 from rtplan.protocol import list_protocols, load_protocol  # noqa: E402
 from rtplan.references import keys_in  # noqa: E402
@@ -477,3 +477,50 @@ def test_one_alpha_beta_per_tissue(coarse_atlas):
     odd = load_protocol("nrg_salvage").with_values({"ntcp.Bladder.alpha_beta_gy": 5.0})
     with pytest.raises(InvalidInputError, match="one alpha/beta per tissue"):
         compare_options(coarse_atlas, None, [], protocol=odd)
+
+
+def _protocol_sparing(tmp_path, organs: str):
+    from importlib import resources
+
+    text = resources.files("rtplan.protocols").joinpath("nrg_salvage.toml").read_text("utf-8")
+    old = 'wprt_mode = "sequential"'
+    assert old in text
+    path = tmp_path / "spare.toml"
+    path.write_text(text.replace(old, f"{old}\nboost_spare_organs = {organs}", 1), "utf-8")
+    return path
+
+
+def test_protocol_boost_spare_organs_crop_boost_ptvs(coarse_atlas, tmp_path):
+    """``technique.boost_spare_organs``: boost PTV minus OAR, where the protocol asks for it."""
+    from phantoms import sphere_mask
+
+    from rtplan.lesions import lesions_from_mask
+    from rtplan.protocol import load_protocol
+    from rtplan.staging import stage
+    from rtplan.volumes import OptionSpec
+
+    a = coarse_atlas
+    x, y, z = a.landmarks["VUA"]
+    lesions = lesions_from_mask(sphere_mask(a.grid, (x, y + 6.0, z), 7.0), a.grid)
+    st = stage(lesions, a)
+    assert st.t == "Tr"
+    spec = [OptionSpec("PBRT+LRboost", local_boost=(lesions[0].id,))]
+    rectum = a.structures["Rectum"].mask
+
+    def boost_in_rectum(protocol) -> int:
+        cmp = compare_options(a, lesions, spec, protocol=protocol, stage=st, dose_spacing_mm=5.0)
+        rx = {t.prescription_gy for c in cmp.results[0].option.courses for t in c.targets}
+        top = max(rx)
+        boost = [
+            t.ptv
+            for c in cmp.results[0].option.courses
+            for t in c.targets
+            if t.prescription_gy == top
+        ]
+        return int(sum((b.mask & rectum).sum() for b in boost))
+
+    assert boost_in_rectum("nrg_salvage") > 0  # the 74 Gy boost PTV reaches into the rectum
+    assert boost_in_rectum(load_protocol(_protocol_sparing(tmp_path, '["Rectum"]'))) == 0
+    missing = load_protocol(_protocol_sparing(tmp_path, '["Rectum", "Rectum_Nowhere"]'))
+    with pytest.warns(RtplanWarning, match="Rectum_Nowhere"):
+        compare_options(a, lesions, spec, protocol=missing, stage=st, dose_spacing_mm=5.0)
