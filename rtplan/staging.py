@@ -71,7 +71,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +80,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from rtplan._masks import closing, crop_organs, union_of, z_between
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan._validation import bounding_box, check_choice, check_type
 from rtplan.errors import (
@@ -88,11 +88,9 @@ from rtplan.errors import (
     InvalidInputError,
     MissingStructureError,
     ProtocolError,
-    RtplanWarning,
 )
 from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesion, LesionRow, Lesions
-from rtplan.margins import Margin, crop_away_from, expand, shrink
 from rtplan.protocol import Protocol as TreatmentProtocol
 from rtplan.protocol import list_protocols, load_protocol
 from rtplan.structures import StructureSet
@@ -391,59 +389,6 @@ class StagingRules:
 
 
 # ---------------------------------------------------------------------------- mask helpers
-def _union(ss: StructureSet, names: Iterable[str], grid: ImageGrid) -> BoolMask:
-    """Union of the named structures present in ``ss`` (synonyms resolved), on ``grid``."""
-    out = np.zeros(grid.shape, bool)
-    seen: set[str] = set()
-    for n in names:
-        key = ss.resolve(n)
-        if key is not None and key not in seen:
-            seen.add(key)
-            s = ss[key]
-            if s.bbox is not None:
-                out[s.bbox] |= s.cropped_mask
-    return out
-
-
-def _quiet_expand(mask: BoolMask, grid: ImageGrid, margin: Margin | float) -> BoolMask:
-    """Expansion for intermediate regions: clipped at the grid edge without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RtplanWarning)
-        return expand(mask, grid, margin, clip=True)
-
-
-def _closing(mask: BoolMask, grid: ImageGrid, radius_mm: float) -> BoolMask:
-    if radius_mm <= 0 or not mask.any():
-        return mask
-    closed: BoolMask = mask | shrink(_quiet_expand(mask, grid, radius_mm), grid, radius_mm)
-    return closed
-
-
-def _z_between(grid: ImageGrid, lo_mm: float, hi_mm: float) -> BoolMask:
-    """Bool mask of the slices whose centre lies in [lo, hi] (half-slice tolerance)."""
-    z = grid.axis_coordinates_mm()[0]
-    tol = 1e-6
-    sel = (z >= lo_mm - tol) & (z <= hi_mm + tol)
-    out = np.zeros(grid.shape, bool)
-    out[sel] = True
-    return out
-
-
-def _crop_organs(
-    mask: BoolMask,
-    ss: StructureSet,
-    grid: ImageGrid,
-    groups: Mapping[tuple[str, ...], float],
-) -> BoolMask:
-    """``mask`` without the organ groups (each kept ``gap`` mm away) and inside ``Body``."""
-    for names, gap in groups.items():
-        avoid = _union(ss, names, grid)
-        if avoid.any():
-            mask = crop_away_from(mask, avoid, grid, gap) if gap > 0 else mask & ~avoid
-    body = _union(ss, ("Body",), grid)
-    if body.any():
-        mask &= body
-    return mask
 
 
 def _largest_component(mask: BoolMask) -> BoolMask:
@@ -786,9 +731,9 @@ def _bed_planes(atlas: AtlasLike, lv: _BedLevels, slices: Sequence[int]) -> _Bed
     grid, ss = atlas.grid, atlas.structures
     z_mm, y_mm, x_mm = grid.axis_coordinates_mm()
     bladder = ss["Bladder"].mask
-    rectum = _union(ss, _BED_RECTUM, grid)
+    rectum = union_of(ss, _BED_RECTUM, grid)
     pubis = ss["PubicSymphys"].mask
-    obturators = tuple(_union(ss, (n,), grid) for n in ("Obturator_Int_L", "Obturator_Int_R"))
+    obturators = tuple(union_of(ss, (n,), grid) for n in ("Obturator_Int_L", "Obturator_Int_R"))
     central = np.abs(x_mm - lv.x_mid) <= 20.0
     pubis_edge = {
         int(k): float(np.nanmax(e[central]))
@@ -811,7 +756,7 @@ def _bed_planes(atlas: AtlasLike, lv: _BedLevels, slices: Sequence[int]) -> _Bed
         X=np.broadcast_to(x_mm[None, :], grid.shape[1:]),
         bladder=bladder,
         rectum=rectum,
-        lateral_below=(_union(ss, ("Levator_Ani",), grid), *obturators),
+        lateral_below=(union_of(ss, ("Levator_Ani",), grid), *obturators),
         lateral_above=obturators,
         pubis_edge=pubis_edge,
         rectum_front=rectum_front,
@@ -949,9 +894,9 @@ def _bed_region(atlas: AtlasLike, rules: _BedRules) -> tuple[BoolMask, _BedLevel
         drawn = _bed_slice(planes, k, z_mm[k] > lv.z_symphysis_top + 1e-6, lv, rules)
         if drawn is not None:
             region[k], keep_band[k] = drawn
-    region = _closing(region, grid, rules.smoothing_mm) & _z_between(grid, lv.z_inf, lv.z_sup)
+    region = closing(region, grid, rules.smoothing_mm) & z_between(grid, lv.z_inf, lv.z_sup)
     region &= ~(planes.bladder & ~keep_band)
-    region = _crop_organs(
+    region = crop_organs(
         region,
         ss,
         grid,

@@ -65,7 +65,6 @@ team to weigh.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +74,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from rtplan._masks import closing, crop_organs, quiet_expand, union_of, z_between
 from rtplan._typing import BoolMask
 from rtplan._validation import as_mask, check_choice, check_names, check_type
 from rtplan.dose_estimate import eqd2_gy
@@ -83,11 +83,10 @@ from rtplan.errors import (
     InvalidInputError,
     MissingStructureError,
     ProtocolError,
-    RtplanWarning,
 )
 from rtplan.grid import ImageGrid, check_same_grid
 from rtplan.lesions import Lesion, Lesions
-from rtplan.margins import Margin, crop_away_from, expand, shrink
+from rtplan.margins import Margin, expand
 from rtplan.plan import TECHNIQUES, Course, FieldOption, Target
 from rtplan.protocol import Protocol, load_protocol
 from rtplan.staging import (
@@ -236,35 +235,8 @@ def _tg263(name: str) -> str:
     return name
 
 
-def _quiet_expand(mask: BoolMask, grid: ImageGrid, margin: Margin | float) -> BoolMask:
-    """Expansion for intermediate regions: clipped at the grid edge without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RtplanWarning)
-        return expand(mask, grid, margin, clip=True)
-
-
 def _inplane(mm: float) -> Margin:
     return Margin(right=mm, left=mm, anterior=mm, posterior=mm)
-
-
-def _closing(mask: BoolMask, grid: ImageGrid, radius_mm: float) -> BoolMask:
-    if radius_mm <= 0 or not mask.any():
-        return mask
-    closed: BoolMask = mask | shrink(_quiet_expand(mask, grid, radius_mm), grid, radius_mm)
-    return closed
-
-
-def _union(ss: StructureSet, names: Iterable[str], grid: ImageGrid) -> BoolMask:
-    out = np.zeros(grid.shape, bool)
-    seen: set[str] = set()
-    for n in names:
-        key = ss.resolve(n)
-        if key is not None and key not in seen:
-            seen.add(key)
-            s = ss[key]
-            if s.bbox is not None:
-                out[s.bbox] |= s.cropped_mask
-    return out
 
 
 def _body(atlas: AtlasLike) -> Structure | None:
@@ -272,34 +244,8 @@ def _body(atlas: AtlasLike) -> Structure | None:
     return atlas.structures["Body"] if "Body" in atlas.structures else None
 
 
-def _z_between(grid: ImageGrid, lo_mm: float, hi_mm: float) -> BoolMask:
-    """Bool mask of the slices whose centre lies in [lo, hi] (half-slice tolerance)."""
-    z = grid.axis_coordinates_mm()[0]
-    tol = 1e-6
-    sel = (z >= lo_mm - tol) & (z <= hi_mm + tol)
-    out = np.zeros(grid.shape, bool)
-    out[sel] = True
-    return out
-
-
 def _structure(name: str, mask: BoolMask, grid: ImageGrid, role: str) -> Structure:
     return Structure(_tg263(name), mask, grid, role=role)
-
-
-def _crop_organs(
-    mask: BoolMask,
-    ss: StructureSet,
-    grid: ImageGrid,
-    groups: Mapping[tuple[str, ...], float],
-) -> BoolMask:
-    for names, gap in groups.items():
-        avoid = _union(ss, names, grid)
-        if avoid.any():
-            mask = crop_away_from(mask, avoid, grid, gap) if gap > 0 else mask & ~avoid
-    body = _union(ss, ("Body",), grid)
-    if body.any():
-        mask &= body
-    return mask
 
 
 # ---------------------------------------------------------------------------- CTV nodes
@@ -389,7 +335,7 @@ def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> _VesselRegions:
     grid, ss = atlas.grid, atlas.structures
     vm = rules.vessel_margin_mm
     z_top = float(grid.axis_coordinates_mm()[0].max())
-    common = _quiet_expand(_union(ss, _VESSELS_COMMON, grid), grid, _inplane(vm))
+    common = quiet_expand(union_of(ss, _VESSELS_COMMON, grid), grid, _inplane(vm))
     extra = rules.external_iliac_anterolateral_mm
     external: dict[str, BoolMask] = {}
     internal: dict[str, BoolMask] = {}
@@ -400,10 +346,10 @@ def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> _VesselRegions:
             anterior=vm + extra,
             posterior=vm,
         )
-        ext = _quiet_expand(_union(ss, _VESSELS_EXT[side], grid), grid, side_margin)
+        ext = quiet_expand(union_of(ss, _VESSELS_EXT[side], grid), grid, side_margin)
         z_ext = landmark_z_mm(atlas, f"{rules.external_iliac_inferior}_{side}")
-        external[side] = ext & _z_between(grid, z_ext, z_top)
-        internal[side] = _quiet_expand(_union(ss, _VESSELS_INT[side], grid), grid, _inplane(vm))
+        external[side] = ext & z_between(grid, z_ext, z_top)
+        internal[side] = quiet_expand(union_of(ss, _VESSELS_INT[side], grid), grid, _inplane(vm))
     return _VesselRegions(common, external, internal)
 
 
@@ -415,9 +361,9 @@ def _presacral_strip(ss: StructureSet, grid: ImageGrid, rules: _NodeRules) -> Bo
     canal, the foramina) is in it; at most ``presacral_halfwidth_mm`` from the
     vertebrae's mean x when that is set; empty without sacral structures.
     """
-    vb = _union(ss, rules.presacral_vertebrae, grid)
+    vb = union_of(ss, rules.presacral_vertebrae, grid)
     if not vb.any():
-        vb = _union(ss, ("Sacrum",), grid)
+        vb = union_of(ss, ("Sacrum",), grid)
     if not vb.any():
         return vb
     _, y_mm, x_mm = grid.axis_coordinates_mm()
@@ -440,7 +386,7 @@ def _obturator_strips(ss: StructureSet, grid: ImageGrid, width_mm: float) -> Boo
         key = ss.resolve(f"Obturator_Int_{side}")
         if key is not None and width_mm > 0:
             obt = ss[key].mask
-            region |= _quiet_expand(obt, grid, medial) & ~obt
+            region |= quiet_expand(obt, grid, medial) & ~obt
     return region
 
 
@@ -486,8 +432,8 @@ def _sidewall_bridges(
     for side in ("L", "R"):
         on_side = (x_mm > x_mid) if side == "L" else (x_mm < x_mid)
         parts = vessels.external[side] | vessels.internal[side] | (obturator & on_side)
-        wall = _union(ss, _SIDEWALL[side], grid)
-        near_wall = _quiet_expand(wall, grid, _inplane(width_mm)) if wall.any() else None
+        wall = union_of(ss, _SIDEWALL[side], grid)
+        near_wall = quiet_expand(wall, grid, _inplane(width_mm)) if wall.any() else None
         try:
             z_top = landmark_z_mm(atlas, f"IliacBifurcation_{side}")
         except MissingStructureError:
@@ -505,8 +451,8 @@ def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
 
     A hole is found slice by slice (2-D hole filling of the bone minus the bone).
     """
-    canal = _union(ss, _CANAL, grid)
-    bone = _union(ss, _SPINE, grid)
+    canal = union_of(ss, _CANAL, grid)
+    bone = union_of(ss, _SPINE, grid)
     for k in np.flatnonzero(bone.any(axis=(1, 2))):
         filled = np.asarray(ndimage.binary_fill_holes(bone[k]), bool)
         canal[k] |= filled & ~bone[k]
@@ -516,15 +462,15 @@ def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
 def _mesorectum(atlas: AtlasLike, z_inf: float, margin_mm: float) -> BoolMask:
     """The rectum grown ``margin_mm`` in-plane, without the rectum, from ``z_inf`` up."""
     grid, ss = atlas.grid, atlas.structures
-    rectum = _union(ss, ("Rectum",), grid)
+    rectum = union_of(ss, ("Rectum",), grid)
     if not rectum.any():
         raise MissingStructureError(
             "mesorectal coverage of the nodal CTV needs a 'Rectum' structure"
         )
     z_top = float(grid.axis_coordinates_mm()[0].max())
-    grown = _quiet_expand(rectum, grid, _inplane(margin_mm)) & ~rectum
+    grown = quiet_expand(rectum, grid, _inplane(margin_mm)) & ~rectum
     levels: BoolMask = np.asarray(rectum.any(axis=(1, 2)), bool)
-    out: BoolMask = grown & _z_between(grid, z_inf, z_top) & levels[:, None, None]
+    out: BoolMask = grown & z_between(grid, z_inf, z_top) & levels[:, None, None]
     return out
 
 
@@ -601,11 +547,11 @@ def ctv_pelvic_nodes(
     region = vessels.union | obturator
     region |= _presacral_strip(ss, grid, rules)
     region |= _sidewall_bridges(atlas, vessels, obturator, z_inf, rules.obturator_strip_width_mm)
-    region &= _z_between(grid, z_inf, z_sup)
-    region = _closing(region, grid, rules.smoothing_mm) & _z_between(grid, z_inf, z_sup)
+    region &= z_between(grid, z_inf, z_sup)
+    region = closing(region, grid, rules.smoothing_mm) & z_between(grid, z_inf, z_sup)
     if mesorectal:
-        region |= _mesorectum(atlas, z_inf, MESORECTAL_MARGIN_MM) & _z_between(grid, z_inf, z_sup)
-    region = _crop_organs(region, ss, grid, rules.crops_mm)
+        region |= _mesorectum(atlas, z_inf, MESORECTAL_MARGIN_MM) & z_between(grid, z_inf, z_sup)
+    region = crop_organs(region, ss, grid, rules.crops_mm)
     region &= ~_sacral_canal(ss, grid)
     if not region.any():
         raise GeometryError(
@@ -765,7 +711,7 @@ def evaluation_ptv(ptv: Structure, body: Structure | None, crop_mm: float) -> St
     outside = ~body.mask[box]
     if not outside.any():
         return None
-    near_surface = _quiet_expand(outside, grid.crop(box), crop_mm)
+    near_surface = quiet_expand(outside, grid.crop(box), crop_mm)
     local = ptv.mask[box] & ~near_surface
     if np.count_nonzero(local) == ptv.voxel_count:
         return None
@@ -829,10 +775,10 @@ def boost_volumes(
     dose = proto.prescription(kind).dose_gy if dose_gy is None else dose_gy
     suffix = f"{_cgy(dose)}"
     gm = proto.number(f"ctv.{section}.gtv_margin_mm")
-    ctv = _quiet_expand(gtv, grid, gm) if gm > 0 else gtv.copy()
+    ctv = quiet_expand(gtv, grid, gm) if gm > 0 else gtv.copy()
     body = _body(atlas)
     if section != "sbrt":
-        bone = _union(ss, _BONES, grid)
+        bone = union_of(ss, _BONES, grid)
         ctv = (ctv & ~bone) | gtv
     if body is not None and not body.is_empty:
         ctv &= body.mask
