@@ -757,6 +757,7 @@ def place_lesions(items: Sequence[LesionItem], atlas: Atlas) -> Lesions:
 
     Examples
     --------
+    >>> from rtplan.atlas import load_atlas
     >>> atlas = load_atlas("male_pelvis_postop", spacing_mm=(5.0, 4.0, 4.0))
     >>> lesions = place_lesions(parse_lesion_items("node:internal_iliac_R"), atlas)
     >>> stage_lesions(lesions, atlas).string
