@@ -39,8 +39,8 @@ DOSE_STATEMENT = (
 )
 
 _GROUPS = ("T0N0M0", "TrN0M0", "N1M0", "M1")
-# components of option names that change the dose (ADT does not)
-_DOSE_COMPONENTS = ("WPRT", "Nboost", "LRboost", "SBRT")
+# components of option names that do not change the dose (androgen deprivation)
+_NON_DOSE_COMPONENTS = ("ADT", "STAD")
 _HEADLINE = (
     ("Spc_Bowel", "V45Gy"),
     ("Spc_Bowel", "Dmean"),
@@ -358,8 +358,8 @@ def _components(option: str) -> frozenset[str]:
 def _pairs(data: _Data) -> dict[tuple[str, str, str], list[str]]:
     """Option pairs that differ by one dose component, and the patients having both.
 
-    Keys are (protocol, with, without): ``with`` adds one of WPRT, Nboost, LRboost or
-    SBRT to ``without``.
+    Keys are (protocol, with, without): ``with`` adds one component (WPRT, Nboost,
+    LRboost, SBRT...; not ADT or STAD, which do not change the dose) to ``without``.
     """
     by_patient: dict[tuple[str, str], list[str]] = defaultdict(list)
     for (proto, option), ids in data.option_patients.items():
@@ -371,7 +371,7 @@ def _pairs(data: _Data) -> dict[tuple[str, str, str], list[str]]:
             for b in options:
                 extra = _components(a) - _components(b)
                 if len(extra) == 1 and _components(b) < _components(a):
-                    if next(iter(extra)) in _DOSE_COMPONENTS:
+                    if next(iter(extra)) not in _NON_DOSE_COMPONENTS:
                         out[(proto, a, b)].append(pid)
     return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
