@@ -10,14 +10,28 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from scipy import ndimage
 
 from rtplan._typing import BoolMask
+from rtplan._validation import bounding_box
 from rtplan.errors import RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.margins import Margin, crop_away_from, expand, shrink
-from rtplan.structures import StructureSet
+from rtplan.structures import Structure, StructureSet
 
-__all__ = ["closing", "crop_organs", "quiet_expand", "union_of", "z_between"]
+__all__ = [
+    "Box",
+    "closing",
+    "crop_organs",
+    "largest_component",
+    "quiet_expand",
+    "union_in_box",
+    "union_of",
+    "z_between",
+]
+
+#: An index box ``(slice, row, column)`` of a grid.
+Box = tuple[slice, slice, slice]
 
 
 def closing(mask: BoolMask, grid: ImageGrid, radius_mm: float) -> BoolMask:
@@ -73,4 +87,36 @@ def z_between(grid: ImageGrid, lo_mm: float, hi_mm: float) -> BoolMask:
     sel = (z >= lo_mm - tol) & (z <= hi_mm + tol)
     out = np.zeros(grid.shape, bool)
     out[sel] = True
+    return out
+
+
+def largest_component(mask: BoolMask) -> BoolMask:
+    """The largest 6-connected component of ``mask`` (``mask`` itself when it has at most one)."""
+    box = bounding_box(mask)
+    if box is None:
+        return mask
+    labels, n = ndimage.label(mask[box])
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    out = np.zeros_like(mask)
+    out[box] = labels == (int(np.argmax(sizes)) + 1)
+    return out
+
+
+def union_in_box(structures: Iterable[Structure], box: Box) -> BoolMask:
+    """Union of ``structures`` inside ``box`` (an array of the box's shape)."""
+    shape = tuple(sl.stop - sl.start for sl in box)
+    out = np.zeros(shape, bool)
+    for s in structures:
+        sb = s.bbox
+        if sb is None:
+            continue
+        lo = [max(a.start, b.start) for a, b in zip(sb, box)]
+        hi = [min(a.stop, b.stop) for a, b in zip(sb, box)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            continue
+        src = tuple(slice(low - a.start, h - a.start) for low, h, a in zip(lo, hi, sb))
+        dst = tuple(slice(low - b.start, h - b.start) for low, h, b in zip(lo, hi, box))
+        out[dst] |= s.cropped_mask[src]
     return out

@@ -49,6 +49,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from rtplan._io import staged_output
+from rtplan._masks import Box, largest_component, union_in_box
 from rtplan._memory import (
     DOSE_BYTES_PER_VOXEL,
     DOSE_BYTES_PER_VOXEL_PER_OPTION,
@@ -186,9 +187,6 @@ class Case:
         return suv
 
 
-Box = tuple[slice, slice, slice]
-
-
 def _box_around(grid: ImageGrid, centre_mm: npt.ArrayLike, reach_mm: float) -> Box:
     """Index box ``(k, j, i)`` covering ``reach_mm`` around an LPS point (clipped to the grid)."""
     centre = np.asarray(centre_mm, dtype=np.float64)
@@ -224,24 +222,6 @@ def _named(atlas: Atlas, names: Iterable[str]) -> list[Structure]:
 def _bone_names(atlas: Atlas) -> list[str]:
     """The atlas's bone structures (by the staging module's bone name prefixes)."""
     return [n for n in atlas.structures if n.startswith(BONE_STRUCTURES)]
-
-
-def _union_in_box(structures: Iterable[Structure], box: Box) -> BoolMask:
-    """Union of ``structures`` inside ``box`` (an array of the box's shape)."""
-    shape = tuple(sl.stop - sl.start for sl in box)
-    out = np.zeros(shape, bool)
-    for s in structures:
-        sb = s.bbox
-        if sb is None:
-            continue
-        lo = [max(a.start, b.start) for a, b in zip(sb, box)]
-        hi = [min(a.stop, b.stop) for a, b in zip(sb, box)]
-        if any(h <= lo_ for lo_, h in zip(lo, hi)):
-            continue
-        src = tuple(slice(lo_ - a.start, h - a.start) for lo_, h, a in zip(lo, hi, sb))
-        dst = tuple(slice(lo_ - b.start, h - b.start) for lo_, h, b in zip(lo, hi, box))
-        out[dst] |= s.cropped_mask[src]
-    return out
 
 
 def _vessel_names(atlas: Atlas) -> list[str]:
@@ -293,13 +273,13 @@ def _place_node(
     box = _box_around(grid, centre0, max(_NODE_OFFSET_MM) + _NODE_RADIUS_MM)
     local_grid = grid.crop(box)
     if "Body" in atlas.structures:
-        body = _union_in_box(_named(atlas, ["Body"]), box)
+        body = union_in_box(_named(atlas, ["Body"]), box)
     else:
         body = np.ones(local_grid.shape, bool)
-    avoid = _union_in_box(
+    avoid = union_in_box(
         [*_named(atlas, [*_vessel_names(atlas), *_bone_names(atlas), *_NODE_AVOID]), *taken], box
     )
-    bowel = _union_in_box(_named(atlas, ["Spc_Bowel"]), box)
+    bowel = union_in_box(_named(atlas, ["Spc_Bowel"]), box)
     directions = [*preferred, *(d for d in _IN_PLANE if d not in preferred)]
     best: tuple[float, BoolMask] | None = None
     for direction in directions:
@@ -320,17 +300,7 @@ def _place_node(
         )
     side = vessel.rsplit("_", 1)[-1]
     kind = "ExtIliac" if "_Ext_" in vessel else "IntIliac" if "_Int_" in vessel else "Iliac"
-    return _gtv(f"GTVn_{kind}_{side}", _largest_component(best[1]), box, grid)
-
-
-def _largest_component(mask: BoolMask) -> BoolMask:
-    """The largest 6-connected component of ``mask`` (``mask`` itself when it has one)."""
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    largest: BoolMask = labels == (int(np.argmax(sizes)) + 1)
-    return largest
+    return _gtv(f"GTVn_{kind}_{side}", largest_component(best[1]), box, grid)
 
 
 def _local_recurrence(atlas: Atlas) -> Structure:
@@ -344,8 +314,8 @@ def _local_recurrence(atlas: Atlas) -> Structure:
     centre = np.add(atlas.landmarks["VUA"], (0.0, _LOCAL_POSTERIOR_SHIFT_MM, 0.0))
     box = _box_around(grid, centre, _LOCAL_RADIUS_MM)
     sphere = _sphere(grid.crop(box), centre, _LOCAL_RADIUS_MM)
-    avoid = _union_in_box(_named(atlas, ("Rectum", "Canal_Anal", *_bone_names(atlas))), box)
-    return _gtv("GTVp_VUA", _largest_component(sphere & ~avoid), box, grid)
+    avoid = union_in_box(_named(atlas, ("Rectum", "Canal_Anal", *_bone_names(atlas))), box)
+    return _gtv("GTVp_VUA", largest_component(sphere & ~avoid), box, grid)
 
 
 def _bone_lesion(atlas: Atlas) -> Structure:
@@ -369,7 +339,7 @@ def _bone_lesion(atlas: Atlas) -> Structure:
         centre = grid.index_to_lps([p + sl.start for p, sl in zip(peak, s.bbox)])
         box = _box_around(grid, centre, _BONE_RADIUS_MM)
         lesion = _sphere(grid.crop(box), centre, _BONE_RADIUS_MM)
-        lesion &= _union_in_box([s], box)
+        lesion &= union_in_box([s], box)
         short = {"Bone_Ilium_R": "Ilium_R", "VB_S1": "S1", "Sacrum": "Sacrum"}[bone]
         return _gtv(f"GTVm_{short}", lesion, box, grid)
     raise MissingStructureError(
@@ -535,8 +505,7 @@ def plan_case(
         options, skipped = build_options_partial(specs, atlas, lesions, proto)
     if not options:
         raise MissingStructureError(
-            "no option can be built on this anatomy: "
-            + "; ".join(s.text for s in skipped)
+            "no option can be built on this anatomy: " + "; ".join(s.text for s in skipped)
         )
     with prog.step("dose estimate and metrics"):
         return compare_options(

@@ -80,7 +80,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from rtplan._masks import closing, crop_organs, union_of, z_between
+from rtplan._masks import closing, crop_organs, largest_component, union_of, z_between
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan._validation import bounding_box, check_choice, check_type
 from rtplan.errors import (
@@ -389,19 +389,6 @@ class StagingRules:
 
 
 # ---------------------------------------------------------------------------- mask helpers
-
-
-def _largest_component(mask: BoolMask) -> BoolMask:
-    box = bounding_box(mask)
-    if box is None:
-        return mask
-    labels, n = ndimage.label(mask[box])
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    out = np.zeros_like(mask)
-    out[box] = labels == (int(np.argmax(sizes)) + 1)
-    return out
 
 
 def _z_extent(ss: StructureSet, name: str, grid: ImageGrid) -> tuple[float, float] | None:
@@ -902,7 +889,7 @@ def _bed_region(atlas: AtlasLike, rules: _BedRules) -> tuple[BoolMask, _BedLevel
         grid,
         {_BED_BONES: 0.0, _BED_RECTUM: 0.0, _BED_MUSCLES: 0.0, _BED_BOWEL: 0.0},
     )
-    return _largest_component(region), lv
+    return largest_component(region), lv
 
 
 def prostate_bed_region(

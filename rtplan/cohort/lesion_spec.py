@@ -64,6 +64,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from rtplan._masks import Box, largest_component, union_in_box
 from rtplan.atlas import Atlas
 from rtplan.errors import InvalidInputError, MissingStructureError, RtplanError
 from rtplan.grid import ImageGrid
@@ -103,7 +104,6 @@ BONE_PREFIXES: tuple[str, ...] = tuple(BONE_STRUCTURES)
 
 BoolArray = npt.NDArray[np.bool_]
 Vector = npt.NDArray[np.float64]
-Box = tuple[slice, slice, slice]
 
 # LPS unit vectors in the axial plane: +x patient left, +y posterior.
 _L = (1.0, 0.0)
@@ -420,24 +420,6 @@ def _sphere(grid: ImageGrid, box: Box, centre_mm: Vector, radius_mm: float) -> B
     return inside
 
 
-def _union_in_box(structures: Iterable[Structure], box: Box) -> BoolArray:
-    """Union of ``structures`` inside ``box`` (an array of the box's shape)."""
-    shape = tuple(sl.stop - sl.start for sl in box)
-    out = np.zeros(shape, bool)
-    for s in structures:
-        sb = s.bbox
-        if sb is None:
-            continue
-        lo = [max(a.start, b.start) for a, b in zip(sb, box)]
-        hi = [min(a.stop, b.stop) for a, b in zip(sb, box)]
-        if any(h <= low for low, h in zip(lo, hi)):
-            continue
-        src = tuple(slice(low - a.start, h - a.start) for low, h, a in zip(lo, hi, sb))
-        dst = tuple(slice(low - b.start, h - b.start) for low, h, b in zip(lo, hi, box))
-        out[dst] |= s.cropped_mask[src]
-    return out
-
-
 def _present(atlas: Atlas, names: Iterable[str]) -> list[Structure]:
     """The non-empty structures of ``names`` the anatomy has."""
     out = []
@@ -524,15 +506,6 @@ def _gtv(name: str, local: BoolArray, box: Box, grid: ImageGrid) -> Structure:
     return Structure.from_cropped(name, local, offset, grid, role="gtv")
 
 
-def _largest_component(mask: BoolArray) -> BoolArray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    out: BoolArray = labels == (int(np.argmax(sizes)) + 1)
-    return out
-
-
 def _staged(structures: Sequence[Structure], atlas: Atlas) -> list[Lesion]:
     """Each structure staged as a lesion, in one :func:`rtplan.stage` call.
 
@@ -562,9 +535,9 @@ def _node_candidates(
     box = _box_around(grid, centre0, reach)
     if box is None:
         return []
-    body = _union_in_box(_present(atlas, ["Body"]), box) if "Body" in atlas.structures else None
-    avoid = _union_in_box([*_avoid_structures(atlas), *taken], box)
-    bowel = _union_in_box(_present(atlas, ["Spc_Bowel"]), box)
+    body = union_in_box(_present(atlas, ["Body"]), box) if "Body" in atlas.structures else None
+    avoid = union_in_box([*_avoid_structures(atlas), *taken], box)
+    bowel = union_in_box(_present(atlas, ["Spc_Bowel"]), box)
     out: list[_Candidate] = []
     order = 0
     for direction in directions:
@@ -586,7 +559,7 @@ def _node_candidates(
             n_sphere = int(sphere.sum())
             score = (float(kept.sum()) - 0.5 * float((kept & bowel[rel]).sum())) / n_sphere
             preferred = direction in site.directions
-            out.append(_Candidate(score, order, preferred, n_gap, sub, _largest_component(kept)))
+            out.append(_Candidate(score, order, preferred, n_gap, sub, largest_component(kept)))
             order += 1
     return out
 
@@ -661,10 +634,10 @@ def _place_local(
         raise LesionPlacementError(f"lesion {item}: its centre lies outside the grid")
     sphere = _sphere(grid, box, np.asarray(centre, float), radius)
     bones = [n for n in atlas.structures.names if n.startswith(BONE_PREFIXES)]
-    avoid = _union_in_box(
+    avoid = union_in_box(
         [*_present(atlas, ["Rectum", "Canal_Anal", "Bladder", *bones]), *taken], box
     )
-    kept = _largest_component(sphere & ~avoid)
+    kept = largest_component(sphere & ~avoid)
     if not kept.any():
         raise LesionPlacementError(f"lesion {item}: no free soft tissue at the {item.site}")
     gtv = _gtv(name, kept, box, grid)
@@ -690,7 +663,7 @@ def _place_bone(atlas: Atlas, item: LesionItem, name: str, taken: Sequence[Struc
     bone = atlas.structures[key]
     bbox = bone.bbox
     assert bbox is not None  # not empty, checked above
-    free = bone.cropped_mask & ~_union_in_box(taken, bbox)
+    free = bone.cropped_mask & ~union_in_box(taken, bbox)
     if not free.any():
         raise LesionPlacementError(f"lesion {item}: no free bone left in {key}")
     depth = ndimage.distance_transform_edt(np.pad(free, 1), sampling=grid.spacing_mm)
@@ -705,11 +678,11 @@ def _place_bone(atlas: Atlas, item: LesionItem, name: str, taken: Sequence[Struc
     radius = item.diameter_mm / 2.0
     box = _box_around(grid, centre, radius)
     assert box is not None  # the centre is a voxel of the bone
-    lesion = _sphere(grid, box, centre, radius) & _union_in_box([bone], box)
-    lesion &= ~_union_in_box(taken, box)
+    lesion = _sphere(grid, box, centre, radius) & union_in_box([bone], box)
+    lesion &= ~union_in_box(taken, box)
     if not lesion.any():
         raise LesionPlacementError(f"lesion {item}: no free bone left in {key}")
-    return _gtv(name, _largest_component(lesion), box, grid)
+    return _gtv(name, largest_component(lesion), box, grid)
 
 
 _SHORT = {
