@@ -64,6 +64,7 @@ team to weigh.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,9 +75,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from rtplan._masks import closing, crop_organs, quiet_expand, union_of, z_between
+from rtplan._masks import Box, closing, crop_organs, quiet_expand, union_of, z_between
 from rtplan._typing import BoolMask
-from rtplan._validation import as_mask, check_choice, check_names, check_type
+from rtplan._validation import as_mask, bounding_box, check_choice, check_names, check_type
 from rtplan.dose_estimate import eqd2_gy
 from rtplan.errors import (
     GeometryError,
@@ -368,10 +369,13 @@ def _presacral_strip(ss: StructureSet, grid: ImageGrid, rules: _NodeRules) -> Bo
         return vb
     _, y_mm, x_mm = grid.axis_coordinates_mm()
     Y = y_mm[None, :, None]
-    has = vb.any(axis=1)  # [slice, column]
-    front = np.where(has, np.where(vb, Y, np.inf).min(axis=1), np.nan)  # y of the surface
+    levels = np.flatnonzero(vb.any(axis=(1, 2)))
+    zs = slice(int(levels[0]), int(levels[-1]) + 1)  # only the slices with sacral bone
+    has = vb[zs].any(axis=1)  # [slice, column]
+    front = np.where(has, np.where(vb[zs], Y, np.inf).min(axis=1), np.nan)  # y of the surface
     depth = rules.presacral_depth_mm
-    strip: BoolMask = (Y < front[:, None, :]) & (Y >= front[:, None, :] - depth)
+    strip: BoolMask = np.zeros(grid.shape, bool)
+    strip[zs] = (Y < front[:, None, :]) & (Y >= front[:, None, :] - depth)
     half = rules.presacral_halfwidth_mm
     if half is not None:
         x_mid = float(np.mean(x_mm[vb.any(axis=(0, 1))]))
@@ -432,18 +436,41 @@ def _sidewall_bridges(
     for side in ("L", "R"):
         on_side = (x_mm > x_mid) if side == "L" else (x_mm < x_mid)
         parts = vessels.external[side] | vessels.internal[side] | (obturator & on_side)
-        wall = union_of(ss, _SIDEWALL[side], grid)
-        near_wall = quiet_expand(wall, grid, _inplane(width_mm)) if wall.any() else None
         try:
             z_top = landmark_z_mm(atlas, f"IliacBifurcation_{side}")
         except MissingStructureError:
             z_top = float(z_mm.max())
-        for k in np.flatnonzero((z_mm >= z_inf - 1e-6) & (z_mm <= z_top + 1e-6)):
-            if not parts[k].any():
-                continue
-            hull = _hull_2d(parts[k])
-            out[k] |= hull if near_wall is None else hull & near_wall[k]
+        parts &= ((z_mm >= z_inf - 1e-6) & (z_mm <= z_top + 1e-6))[:, None, None]
+        box = bounding_box(parts)
+        if box is None:
+            continue
+        local = out[box]
+        near_wall = _near_in_plane(union_of(ss, _SIDEWALL[side], grid), grid, box, width_mm)
+        for k in np.flatnonzero(parts[box].any(axis=(1, 2))):
+            hull = _hull_2d(parts[box][k])  # the hull stays inside the box
+            local[k] |= hull if near_wall is None else hull & near_wall[k]
     return out
+
+
+def _near_in_plane(mask: BoolMask, grid: ImageGrid, box: Box, width_mm: float) -> BoolMask | None:
+    """``mask`` grown ``width_mm`` in-plane, on ``box`` only; None when ``mask`` is empty.
+
+    Only the part of ``mask`` within ``width_mm`` of the box (in-plane) can reach it, so
+    the growth runs on the box padded by that much, not on the whole grid.
+    """
+    if not mask.any():
+        return None
+    pad = [0, *(math.ceil(width_mm / s) + 1 for s in grid.spacing_mm[1:])]
+    padded = tuple(
+        slice(max(b.start - p, 0), min(b.stop + p, n))
+        for b, p, n in zip(box, pad, grid.shape, strict=True)
+    )
+    grown = quiet_expand(mask[padded], grid.crop(padded), _inplane(width_mm))
+    inner = tuple(
+        slice(b.start - q.start, b.stop - q.start) for b, q in zip(box, padded, strict=True)
+    )
+    near: BoolMask = grown[inner]
+    return near
 
 
 def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
@@ -453,9 +480,19 @@ def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
     """
     canal = union_of(ss, _CANAL, grid)
     bone = union_of(ss, _SPINE, grid)
-    for k in np.flatnonzero(bone.any(axis=(1, 2))):
-        filled = np.asarray(ndimage.binary_fill_holes(bone[k]), bool)
-        canal[k] |= filled & ~bone[k]
+    box = bounding_box(bone)
+    if box is None:
+        return canal
+    # Fill in the bone's in-plane box plus one empty voxel around it: the background
+    # outside the bone stays connected to the border, so the holes are the same as on
+    # the whole slice, at the cost of the box only.
+    rows = slice(max(box[1].start - 1, 0), min(box[1].stop + 1, grid.shape[1]))
+    cols = slice(max(box[2].start - 1, 0), min(box[2].stop + 1, grid.shape[2]))
+    for k in range(box[0].start, box[0].stop):
+        plane = np.zeros((rows.stop - rows.start + 2, cols.stop - cols.start + 2), bool)
+        plane[1:-1, 1:-1] = bone[k, rows, cols]
+        filled = np.asarray(ndimage.binary_fill_holes(plane), bool)[1:-1, 1:-1]
+        canal[k, rows, cols] |= filled & ~plane[1:-1, 1:-1]
     return canal
 
 

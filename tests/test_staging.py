@@ -696,3 +696,49 @@ def test_oligometastatic_cut_off_is_three_lesions(atlas):
     assert stage(four, atlas).oligometastatic is False
     assert stage(four[:3], atlas).oligometastatic is True
     assert stage(four, atlas, max_oligo_lesions=5).oligometastatic is True
+
+
+def test_bed_region_is_drawn_once_and_redrawn_when_the_anatomy_changes(shipped, monkeypatch):
+    """One planning run shares one bed region; a new organ, landmark or rule draws anew."""
+    from rtplan import staging
+    from rtplan.staging import prostate_bed_region
+
+    staging._BED_MEMO._entries.clear()
+    draws = []
+    draw = staging._draw_bed_region
+
+    def counted(atlas, rules):
+        draws.append(rules)
+        return draw(atlas, rules)
+
+    monkeypatch.setattr(staging, "_draw_bed_region", counted)
+    first = prostate_bed_region(shipped)
+    first[...] = False  # the caller's copy: mutating it changes nothing shared
+    again = prostate_bed_region(shipped)
+    assert len(draws) == 1 and again.any()
+    stage(_sphere_lesions(shipped, [(_between_bladder_and_rectum(shipped, 20.0), 3.0)]), shipped)
+    assert len(draws) == 1
+
+    # the same organs with a smaller bladder: a different anatomy, a different region
+    ss = shipped.structures
+    bladder = ss["Bladder"]
+    smaller = Structure(
+        "Bladder",
+        bladder.mask & (np.arange(bladder.grid.shape[0]) < 20)[:, None, None],
+        bladder.grid,
+    )
+    other = SimpleNamespace(
+        grid=shipped.grid,
+        structures=StructureSet([smaller if s.name == "Bladder" else s for s in ss.values()]),
+        landmarks=dict(shipped.landmarks),
+    )
+    prostate_bed_region(other)
+    assert len(draws) == 2
+    moved = SimpleNamespace(
+        grid=shipped.grid, structures=ss, landmarks={**shipped.landmarks, "VUA": (0.0, 0.0, 0.0)}
+    )
+    moved_region = prostate_bed_region(moved)
+    assert len(draws) == 3 and not np.array_equal(moved_region, again)
+    prostate_bed_region(shipped, "hypo_salvage")
+    assert len(draws) in (3, 4)  # same rules as nrg_salvage's bed -> shared, else drawn
+    assert np.array_equal(prostate_bed_region(shipped), again)

@@ -1132,3 +1132,25 @@ def test_sbrt_alone_builds_without_the_bed(phantom, lesions, protocol):
     )
     assert [c.technique for c in o.courses] == ["sbrt"] and not o.adt
     assert "no ADT" in o.description
+
+
+@pytest.mark.parametrize("centre_col", [12, 4])  # in the middle, and touching the grid edge
+def test_sacral_canal_is_the_hole_of_the_bone_ring(centre_col):
+    """The canal is the enclosed hole of the bone on each slice, also at the grid's edge."""
+    from rtplan.volumes import _sacral_canal
+
+    g = ImageGrid(shape=(3, 20, 24), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0))
+    jj, ii = np.mgrid[0:20, 0:24]
+    r = np.hypot(jj - 10, ii - centre_col)
+    ring = (r >= 3) & (r <= 5)
+    bone = np.zeros(g.shape, bool)
+    bone[1] = ring
+    canal = _sacral_canal(StructureSet([Structure("Sacrum", bone, g)]), g)
+    hole = r < 3
+    assert np.array_equal(canal[1], hole) and not canal[0].any() and not canal[2].any()
+    assert np.array_equal(canal[1], ndimage.binary_fill_holes(ring) & ~ring)
+    # a ring broken by the grid edge encloses nothing
+    cut = np.zeros(g.shape, bool)
+    cut[1] = ring & (ii >= centre_col)
+    open_canal = _sacral_canal(StructureSet([Structure("Sacrum", cut, g)]), g)
+    assert not open_canal.any()
