@@ -460,16 +460,18 @@ def _near_in_plane(mask: BoolMask, grid: ImageGrid, box: Box, width_mm: float) -
     """
     if not mask.any():
         return None
-    pad = [0, *(math.ceil(width_mm / s) + 1 for s in grid.spacing_mm[1:])]
-    padded = tuple(
-        slice(max(b.start - p, 0), min(b.stop + p, n))
-        for b, p, n in zip(box, pad, grid.shape, strict=True)
-    )
+
+    def widened(b: slice, axis: int) -> slice:
+        p = math.ceil(width_mm / grid.spacing_mm[axis]) + 1
+        return slice(max(b.start - p, 0), min(b.stop + p, grid.shape[axis]))
+
+    padded: Box = (box[0], widened(box[1], 1), widened(box[2], 2))
     grown = quiet_expand(mask[padded], grid.crop(padded), _inplane(width_mm))
-    inner = tuple(
-        slice(b.start - q.start, b.stop - q.start) for b, q in zip(box, padded, strict=True)
-    )
-    near: BoolMask = grown[inner]
+    near: BoolMask = grown[
+        :,
+        box[1].start - padded[1].start : box[1].stop - padded[1].start,
+        box[2].start - padded[2].start : box[2].stop - padded[2].start,
+    ]
     return near
 
 
