@@ -32,6 +32,7 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.special import ndtr
 
+from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import bounding_box
 from rtplan.dvh import Float32Array, occupancy_on_grid
@@ -471,7 +472,26 @@ def _slices(lo: npt.NDArray[np.intp], hi: npt.NDArray[np.intp]) -> tuple[slice, 
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
+#: Distance maps of the last PTVs: options of one comparison share PTVs (the pelvic PTV of
+#: a whole-pelvis option with and without a boost), 0.05-0.1 s each.
+_GEOMETRY_MEMO: IdentityMemo[_TargetGeometry] = IdentityMemo(6)
+
+
 def _target_geometry(
+    ptv: Structure, dose_grid: ImageGrid, params: DoseModelParameters
+) -> _TargetGeometry:
+    """Signed distance to the PTV (read-only arrays, shared between calls for one PTV)."""
+    values = (dose_grid, params.fine_reach_mm, params.coarse_voxel_mm)
+    found = _GEOMETRY_MEMO.get((ptv,), values)
+    if found is None:
+        found = _draw_target_geometry(ptv, dose_grid, params)
+        found.signed_mm.flags.writeable = False
+        found.inside.flags.writeable = False
+        _GEOMETRY_MEMO.put((ptv,), values, found)
+    return found
+
+
+def _draw_target_geometry(
     ptv: Structure, dose_grid: ImageGrid, params: DoseModelParameters
 ) -> _TargetGeometry:
     """Signed distance to the PTV: exact in a box around it, coarse beyond, blended between."""

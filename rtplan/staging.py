@@ -71,7 +71,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +81,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from rtplan._masks import closing, crop_organs, largest_component, union_of, z_between
+from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan._validation import bounding_box, check_choice, check_type
 from rtplan.errors import (
@@ -94,7 +94,7 @@ from rtplan.grid import ImageGrid
 from rtplan.lesions import Lesion, LesionRow, Lesions
 from rtplan.protocol import Protocol as TreatmentProtocol
 from rtplan.protocol import list_protocols, load_protocol
-from rtplan.structures import Structure, StructureSet
+from rtplan.structures import StructureSet
 
 __all__ = [
     "BED_ADJACENT_ORGANS",
@@ -868,72 +868,24 @@ def _bed_slice(
     return region, keep_band
 
 
-#: What a prostate-bed region depends on: grid, structures, landmarks, rules.
-_BedKey = tuple[
-    ImageGrid, tuple[Structure, ...], tuple[tuple[str, tuple[float, ...]], ...], _BedRules
-]
-
-
-class _BedRegionMemo:
-    """The last few prostate-bed regions drawn, so that staging and the bed CTV share one.
-
-    One planning run draws the same region several times (the lesion check, each
-    :func:`stage` call, :func:`rtplan.volumes.ctv_prostate_bed`); each draw costs about
-    0.3 s on a 512 x 512 CT. An entry is reused only for the same grid, the same
-    :class:`~rtplan.structures.Structure` objects (immutable, held by the entry so their
-    identity cannot be reused), the same landmark values and the same rules. The regions
-    are stored read-only.
-    """
-
-    size = 2
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: list[tuple[_BedKey, tuple[BoolMask, _BedLevels]]] = []
-
-    @staticmethod
-    def key(atlas: AtlasLike, rules: _BedRules) -> _BedKey:
-        """What the region depends on."""
-        landmarks = tuple(
-            sorted((str(k), tuple(float(c) for c in v)) for k, v in atlas.landmarks.items())
-        )
-        return atlas.grid, tuple(atlas.structures.values()), landmarks, rules
-
-    @staticmethod
-    def _same(a: _BedKey, b: _BedKey) -> bool:
-        return (
-            a[0].equals(b[0])
-            and len(a[1]) == len(b[1])
-            and all(x is y for x, y in zip(a[1], b[1], strict=True))
-            and a[2] == b[2]
-            and a[3] == b[3]
-        )
-
-    def get(self, key: _BedKey) -> tuple[BoolMask, _BedLevels] | None:
-        """The stored region and levels for ``key``, or None."""
-        with self._lock:
-            for k, value in self._entries:
-                if self._same(k, key):
-                    return value
-        return None
-
-    def put(self, key: _BedKey, value: tuple[BoolMask, _BedLevels]) -> None:
-        """Store a region (made read-only), dropping the oldest entry beyond :attr:`size`."""
-        value[0].flags.writeable = False
-        with self._lock:
-            self._entries = [(key, value), *self._entries][: self.size]
-
-
-_BED_MEMO = _BedRegionMemo()
+#: The last prostate-bed regions drawn: one planning run draws the same region several
+#: times (the lesion check, each :func:`stage` call, the bed CTV), 0.3 s each on a
+#: 512 x 512 CT. Keyed by the structures (identity), grid, landmark values and rules.
+_BED_MEMO: IdentityMemo[tuple[BoolMask, _BedLevels]] = IdentityMemo(2)
 
 
 def _bed_region(atlas: AtlasLike, rules: _BedRules) -> tuple[BoolMask, _BedLevels]:
     """The prostate-bed region of ``atlas`` under ``rules`` and its levels (read-only)."""
-    key = _BedRegionMemo.key(atlas, rules)
-    found = _BED_MEMO.get(key)
+    structures = tuple(atlas.structures.values())
+    landmarks = tuple(
+        sorted((str(k), tuple(float(c) for c in v)) for k, v in atlas.landmarks.items())
+    )
+    values = (atlas.grid, landmarks, rules)
+    found = _BED_MEMO.get(structures, values)
     if found is None:
         found = _draw_bed_region(atlas, rules)
-        _BED_MEMO.put(key, found)
+        found[0].flags.writeable = False  # shared: callers get copies or read it
+        _BED_MEMO.put(structures, values, found)
     return found
 
 

@@ -703,7 +703,7 @@ def test_bed_region_is_drawn_once_and_redrawn_when_the_anatomy_changes(shipped, 
     from rtplan import staging
     from rtplan.staging import prostate_bed_region
 
-    staging._BED_MEMO._entries.clear()
+    staging._BED_MEMO.clear()
     draws = []
     draw = staging._draw_bed_region
 
