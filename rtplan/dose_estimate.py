@@ -24,7 +24,7 @@ voxel in EQD2.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -39,7 +39,13 @@ from rtplan.dvh import Float32Array, occupancy_on_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
-from rtplan.structures import Structure
+from rtplan.sparing import (
+    DEFAULT_SPARING,
+    OrganSparing,
+    apply_hot_spot_spread,
+    apply_organ_sparing,
+)
+from rtplan.structures import Structure, StructureSet
 
 __all__ = [
     "ALPHA_BETA_GY",
@@ -285,6 +291,18 @@ class DoseModelParameters:
         give less there, as a planner's cropped later-phase PTV and plan-sum optimisation
         do. 1.05, tool default: inside the +7 % hot-spot limit of a PTV (ICRU 50:
         95-107 %, @icru50_1993 [V-3p]; "never above 107 %", @pmc8744000_constraints [V]).
+    imrt_sparing : tuple of OrganSparing
+        Organs an optimised IMRT/VMAT plan spares, with strength and length
+        (:mod:`rtplan.sparing`); applied to IMRT courses when the organs are passed to
+        :func:`estimate_option_dose`. Default :data:`rtplan.sparing.DEFAULT_SPARING`,
+        fitted on pyRadPlan reference plans (docs/dose_model.md 4.7).
+    imrt_hot_spot_spread : float
+        Standard deviation (fraction of Rx) of the zero-mean hot-spot texture deep inside an
+        IMRT PTV (:func:`rtplan.sparing.apply_hot_spot_spread`); fitted with the sparing.
+    imrt_hot_spot_depth_mm : float
+        Depth (mm) over which the texture fades in from the PTV surface. 5 mm, tool default.
+    imrt_hot_spot_wavelength_mm : float
+        Wavelength (mm) of the texture. 20 mm, tool default.
     """
 
     imrt_plateau: float = 1.02
@@ -310,10 +328,21 @@ class DoseModelParameters:
     fine_reach_mm: float = 40.0
     coarse_voxel_mm: float = 7.5
     plan_sum_ceiling: float = 1.05
+    imrt_sparing: tuple[OrganSparing, ...] = DEFAULT_SPARING
+    imrt_hot_spot_spread: float = 0.0
+    imrt_hot_spot_depth_mm: float = 5.0
+    imrt_hot_spot_wavelength_mm: float = 20.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "imrt_sparing":
+                if not all(isinstance(o, OrganSparing) for o in v):
+                    raise InvalidInputError(
+                        "imrt_sparing must be a tuple of rtplan.sparing.OrganSparing"
+                    )
+                object.__setattr__(self, "imrt_sparing", tuple(v))
+                continue
             if f.name == "crt_beams":
                 bad = [b for b in v if b not in ("AP", "PA", "RL", "LR")]
                 if not v or bad:
@@ -331,6 +360,7 @@ class DoseModelParameters:
                 if f.name
                 in (
                     "crt_scatter_fraction",
+                    "imrt_hot_spot_spread",
                     "sbrt_tail_fraction",
                     "imrt_tail_fraction",
                     "crt_block_margin_mm",
@@ -683,8 +713,36 @@ def _check_course(course: Course) -> None:
             )
 
 
+#: Occupancies of spared organs on a dose grid, shared by the options of one comparison.
+_ORGAN_MEMO: IdentityMemo[Float32Array] = IdentityMemo(12)
+
+
+def _spared_occupancies(
+    organs: StructureSet | None, sparing: Sequence[OrganSparing], dose_grid: ImageGrid
+) -> dict[str, Float32Array]:
+    """Occupancy on the dose grid of each organ of ``sparing`` present in ``organs``."""
+    out: dict[str, Float32Array] = {}
+    if organs is None:
+        return out
+    for sp in sparing:
+        key = organs.resolve(sp.organ)
+        if key is None or organs[key].is_empty:
+            continue
+        structure = organs[key]
+        occ = _ORGAN_MEMO.get((structure,), (dose_grid,))
+        if occ is None:
+            occ = occupancy_on_grid(structure, dose_grid)
+            occ.flags.writeable = False
+            _ORGAN_MEMO.put((structure,), (dose_grid,), occ)
+        out[sp.organ] = occ
+    return out
+
+
 def _imrt_or_sbrt_dose(
-    course: Course, dose_grid: ImageGrid, params: DoseModelParameters
+    course: Course,
+    dose_grid: ImageGrid,
+    params: DoseModelParameters,
+    organs: Mapping[str, Float32Array],
 ) -> FloatArray:
     dose = np.zeros(dose_grid.shape, np.float32)
     for t in course.targets:
@@ -716,6 +774,15 @@ def _imrt_or_sbrt_dose(
                 tail_mm=params.imrt_tail_mm,
                 tail_weight=z_weight,
             )
+            apply_hot_spot_spread(
+                rel,
+                geom.signed_mm,
+                dose_grid,
+                spread=params.imrt_hot_spot_spread,
+                depth_mm=params.imrt_hot_spot_depth_mm,
+                wavelength_mm=params.imrt_hot_spot_wavelength_mm,
+            )
+            apply_organ_sparing(rel, geom.signed_mm, organs, params.imrt_sparing)
         rel *= np.float32(t.prescription_gy)
         np.maximum(dose, rel, out=dose)
     return dose.astype(np.float64)
@@ -804,6 +871,7 @@ def estimate_course_dose(
     *,
     body: Structure | npt.ArrayLike | None = None,
     params: DoseModelParameters | None = None,
+    organs: StructureSet | None = None,
 ) -> FloatArray:
     """Estimated physical dose (Gy) of one course on the dose grid.
 
@@ -820,6 +888,9 @@ def estimate_course_dose(
         whole grid counts as tissue).
     params : DoseModelParameters, optional
         Model parameters; defaults documented in :class:`DoseModelParameters`.
+    organs : StructureSet, optional
+        The anatomy's structures: the organs of ``params.imrt_sparing`` found in it are
+        spared by IMRT courses (:mod:`rtplan.sparing`). Without it, no organ is spared.
 
     Returns
     -------
@@ -847,7 +918,8 @@ def estimate_course_dose(
     if course.technique == "3dcrt":
         dose = _box_dose(course, dose_grid, body_mask, params)
     else:
-        dose = _imrt_or_sbrt_dose(course, dose_grid, params)
+        spared = _spared_occupancies(organs, params.imrt_sparing, dose_grid)
+        dose = _imrt_or_sbrt_dose(course, dose_grid, params, spared)
     if body_mask is not None:
         dose *= body_mask
     return dose
@@ -929,6 +1001,7 @@ def estimate_option_dose(
     body: Structure | npt.ArrayLike | None = None,
     params: DoseModelParameters | None = None,
     target_alpha_beta_gy: float | None = None,
+    organs: StructureSet | None = None,
 ) -> OptionDose:
     """Estimate the dose of every course of a field option, planned on the sum.
 
@@ -958,6 +1031,9 @@ def estimate_option_dose(
         alpha/beta (Gy) of the targets for the ceiling; default
         ``ALPHA_BETA_GY["prostate"]`` (a protocol's ``[alpha_beta] prostate`` should be
         passed, as :func:`rtplan.compare.compare_options` does).
+    organs : StructureSet, optional
+        The anatomy's structures, for the organ sparing of IMRT courses (see
+        :func:`estimate_course_dose`); :func:`rtplan.compare.compare_options` passes them.
 
     Returns
     -------
@@ -981,7 +1057,8 @@ def estimate_option_dose(
     if not (math.isfinite(ab) and ab > 0):
         raise InvalidInputError(f"target_alpha_beta_gy must be a positive number of Gy, got {ab!r}")
     doses = [
-        estimate_course_dose(c, dose_grid, body=body_mask, params=params) for c in option.courses
+        estimate_course_dose(c, dose_grid, body=body_mask, params=params, organs=organs)
+        for c in option.courses
     ]
     if sum(c.technique != "sbrt" for c in option.courses) > 1:
         ceiling = _plan_sum_ceiling_gy(option, dose_grid, params.plan_sum_ceiling, ab)

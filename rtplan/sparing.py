@@ -1,0 +1,178 @@
+"""What an optimised IMRT/VMAT plan does that a distance-only dose profile cannot.
+
+Part of the analytic dose estimate (:mod:`rtplan.dose_estimate`); an approximation for
+comparing options, never a dose calculation for treatment. Two terms, both fitted on
+reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md section 4.7):
+
+* **organ sparing**: outside the PTV, an optimiser pushes the intermediate dose out of the
+  organs it is told to spare. In an organ with sparing ``(s, L)`` the dose of each PTV's
+  profile is multiplied by ``1 - s * (1 - exp(-r / L))``, ``r`` the distance (mm) to that
+  PTV's surface: 1 at the surface (the PTV's own dose and the penumbra next to it are
+  untouched), falling to ``1 - s`` far away. The spared dose falls with distance
+  at least as fast as the profile does (both factors decrease).
+* **hot-spot spread**: an optimised dose is not flat inside the PTV (PTV D2 ~106 % of Rx
+  where the median is ~102 %), so organs overlapping the PTV can receive more than the
+  plateau (rectum V70 of a 66.6 Gy bed plan). Inside the PTV the plateau gets a
+  deterministic zero-mean texture of standard deviation ``spread`` (fraction of Rx), faded
+  in over ``spread_depth_mm`` from the surface so the surface dose and D95 keep their
+  calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtplan._typing import FloatArray
+from rtplan._validation import bounding_box
+from rtplan.dvh import Float32Array
+from rtplan.errors import InvalidInputError
+from rtplan.grid import ImageGrid
+
+__all__ = [
+    "DEFAULT_SPARING",
+    "OrganSparing",
+    "apply_hot_spot_spread",
+    "apply_organ_sparing",
+    "sparing_factor",
+]
+
+
+@dataclass(frozen=True)
+class OrganSparing:
+    """Sparing of one organ by an optimised IMRT/VMAT plan.
+
+    Attributes
+    ----------
+    organ : str
+        TG-263 name (resolved through the structure set's synonyms).
+    strength : float
+        ``s`` in [0, 1): the fraction of the modelled dose removed far from the PTV.
+    length_mm : float
+        ``L`` (mm, > 0): the distance from the PTV surface over which sparing builds up.
+    source : str
+        Where the values come from (fit, reference plans, n).
+    """
+
+    organ: str
+    strength: float
+    length_mm: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.organ, str) or not self.organ:
+            raise InvalidInputError(f"organ sparing needs an organ name, got {self.organ!r}")
+        if not (math.isfinite(self.strength) and 0.0 <= self.strength < 1.0):
+            raise InvalidInputError(
+                f"sparing strength of {self.organ} must be in [0, 1), got {self.strength!r}"
+            )
+        if not (math.isfinite(self.length_mm) and self.length_mm > 0):
+            raise InvalidInputError(
+                f"sparing length of {self.organ} must be a positive number of mm, "
+                f"got {self.length_mm!r}"
+            )
+
+
+_FIT = "fitted on pyRadPlan reference plans (calibration/, docs/dose_model.md 4.7)"
+
+#: Sparing of the organs a prostate-bed / pelvic IMRT plan is optimised to spare.
+#: Values are replaced by the calibration fit (``calibration/fit_model.py``).
+DEFAULT_SPARING: tuple[OrganSparing, ...] = (
+    OrganSparing("Rectum", 0.45, 12.0, _FIT),
+    OrganSparing("Bladder", 0.35, 12.0, _FIT),
+    OrganSparing("PenileBulb", 0.5, 10.0, _FIT),
+    OrganSparing("Spc_Bowel", 0.3, 15.0, _FIT),
+    OrganSparing("Bowel_Small", 0.3, 15.0, _FIT),
+    OrganSparing("Sigmoid", 0.3, 15.0, _FIT),
+)
+
+
+def sparing_factor(
+    r_mm: FloatArray | Float32Array, strength: float, length_mm: float
+) -> FloatArray:
+    """``1 - s (1 - exp(-r / L))`` for ``r > 0``; 1 inside the PTV (``r <= 0``).
+
+    Examples
+    --------
+    >>> [round(float(f), 3) for f in sparing_factor(np.array([-5.0, 0.0, 10.0, 1e6]), 0.4, 10.0)]
+    [1.0, 1.0, 0.747, 0.6]
+    """
+    r = np.maximum(np.asarray(r_mm, dtype=np.float64), 0.0)
+    out: FloatArray = 1.0 - strength * (1.0 - np.exp(-r / length_mm))
+    return out
+
+
+def apply_organ_sparing(
+    relative: Float32Array,
+    signed_mm: Float32Array,
+    organs: Mapping[str, Float32Array],
+    sparing: Sequence[OrganSparing],
+) -> None:
+    """Lower ``relative`` (in place) in the spared organs, by distance to the PTV.
+
+    Parameters
+    ----------
+    relative : ndarray of float32
+        One PTV's relative dose profile on the dose grid (modified in place).
+    signed_mm : ndarray of float32
+        Signed distance (mm) to that PTV's surface, > 0 outside.
+    organs : mapping of str to ndarray of float32
+        Organ name -> occupancy on the dose grid (0-1); a voxel counts as the organ's when
+        at least half of it is (the occupancy the DVH weights it by).
+    sparing : sequence of OrganSparing
+        Organs without an entry in ``organs`` are skipped.
+    """
+    for sp in sparing:
+        occ = organs.get(sp.organ)
+        if occ is None:
+            continue
+        box = bounding_box(occ >= 0.5)
+        if box is None:
+            continue
+        inside = occ[box] >= 0.5
+        factor = sparing_factor(signed_mm[box][inside], sp.strength, sp.length_mm)
+        part = relative[box]
+        part[inside] *= factor.astype(np.float32)
+
+
+def _texture(grid: ImageGrid, wavelength_mm: float) -> Float32Array:
+    """Zero-mean, unit-variance deterministic texture (sum of three axis cosines)."""
+    z, y, x = grid.axis_coordinates_mm()
+    k = 2.0 * math.pi / wavelength_mm
+    # phases fixed so that the texture is not symmetric about the grid's origin
+    cz = np.cos(k * z + 0.7).astype(np.float32)[:, None, None]
+    cy = np.cos(k * y + 1.9).astype(np.float32)[None, :, None]
+    cx = np.cos(k * x + 2.6).astype(np.float32)[None, None, :]
+    out: Float32Array = (cz + cy + cx) * np.float32(1.0 / math.sqrt(1.5))
+    return out
+
+
+def apply_hot_spot_spread(
+    relative: Float32Array,
+    signed_mm: Float32Array,
+    grid: ImageGrid,
+    *,
+    spread: float,
+    depth_mm: float,
+    wavelength_mm: float,
+) -> None:
+    """Add the zero-mean hot-spot texture inside the PTV (in place; no change outside).
+
+    The texture's standard deviation is ``spread`` (fraction of Rx) deep inside and fades
+    to 0 at the surface as ``1 - exp(-u / depth_mm)``, ``u`` the depth (mm).
+    """
+    if spread <= 0:
+        return
+    inside = signed_mm < 0
+    box = bounding_box(inside)
+    if box is None:
+        return
+    sub = grid.crop(box)
+    ins = inside[box]
+    u = -signed_mm[box][ins]
+    fade = (1.0 - np.exp(-u / depth_mm)).astype(np.float32)
+    part = relative[box]
+    part[ins] += np.float32(spread) * fade * _texture(sub, wavelength_mm)[ins]
