@@ -409,7 +409,9 @@ def landmark_z_mm(atlas: AtlasLike, name: str) -> float:
     vertebral bodies), ``AorticBifurcation`` (lowest slice of ``A_Aorta``),
     ``FemurHead_Top_L/R`` (top of ``Femur_Head_L/R``), ``S3_Bottom`` (lowest slice of
     ``VB_S3``), ``PenileBulb_Top`` (top of ``PenileBulb``), ``IliacBifurcation_L/R``
-    (lowest slice of the common iliac artery ``A_Iliac_L/R``).
+    (lowest slice of the common iliac artery ``A_Iliac_L/R``). A structure that reaches
+    the scan's top slice (for a landmark at its top) or bottom slice (at its bottom) is cut
+    by the scan edge: the landmark is not derived from it.
 
     Parameters
     ----------
@@ -428,7 +430,8 @@ def landmark_z_mm(atlas: AtlasLike, name: str) -> float:
     TypeError
         When ``atlas`` is not an anatomy or ``name`` not a string.
     MissingStructureError
-        When the landmark is absent and cannot be derived.
+        When the landmark is absent and cannot be derived (the message says when the
+        structure is cut by the scan edge).
 
     Examples
     --------
@@ -445,9 +448,11 @@ def landmark_z_mm(atlas: AtlasLike, name: str) -> float:
     check_type(name, str, name="name")
     z = _derived_landmark_z(atlas, name)
     if z is None:
+        cut = _cut_by_scan_edge(atlas, name)
         raise MissingStructureError(
             f"landmark {name!r} is not in the anatomy's landmarks "
             f"({', '.join(atlas.landmarks) or 'none'}) and cannot be derived from its structures"
+            + (f": {cut}" if cut else "")
         )
     return z
 
@@ -472,6 +477,8 @@ def _derived_landmark_z(atlas: AtlasLike, name: str) -> float | None:
     grid, ss = atlas.grid, atlas.structures
     if name in atlas.landmarks:
         return float(atlas.landmarks[name][2])
+    if _cut_by_scan_edge(atlas, name):
+        return None
     if name in _TOP_OF and (ext := _z_extent(ss, _TOP_OF[name], grid)) is not None:
         return ext[1]
     if name in _BOTTOM_OF and (ext := _z_extent(ss, _BOTTOM_OF[name], grid)) is not None:
@@ -481,6 +488,26 @@ def _derived_landmark_z(atlas: AtlasLike, name: str) -> float | None:
         if upper is not None and lower is not None:
             return (upper[0] + lower[1]) / 2
     return None
+
+
+def _cut_by_scan_edge(atlas: AtlasLike, name: str) -> str:
+    """Why a landmark at the top (bottom) of a structure cannot be derived, or ``""``.
+
+    When the structure reaches the scan's top (bottom) slice, its true top (bottom) lies
+    outside the scan: the edge slice would be taken for the landmark silently.
+    """
+    grid, ss = atlas.grid, atlas.structures
+    z = grid.axis_coordinates_mm()[0]
+    edges = {"top": float(z.max()), "bottom": float(z.min())}
+    for table, end, pick in ((_TOP_OF, "top", 1), (_BOTTOM_OF, "bottom", 0)):
+        organ = table.get(name)
+        ext = None if organ is None else _z_extent(ss, organ, grid)
+        if ext is not None and abs(ext[pick] - edges[end]) < 0.5 * grid.spacing_mm[0]:
+            return (
+                f"{organ} reaches the {end} slice of the scan, so its {end} (the landmark) "
+                "lies outside the scan; give the landmark explicitly"
+            )
+    return ""
 
 
 def _landmark_xyz(atlas: AtlasLike, name: str) -> Vec3 | None:

@@ -742,3 +742,30 @@ def test_bed_region_is_drawn_once_and_redrawn_when_the_anatomy_changes(shipped, 
     prostate_bed_region(shipped, "hypo_salvage")
     assert len(draws) in (3, 4)  # same rules as nrg_salvage's bed -> shared, else drawn
     assert np.array_equal(prostate_bed_region(shipped), again)
+
+
+@pytest.mark.parametrize(
+    ("landmark", "organ", "edge"),
+    [("PubicSymphysis_Top", "PubicSymphys", "top"), ("AorticBifurcation", "A_Aorta", "bottom")],
+)
+def test_landmark_from_a_structure_cut_by_the_scan_edge_is_refused(landmark, organ, edge):
+    """Issue 14.7: a structure reaching the top (bottom) slice does not give its top (bottom)."""
+    from rtplan.staging import landmark_z_mm
+
+    g = ImageGrid(shape=(8, 6, 6), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0))
+    inside, cut = np.zeros(g.shape, bool), np.zeros(g.shape, bool)
+    inside[2:6, 2:4, 2:4] = True
+    if edge == "top":
+        cut[4:8, 2:4, 2:4] = True
+    else:
+        cut[0:4, 2:4, 2:4] = True
+
+    def anatomy(mask):
+        return SimpleNamespace(
+            grid=g, landmarks={}, structures=StructureSet([Structure(organ, mask, g)])
+        )
+
+    expected = 12.5 if edge == "top" else 5.0  # centre of the top / bottom slice inside
+    assert landmark_z_mm(anatomy(inside), landmark) == expected
+    with pytest.raises(MissingStructureError, match=f"reaches the {edge} slice"):
+        landmark_z_mm(anatomy(cut), landmark)
