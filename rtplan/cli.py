@@ -70,6 +70,7 @@ from rtplan.dicom_io import read_pet_suv, read_rtstruct, write_rtstruct_with_poi
 from rtplan.errors import DicomInputError, InvalidInputError, RtplanError, RtplanWarning
 from rtplan.figures import save_atlas_views
 from rtplan.grid import ImageGrid, resample_to_grid
+from rtplan.imported_dose import ImportedDose, check_same_frame, read_imported_dose
 from rtplan.lesions import (
     LesionRow,
     Lesions,
@@ -255,6 +256,41 @@ def _require_file(path: str, option: str) -> Path:
     if p.is_dir():
         raise IsADirectoryError(f"{option} {path!r} is a folder, expected a file")
     return p
+
+
+class _DoseAction(argparse.Action):
+    """``--dose OPTION=FILE`` (repeatable): collected into a dict, option -> file."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        text = values if isinstance(values, str) else ""
+        option, sep, path = text.partition("=")
+        option = option.strip()
+        if not sep or not option or not path:
+            parser.error(
+                f"{option_string or '--dose'}: expected OPTION=FILE (e.g. PBRT=RD_PBRT.dcm, "
+                f"or PBRT+WPRT/Pelvis=RD_pelvis.dcm for one course), got {text!r}"
+            )
+        given: dict[str, str] | None = getattr(namespace, self.dest)
+        doses = dict(given or {})
+        if option in doses:
+            parser.error(f"{option_string or '--dose'}: {option} is given twice")
+        doses[option] = path
+        setattr(namespace, self.dest, doses)
+
+
+def _read_doses(doses: Mapping[str, str], progress: Progress) -> dict[str, ImportedDose]:
+    """The ``--dose`` files, read and checked (before the options are planned)."""
+    paths = {option: _require_file(path, f"--dose {option}=") for option, path in doses.items()}
+    if not paths:
+        return {}
+    with progress.step("reading imported doses"):
+        return {option: read_imported_dose(path) for option, path in paths.items()}
 
 
 def _optional_dir(path: str | None, option: str) -> Path | None:
@@ -823,7 +859,8 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
-    inputs = [args.ct, args.pet, args.structures, args.labels, args.lesions]
+    dose_files: dict[str, str] = args.dose or {}
+    inputs = [args.ct, args.pet, args.structures, args.labels, args.lesions, *dose_files.values()]
     if args.protocol and Path(args.protocol).exists():
         inputs.append(args.protocol)
     _require_dir(args.ct, "--ct")
@@ -831,7 +868,10 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
     context = context_from_args(args)
     case = _case_label(args)
     with staged_output(args.out, force=args.force, inputs=inputs) as tmp:
+        doses = _read_doses(dose_files, progress)
         atlas, lesions, tracer = _load_patient(args, progress)
+        for dose in doses.values():  # before the options are planned
+            check_same_frame(dose, atlas.grid)
         comparison = plan_case(
             atlas,
             lesions,
@@ -841,6 +881,7 @@ def _cmd_plan(args: argparse.Namespace, progress: Progress) -> int:
             progress=progress,
             context=context,
             tracer=tracer,
+            imported_doses=doses,
         )
         write_case_outputs(comparison, tmp, ct_folder=Path(args.ct), progress=progress)
     for skipped in comparison.skipped:  # listed even with --quiet
@@ -1084,18 +1125,33 @@ lesions (PSMA-positive, each becomes a GTV):
 _PLAN_EPILOG = (
     _INPUT_HELP
     + """
+imported plan doses (--dose OPTION=FILE, repeatable):
+  Compare a real plan with the estimate: FILE is an RTDOSE (DoseUnits GY, DoseSummationType
+  PLAN or MULTI_PLAN, an axial grid, the CT's FrameOfReferenceUID) of the option named
+  OPTION, e.g. from a planning system that optimised the targets of RS_<case>.dcm. The
+  option gets a second column "OPTION [imported]" next to its estimate, in the report and
+  the metrics; every column says whether its dose is estimated or imported (and from which
+  file). The dose is interpolated onto rtplan's dose grid; a structure the RTDOSE grid
+  does not cover counts as 0 Gy outside it, with a warning. For an option of several
+  courses, give the plan sum (its split over the courses is then approximated from the
+  estimate, and the rows that depend on it say so) or one file per course:
+  --dose OPTION/COURSE=FILE for each course. The option names are those of the report
+  (e.g. PBRT, PBRT+WPRT); a name that is not one of the case's options is an input error.
+
 outputs (in --out, written all at once at the end):
   RS_<case>.dcm      one RTSTRUCT: the organs and the GTV/CTV/PTV of every option,
                      referencing the input CT series (imports on top of it in a TPS)
   RD_<option>.dcm    one RTDOSE per option (total physical dose, Gy; an ESTIMATE)
   report.html        the options side by side (open in a browser, prints to PDF)
-  metrics.csv/.json  one row per metric, one column per option
+  metrics.csv/.json  one row per metric, one column per option (and per imported dose)
 
 examples:
   rtplan plan --ct pt01/CT --structures pt01/RS.dcm --lesions pt01/psma_lesions.nii.gz \\
               --out pt01_plan
   rtplan plan --ct pt01/CT --pet pt01/PET --lesions-from-pet suv:4 --protocol my.toml \\
               --dose-spacing 3 --out pt01_plan --force
+  rtplan plan --ct pt01/CT --structures pt01/RS.dcm --lesions pt01/psma_lesions.nii.gz \\
+              --dose PBRT=tps/RD_PBRT.dcm --dose PBRT+WPRT=tps/RD_WPRT_sum.dcm --out pt01_real
 """
 )
 
@@ -1318,6 +1374,14 @@ def _add_plan_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="LABEL",
         help="case label in the report and file names (default: the CT folder's name, or "
         "its parent's when it is called CT, DICOM...)",
+    )
+    g.add_argument(
+        "--dose",
+        action=_DoseAction,
+        metavar="OPTION=FILE",
+        help="an RTDOSE of the option OPTION (a real plan, e.g. from a TPS) compared with its "
+        "estimate in a column of its own (repeatable; OPTION/COURSE=FILE for one course; "
+        "see below)",
     )
     _add_out(p)
     _leaf(p, _cmd_plan)

@@ -13,23 +13,26 @@ import io
 import json
 import math
 import numbers
+import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from rtplan._io import atomic_write_text
 from rtplan._progress import Progress, ProgressLike, as_progress
-from rtplan._typing import FloatArray
+from rtplan._typing import BoolMask, FloatArray
 from rtplan.atlas import Atlas
 from rtplan.context import ClinicalContext
 from rtplan.derived import derived_oars
 from rtplan.dose_estimate import (
     ALPHA_BETA_GY,
+    CourseDose,
     DoseModelParameters,
     OptionDose,
     eqd2_gy,
@@ -48,6 +51,7 @@ from rtplan.dvh import (
 )
 from rtplan.errors import InvalidInputError, RtplanWarning
 from rtplan.grid import ImageGrid
+from rtplan.imported_dose import ImportedDose, dose_on_grid, read_imported_dose, uncovered_pct
 from rtplan.lesions import Lesions
 from rtplan.plan import FieldOption, TargetLevel, resolve_overlaps, target_levels
 from rtplan.protocol import Protocol, ProtocolConstraint, load_protocol
@@ -63,18 +67,39 @@ __all__ = [
     "BASIS_PHYSICAL",
     "DEFAULT_OARS",
     "HOT_SPOT_LIMIT_PCT",
+    "IMPORTED_SUFFIX",
     "NOT_EVALUATED",
+    "UNCOVERED_WARN_PCT",
     "Comparison",
     "ComparisonTable",
+    "DoseSource",
+    "ImportedDoseInput",
     "MetricRow",
     "OptionResult",
     "basis_eqd2",
     "basis_sbrt_course",
     "compare_options",
+    "imported_column",
 ]
 
 #: A value of :meth:`ComparisonTable.records`: text, a number, or nothing.
 RecordValue = str | float | None
+#: Where a column's dose comes from: rtplan's estimate, or a file (or array) imported.
+DoseSource = Literal["estimated", "imported"]
+#: An imported dose as :func:`compare_options` takes it: an RTDOSE file, or the dose itself.
+ImportedDoseInput = str | os.PathLike[str] | ImportedDose
+
+#: Appended to an option's name for the column of its imported dose.
+IMPORTED_SUFFIX = " [imported]"
+#: An imported dose grid that leaves more than this percentage of a reported structure
+#: outside is said in a warning and in the notes of the structure's rows.
+UNCOVERED_WARN_PCT = 0.1
+
+
+def imported_column(option: str) -> str:
+    """The column of an option's imported dose, e.g. ``"PBRT [imported]"``."""
+    return f"{option}{IMPORTED_SUFFIX}"
+
 
 #: Basis of a prescription row: the intended dose, not a dose estimate.
 BASIS_INTENDED = "intended (prescription)"
@@ -186,13 +211,41 @@ def _finite_or_none(value: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class ComparisonTable:
-    """The options side by side: one :class:`MetricRow` per metric, options as columns."""
+    """The options side by side: one :class:`MetricRow` per metric, options as columns.
+
+    Attributes
+    ----------
+    options : tuple of str
+        The columns: option names, and ``"<option> [imported]"`` for an imported dose.
+    rows : tuple of MetricRow
+        One per metric.
+    dose_sources : dict of str to str
+        Column -> ``"estimated"`` or ``"imported"`` (a column not listed is estimated).
+    dose_files : dict of str to str
+        Column -> the file name (or label) of its imported dose.
+    """
 
     options: tuple[str, ...]
     rows: tuple[MetricRow, ...]
+    dose_sources: dict[str, DoseSource] = field(default_factory=dict)
+    dose_files: dict[str, str] = field(default_factory=dict)
+
+    def dose_source(self, option: str) -> DoseSource:
+        """``"estimated"`` or ``"imported"``: where the dose of a column comes from."""
+        return self.dose_sources.get(option, "estimated")
+
+    def dose_label(self, option: str) -> str:
+        """``"estimated"``, or ``"imported: <file>"``: a column's dose, for its header."""
+        if self.dose_source(option) == "imported":
+            return f"imported: {self.dose_files.get(option, '')}".strip()
+        return "estimated"
 
     def records(self) -> list[dict[str, RecordValue]]:
-        """Rows as dicts: metadata keys, one value key and one status key per option."""
+        """Rows as dicts: metadata keys; one value, status and dose key per option.
+
+        The ``"<option> dose"`` key says where the column's dose comes from
+        (:meth:`dose_label`), the same in every row.
+        """
         out = []
         for r in self.rows:
             rec: dict[str, RecordValue] = {
@@ -206,6 +259,8 @@ class ComparisonTable:
                 rec[o] = r.values.get(o)
             for o in self.options:
                 rec[f"{o} status"] = r.status.get(o) or ""
+            for o in self.options:
+                rec[f"{o} dose"] = self.dose_label(o)
             rec["basis"] = r.basis
             rec["note"] = r.note
             rec["source"] = r.source
@@ -220,6 +275,7 @@ class ComparisonTable:
             ["group", "structure", "metric", "unit", "limit"]
             + list(self.options)
             + [f"{o} status" for o in self.options]
+            + [f"{o} dose" for o in self.options]
             + ["basis", "note", "source"]
         )
         writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
@@ -232,9 +288,17 @@ class ComparisonTable:
         return text
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text ``{"options": [...], "rows": [...]}``; written to ``path`` when given."""
+        """JSON text ``{"options": [...], "dose_sources": {...}, "rows": [...]}``.
+
+        ``dose_sources`` maps each column to ``{"source": "estimated" | "imported",
+        "file": <file name or "">}``. Written to ``path`` when given.
+        """
         payload = {
             "options": list(self.options),
+            "dose_sources": {
+                o: {"source": self.dose_source(o), "file": self.dose_files.get(o, "")}
+                for o in self.options
+            },
             "rows": [
                 {
                     "group": r.group,
@@ -294,9 +358,11 @@ class ComparisonTable:
     def __str__(self) -> str:
         labels = [r.label for r in self.rows]
         w0 = max([len("metric"), *map(len, labels)])
-        widths = [max(len(o), 9) for o in self.options]
+        doses = [self.dose_label(o) for o in self.options]
+        widths = [max(len(o), len(d), 9) for o, d in zip(self.options, doses)]
         lines = [
-            "  ".join(["metric".ljust(w0), *(o.rjust(w) for o, w in zip(self.options, widths))])
+            "  ".join(["metric".ljust(w0), *(o.rjust(w) for o, w in zip(self.options, widths))]),
+            "  ".join(["dose".ljust(w0), *(d.rjust(w) for d, w in zip(doses, widths))]),
         ]
         for r, label in zip(self.rows, labels):
             cells = []
@@ -332,6 +398,18 @@ class OptionResult:
     structures : list of Structure
         The option's own structures (GTV/CTV/PTV, cropped later-phase PTVs) on the CT
         grid.
+    dose_source : {"estimated", "imported"}
+        Where the dose comes from: rtplan's estimate, or imported (an RTDOSE of a
+        planning system, see ``imported_doses`` of :func:`compare_options`).
+    dose_file : str
+        File name(s) (or label) of an imported dose; ``""`` for an estimate.
+    dose_note : str
+        What an imported dose is and what rtplan did with it (its DoseSummationType, the
+        checks, a plan sum split over the courses), for the report.
+    uncovered_pct : dict of str to float
+        Structures that the imported dose grid does not cover (more than
+        :data:`UNCOVERED_WARN_PCT`) -> the percentage of their volume outside, counted
+        as 0 Gy.
     """
 
     option: FieldOption
@@ -341,11 +419,20 @@ class OptionResult:
     course_doses_gy: dict[str, FloatArray] = field(default_factory=dict)
     dvhs: dict[str, DVH] = field(default_factory=dict)
     structures: list[Structure] = field(default_factory=list)
+    dose_source: DoseSource = "estimated"
+    dose_file: str = ""
+    dose_note: str = ""
+    uncovered_pct: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        """Option name."""
+        """Option name: the column (``"<option> [imported]"`` for an imported dose)."""
         return self.option.name
+
+    @property
+    def is_imported(self) -> bool:
+        """Whether the dose is imported rather than estimated by rtplan."""
+        return self.dose_source == "imported"
 
 
 @dataclass(frozen=True, eq=False)
@@ -483,13 +570,14 @@ class Comparison:
         """Write one RTDOSE (total physical dose estimate) per option into ``folder``.
 
         Files are named ``RD_<option>.dcm``; each says in its description and comment
-        that it is an rtplan estimate, not a calculated plan.
+        that it is an rtplan estimate, not a calculated plan. Imported doses are not
+        written again (they are the user's own files).
         """
         from rtplan.dicom_io import write_rtdose
 
         paths = []
         for r in self.results:
-            if options is not None and r.name not in options:
+            if r.is_imported or (options is not None and r.name not in options):
                 continue
             paths.append(
                 write_rtdose(
@@ -741,6 +829,7 @@ def compare_options(
     context: ClinicalContext | None = None,
     tracer: Tracer | None = None,
     skipped: Sequence[SkippedOption] = (),
+    imported_doses: Mapping[str, ImportedDoseInput] | None = None,
 ) -> Comparison:
     """Estimate the dose of every option and lay the options side by side.
 
@@ -775,6 +864,14 @@ def compare_options(
         The PET tracer (:func:`rtplan.tracers.get_tracer`); sets the detection-rate source.
     skipped : sequence of SkippedOption, optional
         Options that could not be built (kept for the report and the command's exit status).
+    imported_doses : mapping of str to path or ImportedDose, optional
+        Real plan doses to compare with the estimates: option name -> an RTDOSE file
+        (:func:`rtplan.imported_dose.read_imported_dose`) or an
+        :class:`~rtplan.imported_dose.ImportedDose`, the whole option's physical dose
+        (the plan, or the plan sum of its courses); or ``"<option>/<course>"`` -> one
+        course's dose, given for every course of the option. Each such option gets a
+        second column, ``"<option> [imported]"`` (:func:`imported_column`), right after
+        its estimated one (see Notes).
 
     Returns
     -------
@@ -788,7 +885,13 @@ def compare_options(
     InvalidInputError
         No option, option names that repeat, a spacing that is not positive; a
         protocol whose NTCP model states an alpha/beta other than its ``[alpha_beta]``
-        value for that tissue.
+        value for that tissue; an ``imported_doses`` key that names no option (or
+        course), per-course doses missing a course or given with a plan sum; an imported
+        dose of a DoseSummationType or DoseType rtplan cannot compare.
+    DicomInputError
+        An imported RTDOSE that cannot be read (DoseUnits RELATIVE, an oblique grid...).
+    GridMismatchError
+        An imported dose whose FrameOfReferenceUID differs from the CT's.
 
     Notes
     -----
@@ -818,6 +921,22 @@ def compare_options(
     a note ``"not evaluated: <name> missing"`` (:meth:`Comparison.not_evaluated`). A
     constraint on ``"<Organ>-CTV"`` is evaluated on the organ minus the option's CTVs.
     The dose is an estimate for comparing options, not a treatment plan.
+
+    An imported dose is interpolated (trilinear) onto the same dose grid as the estimate
+    (:func:`rtplan.imported_dose.dose_on_grid`) and its column is evaluated by the same
+    code as the estimated one, on the same structures: its metrics differ from the
+    planning system's own DVHs only by that resampling and the structure occupancy of
+    the dose grid. Where the imported grid does not cover a reported structure, the
+    part outside counts as 0 Gy (as dicompyler-core counts contours outside the dose
+    grid), an :class:`~rtplan.errors.RtplanWarning` lists the structures with the
+    percentage outside, and their rows say so in the note. A plan sum of an option of
+    several courses is split over the courses voxel by voxel in proportion to the
+    estimated course doses (in proportion to the fractions where the estimate is 0 Gy):
+    rows on the composite physical dose are exact, rows on one course's dose, on EQD2 or
+    on the conventional courses of an option with SBRT ones are then an approximation and
+    their note says so; per-course files (``"<option>/<course>"``) avoid it. rtplan
+    checks an imported dose's units, geometry, summation type and frame of reference,
+    not its values.
     """
     _check_case_inputs(atlas, lesions, stage, protocol, case)
     _check_context(context, tracer)
@@ -830,6 +949,7 @@ def compare_options(
         resolve_overlaps(o, alpha_beta_gy=alpha_beta.target, spare=spare)
         for o in _field_options(options, atlas, lesions, proto)
     ]
+    requests = _import_requests(imported_doses, built)
     report = as_progress(False if progress is None else progress)
     params = DoseModelParameters() if dose_parameters is None else dose_parameters
     body = atlas.structures["Body"] if "Body" in atlas.structures else None
@@ -841,14 +961,28 @@ def compare_options(
     )
     results: list[OptionResult] = []
     per_option: dict[str, dict[_RowKey, _Cell]] = {}
+    prefix = f"{case}: " if case else ""
     for option in built:
-        report.step(f"{case + ': ' if case else ''}dose estimate for option {option.name}")
+        report.step(f"{prefix}dose estimate for option {option.name}")
         od = estimate_option_dose(
-            option, dose_grid, body=body, params=params, target_alpha_beta_gy=alpha_beta.target
+            option,
+            dose_grid,
+            body=body,
+            params=params,
+            target_alpha_beta_gy=alpha_beta.target,
+            organs=structures,
         )
         result, cells = _evaluate_option(setting, option, od)
         results.append(result)
         per_option[option.name] = cells
+        request = requests.get(option.name)
+        if request is None:
+            continue
+        report.step(f"{prefix}imported dose for option {option.name}")
+        column = _imported_column(request, option, od)
+        result, cells = _evaluate_option(setting, column.option, column.dose, column)
+        results.append(result)
+        per_option[result.name] = cells
     return Comparison(
         case=case,
         atlas=atlas,
@@ -856,7 +990,12 @@ def compare_options(
         stage=stage,
         protocol=proto,
         results=results,
-        table=_assemble_table([o.name for o in built], per_option),
+        table=_assemble_table(
+            [r.name for r in results],
+            per_option,
+            dose_sources={r.name: r.dose_source for r in results},
+            dose_files={r.name: r.dose_file for r in results if r.is_imported},
+        ),
         dose_model=_describe_model(params, spacing_mm),
         context=context,
         tracer=tracer,
@@ -1015,9 +1154,16 @@ class _Setting:
 
 
 def _evaluate_option(
-    setting: _Setting, option: FieldOption, od: OptionDose
+    setting: _Setting,
+    option: FieldOption,
+    od: OptionDose,
+    imported: _ImportedColumn | None = None,
 ) -> tuple[OptionResult, dict[_RowKey, _Cell]]:
-    """The result of one option and its cells of the table, row by row in table order."""
+    """The result of one option and its cells of the table, row by row in table order.
+
+    With ``imported``, ``od`` is the imported dose of the column ``option.name``: the
+    structures it does not cover and a plan sum's split are said in a warning and notes.
+    """
     total = od.total_gy
     eqd2 = _Eqd2(od)
     structs = _option_structures(option)
@@ -1039,7 +1185,19 @@ def _evaluate_option(
         dvhs=dvhs,
         structures=structs,
     )
-    return result, cells
+    if imported is None:
+        return result, cells
+    reported = _unique_by_name([*setting.oars, *structs, *organs.found()])
+    uncovered = _uncovered(setting, reported, imported.covered)
+    _warn_uncovered(option.name, imported.files, uncovered)
+    result = replace(
+        result,
+        dose_source="imported",
+        dose_file=imported.files,
+        dose_note=imported.note,
+        uncovered_pct=uncovered,
+    )
+    return result, _annotated(cells, option, imported.split, uncovered)
 
 
 def _unique_by_name(structures: Sequence[Structure]) -> list[Structure]:
@@ -1271,6 +1429,10 @@ class _OptionOrgans:
         if name not in self._cache:
             self._cache[name] = self._find(name)
         return self._cache[name]
+
+    def found(self) -> list[Structure]:
+        """The structures looked up so far that the anatomy has (derived ones too)."""
+        return [s for s in self._cache.values() if s is not None]
 
     def _find(self, name: str) -> Structure | None:
         structures = self._setting.structures
@@ -1542,7 +1704,11 @@ _GROUP_ORDER = {
 
 
 def _assemble_table(
-    options: Sequence[str], per_option: dict[str, dict[_RowKey, _Cell]]
+    options: Sequence[str],
+    per_option: dict[str, dict[_RowKey, _Cell]],
+    *,
+    dose_sources: Mapping[str, DoseSource] | None = None,
+    dose_files: Mapping[str, str] | None = None,
 ) -> ComparisonTable:
     keys: list[_RowKey] = []
     for o in options:
@@ -1566,8 +1732,9 @@ def _assemble_table(
                 status[o], headroom[o] = v.status, v.headroom
                 limit = v.limit or limit
                 source = v.source or source
-                if v.note and v.note not in notes:
-                    notes.append(v.note)
+                # the parts of a note (joined with "; ") once each: an imported column's
+                # note repeats the estimated column's and adds its own
+                notes += [n for n in v.note.split("; ") if n and n not in notes]
         rows.append(
             MetricRow(
                 group=k[0],
@@ -1583,14 +1750,284 @@ def _assemble_table(
                 note="; ".join(notes),
             )
         )
-    return ComparisonTable(tuple(options), tuple(rows))
+    return ComparisonTable(
+        tuple(options),
+        tuple(rows),
+        dose_sources=dict(dose_sources or {}),
+        dose_files=dict(dose_files or {}),
+    )
+
+
+# ---------------------------------------------------------------------------- imported doses
+@dataclass(frozen=True)
+class _ImportRequest:
+    """The imported dose of one option: one for the whole option, or one per course."""
+
+    whole: ImportedDose | None
+    per_course: tuple[ImportedDose, ...] = ()
+
+
+def _import_keys(
+    imported_doses: Mapping[str, ImportedDoseInput], by_name: Mapping[str, FieldOption]
+) -> dict[tuple[str, str | None], ImportedDoseInput]:
+    """``imported_doses`` keyed by (option, course or None); unknown keys refused."""
+    out: dict[tuple[str, str | None], ImportedDoseInput] = {}
+    for key, value in imported_doses.items():
+        if not isinstance(key, str):
+            raise TypeError(f"imported_doses keys must be option names (str), got {key!r}")
+        if imported_column(key) in by_name:
+            raise InvalidInputError(
+                f"imported dose for {key!r}: its column {imported_column(key)!r} is already "
+                "the name of an option"
+            )
+        if key in by_name:
+            out[(key, None)] = value
+            continue
+        option, sep, course = key.rpartition("/")
+        if sep and option in by_name and course in {c.name for c in by_name[option].courses}:
+            out[(option, course)] = value
+            continue
+        per_course = [
+            f"{o.name}/{c.name}" for o in by_name.values() if len(o.courses) > 1 for c in o.courses
+        ]
+        also = f" (or one course's dose: {', '.join(per_course)})" if per_course else ""
+        raise InvalidInputError(
+            f"imported dose for {key!r}: no such option; the options are {', '.join(by_name)}{also}"
+        )
+    return out
+
+
+def _as_imported(value: ImportedDoseInput, key: str) -> ImportedDose:
+    """An imported dose as given, or read from its RTDOSE file."""
+    if isinstance(value, ImportedDose):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return read_imported_dose(value)
+    raise TypeError(
+        f"imported_doses[{key!r}] must be an RTDOSE path or an rtplan.imported_dose."
+        f"ImportedDose, got {_type_name(value)}"
+    )
+
+
+def _import_requests(
+    imported_doses: Mapping[str, ImportedDoseInput] | None, options: Sequence[FieldOption]
+) -> dict[str, _ImportRequest]:
+    """Option name -> its imported dose(s), checked and read (before any estimate runs)."""
+    if imported_doses is None:
+        return {}
+    if not isinstance(imported_doses, Mapping):
+        raise TypeError(
+            "imported_doses must be a mapping of option name to an RTDOSE path or an "
+            f"ImportedDose, got {_type_name(imported_doses)}"
+        )
+    by_name = {o.name: o for o in options}
+    keys = _import_keys(imported_doses, by_name)
+    out: dict[str, _ImportRequest] = {}
+    for name, option in by_name.items():
+        courses = [c.name for c in option.courses]
+        given = [c for c in courses if (name, c) in keys]
+        if (name, None) in keys and given:
+            raise InvalidInputError(
+                f"imported doses for {name!r}: both a plan sum and per-course doses "
+                f"({', '.join(f'{name}/{c}' for c in given)}) were given: give one or the other"
+            )
+        if (name, None) in keys:
+            out[name] = _ImportRequest(_as_imported(keys[(name, None)], name))
+        elif given:
+            missing = [f"{name}/{c}" for c in courses if c not in given]
+            if missing:
+                raise InvalidInputError(
+                    f"imported doses for {name!r}: one is needed for every course, "
+                    f"{', '.join(missing)} missing (or give the plan sum as {name!r})"
+                )
+            doses = tuple(_as_imported(keys[(name, c)], f"{name}/{c}") for c in courses)
+            out[name] = _ImportRequest(None, doses)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class _ImportedColumn:
+    """An option's imported dose on the dose grid, as a column of its own.
+
+    ``option`` is the option renamed to its column (:func:`imported_column`); ``dose``
+    its courses' imported doses; ``covered`` the dose voxels every imported grid covers;
+    ``split`` whether a plan sum was split over several courses.
+    """
+
+    option: FieldOption
+    dose: OptionDose
+    covered: BoolMask
+    split: bool
+    files: str
+    note: str
+
+
+def _split_plan_sum(total_gy: FloatArray, estimated: OptionDose) -> list[FloatArray]:
+    """A plan-sum dose split over the courses in proportion to their estimated doses.
+
+    Where the estimate is 0 Gy the split follows the courses' numbers of fractions (the
+    same dose per fraction in every course).
+    """
+    courses = estimated.courses
+    if len(courses) == 1:
+        return [total_gy]
+    est_total = estimated.total_gy
+    dosed = est_total > 0.0
+    denominator = np.where(dosed, est_total, 1.0)
+    all_fractions = float(sum(c.fractions for c in courses))
+    return [
+        total_gy * np.where(dosed, c.dose_gy / denominator, c.fractions / all_fractions)
+        for c in courses
+    ]
+
+
+def _frame_text(doses: Sequence[ImportedDose], dose_grid: ImageGrid) -> str:
+    """What the frame-of-reference check found (it refuses a mismatch before this)."""
+    ct = dose_grid.frame_of_reference_uid
+    if ct is None:
+        return "frame of reference not checked (the CT has no FrameOfReferenceUID)"
+    if any(d.frame_of_reference_uid is None for d in doses):
+        return "frame of reference not checked (the RTDOSE has no FrameOfReferenceUID)"
+    return f"FrameOfReferenceUID that of the CT ({ct})"
+
+
+def _import_note(doses: Sequence[ImportedDose], dose_grid: ImageGrid, split_courses: int) -> str:
+    """The sentence the report shows for an imported column."""
+    kinds = ", ".join(sorted({d.summation_type for d in doses}))
+    note = (
+        f"dose imported from {', '.join(d.name for d in doses)} ({kinds}), not checked by "
+        f"rtplan; {_frame_text(doses, dose_grid)}"
+    )
+    if split_courses > 1:
+        note += (
+            f"; the plan sum is split over the {split_courses} courses voxel by voxel in "
+            "proportion to the estimated course doses (an approximation for the rows on one "
+            "course's dose or on EQD2)"
+        )
+    return note
+
+
+def _imported_column(
+    request: _ImportRequest, option: FieldOption, estimated: OptionDose
+) -> _ImportedColumn:
+    """The imported dose of ``option`` on the estimate's dose grid, per course."""
+    grid = estimated.dose_grid
+    if request.whole is not None:
+        doses: tuple[ImportedDose, ...] = (request.whole,)
+        total, covered = dose_on_grid(request.whole, grid)
+        parts = _split_plan_sum(total, estimated)
+        split = len(parts) > 1
+    else:
+        doses = request.per_course
+        on_grid = [dose_on_grid(d, grid) for d in doses]
+        parts = [d for d, _ in on_grid]
+        covered = np.logical_and.reduce([c for _, c in on_grid])
+        split = False
+    column = imported_column(option.name)
+    courses = tuple(
+        CourseDose(c.name, c.technique, c.fractions, part, dict(c.prescriptions_gy))
+        for c, part in zip(estimated.courses, parts)
+    )
+    return _ImportedColumn(
+        option=replace(option, name=column),
+        dose=OptionDose(column, grid, courses),
+        covered=covered,
+        split=split,
+        files=", ".join(d.name for d in doses),
+        note=_import_note(doses, grid, len(parts) if split else 1),
+    )
+
+
+def _uncovered(
+    setting: _Setting, structures: Sequence[Structure], covered: BoolMask
+) -> dict[str, float]:
+    """Structure name -> % of it outside the imported grid (above :data:`UNCOVERED_WARN_PCT`)."""
+    out: dict[str, float] = {}
+    for s in structures:
+        pct = uncovered_pct(setting.on_grid(s), covered)
+        if pct > UNCOVERED_WARN_PCT:
+            out[s.name] = pct
+    return out
+
+
+def _warn_uncovered(column: str, files: str, uncovered: Mapping[str, float]) -> None:
+    """One warning listing the structures an imported dose does not cover."""
+    if not uncovered:
+        return
+    listed = ", ".join(f"{name} {pct:.1f} %" for name, pct in uncovered.items())
+    warnings.warn(
+        f"{column}: the dose grid of {files} does not cover all of {listed} (the percentage "
+        "of each volume outside it); the part outside counts as 0 Gy, as dicompyler-core "
+        "counts contours outside the dose grid",
+        RtplanWarning,
+        stacklevel=4,  # the caller of compare_options
+    )
+
+
+def _courses_treating(option: FieldOption, structure: str) -> int:
+    """How many courses of ``option`` treat the target (PTV as drawn, or its CTV) ``structure``."""
+    return sum(
+        any(
+            structure == t.whole_ptv.name or (t.ctv is not None and structure == t.ctv.name)
+            for t in course.targets
+        )
+        for course in option.courses
+    )
+
+
+def _depends_on_split(key: _RowKey, option: FieldOption) -> bool:
+    """Whether a row's value depends on how a plan sum is split over the courses."""
+    basis = key[4]
+    if basis in (BASIS_PHYSICAL, BASIS_INTENDED, ""):
+        return False
+    if basis == BASIS_COURSES:
+        return _courses_treating(option, key[1]) < len(option.courses)
+    if basis == f"{BASIS_CONVENTIONAL}, physical":
+        return any(c.technique == "sbrt" for c in option.courses)
+    return True  # one course's dose, or EQD2 (not linear in the course doses)
+
+
+def _noted(cell: _Cell, note: str) -> _Cell:
+    """``cell`` with ``note`` added to its verdict's note (a verdict made for it if none)."""
+    if cell.verdict is None:
+        return _Cell(cell.value, _Verdict(None, None, None, "", note))
+    return _Cell(cell.value, replace(cell.verdict, note=_joined(cell.verdict.note, note)))
+
+
+def _annotated(
+    cells: dict[_RowKey, _Cell], option: FieldOption, split: bool, uncovered: Mapping[str, float]
+) -> dict[_RowKey, _Cell]:
+    """The cells of an imported column, with notes on coverage and on a split plan sum."""
+    column = option.name
+    out: dict[_RowKey, _Cell] = {}
+    for key, cell in cells.items():
+        pct = uncovered.get(key[1])
+        notes = []
+        if pct is not None:
+            notes.append(
+                f"{column}: {pct:.1f} % of {key[1]} outside the imported dose grid, counted as 0 Gy"
+            )
+        if split and _depends_on_split(key, option):
+            notes.append(
+                f"{column}: plan sum split over the courses in proportion to the estimate "
+                "(approximation)"
+            )
+        out[key] = _noted(cell, _joined(*notes)) if notes else cell
+    return out
 
 
 def _describe_model(params: DoseModelParameters, dose_spacing_mm: float) -> str:
-    parts = [f"{f.name}={getattr(params, f.name)!r}" for f in fields(params)]
+    parts = [
+        f"{f.name}={getattr(params, f.name)!r}" for f in fields(params) if f.name != "imrt_sparing"
+    ]
+    spared = "; ".join(
+        f"{o.organ} s={o.strength:g} L={o.length_mm:g} mm" for o in params.imrt_sparing
+    )
+    parts.append(f"imrt_sparing=({spared or 'none'})")
     return (
         "rtplan analytic dose estimate (distance-to-PTV fall-off for IMRT/VMAT and SBRT, "
-        "static-beam box with depth attenuation for 3D-CRT; see docs/dose_model.md) on a "
+        "static-beam box with depth attenuation for 3D-CRT, organ sparing of IMRT courses; "
+        "see docs/dose_model.md) on a "
         f"{dose_spacing_mm:g} mm dose grid; later-phase PTVs cropped by higher targets of "
         "earlier courses and the composite held under the plan-sum ceiling "
         "(plan_sum_ceiling times the highest intended level, EQD2); parameters: " + ", ".join(parts)

@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -65,7 +65,7 @@ from rtplan._memory import (
 from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan.atlas import Atlas, load_atlas
-from rtplan.compare import Comparison, compare_options
+from rtplan.compare import Comparison, ImportedDoseInput, compare_options
 from rtplan.context import ClinicalContext
 from rtplan.dicom_io import write_ct_series
 from rtplan.dose_estimate import make_dose_grid
@@ -461,6 +461,7 @@ def plan_case(
     progress: Progress | ProgressLike | bool | None = False,
     context: ClinicalContext | None = None,
     tracer: Tracer | None = None,
+    imported_doses: Mapping[str, ImportedDoseInput] | None = None,
 ) -> Comparison:
     """Stage the lesions, suggest and build the options, and compare them.
 
@@ -482,11 +483,15 @@ def plan_case(
         PSA and pathology, shown in the report with what the PET result means at that PSA.
     tracer : Tracer, optional
         The PET tracer.
+    imported_doses : mapping of str to RTDOSE path or ImportedDose, optional
+        Real plan doses by option name (or ``"<option>/<course>"``), compared in their own
+        columns beside the estimates (see :func:`rtplan.compare.compare_options`).
 
     Returns
     -------
     Comparison
-        With the stage (``comparison.stage``) and one result per suggested option.
+        With the stage (``comparison.stage``) and one result per suggested option (and
+        per imported dose).
 
     Raises
     ------
@@ -520,6 +525,7 @@ def plan_case(
             context=context,
             tracer=tracer,
             skipped=skipped,
+            imported_doses=imported_doses,
         )
 
 

@@ -497,6 +497,23 @@ def _option_colors(names: Sequence[str]) -> dict[str, str]:
     return {n: OPTION_COLORS[i % len(OPTION_COLORS)] for i, n in enumerate(names)}
 
 
+def _imported(comparison: Comparison) -> list[OptionResult]:
+    """The columns whose dose is imported (a planning system's), in order."""
+    return [r for r in comparison.results if r.is_imported]
+
+
+def _dose_tag(comparison: Comparison, name: str) -> str:
+    """The mark under a column's name: ``estimated``, or ``imported: <file>``."""
+    table = comparison.table
+    kind = table.dose_source(name)
+    return f'<span class="hr dose-{kind}">{_esc(table.dose_label(name))}</span>'
+
+
+def _column_head(comparison: Comparison, name: str, colors: dict[str, str]) -> str:
+    """A column header's content: swatch, name and where its dose comes from."""
+    return f"{_swatch(colors.get(name, '#888'))}{_esc(name)}{_dose_tag(comparison, name)}"
+
+
 def _swatch(color: str) -> str:
     return f'<span class="swatch" style="background:{color}"></span>'
 
@@ -1682,7 +1699,7 @@ def _uncertain_list(comparison: Comparison) -> str:
     items = "".join(f"<li>{_esc(u.text)}</li>" for u in stage.uncertain)
     return (
         '<p class="note">Near the border of two categories (staged as the first; '
-        f"check the images):</p><ul id=\"uncertain\">{items}</ul>"
+        f'check the images):</p><ul id="uncertain">{items}</ul>'
     )
 
 
@@ -1863,7 +1880,7 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
         '<table id="glance-table" class="wide"><thead><tr><th></th>',
     ]
     for name in names:
-        out.append(f'<th data-option="{_esc(name)}">{_swatch(colors[name])}{_esc(name)}</th>')
+        out.append(f'<th data-option="{_esc(name)}">{_column_head(comparison, name, colors)}</th>')
     out.append("</tr></thead><tbody>")
 
     def row(label: str, cells: Iterable[str], attrs: str = "") -> None:
@@ -1936,10 +1953,22 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
         "treatment plan. "
         "The model has no OAR sparing: intermediate-dose metrics (V40-V50) of organs next to "
         "a PTV (rectum, bladder) are pessimistic and fail more often than an optimised plan "
-        "would; compare them between options rather than with the limit.</p>"
+        "would; compare them between options rather than with the limit."
+        f"{_imported_sentence(comparison)}</p>"
     )
     out.append("</section>")
     return "\n".join(out)
+
+
+def _imported_sentence(comparison: Comparison) -> str:
+    """A sentence on the imported columns (``""`` when there is none)."""
+    if not _imported(comparison):
+        return ""
+    return (
+        " Columns marked <i>imported</i> hold a planning system's dose (the file under the "
+        "column's name), resampled to rtplan's dose grid and evaluated on the same "
+        "structures; the model's limits do not apply to them."
+    )
 
 
 def _value_cell(row: MetricRow, option: str) -> str:
@@ -1975,7 +2004,7 @@ def _options_section(comparison: Comparison, colors: dict[str, str]) -> str:
         '<table id="options-table" class="wide"><thead><tr><th></th>',
     ]
     for r in results:
-        out.append(f"<th>{_swatch(colors[r.name])}{_esc(r.name)}</th>")
+        out.append(f"<th>{_column_head(comparison, r.name, colors)}</th>")
     out.append("</tr></thead><tbody>")
 
     def row(label: str, cells: Iterable[str]) -> None:
@@ -2036,7 +2065,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
         '<th class="basis">Dose (basis)</th><th>Limit</th>',
     ]
     for o in options:
-        out.append(f'<th class="num">{_swatch(colors.get(o, "#888"))}{_esc(o)}</th>')
+        out.append(f'<th class="num">{_column_head(comparison, o, colors)}</th>')
     out.append("<th>Source and note</th></tr></thead><tbody>")
     group = None
     previous = None
@@ -2141,6 +2170,7 @@ def _model_section(comparison: Comparison) -> str:
     model = comparison.dose_model or "(the dose model did not describe itself)"
     out.append(f"<p>{_esc(model)}</p>")
     out.append(f'<p class="disclaimer">{_esc(MODEL_LIMITS)}</p>')
+    out.append(_imported_doses_text(comparison))
     out.append('<h3>Protocol</h3><table class="kv">')
     out.append(f"<tr><th>Name</th><td>{_esc(protocol.name)}</td></tr>")
     for label, value in (("Title", protocol.title), ("File", protocol.path)):
@@ -2161,6 +2191,32 @@ def _model_section(comparison: Comparison) -> str:
     out.append(f"<tr><th>Comparison computed</th><td>{created:%Y-%m-%d %H:%M}</td></tr>")
     out.append(f"<tr><th>Report written</th><td>{datetime.now():%Y-%m-%d %H:%M}</td></tr>")
     out.append("</table></section>")
+    return "\n".join(out)
+
+
+def _imported_doses_text(comparison: Comparison) -> str:
+    """What each imported column's dose is, and what it does not cover (``""`` if none)."""
+    imported = _imported(comparison)
+    if not imported:
+        return ""
+    out = [
+        '<h3>Imported doses</h3><p class="note">The model and its limits above apply to the '
+        "estimated columns only. The imported columns hold doses rtplan did not compute: it "
+        "read their units, grid, summation type and frame of reference, interpolated them "
+        "(trilinear) onto its dose grid and evaluated them on the same structures as the "
+        "estimates.</p>",
+        '<ul class="imported-doses">',
+    ]
+    for r in imported:
+        text = f"<b>{_esc(r.name)}</b>: {_esc(r.dose_note)}"
+        if r.uncovered_pct:
+            parts = ", ".join(f"{name} {pct:.1f} %" for name, pct in r.uncovered_pct.items())
+            text += (
+                f"; its dose grid does not cover all of {_esc(parts)} (the part outside "
+                "counts as 0 Gy)"
+            )
+        out.append(f"<li>{text}</li>")
+    out.append("</ul>")
     return "\n".join(out)
 
 
@@ -2205,11 +2261,12 @@ def _images_section(comparison: Comparison, colors: dict[str, str]) -> str:
         planes = _three_planes(window, centre)
         uri = _option_images(comparison, r, window, planes)
         where = f"through the centroid of {ptv.name}" if ptv is not None else ""
+        source = f" ({comparison.table.dose_label(r.name)})" if r.is_imported else ""
         out.append(
-            f'<figure class="keep"><h3>{_swatch(colors[r.name])}{_esc(r.name)}</h3>'
+            f'<figure class="keep"><h3>{_column_head(comparison, r.name, colors)}</h3>'
             f'<img alt="Axial, coronal and sagittal dose of {_esc(r.name)} {_esc(where)}" '
-            f'src="{uri}"><figcaption>{_esc(r.name)}: planes {_esc(where)}.</figcaption>'
-            "</figure>"
+            f'src="{uri}"><figcaption>{_esc(r.name)}{_esc(source)}: planes {_esc(where)}.'
+            "</figcaption></figure>"
         )
         extra = _extra_axial_figure(comparison, r, window, planes)
         if extra is not None:
@@ -2264,14 +2321,26 @@ def _report_header(comparison: Comparison, title: str) -> str:
     meta += [f"protocol {_esc(protocol.name)}", f"rtplan {_esc(_rtplan_version())}"]
     meta.append(_esc(f"{created:%Y-%m-%d}"))
     sep = " \u00b7 "
+    if _imported(comparison):
+        disclaimer = (
+            '<p class="disclaimer"><b>Estimated columns: an estimate for comparing options, '
+            "not a treatment plan.</b> Their doses come from a fast analytic model; see the "
+            "last section for its limits. Columns marked <i>imported</i> hold doses imported "
+            "from a planning system (the file is named under the column), not checked by "
+            "rtplan.</p>"
+        )
+    else:
+        disclaimer = (
+            '<p class="disclaimer"><b>Estimate for comparing options, not a treatment '
+            "plan.</b> Doses come from a fast analytic model; see the last section for "
+            "its limits.</p>"
+        )
     return "\n".join(
         [
             '<header class="report-head">',
             f"<h1>{_esc(title)}</h1>",
             f'<div class="meta">{sep.join(meta)}</div></header>',
-            '<p class="disclaimer"><b>Estimate for comparing options, not a treatment '
-            "plan.</b> Doses come from a fast analytic model; see the last section for "
-            "its limits.</p>",
+            disclaimer,
         ]
     )
 

@@ -80,14 +80,7 @@ _FIT = "fitted on pyRadPlan reference plans (calibration/, docs/dose_model.md 4.
 
 #: Sparing of the organs a prostate-bed / pelvic IMRT plan is optimised to spare.
 #: Values are replaced by the calibration fit (``calibration/fit_model.py``).
-DEFAULT_SPARING: tuple[OrganSparing, ...] = (
-    OrganSparing("Rectum", 0.45, 12.0, _FIT),
-    OrganSparing("Bladder", 0.35, 12.0, _FIT),
-    OrganSparing("PenileBulb", 0.5, 10.0, _FIT),
-    OrganSparing("Spc_Bowel", 0.3, 15.0, _FIT),
-    OrganSparing("Bowel_Small", 0.3, 15.0, _FIT),
-    OrganSparing("Sigmoid", 0.3, 15.0, _FIT),
-)
+DEFAULT_SPARING: tuple[OrganSparing, ...] = ()
 
 
 def sparing_factor(

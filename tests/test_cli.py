@@ -677,3 +677,90 @@ def test_demo_end_to_end_one_case(tmp_path, capsys):
     assert (case / "report.html").stat().st_size > 1000
     assert (case / "metrics.json").stat().st_size > 100
     assert not any(p.name.startswith(".demo.") for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- imported doses
+def test_plan_help_explains_imported_doses(capsys):
+    _, out, _ = run(["plan", "--help"], capsys)
+    for text in ("--dose OPTION=FILE", "OPTION/COURSE=FILE", "[imported]", "DoseSummationType"):
+        assert text in out
+
+
+@pytest.mark.parametrize("value", ["PBRT", "=RD.dcm", "PBRT="])
+def test_bad_dose_syntax_is_a_usage_error(value, tmp_path, capsys):
+    argv = ["plan", "--ct", tmp_path, "--out", tmp_path / "out", "--dose", value]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--dose", "OPTION=FILE")
+
+
+def test_a_dose_given_twice_is_a_usage_error(tmp_path, capsys):
+    argv = ["plan", "--ct", tmp_path, "--out", tmp_path / "out"]
+    code, _, err = run([*argv, "--dose", "PBRT=a.dcm", "--dose", "PBRT=b.dcm"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--dose", "PBRT is given twice")
+
+
+def test_a_missing_dose_file_is_an_input_error(exported_atlas, tmp_path, capsys):
+    argv = ["plan", "--ct", exported_atlas / "ct", "--out", tmp_path / "out", "-q"]
+    code, _, err = run([*argv, "--dose", f"PBRT={tmp_path / 'none.dcm'}"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "--dose PBRT=", "none.dcm", "does not exist")
+    assert_nothing_left(tmp_path, "out")
+
+
+@pytest.fixture(scope="module")
+def uniform_rtdose(exported_atlas, tmp_path_factory):
+    """A uniform 50 Gy RTDOSE on the exported CT (its FrameOfReferenceUID), and a copy in
+    another frame of reference."""
+    import pydicom
+
+    from rtplan.dicom_io import read_ct_series, write_rtdose
+
+    folder = tmp_path_factory.mktemp("tps")
+    ct = read_ct_series(exported_atlas / "ct", pixels=False)
+    path = write_rtdose(np.full(ct.grid.shape, 50.0), ct.grid, folder / "RD_tps.dcm", ct_folder=ct)
+    ds = pydicom.dcmread(path)
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.save_as(folder / "RD_other_frame.dcm")
+    return path, folder / "RD_other_frame.dcm", ct.grid.frame_of_reference_uid
+
+
+def test_plan_with_an_imported_dose_end_to_end(exported_atlas, uniform_rtdose, tmp_path, capsys):
+    """``--dose PBRT=RD.dcm``: an imported column beside the estimate, marked as such."""
+    rd, _, _ = uniform_rtdose
+    out_dir = tmp_path / "plan"
+    (rs,) = sorted(exported_atlas.glob("RS_*.dcm"))
+    argv = ["plan", "--ct", exported_atlas / "ct", "--structures", rs, "--out", out_dir]
+    argv += ["--dose-spacing", "5"]
+    code, _, err = run([*argv, "--dose", f"PBRT={rd}", "-q"], capsys)
+    assert code == 0, err
+    assert "rtplan: warning:" not in err  # the RTDOSE covers the whole CT
+    with open(out_dir / "metrics.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    assert records[0]["PBRT dose"] == "estimated"
+    assert records[0]["PBRT [imported] dose"] == "imported: RD_tps.dcm"
+    dmean = [r for r in records if r["metric"] == "Dmean" and r["PBRT [imported]"]]
+    assert dmean and all(float(r["PBRT [imported]"]) == pytest.approx(50.0) for r in dmean)
+    report = (out_dir / "report.html").read_text(encoding="utf-8")
+    assert "PBRT [imported]" in report and "imported: RD_tps.dcm" in report
+    assert "dose imported from RD_tps.dcm (PLAN), not checked by rtplan" in report
+    # the imported dose is not written back as an rtplan estimate
+    assert not [p for p in out_dir.iterdir() if "imported" in p.name]
+    assert (out_dir / "RD_PBRT.dcm").exists()
+
+
+def test_plan_refuses_a_dose_of_another_frame_or_option(
+    exported_atlas, uniform_rtdose, tmp_path, capsys
+):
+    rd, other, ct_uid = uniform_rtdose
+    (rs,) = sorted(exported_atlas.glob("RS_*.dcm"))
+    argv = ["plan", "--ct", exported_atlas / "ct", "--structures", rs, "--dose-spacing", "5", "-q"]
+    code, _, err = run([*argv, "--out", tmp_path / "a", "--dose", f"PBRT={other}"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "RD_other_frame.dcm", "1.2.826.0.1.3680043.8.498.1", ct_uid)
+    assert_nothing_left(tmp_path, "a")
+    code, _, err = run([*argv, "--out", tmp_path / "b", "--dose", f"NOPE={rd}"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "'NOPE'", "no such option", "PBRT")
+    assert_nothing_left(tmp_path, "b")

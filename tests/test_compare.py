@@ -6,10 +6,16 @@ import sys
 import types
 
 import numpy as np
+import pydicom
 import pytest
 from phantoms import sphere_mask
+from scipy import ndimage
 
-from rtplan.compare import compare_options
+from rtplan.compare import compare_options, imported_column
+from rtplan.dicom_io import write_rtdose
+from rtplan.errors import DicomInputError
+from rtplan.grid import ImageGrid
+from rtplan.imported_dose import ImportedDose
 from rtplan.lesions import lesions_from_mask
 from rtplan.staging import stage
 from rtplan.volumes import OptionSpec, build_options, suggest_options
@@ -524,3 +530,203 @@ def test_protocol_boost_spare_organs_crop_boost_ptvs(coarse_atlas, tmp_path):
     missing = load_protocol(_protocol_sparing(tmp_path, '["Rectum", "Rectum_Nowhere"]'))
     with pytest.warns(RtplanWarning, match="Rectum_Nowhere"):
         compare_options(a, lesions, spec, protocol=missing, stage=st, dose_spacing_mm=5.0)
+
+
+# ---- imported plan doses ----------------------------------------------------------------
+def _option(t0_case, name):
+    _, options, _ = t0_case
+    return next(o for o in options if o.name == name)
+
+
+def _pairs(cmp, option):
+    """(row, estimated value, imported value) of every row with values in both columns."""
+    column = imported_column(option)
+    for row in cmp.table.rows:
+        a, b = row.values[option], row.values[column]
+        assert (a is None) == (b is None), row.label
+        if a is not None:
+            yield row, a, b
+
+
+@pytest.fixture(scope="module")
+def round_trip(t0, coarse_atlas, tmp_path_factory):
+    """Each estimated option dose written as RTDOSE (32 bits) and imported for its option."""
+    st, options, cmp = t0
+    folder = tmp_path_factory.mktemp("rtdose")
+    files = {
+        r.name: write_rtdose(r.dose_gy, r.dose_grid, folder / f"RD_{i}.dcm", bits=32)
+        for i, r in enumerate(cmp.results)
+    }
+    wprt = cmp.result("PBRT+WPRT")
+    for course, dose in wprt.course_doses_gy.items():
+        files[f"PBRT+WPRT/{course}"] = write_rtdose(
+            dose, wprt.dose_grid, folder / f"RD_wprt_{course}.dcm", bits=32
+        )
+    whole = {"PBRT": files["PBRT"], "PBRT+WPRT": files["PBRT+WPRT"]}
+    both = compare_options(coarse_atlas, None, options, stage=st, imported_doses=whole)
+    return cmp, files, both
+
+
+def test_an_imported_estimate_gives_the_estimates_metrics_back(round_trip):
+    cmp, files, both = round_trip
+    assert both.options == [
+        "PBRT",
+        "PBRT [imported]",
+        "PBRT+STAD",
+        "PBRT+WPRT",
+        "PBRT+WPRT [imported]",
+    ]
+    for option in ("PBRT", "PBRT+WPRT"):
+        for row, a, b in _pairs(both, option):
+            assert b == pytest.approx(a, abs=0.02, rel=1e-3), (option, row.label)
+        result = both.result(imported_column(option))
+        assert result.is_imported and result.dose_source == "imported"
+        assert result.dose_file == files[option].name
+        assert "not checked by rtplan" in result.dose_note and "(PLAN)" in result.dose_note
+        assert result.uncovered_pct == {}
+        assert both.result(option).dose_source == "estimated"
+    # the estimated columns are those of a comparison without imported doses
+    for row in cmp.table.rows:
+        same = both.table.row(row.structure, row.metric, basis=row.basis)
+        assert same.values["PBRT"] == row.values["PBRT"], row.label
+    # the plan sum of the two-course option is split: the rows that depend on it say so
+    split = [r for r in both.table.rows if "plan sum split" in r.note]
+    assert split and all(r.basis != "composite physical" for r in split)
+    assert "split over the 2 courses" in both.result("PBRT+WPRT [imported]").dose_note
+    assert not any("PBRT [imported]: plan sum" in r.note for r in both.table.rows)
+    # the table, CSV and JSON say where each column's dose comes from
+    assert both.table.dose_label("PBRT") == "estimated"
+    assert both.table.dose_label("PBRT [imported]") == f"imported: {files['PBRT'].name}"
+    assert f"imported: {files['PBRT'].name}" in str(both.table).splitlines()[1]
+    header = both.table.to_csv().splitlines()[0].split(",")
+    assert "PBRT [imported]" in header and "PBRT [imported] dose" in header
+    record = both.table.records()[0]
+    assert record["PBRT dose"] == "estimated"
+    assert record["PBRT [imported] dose"] == f"imported: {files['PBRT'].name}"
+    sources = json.loads(both.table.to_json())["dose_sources"]
+    assert sources["PBRT"] == {"source": "estimated", "file": ""}
+    assert sources["PBRT [imported]"] == {"source": "imported", "file": files["PBRT"].name}
+
+
+def test_imported_doses_are_not_written_again_as_rtplan_estimates(round_trip, tmp_path):
+    _, _, both = round_trip
+    ct = tmp_path / "ct"
+    both.atlas.export_ct(ct)
+    paths = both.write_rtdose(tmp_path / "out", ct_folder=ct)
+    assert sorted(p.name for p in paths) == ["RD_PBRT+STAD.dcm", "RD_PBRT+WPRT.dcm", "RD_PBRT.dcm"]
+
+
+def test_per_course_doses_need_no_split(round_trip, t0, coarse_atlas):
+    _, files, _ = round_trip
+    st, _, _ = t0
+    wprt = _option(t0, "PBRT+WPRT")
+    doses = {k: v for k, v in files.items() if k.startswith("PBRT+WPRT/")}
+    assert len(doses) == len(wprt.courses) == 2
+    cmp = compare_options(coarse_atlas, None, [wprt], stage=st, imported_doses=doses)
+    for row, a, b in _pairs(cmp, "PBRT+WPRT"):
+        assert b == pytest.approx(a, abs=0.02, rel=1e-3), row.label
+        assert "split" not in row.note
+    result = cmp.result("PBRT+WPRT [imported]")
+    assert result.dose_file == ", ".join(doses[k].name for k in doses)
+    # a course missing, or a plan sum given too, is refused
+    first = next(iter(doses))
+    with pytest.raises(InvalidInputError, match="every course.*missing"):
+        compare_options(coarse_atlas, None, [wprt], imported_doses={first: doses[first]})
+    with pytest.raises(InvalidInputError, match="both a plan sum and per-course"):
+        compare_options(
+            coarse_atlas, None, [wprt], imported_doses={**doses, "PBRT+WPRT": doses[first]}
+        )
+
+
+def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_atlas):
+    """The estimate sampled 0.5 mm off in every axis, then imported (resampled again).
+
+    Two trilinear resamplings blur the steep fall-off at the PTV edge a little: D95 and
+    V65 move by about 1 Gy and 2 points there; mean doses by less than 0.2 Gy.
+    """
+    st, _, cmp = t0
+    pbrt = _option(t0, "PBRT")
+    estimate = cmp.result("PBRT")
+    g = estimate.dose_grid
+    shift_mm = 0.5
+    shifted = ImageGrid(g.shape, g.spacing_mm, tuple(o + shift_mm for o in g.origin_mm))
+    steps = [np.arange(n) + shift_mm / s for n, s in zip(g.shape, g.spacing_mm)]
+    index = np.meshgrid(*steps, indexing="ij")
+    dose = ndimage.map_coordinates(estimate.dose_gy, np.stack(index), order=1, mode="nearest")
+    imported = ImportedDose(dose, shifted, "offset plan")
+    both = compare_options(coarse_atlas, None, [pbrt], stage=st, imported_doses={"PBRT": imported})
+    tolerance = {"Gy": 1.5, "%": 3.0, "%Rx": 0.5, "% intended": 0.5, "cc": 1e-9}
+    for row, a, b in _pairs(both, "PBRT"):
+        tol = 0.2 if row.metric == "Dmean" else tolerance[row.unit]
+        assert abs(b - a) <= tol, (row.label, a, b)
+
+
+def test_a_uniform_imported_dose_gives_its_dose_to_every_organ(t0, coarse_atlas, recwarn):
+    st, _, cmp = t0
+    pbrt = _option(t0, "PBRT")
+    g = cmp.result("PBRT").dose_grid
+    shape = tuple(n + 4 for n in g.shape)
+    origin = tuple(o - 2 * s for o, s in zip(g.origin_mm, g.spacing_mm[::-1]))  # x, y, z
+    big = ImageGrid(shape, g.spacing_mm, origin)
+    uniform = ImportedDose(np.full(big.shape, 50.0), big, "uniform 50 Gy")
+    both = compare_options(coarse_atlas, None, [pbrt], stage=st, imported_doses={"PBRT": uniform})
+    assert not [w for w in recwarn if issubclass(w.category, RtplanWarning)]
+    result = both.result("PBRT [imported]")
+    for row in both.table.rows:
+        if row.metric == "Dmean":
+            assert row.values["PBRT [imported]"] == pytest.approx(50.0, abs=1e-6), row.label
+    for name, dvh in result.dvhs.items():
+        assert dvh.volume_at_dose_pct(45.0) == pytest.approx(100.0), name
+        assert dvh.mean_gy == pytest.approx(50.0, abs=1e-6), name
+
+
+def test_an_organ_half_outside_the_imported_grid_counts_0_gy_there(t0, coarse_atlas):
+    """Like dicompyler-core: the part outside the dose grid is 0 Gy, with a warning."""
+    st, _, cmp = t0
+    pbrt = _option(t0, "PBRT")
+    g = cmp.result("PBRT").dose_grid
+    ct = coarse_atlas.grid
+    rectum = coarse_atlas.structures["Rectum"].mask
+    slices = np.flatnonzero(rectum.any(axis=(1, 2)))
+    k_ct = int(slices[len(slices) // 2])  # the grid covers the CT slices from k_ct up
+    z_edge = ct.origin_mm[2] + (k_ct - 0.5) * ct.spacing_mm[0]
+    k_dose = round((z_edge - g.origin_mm[2]) / g.spacing_mm[0] + 0.5)
+    assert g.origin_mm[2] + (k_dose - 0.5) * g.spacing_mm[0] == pytest.approx(z_edge)
+    x0, y0, z0 = g.origin_mm
+    upper_origin = (x0, y0, z0 + k_dose * g.spacing_mm[0])
+    upper = ImageGrid((g.shape[0] - k_dose, *g.shape[1:]), g.spacing_mm, upper_origin)
+    covered = rectum[k_ct:].sum() / rectum.sum()
+    assert 0.2 < covered < 0.8
+    dose = ImportedDose(np.full(upper.shape, 50.0), upper, "upper half")
+    with pytest.warns(RtplanWarning, match=r"upper half does not cover all of Rectum \d"):
+        both = compare_options(coarse_atlas, None, [pbrt], stage=st, imported_doses={"PBRT": dose})
+    result = both.result("PBRT [imported]")
+    assert result.uncovered_pct["Rectum"] == pytest.approx(100.0 * (1 - covered))
+    row = both.table.row("Rectum", "Dmean")
+    assert row.values["PBRT [imported]"] == pytest.approx(50.0 * covered, abs=0.05)
+    assert result.dvhs["Rectum"].volume_at_dose_pct(45.0) == pytest.approx(100 * covered, abs=0.1)
+    assert "of Rectum outside the imported dose grid, counted as 0 Gy" in row.note
+    # the estimated column is untouched
+    assert row.values["PBRT"] == cmp.table.row("Rectum", "Dmean").values["PBRT"]
+
+
+def test_imported_doses_that_cannot_be_compared_are_refused(t0, coarse_atlas, tmp_path):
+    _, _, cmp = t0
+    pbrt = _option(t0, "PBRT")
+    estimate = cmp.result("PBRT")
+    path = write_rtdose(estimate.dose_gy, estimate.dose_grid, tmp_path / "rd.dcm")
+    with pytest.raises(InvalidInputError, match=r"'PBRT\+WPRT'.*no such option.*PBRT"):
+        compare_options(coarse_atlas, None, [pbrt], imported_doses={"PBRT+WPRT": path})
+    with pytest.raises(InvalidInputError, match=r"'PBRT/Boost'.*no such option"):
+        compare_options(coarse_atlas, None, [pbrt], imported_doses={"PBRT/Boost": path})
+    with pytest.raises(TypeError, match="imported_doses must be a mapping"):
+        compare_options(coarse_atlas, None, [pbrt], imported_doses=[path])
+    with pytest.raises(TypeError, match=r"imported_doses\['PBRT'\] must be an RTDOSE path"):
+        compare_options(coarse_atlas, None, [pbrt], imported_doses={"PBRT": 50.0})
+    ds = pydicom.dcmread(path)
+    ds.DoseUnits = "RELATIVE"
+    ds.save_as(tmp_path / "relative.dcm")
+    with pytest.raises(DicomInputError, match="RELATIVE"):
+        compare_options(
+            coarse_atlas, None, [pbrt], imported_doses={"PBRT": tmp_path / "relative.dcm"}
+        )

@@ -929,3 +929,64 @@ def test_dvh_limits_identical_curves_and_labels(real_case):
     ys = sorted((s[1], s[0]) for s in spots)
     for (y0, x0), (y1, x1) in itertools.pairwise(ys):
         assert abs(y1 - y0) >= 3.0 or abs(x1 - x0) >= 5.0
+
+
+# ----------------------------------------------------------------------------- imported doses
+def _with_imported_twin(comparison: Comparison) -> Comparison:
+    """The phantom comparison with PBRT's dose also as an imported column."""
+    pbrt = comparison.result("PBRT")
+    name = "PBRT [imported]"
+    twin = dataclasses.replace(
+        pbrt,
+        option=dataclasses.replace(pbrt.option, name=name),
+        dose_source="imported",
+        dose_file="RD_tps.dcm",
+        dose_note="dose imported from RD_tps.dcm (PLAN), not checked by rtplan",
+        uncovered_pct={"Rectum": 12.5},
+    )
+    options = (*comparison.table.options, name)
+    rows = tuple(
+        dataclasses.replace(
+            r,
+            values={**r.values, name: r.values["PBRT"]},
+            status={**r.status, name: r.status.get("PBRT")},
+            headroom={**r.headroom, name: r.headroom.get("PBRT")},
+        )
+        for r in comparison.table.rows
+    )
+    table = ComparisonTable(
+        options,
+        rows,
+        dose_sources={name: "imported"},
+        dose_files={name: "RD_tps.dcm"},
+    )
+    return dataclasses.replace(comparison, results=[*comparison.results, twin], table=table)
+
+
+def test_every_column_header_says_estimated_or_imported(comparison):
+    text = rpt.render_report(_with_imported_twin(comparison))
+    for table_id in ("glance-table", "options-table", "metrics"):
+        table = re.search(rf'<table id="{table_id}"[^>]*>(.*?)</thead>', text, re.S).group(1)
+        heads = re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)
+        marks = [re.findall(r'class="hr dose-(\w+)">([^<]*)<', h) for h in heads]
+        marks = [m[0] for m in marks if m]
+        assert marks == [
+            ("estimated", "estimated"),
+            ("estimated", "estimated"),
+            ("imported", "imported: RD_tps.dcm"),
+        ], table_id
+    # the images of the imported column say where the dose comes from
+    assert "PBRT [imported] (imported: RD_tps.dcm): planes" in text
+
+
+def test_the_model_disclaimer_applies_to_estimated_columns_only(comparison):
+    plain = rpt.render_report(comparison)
+    assert "Imported doses" not in plain and "<i>imported</i>" not in plain
+    assert "<b>Estimate for comparing options, not a treatment plan.</b>" in plain
+    text = rpt.render_report(_with_imported_twin(comparison))
+    assert "<b>Estimated columns: an estimate for comparing options, not a treatment plan." in text
+    section = re.search(r"<h3>Imported doses</h3>(.*?)</ul>", text, re.S).group(1)
+    assert "apply to the estimated columns only" in section
+    assert "<b>PBRT [imported]</b>: dose imported from RD_tps.dcm (PLAN), not checked by" in section
+    assert "does not cover all of Rectum 12.5 %" in section and "counts as 0 Gy" in section
+    assert rpt.MODEL_LIMITS[:60] in text  # still there, for the estimated columns

@@ -40,7 +40,12 @@ from rtplan.dicom_io._common import (
 from rtplan.dicom_io.ct import CtSeries, read_ct_series, write_ct_series
 from rtplan.dicom_io.pet import read_pet_header, read_pet_suv
 from rtplan.dicom_io.points import read_point_rois, write_rtstruct_with_points
-from rtplan.dicom_io.rtdose import read_rtdose, write_rtdose
+from rtplan.dicom_io.rtdose import (
+    RtDoseHeader,
+    read_rtdose,
+    read_rtdose_with_header,
+    write_rtdose,
+)
 from rtplan.dicom_io.rtstruct import read_rtstruct, write_rtstruct
 
 __all__ = [
@@ -51,11 +56,13 @@ __all__ = [
     "RTSTRUCT_STORAGE",
     "CtSeries",
     "PatientInfo",
+    "RtDoseHeader",
     "read_ct_series",
     "read_pet_header",
     "read_pet_suv",
     "read_point_rois",
     "read_rtdose",
+    "read_rtdose_with_header",
     "read_rtstruct",
     "write_ct_series",
     "write_rtdose",

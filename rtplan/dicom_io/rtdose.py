@@ -37,7 +37,7 @@ from rtplan.dicom_io.ct import CtSeries, read_ct_series
 from rtplan.errors import DicomInputError, GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 
-__all__ = ["read_rtdose", "write_rtdose"]
+__all__ = ["RtDoseHeader", "read_rtdose", "read_rtdose_with_header", "write_rtdose"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +296,35 @@ def _set_dose_image(ds: Dataset, stored: _StoredDose, g: ImageGrid) -> None:
 
 
 # ====================================================================== RTDOSE in
+@dataclass(frozen=True)
+class RtDoseHeader:
+    """What an RT Dose file says about its dose (no patient identifiers).
+
+    Attributes
+    ----------
+    dose_units : str
+        DoseUnits, upper case (``"GY"``: :func:`read_rtdose` refuses any other).
+    dose_type : str
+        DoseType: ``"PHYSICAL"``, ``"EFFECTIVE"`` or ``"ERROR"`` (``""`` when absent).
+    summation_type : str
+        DoseSummationType: ``"PLAN"``, ``"MULTI_PLAN"``, ``"FRACTION"``, ``"BEAM"``...
+        (``""`` when absent).
+    frame_of_reference_uid : str or None
+        FrameOfReferenceUID (also on the grid).
+    description : str
+        SeriesDescription (``""`` when absent).
+    comment : str
+        DoseComment (``""`` when absent).
+    """
+
+    dose_units: str
+    dose_type: str
+    summation_type: str
+    frame_of_reference_uid: str | None
+    description: str = ""
+    comment: str = ""
+
+
 def read_rtdose(path: str | os.PathLike[str]) -> tuple[FloatArray, ImageGrid]:
     """Read an RT Dose file as ``(dose_gy, grid)``.
 
@@ -316,17 +345,46 @@ def read_rtdose(path: str | os.PathLike[str]) -> tuple[FloatArray, ImageGrid]:
     Raises
     ------
     DicomInputError
-        Not an RTDOSE, DoseUnits other than GY, a missing tag or an unsupported geometry.
+        Not an RTDOSE, DoseUnits other than GY (e.g. RELATIVE), a missing tag, an
+        oblique or rotated ImageOrientationPatient or uneven frame offsets.
+    """
+    dose_gy, grid, _ = read_rtdose_with_header(path)
+    return dose_gy, grid
+
+
+def read_rtdose_with_header(
+    path: str | os.PathLike[str],
+) -> tuple[FloatArray, ImageGrid, RtDoseHeader]:
+    """Read an RT Dose file as ``(dose_gy, grid, header)``: :func:`read_rtdose` plus its header.
+
+    Parameters
+    ----------
+    path : path
+        RTDOSE file with DoseUnits GY and an axial ImageOrientationPatient.
+
+    Returns
+    -------
+    dose_gy : ndarray of float64, shape ``grid.shape``
+        As :func:`read_rtdose`.
+    grid : ImageGrid
+        As :func:`read_rtdose`.
+    header : RtDoseHeader
+        DoseUnits, DoseType, DoseSummationType, FrameOfReferenceUID, SeriesDescription
+        and DoseComment.
+
+    Raises
+    ------
+    DicomInputError
+        As :func:`read_rtdose`.
     """
     p = Path(path)
     ds = _read_file(p, "an RTDOSE file")
     if str(ds.get("Modality", "")) != "RTDOSE":
         raise DicomInputError(f"{p}: tag {_tag_name('Modality')} is not RTDOSE")
-    units = str(_require(ds, "DoseUnits", p)).upper()
-    if units != "GY":
-        raise DicomInputError(f"{p}: tag {_tag_name('DoseUnits')} is {units!r}, expected GY")
+    header = _dose_header(ds, p)
     scaling = float(_require(ds, "DoseGridScaling", p))
     iop = np.asarray(_require(ds, "ImageOrientationPatient", p), float)
+    _check_axial(iop, p)
     ipp = np.asarray(_require(ds, "ImagePositionPatient", p), float)
     ps = np.asarray(_require(ds, "PixelSpacing", p), float)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -337,7 +395,7 @@ def read_rtdose(path: str | os.PathLike[str]) -> tuple[FloatArray, ImageGrid]:
     except _PIXEL_DATA_ERRORS as exc:
         raise DicomInputError(f"{p}: cannot decode tag {_tag_name('PixelData')} ({exc})") from exc
     pixels = pixels.reshape(frames, int(ds.Rows), int(ds.Columns)) * scaling
-    for_uid = str(ds.get("FrameOfReferenceUID", "") or "") or None
+    for_uid = header.frame_of_reference_uid
     if frames == 1:
         # one frame has no slice gap: use SliceThickness (1 mm when absent)
         thick = float(ds.get("SliceThickness", 0) or 0) or 1.0
@@ -365,7 +423,46 @@ def read_rtdose(path: str | os.PathLike[str]) -> tuple[FloatArray, ImageGrid]:
     else:
         pixels = pixels[order]
     grid, flips = _identity_grid(grid_file)
-    return np.ascontiguousarray(_flip_to_identity(pixels, flips)), grid
+    return np.ascontiguousarray(_flip_to_identity(pixels, flips)), grid, header
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """The value of an optional text tag, stripped (``""`` when absent or empty)."""
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _dose_header(ds: Dataset, p: Path) -> RtDoseHeader:
+    """The header of an RT Dose dataset; DoseUnits other than GY refused."""
+    units = str(_require(ds, "DoseUnits", p)).strip().upper()
+    if units == "RELATIVE":
+        raise DicomInputError(
+            f"{p}: tag {_tag_name('DoseUnits')} is RELATIVE (a dose relative to a "
+            "normalisation the file does not state), expected GY: export the dose in Gy "
+            "(absolute dose) from the planning system"
+        )
+    if units != "GY":
+        raise DicomInputError(f"{p}: tag {_tag_name('DoseUnits')} is {units!r}, expected GY")
+    return RtDoseHeader(
+        dose_units=units,
+        dose_type=_text(ds, "DoseType").upper(),
+        summation_type=_text(ds, "DoseSummationType").upper(),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID") or None,
+        description=_text(ds, "SeriesDescription"),
+        comment=_text(ds, "DoseComment"),
+    )
+
+
+def _check_axial(iop: FloatArray, p: Path) -> None:
+    """Refuse an ImageOrientationPatient that is not axial (rows along x, columns along y).
+
+    Flipped axes (a ``-1``) are fine: :func:`read_rtdose_with_header` flips them back.
+    """
+    if iop.shape != (6,) or not np.allclose(np.abs(iop), (1, 0, 0, 0, 1, 0), atol=1e-4):
+        raise DicomInputError(
+            f"{p}: tag {_tag_name('ImageOrientationPatient')} is {np.round(iop, 4).tolist()}; "
+            "only axial dose grids are read (rows along x, columns along y, axes possibly "
+            "flipped): export the dose on an axial grid, or resample it to one first"
+        )
 
 
 def _frame_positions(
