@@ -1,6 +1,7 @@
 """Accuracy and time of anatomy completion on clinical cases made from atlas variants.
 
-Run: ``python benchmarks/bench_completion.py [--spacing SZ SY SX] [--cases N] [--json F]``.
+Run: ``python benchmarks/bench_completion.py [--spacing SZ SY SX] [--cases N] [--seeds S ...]
+[--json F]``.
 
 For the shipped atlas and ten variants (``tests/clinical_cases.py``: random seeds and the
 extremes of scale and filling, vendor-style ROI names, moved patient coordinates, a
@@ -17,8 +18,10 @@ compared with the variant's full truth:
 * completion time: wall and CPU of ``complete_anatomy`` (target <= 60 s on 2 cores),
   with the load average (the machine may be shared).
 
-Default grid: the atlas's own (512 x 512, 0.98 mm pixels, 2.5 mm slices). Not part of the
-test suite.
+``--seeds`` runs random variants of those seeds *instead* of the benchmark's cases
+(``tests/clinical_cases.py::seeded_variant``), to check on anatomy the methods were not
+developed on. Default grid: the atlas's own (512 x 512, 0.98 mm pixels, 2.5 mm slices).
+Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from clinical_cases import (
     BENCHMARK_VARIANTS,
     CLINICAL_SUBSET,
+    Variant,
     build_truth,
+    seeded_variant,
     write_clinical_case,
 )
 
@@ -100,8 +105,7 @@ def on_grid(truth: Atlas, grid: ImageGrid) -> Atlas:
     )
 
 
-def evaluate(label: str, folder: Path, spacing: list[float] | None) -> dict[str, object]:
-    variant = next(v for v in BENCHMARK_VARIANTS if v.label == label)
+def evaluate(variant: Variant, folder: Path, spacing: list[float] | None) -> dict[str, object]:
     truth = build_truth(variant, spacing_mm=spacing)
     t0 = time.perf_counter()
     write_clinical_case(folder, variant, spacing_mm=spacing, truth=truth)
@@ -126,17 +130,21 @@ def evaluate(label: str, folder: Path, spacing: list[float] | None) -> dict[str,
         k: abs(done.landmarks[k][2] - p[2]) / slice_mm if k in done.landmarks else float("inf")
         for k, p in ref.landmarks.items()
     }
+    z_errors = {
+        k: done.landmarks[k][2] - p[2] for k, p in ref.landmarks.items() if k in done.landmarks
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RtplanWarning)
         ctv_sb = dice(ctv_prostate_bed(done).mask, ctv_prostate_bed(ref).mask)
         ctv_n = dice(ctv_pelvic_nodes(done).mask, ctv_pelvic_nodes(ref).mask)
     return {
-        "case": label,
+        "case": variant.label,
         "vendor": variant.vendor,
         "grid": list(done.grid.shape),
         "bones_dice": bones,
         "vessels_msd_mm": vessels,
         "landmarks_slices": landmarks,
+        "landmarks_z_error_mm": z_errors,
         "landmark_sources": dict(done.landmark_derivations),
         "ctv_sb_dice": ctv_sb,
         "ctv_n_dice": ctv_n,
@@ -198,12 +206,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SZ", "SY", "SX"))
     parser.add_argument("--cases", type=int, default=len(BENCHMARK_VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    variants = (
+        [seeded_variant(n) for n in args.seeds]
+        if args.seeds
+        else list(BENCHMARK_VARIANTS[: args.cases])
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="rtplan-bench-completion-") as tmp:
-        for v in BENCHMARK_VARIANTS[: args.cases]:
-            row = evaluate(v.label, Path(tmp) / v.label, args.spacing)
+        for v in variants:
+            row = evaluate(v, Path(tmp) / v.label, args.spacing)
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
     print()

@@ -153,7 +153,8 @@ ATLAS_LANDMARKS: tuple[str, ...] = (
 #: TotalSegmentator class name -> TG-263 name, for classes whose TG-263 name is not
 #: found by :func:`rtplan.structures.canonical_name` or means something else there.
 #: TotalSegmentator's ``iliac_artery_*`` / ``iliac_vena_*`` hold the common and the
-#: external iliac vessels together; they are mapped to the common iliac names.
+#: external iliac vessels together; they are mapped to the common iliac names (and
+#: recorded in ``parameters["combined_labels"]``: completion splits them).
 TOTALSEGMENTATOR_NAMES: dict[str, str] = {
     "iliac_artery_left": "A_Iliac_L",
     "iliac_artery_right": "A_Iliac_R",
@@ -177,6 +178,16 @@ TOTALSEGMENTATOR_NAMES: dict[str, str] = {
     "iliopsoas_right": "Iliopsoas_R",
     "rectum": "Rectum",
     "body": "Body",
+}
+
+#: The TotalSegmentator labels that hold two segments: the TG-263 name they are read as
+#: -> the segments they hold (that name first). :func:`complete_anatomy` shares each one
+#: out between its segments at the bifurcation of the registered atlas.
+_COMBINED_LABELS: dict[str, tuple[str, str]] = {
+    "A_Iliac_L": ("A_Iliac_L", "A_Iliac_Ext_L"),
+    "A_Iliac_R": ("A_Iliac_R", "A_Iliac_Ext_R"),
+    "V_Iliac_L": ("V_Iliac_L", "V_Iliac_Ext_L"),
+    "V_Iliac_R": ("V_Iliac_R", "V_Iliac_Ext_R"),
 }
 
 # Structures that may overlap (subset relations by design); everything else in the
@@ -230,6 +241,10 @@ class Atlas:
         How each landmark rtplan derived (rather than read) was derived, by key; a
         landmark not listed was given (atlas definition, RTSTRUCT POINT ROI, argument).
         Derived structures say so themselves (:attr:`Structure.derivation`).
+    variation_groups : dict of str to str
+        The variation group of each structure and landmark of a shipped atlas (from its
+        definition): a variant moves the members of one group together (one shift, one
+        size factor). Empty for user anatomy.
 
     Raises
     ------
@@ -247,6 +262,7 @@ class Atlas:
     source: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
     landmark_derivations: dict[str, str] = field(default_factory=dict)
+    variation_groups: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_type(self.name, str, name="name")
@@ -257,6 +273,7 @@ class Atlas:
         check_type(self.source, str, name="source")
         check_type(self.parameters, dict, name="parameters")
         check_type(self.landmark_derivations, dict, name="landmark_derivations")
+        check_type(self.variation_groups, dict, name="variation_groups")
         unknown = [k for k in self.landmark_derivations if k not in self.landmarks]
         if unknown:
             raise InvalidInputError(
@@ -962,6 +979,7 @@ class _StructDef:
     intersects: list[list[_Solid]]
     within: list[str]
     exclude: list[tuple[str, float]]
+    surfaces: list[tuple[_Solid, _Solid]] = field(default_factory=list)
 
 
 def _build_masks(defs: Sequence[_StructDef], ras: _Raster) -> dict[str, _Local | None]:
@@ -1202,7 +1220,7 @@ def _parse(defn: _Table, var: _Variation, where: str) -> tuple[list[_StructDef],
         out.append(d)
         seen.add(d.name)
     landmarks = _parse_landmarks(
-        _table(defn.get("landmarks", {}), f"{where} [landmarks]"), var, center, where
+        _table(defn.get("landmarks", {}), f"{where} [landmarks]"), var, center, out, where
     )
     return out, landmarks
 
@@ -1230,6 +1248,7 @@ def _parse_structure(
     group = _string(e.get("group", "body"), f"{w} group")
     tf = _structure_transform(e.get("filling"), var, center, anchors, group, w, where)
     adds, subs, ints = _parse_shapes(e, tf, w)
+    surfaces = _surface_solids(e, tf, w)
     exclude = _parse_exclude(e, seen, w)
     within = _strings(e.get("within", []), f"{w} within")
     for wname in within:
@@ -1248,6 +1267,7 @@ def _parse_structure(
         intersects=ints,
         within=within,
         exclude=exclude,
+        surfaces=surfaces,
     )
 
 
@@ -1318,10 +1338,95 @@ def _parse_exclude(e: _Table, seen: set[str], w: str) -> list[tuple[str, float]]
     return exclude
 
 
+def _surface_solids(e: _Table, tf: _Transform, w: str) -> list[tuple[_Solid, _Solid]]:
+    """``(as defined, as built)`` pairs of a structure's added ellipsoids and tubes.
+
+    A landmark defined on the surface of one of them (the top of the femoral head) is
+    kept on that surface in a variant (:func:`_follow_structure`).
+    """
+    identity = _Transform(scale=np.ones(3), center=np.zeros(3), shift=np.zeros(3))
+    pairs: list[tuple[_Solid, _Solid]] = []
+    for spec in _tables(e.get("shapes", []), f"{w} shapes"):
+        if spec.get("op", "add") != "add" or spec.get("type") not in ("ellipsoid", "tube"):
+            continue
+        pairs += zip(_make_solids(spec, identity, w), _make_solids(spec, tf, w))
+    return pairs
+
+
+#: A landmark lies on a solid's surface when it is this close to it in the definition (mm).
+_SURFACE_TOLERANCE_MM = 1e-6
+
+
+def _surface_point(defined: _Solid, built: _Solid, p: FloatArray) -> FloatArray | None:
+    """Where the definition point ``p`` on ``defined``'s surface lies on ``built``'s.
+
+    Ellipsoid: the same point in the ellipsoid's own normalised coordinates. Tube: the
+    same position along the segment, at the built radius, in the same direction (so
+    the top of a tube's cap stays its top). ``None`` when ``p`` is not on ``defined``'s
+    surface.
+    """
+    if isinstance(defined, _Ellipsoid) and isinstance(built, _Ellipsoid):
+        rot = np.eye(3) if defined.rot is None else defined.rot
+        u = (rot.T @ (p - defined.center)) / defined.radii
+        if abs(float(u @ u) - 1.0) > _SURFACE_TOLERANCE_MM / float(defined.radii.max()):
+            return None
+        built_rot = np.eye(3) if built.rot is None else built.rot
+        moved: FloatArray = built.center + built_rot @ (built.radii * u)
+        return moved
+    if isinstance(defined, _Capsule) and isinstance(built, _Capsule):
+        d = defined.b - defined.a
+        t = float(np.clip((p - defined.a) @ d / max(float(d @ d), 1e-12), 0.0, 1.0))
+        offset = p - (defined.a + t * d)
+        radius = defined.ra + t * (defined.rb - defined.ra)
+        if abs(float(np.linalg.norm(offset)) - radius) > _SURFACE_TOLERANCE_MM or radius <= 0:
+            return None
+        direction = offset / radius
+        r_built = built.ra + t * (built.rb - built.ra)
+        on_built: FloatArray = built.a + t * (built.b - built.a) + r_built * direction
+        return on_built
+    return None
+
+
+def _follow_structure(
+    p: FloatArray, moved: FloatArray, group: str, defs: Sequence[_StructDef]
+) -> FloatArray:
+    """A landmark on the surface of a solid of its group follows that solid.
+
+    ``p`` is the point as defined and ``moved`` where the group's shift and the scale
+    put it. A definition point (the top of the femoral head, of the penile bulb, of the
+    symphysis) lies on a solid's surface; it stays there when the variant also changes
+    the solid's size, which the group's shift alone would not follow.
+    """
+    for d in defs:
+        if d.group != group:
+            continue
+        for defined, built in d.surfaces:
+            q = _surface_point(defined, built, p)
+            if q is not None:
+                return q
+    return moved
+
+
+def _landmark_groups(defn: _Table, where: str) -> dict[str, str]:
+    """The variation group of each landmark of a definition."""
+    table = _table(defn.get("landmarks", {}), f"{where} [landmarks]")
+    return {
+        key: _string(
+            _table(value, f"{where} landmark {key!r}").get("group", "body"),
+            f"{where} landmark {key!r} group",
+        )
+        for key, value in table.items()
+    }
+
+
 def _parse_landmarks(
-    table: _Table, var: _Variation, center: FloatArray, where: str
+    table: _Table,
+    var: _Variation,
+    center: FloatArray,
+    defs: Sequence[_StructDef],
+    where: str,
 ) -> dict[str, Vec3]:
-    """Landmark points (LPS mm), moved with their group."""
+    """Landmark points (LPS mm), moved with their group (and with their solid's size)."""
     landmarks: dict[str, Vec3] = {}
     for key, value in table.items():
         w = f"{where} landmark {key!r}"
@@ -1332,7 +1437,8 @@ def _parse_landmarks(
             center=center,
             shift=var.shifts.get(group, np.zeros(3)),
         )
-        p = tf.point(_vec(_require(spec, "point", w), 3, w))
+        defined = _vec(_require(spec, "point", w), 3, w)
+        p = _follow_structure(defined, tf.point(defined), group, defs)
         landmarks[key] = (float(p[0]), float(p[1]), float(p[2]))
     return landmarks
 
@@ -1523,6 +1629,10 @@ def _build_parametric(folder: Traversable, where: str, name: str, opts: _BuildOp
         landmarks=landmarks,
         source=f"{where}/atlas.toml",
         parameters=params,
+        variation_groups={
+            **{d.name: d.group for d in defs if d.export},
+            **_landmark_groups(defn, where),
+        },
     )
     if opts.validate:
         relations = _table(defn.get("relations", {}), f"{where} [relations]")
@@ -1778,12 +1888,54 @@ def _cut_by_scan_edge(s: Structure, which: Literal["top", "bottom"]) -> bool:
     return at_last if (which == "top") == superior_last else at_first
 
 
-#: Landmarks at the centroid of the top or bottom slice of a structure.
+def _dome_top_z(s: Structure) -> float:
+    """The level (z, mm) of the top of a dome-shaped structure, between slice centres.
+
+    A plane section of an ellipsoid has an area quadratic (and concave) in its level,
+    zero at the top: the quadratic through the areas of the three highest slices gives
+    the top as its upper root. With two slices the area is extrapolated linearly. The
+    top lies between the highest slice's centre (inside) and the next one's (outside),
+    so the result is kept in that interval. A top that is not dome-shaped (the area does
+    not shrink upwards, or shrinks faster and faster: a flat or pointed top) is put at
+    the centre of the highest slice, as the other end-slice rules do.
+    """
+    assert s.bbox is not None
+    z_mm = s.grid.crop(s.bbox).axis_coordinates_mm()[0]
+    order = np.argsort(z_mm)
+    z = z_mm[order]
+    areas = s.cropped_mask.sum(axis=(1, 2))[order].astype(float)
+    top, slice_mm = float(z[-1]), float(s.grid.spacing_mm[0])
+    if len(z) < 2 or areas[-1] >= areas[-2]:
+        return top
+    linear = float(areas[-1] * slice_mm / (areas[-2] - areas[-1]))
+    if len(z) == 2:
+        return top + min(linear, slice_mm)
+    c2, c1, c0 = np.polyfit(z[-3:] - top, areas[-3:], 2)
+    if c2 >= 0.0:
+        return top
+    roots = np.roots([c2, c1, c0])
+    above = [float(r.real) for r in roots if abs(r.imag) < 1e-9 and r.real >= 0.0]
+    return top + min(min(above, default=linear), slice_mm)
+
+
+def _dome_top(s: Structure) -> Vec3:
+    """The top of a dome-shaped structure: its top slice's centroid at :func:`_dome_top_z`."""
+    x, y, _ = _slice_centroid(s, "top")
+    return (x, y, _dome_top_z(s))
+
+
+#: Landmarks at the top of a dome-shaped structure (sub-slice level, :func:`_dome_top_z`).
+_DOME_LANDMARKS: tuple[tuple[str, str], ...] = (
+    ("FemurHead_Top_L", "Femur_Head_L"),
+    ("FemurHead_Top_R", "Femur_Head_R"),
+    ("PenileBulb_Top", "PenileBulb"),
+)
+
+#: Landmarks at the centroid of the top or bottom slice of a structure. The top of the
+#: symphysis stays on its top slice: the prostate-bed region's superior border without a
+#: vas deferens landmark, and the staging thresholds around it, are set on that level.
 _SLICE_LANDMARKS: tuple[tuple[str, str, Literal["top", "bottom"]], ...] = (
     ("PubicSymphysis_Top", "PubicSymphys", "top"),
-    ("FemurHead_Top_L", "Femur_Head_L", "top"),
-    ("FemurHead_Top_R", "Femur_Head_R", "top"),
-    ("PenileBulb_Top", "PenileBulb", "top"),
     ("AorticBifurcation", "A_Aorta", "bottom"),
     ("S3_Bottom", "VB_S3", "bottom"),
     ("VUA", "Bladder", "bottom"),
@@ -1819,6 +1971,12 @@ def _rule_landmarks(structures: StructureSet) -> _RuleLandmarks:
             out.refused[key] = f"{' and '.join(edges)} is cut by the scan's edge"
         return bool(edges)
 
+    for key, sname in _DOME_LANDMARKS:
+        s = get(sname)
+        if s is not None and not cut(key, [(s, "top")]):
+            out.points[key] = _dome_top(s)
+            out.how[key] = f"top of {s.name} (area profile of its top slices)"
+            out.sources[key] = (s.name,)
     for key, sname, which in _SLICE_LANDMARKS:
         s = get(sname)
         if s is not None and not cut(key, [(s, which)]):
@@ -1849,8 +2007,11 @@ def _rule_landmarks(structures: StructureSet) -> _RuleLandmarks:
 def derive_landmarks(structures: StructureSet) -> dict[str, Vec3]:
     """Landmarks that can be derived from structures (LPS mm, z = the level).
 
-    * ``PubicSymphysis_Top``, ``FemurHead_Top_L/R``, ``PenileBulb_Top``: centroid of the
-      highest slice of ``PubicSymphys``, ``Femur_Head_L/R``, ``PenileBulb``;
+    * ``FemurHead_Top_L/R``, ``PenileBulb_Top``: the top of ``Femur_Head_L/R``,
+      ``PenileBulb`` (x, y: the centroid of the highest slice; z between slices, from the
+      areas of the three highest slices, whose plane sections of a dome shrink
+      quadratically to zero at the top);
+    * ``PubicSymphysis_Top``: centroid of the highest slice of ``PubicSymphys``;
     * ``AorticBifurcation``: centroid of the lowest slice of ``A_Aorta``;
     * ``S3_Bottom``: centroid of the lowest slice of ``VB_S3``;
     * ``L4L5_Interspace`` / ``L5S1_Interspace``: midway between the lowest slice of the
@@ -2446,6 +2607,12 @@ def atlas_from_label_maps(
     atlas = _finish_user_atlas(
         path.name, grid, ct_hu, structures, str(path), given_landmarks=explicit
     )
+    read_as = [TOTALSEGMENTATOR_NAMES.get(cls) for cls, _ in raw]
+    combined = {
+        n: list(_COMBINED_LABELS[n]) for n in read_as if n in _COMBINED_LABELS and n in structures
+    }
+    if combined:
+        atlas.parameters["combined_labels"] = combined
     return complete_anatomy(atlas, landmarks=explicit, progress=progress) if complete else atlas
 
 
@@ -2634,6 +2801,8 @@ def _symphysis_from_hips(structures: StructureSet, grid: ImageGrid) -> BoolMask 
 _ATLAS_FIRST_LANDMARKS: frozenset[str] = frozenset({"VasDeferens_CutEnd", "VUA"})
 
 _DERIVATION_ATLAS_POINT = "atlas landmark carried by registration"
+#: ... carried with the user's structures of its variation group (named in the text).
+_DERIVATION_ATLAS_GROUP = "atlas landmark carried with the given {}"
 
 
 def complete_anatomy(
@@ -2654,13 +2823,18 @@ def complete_anatomy(
     Missing landmarks of :data:`ATLAS_LANDMARKS` are, in order of preference: given
     (``landmarks``, then the anatomy's own, e.g. RTSTRUCT POINT ROIs); a rule on the
     user's own structures (:func:`derive_landmarks`; not for ``VasDeferens_CutEnd`` and
-    ``VUA``); the atlas landmark carried by the registration; a rule on derived
-    structures. A landmark whose structure is cut by the scan's edge, or that the
-    registration carries outside the scan, is refused and listed in
-    ``parameters["refused_landmarks"]``.
+    ``VUA``); the atlas landmark carried with the user's structures of its variation
+    group (:attr:`Atlas.variation_groups`; e.g. ``VUA`` and ``VasDeferens_CutEnd`` with
+    the penile bulb, see :mod:`rtplan.completion.landmarks`), else by the registration;
+    a rule on derived structures. TotalSegmentator's combined common+external iliac
+    labels (``parameters["combined_labels"]``) are split between the two segments at
+    the registered atlas's bifurcation, every given voxel kept. A landmark whose
+    structure is cut by the scan's edge, or that the registration carries outside the
+    scan, is refused and listed in ``parameters["refused_landmarks"]``.
 
-    User structures always win: they are kept unchanged and no derived structure
-    overlaps them. Every derived structure carries its
+    User structures always win: they are kept unchanged (a combined label is only
+    shared out between its segments) and no derived structure overlaps them. Every
+    derived structure carries its
     :attr:`~rtplan.structures.Structure.derivation`, every derived landmark its entry in
     :attr:`Atlas.landmark_derivations`; one :class:`~rtplan.errors.RtplanWarning` lists
     them all. The shipped atlas is one synthetic pelvis: real anatomy differs more than
@@ -2694,6 +2868,7 @@ def complete_anatomy(
         When the CT shows no patient or a landmark is not three finite numbers.
     """
     from rtplan.completion import CompletionSettings, complete_structures
+    from rtplan.completion.landmarks import carry_with_group, group_anchors
 
     check_type(anatomy, Atlas, name="anatomy")
     check_type(reference, (str, Atlas), name="reference", expected_text="an atlas name or Atlas")
@@ -2706,10 +2881,24 @@ def complete_anatomy(
     with p.step("building the reference atlas"):
         coarse, fine = _reference_atlases(reference, anatomy.grid, s)
     result = complete_structures(
-        anatomy, coarse, fine, wanted=ATLAS_STRUCTURES, settings=s, progress=p
+        anatomy,
+        coarse,
+        fine,
+        wanted=ATLAS_STRUCTURES,
+        settings=s,
+        progress=p,
+        combined=_combined_labels(anatomy),
+    )
+    given = [n for n in result.structures.names if not result.structures[n].derived]
+    with_group = carry_with_group(
+        result.registration,
+        fine.structures,
+        fine.landmarks,
+        result.structures,
+        group_anchors(fine.variation_groups, ATLAS_LANDMARKS, given),
     )
     points, how, refused = _completed_landmarks(
-        anatomy, result.structures, result.atlas_landmarks, explicit
+        anatomy, result.structures, result.atlas_landmarks, explicit, with_group
     )
     completed = Atlas(
         name=anatomy.name,
@@ -2721,6 +2910,7 @@ def complete_anatomy(
         parameters=dict(anatomy.parameters),
         landmark_derivations=how,
     )
+    split = completed.parameters.pop("combined_labels", None)  # now split: not again
     completed.parameters.update(
         missing=completed.missing(),
         refused_landmarks=refused,
@@ -2728,6 +2918,7 @@ def complete_anatomy(
             "reference": reference if isinstance(reference, str) else reference.name,
             "derived_structures": list(result.derived),
             "derived_landmarks": list(how),
+            "split_labels": sorted(split) if isinstance(split, dict) else [],
             "shared_organs": list(result.registration.shared_organs),
             "registration_metrics": dict(result.registration.metrics),
             "seconds": {
@@ -2739,6 +2930,14 @@ def complete_anatomy(
     )
     _warn_derived(completed, refused)
     return completed
+
+
+def _combined_labels(anatomy: Atlas) -> dict[str, tuple[str, ...]]:
+    """``parameters["combined_labels"]``: labels holding several segments (itself first)."""
+    value = anatomy.parameters.get("combined_labels", {})
+    what = f'parameters["combined_labels"] of atlas {anatomy.name!r}'
+    table = _table(value, what)
+    return {name: tuple(_strings(segs, f"{what}[{name!r}]")) for name, segs in table.items()}
 
 
 def _reference_atlases(
@@ -2774,19 +2973,38 @@ def _reference_atlases(
 _FINE_SLICE_MM = 1.25
 
 
+def _carried(
+    key: str,
+    atlas_points: Mapping[str, Vec3],
+    with_group: Mapping[str, tuple[Vec3, tuple[str, ...]]],
+) -> tuple[Vec3, str] | None:
+    """The atlas landmark on the patient and how it got there, or ``None``.
+
+    Carried with the user's structures of its variation group when there are some
+    (:func:`rtplan.completion.landmarks.carry_with_group`), else by the registration.
+    """
+    if key in with_group:
+        point, anchors = with_group[key]
+        return point, _DERIVATION_ATLAS_GROUP.format(", ".join(anchors))
+    if key in atlas_points:
+        return atlas_points[key], _DERIVATION_ATLAS_POINT
+    return None
+
+
 def _completed_landmarks(
     anatomy: Atlas,
     structures: StructureSet,
     atlas_points: Mapping[str, Vec3],
     explicit: Mapping[str, Vec3],
+    with_group: Mapping[str, tuple[Vec3, tuple[str, ...]]] | None = None,
 ) -> tuple[dict[str, Vec3], dict[str, str], dict[str, str]]:
     """Landmarks of the completed anatomy, how the derived ones were found, and refusals.
 
     Order of preference: given (``explicit``, then the anatomy's own given landmarks); a
     rule on the user's structures (not for :data:`_ATLAS_FIRST_LANDMARKS`); the atlas
-    landmark carried by the registration when it lies inside the scan; a rule on derived
-    structures. The rule's discretisation (the centre of an end slice) biases a level by
-    up to a slice, which the carried atlas point does not.
+    landmark carried to the patient when it lies inside the scan (``with_group``: with
+    the user's structures of its variation group; else ``atlas_points``: by the
+    registration); a rule on derived structures.
     """
     points = {k: v for k, v in anatomy.landmarks.items() if k not in anatomy.landmark_derivations}
     points.update(explicit)
@@ -2799,19 +3017,19 @@ def _completed_landmarks(
         if key in points:
             continue
         on_user = key in rules.points and not any(structures[n].derived for n in rules.sources[key])
-        carried = atlas_points.get(key)
+        carried = _carried(key, atlas_points, with_group or {})
         if on_user and key not in _ATLAS_FIRST_LANDMARKS:
             points[key], how[key] = rules.points[key], rules.how[key]
-        elif carried is not None and z_lo <= carried[2] <= z_hi:
-            points[key] = carried
+        elif carried is not None and z_lo <= carried[0][2] <= z_hi:
+            points[key] = carried[0]
             why = rules.refused.get(key)
-            how[key] = _DERIVATION_ATLAS_POINT + (f"; rule refused: {why}" if why else "")
+            how[key] = carried[1] + (f"; rule refused: {why}" if why else "")
         elif key in rules.points:
             points[key] = rules.points[key]
             how[key] = rules.how[key] + ("" if on_user else " (derived)")
         elif carried is not None:
             refused[key] = (
-                f"carried from the atlas to z = {carried[2]:.1f} mm, outside the scan "
+                f"carried from the atlas to z = {carried[0][2]:.1f} mm, outside the scan "
                 f"({z_lo:.1f} to {z_hi:.1f} mm)"
             )
     for key, why in rules.refused.items():

@@ -124,6 +124,28 @@ BENCHMARK_VARIANTS: tuple[Variant, ...] = (
 )
 
 
+def seeded_variant(seed: int) -> Variant:
+    """A random variant of the atlas for ``seed``, with a vendor and table offset of its own.
+
+    For checks beyond :data:`BENCHMARK_VARIANTS` (whose seeds are 1-7 and 9): the vendor
+    spellings cycle with the seed and the table offset is drawn from it.
+
+    Examples
+    --------
+    >>> v = seeded_variant(12)
+    >>> v.label, v.seed, v.vendor in VENDOR_NAMES
+    ('seed12', 12, True)
+    """
+    rng = np.random.default_rng(seed)
+    offset = rng.uniform(-300.0, 300.0, 3).round(1)
+    return Variant(
+        f"seed{seed}",
+        seed=seed,
+        vendor=sorted(VENDOR_NAMES)[seed % len(VENDOR_NAMES)],
+        shift_mm=(float(offset[0]), float(offset[1]), float(offset[2])),
+    )
+
+
 @dataclass(frozen=True)
 class ClinicalCase:
     """A written case and its truth.

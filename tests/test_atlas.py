@@ -229,6 +229,58 @@ def test_landmarks_agree_with_structures(atlas):
     assert abs(derived["VUA"][2] - atlas.landmarks["VUA"][2]) <= 2 * sz + 1
 
 
+def _dome(grid: ImageGrid, centre_mm, radius_mm: float, *, pointed: bool = False) -> np.ndarray:
+    """A sphere (or a cone of the same height, apex up) on ``grid``."""
+    z, y, x = np.meshgrid(*grid.axis_coordinates_mm(), indexing="ij")
+    r_xy = np.hypot(x - centre_mm[0], y - centre_mm[1])
+    dz = z - centre_mm[2]
+    if pointed:
+        return (dz >= -radius_mm) & (dz <= radius_mm) & (r_xy <= (radius_mm - dz) / 2)
+    return r_xy**2 + dz**2 <= radius_mm**2
+
+
+def test_the_top_of_a_dome_is_found_between_slices():
+    """The femoral-head rule finds a sphere's top within a fifth of a slice, wherever it falls.
+
+    (The centre of the top slice, the old rule, is up to a whole slice below it.)
+    """
+    grid = ImageGrid(shape=(30, 60, 60), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(-30, -30, -40))
+    for offset_mm in (0.05, 0.6, 1.25, 1.9, 2.45):  # from the top slice's centre
+        top = 10.0 + offset_mm
+        mask = _dome(grid, (0.0, 0.0, top - 22.0), 22.0)
+        found = derive_landmarks(StructureSet([Structure("Femur_Head_L", mask, grid)]))
+        assert abs(found["FemurHead_Top_L"][2] - top) <= 0.5, offset_mm
+
+
+def test_a_top_that_is_not_a_dome_stays_at_the_top_slice():
+    grid = ImageGrid(shape=(30, 60, 60), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(-30, -30, -40))
+    mask = _dome(grid, (0.0, 0.0, -10.0), 20.0, pointed=True)  # a cone: apex at z = 10
+    found = derive_landmarks(StructureSet([Structure("PenileBulb", mask, grid)]))
+    s = Structure("PenileBulb", mask, grid)
+    assert found["PenileBulb_Top"][2] == pytest.approx(_top_z(s))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_variant_landmarks_on_a_surface_follow_its_size(seed):
+    """A definition point on a structure's surface (its top) stays there in a variant.
+
+    The variant changes the size of the bones and pelvic-floor groups; on a grid of
+    0.2 mm slices the landmark lies within the slice above the structure's top slice.
+    """
+    variant = load_atlas(seed=seed, spacing_mm=COARSE)
+    for key, name in (
+        ("FemurHead_Top_L", "Femur_Head_L"),
+        ("FemurHead_Top_R", "Femur_Head_R"),
+        ("PenileBulb_Top", "PenileBulb"),
+    ):
+        x, y, z = variant.landmarks[key]
+        fine = ImageGrid(
+            shape=(40, 20, 20), spacing_mm=(0.2, 1.0, 1.0), origin_mm=(x - 10, y - 10, z - 4)
+        )
+        near = load_atlas(seed=seed, grid=fine, validate=False).structures[name]
+        assert _top_z(near) <= z < _top_z(near) + 0.2, key
+
+
 def test_landmark_relations(atlas):
     lm, ss = atlas.landmarks, atlas.structures
     assert lm["AorticBifurcation"][2] > _top_z(ss["VB_L5"])  # bifurcation above L5

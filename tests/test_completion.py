@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clinical_cases import CLINICAL_SUBSET, ClinicalCase, Variant, write_clinical_case
+from clinical_cases import (
+    CLINICAL_SUBSET,
+    ClinicalCase,
+    Variant,
+    scanner_ct,
+    write_clinical_case,
+)
 from scipy import ndimage
 
 from rtplan.atlas import (
@@ -22,6 +28,7 @@ from rtplan.atlas import (
     Atlas,
     _completed_landmarks,
     atlas_from_dicom,
+    atlas_from_label_maps,
     complete_anatomy,
     read_landmarks,
 )
@@ -34,7 +41,10 @@ from rtplan.completion import (
     levels_between,
     structures_to_derive,
 )
-from rtplan.completion.core import BONE_NAMES
+from rtplan.completion._sitk import sitk
+from rtplan.completion.core import BONE_NAMES, DERIVATION_SPLIT
+from rtplan.completion.landmarks import carry_with_group, group_anchors
+from rtplan.completion.registration import Registration
 from rtplan.errors import InvalidInputError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet
@@ -328,3 +338,113 @@ def test_complete_anatomy_checks_its_arguments(coarse_atlas):
 def test_a_dicom_folder_is_needed(tmp_path: Path):
     with pytest.raises(Exception, match="does not exist"):
         atlas_from_dicom(tmp_path / "nowhere", complete=True)
+
+
+# ------------------------------------------------------------------ landmarks with their group
+def test_pelvic_floor_landmarks_are_carried_with_the_penile_bulb(case, completed):
+    """VUA follows the given penile bulb (same variation group), within half a slice."""
+    atlas, _, _ = completed
+    assert atlas.landmark_derivations["VUA"] == "atlas landmark carried with the given PenileBulb"
+    slice_mm = atlas.grid.spacing_mm[0]
+    assert abs(atlas.landmarks["VUA"][2] - case.truth.landmarks["VUA"][2]) <= slice_mm / 2
+
+
+def _translation(shift_mm):
+    """A registration whose every part maps a patient point p to the atlas point p + shift."""
+    t = sitk.TranslationTransform(3, tuple(float(v) for v in shift_mm))
+    return Registration(transform=t, linear=t, metrics={}, seconds={}, shared_organs=())
+
+
+def _box_structure(name, grid, k0, k1):
+    mask = np.zeros(grid.shape, bool)
+    mask[k0:k1, 3:6, 3:6] = True
+    return Structure(name, mask, grid)
+
+
+def test_a_landmark_moves_with_its_group_beyond_the_affine_part():
+    grid = ImageGrid(shape=(20, 10, 10), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0))
+    reference = StructureSet([_box_structure("PenileBulb", grid, 4, 8)])
+    reg = _translation((0.0, 0.0, -6.0))  # the atlas lies 6 mm below the patient
+    # the patient's bulb sits 4 mm (two slices) higher than the affine part puts it
+    patient = StructureSet([_box_structure("PenileBulb", grid, 9, 13)])
+    points = {"VUA": (6.0, 8.0, 20.0), "S3_Bottom": (6.0, 8.0, 30.0)}
+    anchors = group_anchors(
+        {"PenileBulb": "pelvic_floor", "VUA": "pelvic_floor", "S3_Bottom": "bones"},
+        points,
+        ["PenileBulb"],
+    )
+    assert anchors == {"VUA": ("PenileBulb",)}
+    out = carry_with_group(reg, reference, points, patient, anchors)
+    assert out["VUA"][1] == ("PenileBulb",)
+    assert out["VUA"][0] == pytest.approx((6.0, 8.0, 20.0 + 6.0 + 4.0))
+    # an anchor cut by the scan's edge is not used
+    cut = StructureSet([_box_structure("PenileBulb", grid, 15, 20)])
+    assert carry_with_group(reg, reference, points, cut, anchors) == {}
+
+
+def test_bone_groups_and_ungiven_groups_have_no_anchors():
+    groups = {
+        "Femur_Head_L": "bones",
+        "FemurHead_Top_L": "bones",
+        "A_Aorta": "vessels",
+        "AorticBifurcation": "vessels",
+    }
+    assert group_anchors(groups, ["FemurHead_Top_L", "AorticBifurcation"], ["Femur_Head_L"]) == {}
+
+
+# ------------------------------------------------------------------ combined labels
+def _nifti(array: np.ndarray, grid: ImageGrid):
+    """An [k, j, i] LPS identity-grid array as a NIfTI image with a positive RAS affine."""
+    nib = pytest.importorskip("nibabel", reason="nibabel (extra 'nifti') reads label maps")
+    data = np.ascontiguousarray(np.transpose(array[:, ::-1, ::-1], (2, 1, 0)))
+    _, ny, nx = grid.shape
+    sz, sy, sx = grid.spacing_mm
+    x0, y0, z0 = grid.origin_mm
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = [-(x0 + (nx - 1) * sx), -(y0 + (ny - 1) * sy), z0]
+    return nib.Nifti1Image(data, affine)
+
+
+#: TotalSegmentator classes written for the label-map case, and the truth they hold.
+TS_COMBINED = {
+    "iliac_artery_left": ("A_Iliac_L", "A_Iliac_Ext_L"),
+    "iliac_artery_right": ("A_Iliac_R", "A_Iliac_Ext_R"),
+    "iliac_vena_left": ("V_Iliac_L", "V_Iliac_Ext_L"),
+    "iliac_vena_right": ("V_Iliac_R", "V_Iliac_Ext_R"),
+    "urinary_bladder": ("Bladder",),
+    "rectum": ("Rectum",),
+}
+
+
+def test_combined_iliac_labels_are_split_at_the_derived_bifurcation(case, tmp_path):
+    """TotalSegmentator's common+external iliac labels: every voxel kept, split by segment."""
+    truth = case.truth
+    for cls, names in TS_COMBINED.items():
+        mask = np.zeros(truth.grid.shape, bool)
+        for n in names:
+            mask |= truth.structures[n].mask
+        _nifti(mask.astype(np.uint8), truth.grid).to_filename(tmp_path / f"{cls}.nii.gz")
+    ct = np.round(scanner_ct(truth, seed=3)).astype(np.int16)
+    _nifti(ct, truth.grid).to_filename(tmp_path / "ct.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtplanWarning)
+        user = atlas_from_label_maps(tmp_path)
+        assert user.parameters["combined_labels"]["A_Iliac_L"] == ["A_Iliac_L", "A_Iliac_Ext_L"]
+        done = complete_anatomy(user, settings=FAST)
+    assert done.parameters["completion"]["split_labels"] == [
+        "A_Iliac_L",
+        "A_Iliac_R",
+        "V_Iliac_L",
+        "V_Iliac_R",
+    ]
+    assert "combined_labels" not in done.parameters  # split once, not again
+    for cls, names in TS_COMBINED.items():
+        if len(names) == 1:
+            continue
+        given = user.structures[names[0]].mask
+        upper, lower = (done.structures[n] for n in names)
+        assert upper.derivation == lower.derivation == DERIVATION_SPLIT
+        assert np.array_equal(upper.mask | lower.mask, given), cls  # every voxel kept
+        assert not (upper.mask & lower.mask).any(), cls
+        for s in (upper, lower):
+            assert dice(s.mask, truth.structures[s.name].mask) >= 0.8, s.name

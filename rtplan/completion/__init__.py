@@ -8,6 +8,10 @@ target volumes and the staging need. This package derives them:
   registered atlas and by shape rules (pieces, stacked levels, left and right);
 * :mod:`~rtplan.completion.registration`: the shipped atlas registered to the patient
   with SimpleITK (rigid, affine, deformable on the CT and the organs both have);
+* :mod:`~rtplan.completion.split`: a given label holding two segments (TotalSegmentator's
+  common+external iliac vessels) shared out between them at the registered bifurcation;
+* :mod:`~rtplan.completion.landmarks`: atlas landmarks carried with the patient's own
+  structures of their variation group (the pelvic floor's with the penile bulb);
 * :mod:`~rtplan.completion.core`: the steps together (:func:`complete_structures`).
 
 The entry point for users is :func:`rtplan.atlas.complete_anatomy` (an

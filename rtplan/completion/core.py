@@ -16,6 +16,10 @@ atlas on two grids (a coarse one to register, a fine one to carry structures ove
    bones and of every structure the user gave;
 5. the atlas landmarks carried to the patient (the caller decides which to use).
 
+A user label that holds two segments (``combined``: TotalSegmentator's common+external
+iliac vessels) is shared out between them at the registered atlas's bifurcation
+(:func:`~rtplan.completion.split.split_label`); every voxel the user gave is kept.
+
 User structures always win: they are returned unchanged, and no derived structure
 overlaps them. Every derived structure carries its :attr:`~rtplan.structures.Structure.derivation`.
 """
@@ -46,6 +50,7 @@ from rtplan.completion.registration import (
     Volume,
     register,
 )
+from rtplan.completion.split import split_label
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure, StructureSet
@@ -55,6 +60,7 @@ __all__ = [
     "DERIVATION_BODY",
     "DERIVATION_BONE",
     "DERIVATION_REGISTRATION",
+    "DERIVATION_SPLIT",
     "AnatomyLike",
     "CompletionResult",
     "CompletionSettings",
@@ -96,6 +102,7 @@ _ALTERNATIVES: dict[str, tuple[str, ...]] = {
 DERIVATION_BODY = "CT above -400 HU, largest piece, holes filled"
 DERIVATION_BONE = "CT bone (HU) named by registered atlas + rules"
 DERIVATION_REGISTRATION = "atlas structure, rigid+affine+deformable reg."
+DERIVATION_SPLIT = "given CI+EI label split at derived bifurcation"
 
 
 class AnatomyLike(Protocol):
@@ -407,6 +414,40 @@ def _derive_soft_tissue(
     return out
 
 
+def _split_combined(
+    patient: AnatomyLike,
+    reference: AnatomyLike,
+    reg: Registration,
+    combined: Mapping[str, Sequence[str]],
+    margin_mm: float,
+) -> dict[str, Structure]:
+    """The user's combined labels shared out between the segments they hold.
+
+    ``combined`` maps a user structure to the segments it holds (itself first), e.g.
+    ``A_Iliac_L -> (A_Iliac_L, A_Iliac_Ext_L)``; each of its voxels goes to the nearest
+    segment of the registered atlas (:func:`~rtplan.completion.split.split_label`).
+    Labels the user lacks, whose segments the reference lacks, or whose own segment
+    would get nothing, are left alone.
+    """
+    grid, ss, ref = patient.grid, patient.structures, reference.structures
+    out: dict[str, Structure] = {}
+    for name, segments in combined.items():
+        if name not in ss or ss[name].is_empty or any(n not in ref for n in segments):
+            continue
+        label = ss[name]
+        assert label.bbox is not None
+        parts = {n: _warp(reg, ref[n], grid, margin_mm, DERIVATION_SPLIT) for n in segments}
+        shares = split_label(label, parts)
+        if not shares[segments[0]].any():  # nothing of the label's own segment: keep it
+            continue
+        start = (label.bbox[0].start, label.bbox[1].start, label.bbox[2].start)
+        for n, share in shares.items():
+            out[n] = Structure.from_cropped(
+                n, share, start, grid, role=label.role, derivation=DERIVATION_SPLIT
+            )
+    return out
+
+
 #: Derived structures that lie inside a user structure by design (nested levels).
 _NESTED_IN: dict[str, str] = {"VB_S1": "Sacrum", "VB_S2": "Sacrum", "VB_S3": "Sacrum"}
 
@@ -450,6 +491,7 @@ def complete_structures(
     wanted: Sequence[str],
     settings: CompletionSettings | None = None,
     progress: Progress | None = None,
+    combined: Mapping[str, Sequence[str]] | None = None,
 ) -> CompletionResult:
     """Derive the structures of ``wanted`` that the patient's set lacks.
 
@@ -468,6 +510,12 @@ def complete_structures(
         Tool defaults when omitted.
     progress : Progress, optional
         Receives the steps.
+    combined : mapping of str to sequence of str, optional
+        User labels that hold several segments (itself first), e.g. TotalSegmentator's
+        iliac artery read as ``A_Iliac_L`` holds ``("A_Iliac_L", "A_Iliac_Ext_L")``.
+        Each voxel of such a label goes to the nearest segment of the registered atlas;
+        the shares replace the label and the derived segments (marked
+        :data:`DERIVATION_SPLIT`). Every voxel the user gave stays in one of them.
 
     Returns
     -------
@@ -507,13 +555,15 @@ def complete_structures(
         t0 = time.perf_counter()
         soft = _derive_soft_tissue(patient, fine_reference, reg, body, missing, bones, s)
         seconds["soft tissue"] = time.perf_counter() - t0
+    split = _split_combined(patient, fine_reference, reg, combined or {}, s.warp_margin_mm)
     derived = [
         *([derived_body] if derived_body is not None and "Body" in missing else []),
         *_outside_user([*bones, *soft], ss),
     ]
     derived = [d for d in derived if not d.is_empty]
-    out = StructureSet([ss[n] for n in ss.names], grid=patient.grid)
     by_name = {d.name: d for d in derived}
+    by_name.update({n: d for n, d in split.items() if not d.is_empty and n not in ss})
+    out = StructureSet([split.get(n, ss[n]) for n in ss.names], grid=patient.grid)
     for name in missing:
         if name in by_name:
             out.add(by_name[name])

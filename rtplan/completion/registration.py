@@ -228,6 +228,21 @@ class Registration:
                 break
         return p
 
+    def map_points_linear(self, points_mm: npt.ArrayLike) -> FloatArray:
+        """Atlas points carried to the patient by the rigid and affine part alone (exact).
+
+        Parameters
+        ----------
+        points_mm : array_like, shape (n, 3)
+            Atlas points (LPS mm).
+
+        Returns
+        -------
+        ndarray, shape (n, 3)
+            Patient points (LPS mm).
+        """
+        return self._linear_inverse(np.atleast_2d(np.asarray(points_mm, dtype=float)))
+
     def _apply(self, points: FloatArray) -> FloatArray:
         return np.array([self.transform.TransformPoint(tuple(map(float, pt))) for pt in points])
 
