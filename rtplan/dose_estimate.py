@@ -40,6 +40,7 @@ from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
 from rtplan.sparing import (
+    CALIBRATION,
     DEFAULT_SPARING,
     OrganSparing,
     apply_hot_spot_spread,
@@ -298,7 +299,8 @@ class DoseModelParameters:
         fitted on pyRadPlan reference plans (docs/dose_model.md 4.7).
     imrt_hot_spot_spread : float
         Standard deviation (fraction of Rx) of the zero-mean hot-spot texture deep inside an
-        IMRT PTV (:func:`rtplan.sparing.apply_hot_spot_spread`); fitted with the sparing.
+        IMRT PTV (:func:`rtplan.sparing.apply_hot_spot_spread`); fitted with the sparing
+        (``rtplan/model_calibration.toml``).
     imrt_hot_spot_depth_mm : float
         Depth (mm) over which the texture fades in from the PTV surface. 5 mm, tool default.
     imrt_hot_spot_wavelength_mm : float
@@ -329,7 +331,7 @@ class DoseModelParameters:
     coarse_voxel_mm: float = 7.5
     plan_sum_ceiling: float = 1.05
     imrt_sparing: tuple[OrganSparing, ...] = DEFAULT_SPARING
-    imrt_hot_spot_spread: float = 0.0
+    imrt_hot_spot_spread: float = CALIBRATION.hot_spot_spread
     imrt_hot_spot_depth_mm: float = 5.0
     imrt_hot_spot_wavelength_mm: float = 20.0
 

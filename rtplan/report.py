@@ -37,7 +37,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -70,6 +70,7 @@ from rtplan.lesions import Lesion, Lesions
 from rtplan.plan import Course, FieldOption, target_levels
 from rtplan.protocol import Protocol
 from rtplan.references import reference
+from rtplan.sparing import CALIBRATION
 from rtplan.staging import Stage
 from rtplan.structures import Structure
 from rtplan.volumes import prescription_eqd2
@@ -1971,7 +1972,24 @@ def _imported_sentence(comparison: Comparison) -> str:
     )
 
 
-def _value_cell(row: MetricRow, option: str) -> str:
+def _uncertainty_mark(row: MetricRow, option: str, estimated: Collection[str]) -> str:
+    """The calibration spread of an estimated metric (``""`` when it has none).
+
+    Only rows on the composite physical dose: the calibration compares physical doses.
+    """
+    if option not in estimated or row.basis != _BASIS_PHYSICAL or row.group != "OAR":
+        return ""
+    u = CALIBRATION.uncertainty(row.structure, row.metric, row.unit)
+    if u is None or _finite(row.values.get(option)) is None:
+        return ""
+    title = (
+        f"estimate minus optimised reference plans, held-out anatomies: median {u.bias:+.1f}, "
+        f"root-mean-square {u.spread:.1f} {u.unit}, n={u.n} (docs/dose_model.md 4.7)"
+    )
+    return f'<span class="unc" title="{_esc(title)}">{_esc(u.text)}</span>'
+
+
+def _value_cell(row: MetricRow, option: str, estimated: Collection[str] = ()) -> str:
     value = row.values.get(option)
     status = row.status.get(option)
     if status == _NOT_EVALUATED:
@@ -1990,9 +2008,10 @@ def _value_cell(row: MetricRow, option: str) -> str:
         if h:
             hr = f'<span class="hr">{h}</span>'
     st = f' data-status="{status}"' if status else ""
+    unc = _uncertainty_mark(row, option, estimated)
     return (
         f'<td class="{" ".join(cls)}" data-option="{_esc(option)}"{st}>'
-        f'<span class="v">{text}</span>{mark}{hr}</td>'
+        f'<span class="v">{text}</span>{unc}{mark}{hr}</td>'
     )
 
 
@@ -2056,6 +2075,18 @@ _GROUP_TITLES = {
 }
 
 
+def _calibration_sentence() -> str:
+    """What the \u00b1 after an estimated organ metric means (``""`` before a fit)."""
+    if not CALIBRATION.uncertainties:
+        return ""
+    return (
+        "The \u00b1 after an estimated organ metric is the root-mean-square difference "
+        "between the estimate and IMRT plans optimised with pyRadPlan on held-out anatomies "
+        "(n plans), on the composite physical dose; EQD2 rows carry none. The model and its "
+        f"calibration: docs/dose_model.md section 4.7 ({_esc(CALIBRATION.source)})."
+    )
+
+
 def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     table = comparison.table
     options = list(table.options)
@@ -2069,6 +2100,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     out.append("<th>Source and note</th></tr></thead><tbody>")
     group = None
     previous = None
+    estimated = {r.name for r in comparison.results if r.dose_source == "estimated"}
     for r in table.rows:
         if r.group != group:
             group = r.group
@@ -2088,7 +2120,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
             f'<td class="basis">{_esc(r.basis or _MISSING)}</td>'
             f'<td class="lim">{_esc(r.limit or "")}</td>'
         )
-        out += [_value_cell(r, o) for o in options]
+        out += [_value_cell(r, o, estimated) for o in options]
         note = f'<span class="row-note">Note: {_prose(r.note)}</span>' if r.note else ""
         out.append(f'<td class="src">{_prose(r.source)}{note}</td></tr>')
     out.append("</tbody></table>")
@@ -2100,7 +2132,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
         "row is of: the courses treating a target (physical), the sum of every course "
         "(composite physical), the composite converted to EQD2 with the alpha/beta shown "
         "(limits converted alike, see the note), the conventional courses summed (target "
-        "hot spots), or one SBRT course.</p>"
+        "hot spots), or one SBRT course. " + _calibration_sentence() + "</p>"
     )
     return "\n".join(out)
 

@@ -21,10 +21,17 @@ reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md s
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 
 import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from rtplan._typing import FloatArray
 from rtplan._validation import bounding_box
@@ -33,10 +40,14 @@ from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 
 __all__ = [
+    "CALIBRATION",
     "DEFAULT_SPARING",
+    "MetricUncertainty",
+    "ModelCalibration",
     "OrganSparing",
     "apply_hot_spot_spread",
     "apply_organ_sparing",
+    "parse_calibration",
     "sparing_factor",
 ]
 
@@ -76,11 +87,123 @@ class OrganSparing:
             )
 
 
-_FIT = "fitted on pyRadPlan reference plans (calibration/, docs/dose_model.md 4.7)"
+#: The fitted model and its calibration table, written by ``calibration/fit_model.py``
+#: from the stored reference plans; read once at import.
+CALIBRATION_FILE = "model_calibration.toml"
 
-#: Sparing of the organs a prostate-bed / pelvic IMRT plan is optimised to spare.
-#: Values are replaced by the calibration fit (``calibration/fit_model.py``).
-DEFAULT_SPARING: tuple[OrganSparing, ...] = ()
+
+@dataclass(frozen=True)
+class MetricUncertainty:
+    """How far the estimate of one metric fell from optimised reference plans.
+
+    Attributes
+    ----------
+    structure, metric, unit : str
+        E.g. ``"Rectum"``, ``"V40Gy"``, ``"%"``.
+    bias : float
+        Median of estimate minus reference over the held-out plans (the metric's unit).
+    spread : float
+        Root-mean-square of estimate minus reference over the held-out plans.
+    n : int
+        Held-out plans the figures come from.
+    """
+
+    structure: str
+    metric: str
+    unit: str
+    bias: float
+    spread: float
+    n: int
+
+    @property
+    def text(self) -> str:
+        """``"\u00b16.1 % (n=5)"``-style summary, for reports."""
+        unit = f" {self.unit}" if self.unit else ""
+        return f"\u00b1{self.spread:.1f}{unit} (n={self.n})"
+
+
+@dataclass(frozen=True)
+class ModelCalibration:
+    """The fitted sparing, hot-spot spread and residual table of the dose model.
+
+    Attributes
+    ----------
+    sparing : tuple of OrganSparing
+    hot_spot_spread : float
+        Standard deviation of the hot-spot texture (fraction of Rx).
+    uncertainties : tuple of MetricUncertainty
+    source : str
+        What the fit was made from (plans, engine and versions).
+    """
+
+    sparing: tuple[OrganSparing, ...]
+    hot_spot_spread: float
+    uncertainties: tuple[MetricUncertainty, ...]
+    source: str
+
+    def uncertainty(self, structure: str, metric: str, unit: str) -> MetricUncertainty | None:
+        """The calibration figures of one metric of one organ, or None when not calibrated.
+
+        ``metric`` and ``unit`` as in the comparison table (``"V40Gy"``, ``"%"``;
+        ``"V45Gy"``, ``"cc"``; ``"Dmean"``, ``"Gy"``).
+        """
+        for u in self.uncertainties:
+            if (u.structure, u.metric, u.unit) == (structure, metric, unit):
+                return u
+        return None
+
+
+def _float(table: Mapping[str, object], key: str, where: str) -> float:
+    value = table.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidInputError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibration:
+    """Read a model calibration (the TOML ``calibration/fit_model.py`` writes).
+
+    Raises
+    ------
+    InvalidInputError
+        A value that is missing or not a number, a sparing out of range.
+    """
+    data = tomllib.loads(text)
+    source = str(data.get("source", ""))
+    sparing = tuple(
+        OrganSparing(
+            str(organ),
+            _float(values, "strength", f"{where} [sparing.{organ}]"),
+            _float(values, "length_mm", f"{where} [sparing.{organ}]"),
+            source,
+        )
+        for organ, values in dict(data.get("sparing", {})).items()
+    )
+    hot = dict(data.get("hot_spot", {}))
+    spread = _float(hot, "spread", f"{where} [hot_spot]") if hot else 0.0
+    uncertainties = tuple(
+        MetricUncertainty(
+            str(row["structure"]),
+            str(row["metric"]),
+            str(row["unit"]),
+            _float(row, "bias", f"{where} [[uncertainty]]"),
+            _float(row, "spread", f"{where} [[uncertainty]]"),
+            int(_float(row, "n", f"{where} [[uncertainty]]")),
+        )
+        for row in list(data.get("uncertainty", []))
+    )
+    return ModelCalibration(sparing, spread, uncertainties, source)
+
+
+def _shipped_calibration() -> ModelCalibration:
+    text = files("rtplan").joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
+    return parse_calibration(text)
+
+
+#: The shipped calibration (``rtplan/model_calibration.toml``).
+CALIBRATION: ModelCalibration = _shipped_calibration()
+#: Sparing of the organs a prostate-bed / pelvic IMRT plan is optimised to spare, as fitted.
+DEFAULT_SPARING: tuple[OrganSparing, ...] = CALIBRATION.sparing
 
 
 def sparing_factor(

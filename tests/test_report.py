@@ -990,3 +990,36 @@ def test_the_model_disclaimer_applies_to_estimated_columns_only(comparison):
     assert "<b>PBRT [imported]</b>: dose imported from RD_tps.dcm (PLAN), not checked by" in section
     assert "does not cover all of Rectum 12.5 %" in section and "counts as 0 Gy" in section
     assert rpt.MODEL_LIMITS[:60] in text  # still there, for the estimated columns
+
+
+def test_estimated_organ_metrics_show_their_calibration_spread(comparison, monkeypatch):
+    """Issue 15.3: each estimated OAR metric with its calibration uncertainty, not imported."""
+    from rtplan.sparing import parse_calibration
+
+    rows = [r for r in comparison.table.rows if r.group == "OAR" and r.structure == "Rectum"]
+    target = rows[0]
+    calibration = parse_calibration(
+        'source = "test"\n[[uncertainty]]\n'
+        f'structure = "Rectum"\nmetric = "{target.metric}"\nunit = "{target.unit}"\n'
+        "bias = -1.5\nspread = 6.1\nn = 5\n"
+    )
+    monkeypatch.setattr(rpt, "CALIBRATION", calibration)
+    twin = _with_imported_twin(comparison)
+    physical = tuple(
+        dataclasses.replace(r, basis="composite physical") if r.label == target.label else r
+        for r in twin.table.rows
+    )
+    twin = dataclasses.replace(twin, table=dataclasses.replace(twin.table, rows=physical))
+    text = rpt.render_report(twin)
+    metrics = re.search(r'<table id="metrics".*?</table>', text, re.S).group(0)
+    row = re.search(rf'<tr data-row="{re.escape(target.label)}".*?</tr>', metrics, re.S).group(0)
+    cells = re.findall(r'<td class="num[^"]*" data-option="([^"]+)".*?</td>', row, re.S)
+    marks = re.findall(r'data-option="([^"]+)"[^>]*>(?:(?!</td>).)*?class="unc"', row, re.S)
+    assert sorted(marks) == sorted(o for o in cells if not o.endswith("[imported]"))
+    assert "\u00b16.1 % (n=5)" in row or "\u00b16.1 (n=5)" in row
+    assert "root-mean-square difference" in text
+    # rows on another basis (EQD2) carry none
+    other = next(r for r in rows if r is not target) if len(rows) > 1 else None
+    if other is not None:
+        other_row = re.search(rf'<tr data-row="{re.escape(other.label)}".*?</tr>', metrics, re.S)
+        assert 'class="unc"' not in other_row.group(0)
