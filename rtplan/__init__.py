@@ -272,10 +272,14 @@ from rtplan.report import (
     write_report,
 )
 from rtplan.sparing import (
+    CALIBRATION,
     DEFAULT_SPARING,
+    MetricUncertainty,
+    ModelCalibration,
     OrganSparing,
     apply_hot_spot_spread,
     apply_organ_sparing,
+    parse_calibration,
     sparing_factor,
 )
 from rtplan.staging import (
@@ -370,6 +374,7 @@ __all__ = [
     "BED_ADJACENT_ORGANS",
     "BONE_NAMES",
     "BONE_STRUCTURES",
+    "CALIBRATION",
     "CATEGORIES",
     "CONNECTIVITIES",
     "CT_IMAGE_STORAGE",
@@ -472,7 +477,9 @@ __all__ = [
     "MarginOutsideGridError",
     "Metric",
     "MetricRow",
+    "MetricUncertainty",
     "MissingStructureError",
+    "ModelCalibration",
     "NtcpModel",
     "Nuclide",
     "OptionDose",
@@ -586,6 +593,7 @@ __all__ = [
     "mipsma_score",
     "occupancy_on_grid",
     "option_volume_table",
+    "parse_calibration",
     "parse_constraint",
     "parse_gleason",
     "parse_lesion_items",
