@@ -75,7 +75,15 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from rtplan._masks import Box, closing, crop_organs, quiet_expand, union_of, z_between
+from rtplan._masks import (
+    Box,
+    closing,
+    crop_organs,
+    quiet_expand,
+    union_in_box,
+    union_of,
+    z_between,
+)
 from rtplan._typing import BoolMask
 from rtplan._validation import as_mask, bounding_box, check_choice, check_names, check_type
 from rtplan.dose_estimate import eqd2_gy
@@ -445,28 +453,33 @@ def _sidewall_bridges(
         if box is None:
             continue
         local = out[box]
-        near_wall = _near_in_plane(union_of(ss, _SIDEWALL[side], grid), grid, box, width_mm)
+        walls = [ss[key] for n in _SIDEWALL[side] if (key := ss.resolve(n)) is not None]
+        near_wall = _near_in_plane(walls, grid, box, width_mm)
         for k in np.flatnonzero(parts[box].any(axis=(1, 2))):
             hull = _hull_2d(parts[box][k])  # the hull stays inside the box
             local[k] |= hull if near_wall is None else hull & near_wall[k]
     return out
 
 
-def _near_in_plane(mask: BoolMask, grid: ImageGrid, box: Box, width_mm: float) -> BoolMask | None:
-    """``mask`` grown ``width_mm`` in-plane, on ``box`` only; None when ``mask`` is empty.
+def _near_in_plane(
+    structures: Sequence[Structure], grid: ImageGrid, box: Box, width_mm: float
+) -> BoolMask | None:
+    """The union of ``structures`` grown ``width_mm`` in-plane, on ``box`` only.
 
-    Only the part of ``mask`` within ``width_mm`` of the box (in-plane) can reach it, so
-    the growth runs on the box padded by that much, not on the whole grid.
+    Only what lies within ``width_mm`` of the box (in-plane) can reach it, so the union
+    is taken and grown on the box padded by that much, not on the whole grid. None when
+    the structures are absent or empty there.
     """
-    if not mask.any():
-        return None
 
     def widened(b: slice, axis: int) -> slice:
         p = math.ceil(width_mm / grid.spacing_mm[axis]) + 1
         return slice(max(b.start - p, 0), min(b.stop + p, grid.shape[axis]))
 
     padded: Box = (box[0], widened(box[1], 1), widened(box[2], 2))
-    grown = quiet_expand(mask[padded], grid.crop(padded), _inplane(width_mm))
+    mask = union_in_box(structures, padded)
+    if not mask.any():
+        return None
+    grown = quiet_expand(mask, grid.crop(padded), _inplane(width_mm))
     near: BoolMask = grown[
         :,
         box[1].start - padded[1].start : box[1].stop - padded[1].start,
