@@ -225,10 +225,12 @@ class DoseModelParameters:
     ----------
     imrt_plateau : float
         Dose deep inside an IMRT/VMAT PTV. 1.02: PB VMAT median PTV dose 71.2 Gy for
-        ~70 Gy (CLINICAL.md 11d, planning-study abstract [V]).
+        ~70 Gy (CLINICAL.md 11d, planning-study abstract [V]); replaced by the value
+        fitted on the reference plans when ``rtplan/model_calibration.toml`` has one.
     imrt_surface : float
         Dose at the PTV surface. 0.96: the 95 % isodose hugs the PTV (prostate VMAT
-        objective CI95 <= 1.2, PMID 19268554 [V]; PB V95% 99 % [V]); tool default.
+        objective CI95 <= 1.2, PMID 19268554 [V]; PB V95% 99 % [V]); tool default,
+        replaced by the fitted value when ``rtplan/model_calibration.toml`` has one.
     imrt_inner_mm : float
         Build-up length inside the PTV from the surface dose to the plateau. 1.5 mm,
         tool default chosen so that D95 ~ 0.97 Rx (published PB VMAT D95 68.6/70 = 0.98).
@@ -307,8 +309,8 @@ class DoseModelParameters:
         Wavelength (mm) of the texture. 20 mm, tool default.
     """
 
-    imrt_plateau: float = 1.02
-    imrt_surface: float = 0.96
+    imrt_plateau: float = 1.02 if CALIBRATION.plateau is None else CALIBRATION.plateau
+    imrt_surface: float = 0.96 if CALIBRATION.surface is None else CALIBRATION.surface
     imrt_inner_mm: float = 1.5
     imrt_penumbra_mm: float = 8.0
     imrt_tail_fraction: float = 0.7

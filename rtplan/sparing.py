@@ -134,12 +134,17 @@ class ModelCalibration:
     uncertainties : tuple of MetricUncertainty
     source : str
         What the fit was made from (plans, engine and versions).
+    surface, plateau : float or None
+        The IMRT profile's surface and plateau doses (fractions of Rx) fitted with the
+        sparing; None: the model's published-calibrated defaults stay.
     """
 
     sparing: tuple[OrganSparing, ...]
     hot_spot_spread: float
     uncertainties: tuple[MetricUncertainty, ...]
     source: str
+    surface: float | None = None
+    plateau: float | None = None
 
     def uncertainty(self, structure: str, metric: str, unit: str) -> MetricUncertainty | None:
         """The calibration figures of one metric of one organ, or None when not calibrated.
@@ -181,6 +186,9 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
     )
     hot = dict(data.get("hot_spot", {}))
     spread = _float(hot, "spread", f"{where} [hot_spot]") if hot else 0.0
+    profile = dict(data.get("profile", {}))
+    surface = _float(profile, "surface", f"{where} [profile]") if profile else None
+    plateau = _float(profile, "plateau", f"{where} [profile]") if profile else None
     uncertainties = tuple(
         MetricUncertainty(
             str(row["structure"]),
@@ -192,7 +200,7 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
         )
         for row in list(data.get("uncertainty", []))
     )
-    return ModelCalibration(sparing, spread, uncertainties, source)
+    return ModelCalibration(sparing, spread, uncertainties, source, surface, plateau)
 
 
 def _shipped_calibration() -> ModelCalibration:

@@ -1,0 +1,488 @@
+"""Fit the dose model's organ sparing on stored reference plans; the held-out residual table.
+
+Run from the repository root, in rtplan's own environment (pyRadPlan is not needed: the
+reference plans' metrics are read from ``calibration/reference_metrics.csv``)::
+
+    python -m calibration.fit_model            # fit, print the tables
+    python -m calibration.fit_model --write    # ... and write rtplan/model_calibration.toml
+
+What it does:
+
+1. reads the stored reference plans (:class:`calibration.store.ReferenceStore`) and splits
+   them into :data:`TRAINING` and held-out plans (every stored plan not in the training set);
+2. rebuilds each plan's anatomy and option exactly as the reference script did
+   (:func:`calibration.plans.load_plan_atlas`, :func:`calibration.plans.build_plan_option`)
+   and estimates its dose with :func:`rtplan.dose_estimate.estimate_option_dose`;
+3. fits the hot-spot spread on the training plans' PTV D2%, then each organ's sparing
+   ``(strength, length)`` on its training metrics (:data:`FIT_METRICS`) by a grid search
+   (coarse, then fine around each organ's best; organs are independent: an organ's sparing
+   changes only the dose in that organ);
+4. scores the held-out plans with the fitted model: per metric, the median and the
+   root-mean-square of estimate minus reference, the largest error, and n; and the ranking
+   of two options of one anatomy by each organ metric (same sign of the difference).
+
+:func:`residual_table` is what ``tests/test_calibration_residuals.py`` recomputes from the
+stored CSV and the current model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.plans import PLANS, build_plan_option, load_plan_atlas, plan_by_id
+from calibration.scoring import dose_grid_for, oar_metrics, target_metrics
+from calibration.store import MetricRecord, ReferenceStore
+from rtplan.atlas import Atlas
+from rtplan.dose_estimate import ALPHA_BETA_GY, DoseModelParameters, estimate_option_dose
+from rtplan.dvh import StructureOnDoseGrid, compute_dvh, structure_on_dose_grid
+from rtplan.grid import ImageGrid
+from rtplan.plan import FieldOption, target_levels
+from rtplan.sparing import OrganSparing
+
+__all__ = [
+    "FIT_METRICS",
+    "TRAINING",
+    "PlanCase",
+    "Residual",
+    "estimate_metrics",
+    "fit",
+    "load_cases",
+    "main",
+    "ranking_agreement",
+    "residual_table",
+]
+
+STORE_DIR = Path(__file__).resolve().parent
+CALIBRATION_TOML = STORE_DIR.parent / "rtplan" / "model_calibration.toml"
+COMPOSITE = "composite"
+
+#: Plans the model is fitted on: prostate-bed RT on the atlas and on variants at the
+#: extremes of size and filling, and the whole-pelvis course on the atlas. Every other
+#: stored plan is held out.
+TRAINING: tuple[str, ...] = (
+    "pbrt__atlas",
+    "pbrt__scale1.15",
+    "pbrt__bladder0.5",
+    "pbrt__rectal1.8",
+    "wprt__atlas",
+)
+
+#: Metrics each organ's sparing is fitted to (name, unit, weight of a unit of error).
+#: Percentage points of V and Gy of Dmean weigh alike; bowel V45 in cc counts a tenth.
+FIT_METRICS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "Rectum": (("V40Gy", "%", 1.0), ("V50Gy", "%", 1.0), ("V65Gy", "%", 1.0), ("Dmean", "Gy", 1.0)),
+    "Bladder": (
+        ("V40Gy", "%", 1.0),
+        ("V50Gy", "%", 1.0),
+        ("V65Gy", "%", 1.0),
+        ("Dmean", "Gy", 1.0),
+    ),
+    "PenileBulb": (("Dmean", "Gy", 1.0), ("D2%", "Gy", 0.5)),
+    "Spc_Bowel": (("V45Gy[cc]", "cc", 0.1), ("Dmean", "Gy", 1.0)),
+    "Colon_Sigmoid": (("Dmean", "Gy", 1.0), ("D2%", "Gy", 0.5)),
+    "Femur_Head_L": (("Dmean", "Gy", 1.0), ("D2%", "Gy", 0.5)),
+    "Femur_Head_R": (("Dmean", "Gy", 1.0), ("D2%", "Gy", 0.5)),
+}
+
+#: Held-out metrics reported (structure, metric, unit); targets use %Rx metrics.
+REPORTED: tuple[tuple[str, str, str], ...] = (
+    *(
+        (organ, metric, unit)
+        for organ in ("Rectum", "Bladder")
+        for metric, unit in (
+            ("V40Gy", "%"),
+            ("V50Gy", "%"),
+            ("V65Gy", "%"),
+            ("V70Gy", "%"),
+            ("Dmean", "Gy"),
+        )
+    ),
+    ("Spc_Bowel", "V45Gy[cc]", "cc"),
+    ("Spc_Bowel", "Dmean", "Gy"),
+    ("PenileBulb", "Dmean", "Gy"),
+    ("Femur_Head_L", "D2%", "Gy"),
+    ("Femur_Head_R", "D2%", "Gy"),
+)
+
+_COARSE_STRENGTHS = tuple(round(0.1 * k, 2) for k in range(9))  # 0 .. 0.8
+_COARSE_LENGTHS_MM = (1.0, 2.0, 4.0, 8.0, 16.0)
+_SPREADS = (0.0, 0.01, 0.02, 0.03)
+_SURFACES = (0.96, 0.98, 1.0)
+_PLATEAUS = (1.02, 1.03, 1.04)
+
+
+@dataclass
+class PlanCase:
+    """One stored reference plan, rebuilt: anatomy, option, dose grid and reference metrics."""
+
+    plan_id: str
+    case: str
+    option: FieldOption
+    atlas: Atlas
+    dose_grid: ImageGrid
+    reference: dict[tuple[str, str], float]  # (structure, metric) -> value, composite dose
+    organs: dict[str, StructureOnDoseGrid]
+    ptvs: dict[str, tuple[StructureOnDoseGrid, float]]  # name -> (structure, total Rx)
+
+
+def _reference(rows: Iterable[MetricRecord]) -> dict[tuple[str, str], float]:
+    return {(r.structure, r.metric): r.value for r in rows if r.course == COMPOSITE}
+
+
+def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> list[PlanCase]:
+    """The stored plans (all, or ``plan_ids``) rebuilt as the reference script built them."""
+    stored = store.plans()
+    ids = [p.plan_id for p in PLANS if p.plan_id in stored]
+    if plan_ids is not None:
+        ids = [i for i in ids if i in plan_ids]
+    rows = store.rows()
+    out = []
+    for plan_id in ids:
+        spec = plan_by_id(plan_id)
+        atlas = load_plan_atlas(spec)
+        option = build_plan_option(spec, atlas)
+        grid = dose_grid_for(atlas)
+        organs = {
+            name: structure_on_dose_grid(atlas.structures[name], grid)
+            for name in FIT_METRICS
+            if name in atlas.structures and not atlas.structures[name].is_empty
+        }
+        ptvs = {
+            lv.ptv.name: (structure_on_dose_grid(lv.ptv, grid), lv.total_gy)
+            for lv in target_levels(option)
+        }
+        out.append(
+            PlanCase(
+                plan_id,
+                spec.case,
+                option,
+                atlas,
+                grid,
+                _reference(r for r in rows if r.plan_id == plan_id),
+                organs,
+                ptvs,
+            )
+        )
+    return out
+
+
+def estimate_metrics(case: PlanCase, params: DoseModelParameters) -> dict[tuple[str, str], float]:
+    """The model's composite physical metrics of a plan (same definitions as the reference)."""
+    od = estimate_option_dose(
+        case.option,
+        case.dose_grid,
+        body=case.atlas.structures["Body"],
+        params=params,
+        target_alpha_beta_gy=ALPHA_BETA_GY["prostate"],
+        organs=case.atlas.structures,
+    )
+    dose = od.total_gy
+    out: dict[tuple[str, str], float] = {}
+    for name, (sd, rx) in case.ptvs.items():
+        for m in target_metrics(compute_dvh(dose, case.dose_grid, sd), rx):
+            out[(name, m.metric)] = m.value
+    for name, sd in case.organs.items():
+        bowel = name in ("Spc_Bowel", "Colon_Sigmoid")
+        for m in oar_metrics(compute_dvh(dose, case.dose_grid, sd), bowel=bowel):
+            out[(name, m.metric)] = m.value
+    return out
+
+
+def _with(
+    params: DoseModelParameters, sparing: Mapping[str, tuple[float, float]]
+) -> DoseModelParameters:
+    spared = tuple(
+        OrganSparing(organ, s, length, "fit") for organ, (s, length) in sparing.items() if s > 0
+    )
+    return dataclasses.replace(params, imrt_sparing=spared)
+
+
+def _organ_loss(
+    organ: str, cases: Sequence[PlanCase], estimates: Sequence[Mapping[tuple[str, str], float]]
+) -> float:
+    loss = 0.0
+    for case, est in zip(cases, estimates, strict=True):
+        for metric, _unit, weight in FIT_METRICS[organ]:
+            ref = case.reference.get((organ, metric))
+            value = est.get((organ, metric))
+            if ref is None or value is None:
+                continue
+            loss += (weight * (value - ref)) ** 2
+    return loss
+
+
+def _ptv_loss(
+    cases: Sequence[PlanCase], estimates: Sequence[Mapping[tuple[str, str], float]]
+) -> float:
+    loss = 0.0
+    for case, est in zip(cases, estimates, strict=True):
+        for name in case.ptvs:
+            for metric in ("D95%[%Rx]", "D50%[%Rx]", "D2%[%Rx]"):
+                ref, value = case.reference.get((name, metric)), est.get((name, metric))
+                if ref is not None and value is not None:
+                    loss += (value - ref) ** 2
+    return loss
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def fit(cases: Sequence[PlanCase]) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """PTV profile (surface, plateau, hot-spot spread) and organ sparing fitted on ``cases``.
+
+    Returns the profile values (``imrt_surface``, ``imrt_plateau``,
+    ``imrt_hot_spot_spread``) and per organ ``(strength, length_mm)``.
+    """
+    base = dataclasses.replace(DoseModelParameters(), imrt_sparing=())
+    profile_loss = {}
+    for surface, plateau, spread in itertools.product(_SURFACES, _PLATEAUS, _SPREADS):
+        params = dataclasses.replace(
+            base, imrt_surface=surface, imrt_plateau=plateau, imrt_hot_spot_spread=spread
+        )
+        estimates = [estimate_metrics(c, params) for c in cases]
+        profile_loss[(surface, plateau, spread)] = _ptv_loss(cases, estimates)
+    surface, plateau, spread = min(profile_loss, key=profile_loss.__getitem__)
+    profile = {
+        "imrt_surface": surface,
+        "imrt_plateau": plateau,
+        "imrt_hot_spot_spread": spread,
+    }
+    _say(f"PTV profile {profile} (loss {profile_loss[(surface, plateau, spread)]:.1f})")
+    base = dataclasses.replace(base, **profile)
+    organs = [o for o in FIT_METRICS if any(o in c.organs for c in cases)]
+
+    def losses(
+        candidates: Mapping[str, Sequence[tuple[float, float]]], n: int
+    ) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {o: [] for o in organs}
+        for k in range(n):
+            params = _with(base, {o: candidates[o][k] for o in organs})
+            estimates = [estimate_metrics(c, params) for c in cases]
+            for o in organs:
+                out[o].append(_organ_loss(o, cases, estimates))
+        return out
+
+    grid = list(itertools.product(_COARSE_STRENGTHS, _COARSE_LENGTHS_MM))
+    coarse = losses({o: grid for o in organs}, len(grid))
+    best = {o: grid[int(np.argmin(coarse[o]))] for o in organs}
+    _say(f"coarse: {best}")
+    fine: dict[str, list[tuple[float, float]]] = {}
+    for o in organs:
+        s0, l0 = best[o]
+        fine[o] = [
+            (min(max(s0 + ds, 0.0), 0.9), l0 * f)
+            for ds in (-0.05, 0.0, 0.05)
+            for f in (0.7, 1.0, 1.4)
+        ]
+    fine_loss = losses(fine, 9)
+    chosen = {o: fine[o][int(np.argmin(fine_loss[o]))] for o in organs}
+    _say(f"fine: {chosen}")
+    return profile, chosen
+
+
+@dataclass(frozen=True)
+class Residual:
+    """Estimate minus reference of one metric over held-out plans."""
+
+    structure: str
+    metric: str
+    unit: str
+    errors: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        """Number of held-out plans with this metric."""
+        return len(self.errors)
+
+    @property
+    def bias(self) -> float:
+        """Median of estimate minus reference."""
+        return float(statistics.median(self.errors))
+
+    @property
+    def spread(self) -> float:
+        """Root-mean-square of estimate minus reference."""
+        return math.sqrt(sum(e * e for e in self.errors) / len(self.errors))
+
+    @property
+    def worst(self) -> float:
+        """The error of largest magnitude."""
+        return max(self.errors, key=abs)
+
+    @property
+    def median_abs(self) -> float:
+        """Median absolute error."""
+        return float(statistics.median(abs(e) for e in self.errors))
+
+
+def _ptv_rows(cases: Sequence[PlanCase]) -> list[tuple[str, str, str]]:
+    return [("PTV (each level)", m, "%Rx") for m in ("D95%[%Rx]", "D2%[%Rx]")]
+
+
+def residual_table(
+    cases: Sequence[PlanCase], params: DoseModelParameters
+) -> tuple[list[Residual], dict[str, float]]:
+    """Held-out residuals per metric, and the estimates (for the ranking check)."""
+    errors: dict[tuple[str, str, str], list[float]] = {}
+    estimates: dict[str, float] = {}
+    for case in cases:
+        est = estimate_metrics(case, params)
+        for (structure, metric), value in est.items():
+            estimates[f"{case.plan_id}|{structure}|{metric}"] = value
+        for structure, metric, unit in REPORTED:
+            ref, value = case.reference.get((structure, metric)), est.get((structure, metric))
+            if ref is not None and value is not None:
+                errors.setdefault((structure, metric, unit), []).append(value - ref)
+        for name in case.ptvs:
+            for _, metric, unit in _ptv_rows(cases):
+                ref, value = case.reference.get((name, metric)), est.get((name, metric))
+                if ref is not None and value is not None:
+                    errors.setdefault(("PTV (each level)", metric, unit), []).append(value - ref)
+    rows = [Residual(s, m, u, tuple(e)) for (s, m, u), e in errors.items()]
+    return rows, estimates
+
+
+def ranking_agreement(
+    cases: Sequence[PlanCase], estimates: Mapping[str, float]
+) -> tuple[int, int, list[str]]:
+    """Pairs of options of one anatomy ranked alike by estimate and reference, per metric.
+
+    Returns agreed, total, and the disagreements (text).
+    """
+    agreed, total, misses = 0, 0, []
+    by_case: dict[str, list[PlanCase]] = {}
+    for c in cases:
+        by_case.setdefault(c.case, []).append(c)
+    for group in by_case.values():
+        for a, b in itertools.combinations(group, 2):
+            for structure, metric, _unit in REPORTED:
+                key_a, key_b = (
+                    f"{a.plan_id}|{structure}|{metric}",
+                    f"{b.plan_id}|{structure}|{metric}",
+                )
+                ref_a, ref_b = (
+                    a.reference.get((structure, metric)),
+                    b.reference.get((structure, metric)),
+                )
+                if (
+                    key_a not in estimates
+                    or key_b not in estimates
+                    or ref_a is None
+                    or ref_b is None
+                ):
+                    continue
+                if abs(ref_a - ref_b) < 1.0:  # a tie within a point or a Gy: no order to agree on
+                    continue
+                total += 1
+                if (estimates[key_a] - estimates[key_b]) * (ref_a - ref_b) > 0:
+                    agreed += 1
+                else:
+                    misses.append(f"{a.plan_id} vs {b.plan_id}: {structure} {metric}")
+    return agreed, total, misses
+
+
+def _markdown(rows: Sequence[Residual]) -> str:
+    out = [
+        "| structure | metric | unit | n | bias (median) | spread (RMS) | median abs | worst |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.structure} | {r.metric} | {r.unit} | {r.n} | {r.bias:+.1f} | {r.spread:.1f} "
+            f"| {r.median_abs:.1f} | {r.worst:+.1f} |"
+        )
+    return "\n".join(out)
+
+
+def _toml(
+    profile: Mapping[str, float],
+    sparing: Mapping[str, tuple[float, float]],
+    rows: Sequence[Residual],
+    source: str,
+) -> str:
+    out = [
+        "# The dose model's organ sparing and hot-spot spread, fitted on optimised",
+        "# reference plans, and the residuals of held-out plans.",
+        "# Written by calibration/fit_model.py; do not edit.",
+        f'source = "{source}"',
+        "",
+        "[profile]",
+        f"surface = {profile['imrt_surface']:g}",
+        f"plateau = {profile['imrt_plateau']:g}",
+        "",
+        "[hot_spot]",
+        f"spread = {profile['imrt_hot_spot_spread']:g}",
+    ]
+    for organ, (s, length) in sparing.items():
+        if s <= 0:
+            continue
+        out += ["", f"[sparing.{organ}]", f"strength = {s:g}", f"length_mm = {length:g}"]
+    for r in rows:
+        if r.structure.startswith("PTV"):
+            continue
+        out += [
+            "",
+            "[[uncertainty]]",
+            f'structure = "{r.structure}"',
+            f'metric = "{r.metric.replace("[cc]", "")}"',
+            f'unit = "{r.unit}"',
+            f"bias = {r.bias:.3f}",
+            f"spread = {r.spread:.3f}",
+            f"n = {r.n}",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit, print the held-out tables, and with ``--write`` store the calibration."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--write", action="store_true", help="write rtplan/model_calibration.toml")
+    ap.add_argument("--store", default=str(STORE_DIR), help="folder of the reference store")
+    args = ap.parse_args(argv)
+    store = ReferenceStore(args.store)
+    cases = load_cases(store)
+    train = [c for c in cases if c.plan_id in TRAINING]
+    held = [c for c in cases if c.plan_id not in TRAINING]
+    _say(
+        f"{len(cases)} stored plans: training {[c.plan_id for c in train]}, "
+        f"held out {[c.plan_id for c in held]}"
+    )
+    if not train:
+        _say("no training plan stored yet")
+        return 1
+    profile, sparing = fit(train)
+    params = _with(dataclasses.replace(DoseModelParameters(), **profile), sparing)
+    before = dataclasses.replace(DoseModelParameters(), imrt_sparing=(), imrt_hot_spot_spread=0.0)
+    for label, subset in (("held-out", held), ("training", train)):
+        if not subset:
+            continue
+        for name, p in (("before (no sparing)", before), ("fitted", params)):
+            rows, est = residual_table(subset, p)
+            agreed, total, misses = ranking_agreement(subset, est)
+            print(f"\n### {label} plans, model {name}\n")
+            print(_markdown(rows))
+            print(f"\nranking of option pairs: {agreed}/{total} agree; misses: {misses}")
+    if args.write:
+        rows, _ = residual_table(held, params) if held else ([], {})
+        source = (
+            f"fitted on {len(train)} pyRadPlan reference plans "
+            f"({', '.join(c.plan_id for c in train)}), residuals of {len(held)} held-out plans"
+        )
+        CALIBRATION_TOML.write_text(_toml(profile, sparing, rows, source), encoding="utf-8")
+        _say(f"wrote {CALIBRATION_TOML}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
