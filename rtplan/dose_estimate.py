@@ -35,7 +35,7 @@ from scipy.special import ndtr
 from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import bounding_box
-from rtplan.dvh import Float32Array, occupancy_on_grid
+from rtplan.dvh import Float32Array, IndexArray, occupancy_on_grid, structure_on_dose_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
@@ -717,28 +717,23 @@ def _check_course(course: Course) -> None:
             )
 
 
-#: Occupancies of spared organs on a dose grid, shared by the options of one comparison.
-_ORGAN_MEMO: IdentityMemo[Float32Array] = IdentityMemo(12)
-
-
-def _spared_occupancies(
+def _spared_voxels(
     organs: StructureSet | None, sparing: Sequence[OrganSparing], dose_grid: ImageGrid
-) -> dict[str, Float32Array]:
-    """Occupancy on the dose grid of each organ of ``sparing`` present in ``organs``."""
-    out: dict[str, Float32Array] = {}
+) -> dict[str, IndexArray]:
+    """Dose voxels at least half inside each organ of ``sparing`` present in ``organs``.
+
+    The organs are resampled by :func:`rtplan.dvh.structure_on_dose_grid`, whose results
+    the comparison's DVHs share.
+    """
+    out: dict[str, IndexArray] = {}
     if organs is None:
         return out
     for sp in sparing:
         key = organs.resolve(sp.organ)
         if key is None or organs[key].is_empty:
             continue
-        structure = organs[key]
-        occ = _ORGAN_MEMO.get((structure,), (dose_grid,))
-        if occ is None:
-            occ = occupancy_on_grid(structure, dose_grid)
-            occ.flags.writeable = False
-            _ORGAN_MEMO.put((structure,), (dose_grid,), occ)
-        out[sp.organ] = occ
+        resampled = structure_on_dose_grid(organs[key], dose_grid)
+        out[sp.organ] = resampled.flat_index[resampled.occupancy >= 0.5]
     return out
 
 
@@ -746,7 +741,7 @@ def _imrt_or_sbrt_dose(
     course: Course,
     dose_grid: ImageGrid,
     params: DoseModelParameters,
-    organs: Mapping[str, Float32Array],
+    organs: Mapping[str, IndexArray],
 ) -> FloatArray:
     dose = np.zeros(dose_grid.shape, np.float32)
     for t in course.targets:
@@ -922,7 +917,7 @@ def estimate_course_dose(
     if course.technique == "3dcrt":
         dose = _box_dose(course, dose_grid, body_mask, params)
     else:
-        spared = _spared_occupancies(organs, params.imrt_sparing, dose_grid)
+        spared = _spared_voxels(organs, params.imrt_sparing, dose_grid)
         dose = _imrt_or_sbrt_dose(course, dose_grid, params, spared)
     if body_mask is not None:
         dose *= body_mask

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
+from rtplan._memo import IdentityMemo
 from rtplan._typing import FloatArray
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
@@ -383,6 +384,24 @@ def structure_on_dose_grid(structure: Structure, dose_grid: ImageGrid) -> Struct
         If ``structure`` is not a Structure or ``dose_grid`` not an ImageGrid.
     """
     _check_structure_and_grid(structure, dose_grid)
+    if structure.role == "external":  # the body is large and resampled once per case
+        return _resampled(structure, dose_grid)
+    found = _RESAMPLED.get((structure,), (dose_grid,))
+    if found is None:
+        found = _resampled(structure, dose_grid)
+        for arr in (found.flat_index, found.volume_cc, found.occupancy, found.offset_mm):
+            arr.flags.writeable = False
+        _RESAMPLED.put((structure,), (dose_grid,), found)
+    return found
+
+
+#: Organs and targets resampled to a dose grid: the comparison's DVHs and the dose model's
+#: organ sparing use the same ones (shared, read-only arrays).
+_RESAMPLED: IdentityMemo[StructureOnDoseGrid] = IdentityMemo(32)
+
+
+def _resampled(structure: Structure, dose_grid: ImageGrid) -> StructureOnDoseGrid:
+    """The work of :func:`structure_on_dose_grid` (arguments checked)."""
     box, m0, offsets = _occupancy_moments(structure, dose_grid, moments=True)
     assert offsets is not None
     sel = m0 > _OCC_EPS

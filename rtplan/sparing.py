@@ -35,7 +35,7 @@ else:  # pragma: no cover - Python 3.10
 
 from rtplan._typing import FloatArray
 from rtplan._validation import bounding_box
-from rtplan.dvh import Float32Array
+from rtplan.dvh import Float32Array, IndexArray
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 
@@ -232,7 +232,7 @@ def sparing_factor(
 def apply_organ_sparing(
     relative: Float32Array,
     signed_mm: Float32Array,
-    organs: Mapping[str, Float32Array],
+    organs: Mapping[str, IndexArray],
     sparing: Sequence[OrganSparing],
 ) -> None:
     """Lower ``relative`` (in place) in the spared organs, by distance to the PTV.
@@ -243,23 +243,20 @@ def apply_organ_sparing(
         One PTV's relative dose profile on the dose grid (modified in place).
     signed_mm : ndarray of float32
         Signed distance (mm) to that PTV's surface, > 0 outside.
-    organs : mapping of str to ndarray of float32
-        Organ name -> occupancy on the dose grid (0-1); a voxel counts as the organ's when
-        at least half of it is (the occupancy the DVH weights it by).
+    organs : mapping of str to ndarray of int64
+        Organ name -> raveled dose-grid indices of the voxels at least half inside the
+        organ (those the organ's DVH is mostly made of).
     sparing : sequence of OrganSparing
         Organs without an entry in ``organs`` are skipped.
     """
+    flat_rel = relative.reshape(-1)
+    flat_r = signed_mm.reshape(-1)
     for sp in sparing:
-        occ = organs.get(sp.organ)
-        if occ is None:
+        index = organs.get(sp.organ)
+        if index is None or index.size == 0:
             continue
-        box = bounding_box(occ >= 0.5)
-        if box is None:
-            continue
-        inside = occ[box] >= 0.5
-        factor = sparing_factor(signed_mm[box][inside], sp.strength, sp.length_mm)
-        part = relative[box]
-        part[inside] *= factor.astype(np.float32)
+        factor = sparing_factor(flat_r[index], sp.strength, sp.length_mm)
+        flat_rel[index] *= factor.astype(np.float32)
 
 
 def _texture(grid: ImageGrid, wavelength_mm: float) -> Float32Array:
