@@ -1,0 +1,224 @@
+"""The fixed, versioned list of reference plans and how each plan's option is built.
+
+Each :class:`PlanSpec` names an anatomy (:func:`rtplan.load_atlas` keyword arguments),
+the demo case whose lesions it carries (:func:`rtplan.demo.demo_cases`, lesions placed
+from the atlas's own geometry) and the option of that case
+(:func:`rtplan.volumes.suggest_options`). :func:`build_plan_option` builds the option
+exactly as :func:`rtplan.compare.compare_options` doses it: built with
+:func:`rtplan.volumes.build_options` and resolved with :func:`rtplan.plan.resolve_overlaps`
+at the protocol's prostate alpha/beta, sparing the protocol's ``boost_spare_organs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtplan.atlas import Atlas, load_atlas
+from rtplan.demo import DEMO_ATLAS, case_lesions, demo_cases
+from rtplan.dose_estimate import ALPHA_BETA_GY
+from rtplan.lesions import Lesions
+from rtplan.plan import FieldOption, resolve_overlaps
+from rtplan.protocol import Protocol, load_protocol
+from rtplan.staging import stage
+from rtplan.structures import Structure
+from rtplan.volumes import build_options, suggest_options
+
+__all__ = [
+    "ANATOMIES",
+    "PLANS",
+    "PLAN_LIST_VERSION",
+    "PROTOCOL",
+    "Anatomy",
+    "PlanSpec",
+    "build_plan_option",
+    "load_plan_atlas",
+    "plan_by_id",
+]
+
+#: Version of :data:`PLANS`: bumped whenever a plan's definition changes (a stored plan
+#: records the version it was made with).
+PLAN_LIST_VERSION = 1
+#: The protocol every reference plan uses.
+PROTOCOL = "nrg_salvage"
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The :func:`rtplan.load_atlas` arguments of one anatomy (defaults: the atlas itself)."""
+
+    scale: float = 1.0
+    bladder_filling: float = 1.0
+    rectal_filling: float = 1.0
+    seed: int | None = None
+
+    def kwargs(self) -> dict[str, float | int]:
+        """The arguments that differ from the atlas's, for the plan record."""
+        out: dict[str, float | int] = {}
+        for name, value, default in (
+            ("scale", self.scale, 1.0),
+            ("bladder_filling", self.bladder_filling, 1.0),
+            ("rectal_filling", self.rectal_filling, 1.0),
+        ):
+            if value != default:
+                out[name] = value
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+#: The anatomies, by case label.
+ANATOMIES: dict[str, Anatomy] = {
+    "atlas": Anatomy(),
+    "scale0.85": Anatomy(scale=0.85),
+    "scale1.15": Anatomy(scale=1.15),
+    "bladder0.5": Anatomy(bladder_filling=0.5),
+    "bladder2.0": Anatomy(bladder_filling=2.0),
+    "rectal1.8": Anatomy(rectal_filling=1.8),
+    "seed3": Anatomy(seed=3),
+}
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """One reference plan: an anatomy, a demo case's lesions and one of its options.
+
+    Parameters
+    ----------
+    plan_id : str
+        Unique id, also the dose file name (``<plan_id>.npz``).
+    case : str
+        Anatomy label (a key of the anatomy table, e.g. ``"scale0.85"``).
+    lesion_case : str
+        The demo case whose lesions are placed (``"T0N0M0"``, ``"TrN0M0"``, ``"N1M0"``).
+    option : str
+        The option of that case to plan (a :func:`rtplan.volumes.suggest_options` name).
+    anatomy : Anatomy
+        The :func:`rtplan.load_atlas` arguments of the anatomy.
+    """
+
+    plan_id: str
+    case: str
+    lesion_case: str
+    option: str
+    anatomy: Anatomy = Anatomy()
+
+    @property
+    def atlas_kwargs(self) -> dict[str, float | int]:
+        """The :func:`rtplan.load_atlas` arguments that differ from the atlas's."""
+        return self.anatomy.kwargs()
+
+
+def _plan(prefix: str, case: str, lesion_case: str, option: str) -> PlanSpec:
+    return PlanSpec(
+        plan_id=f"{prefix}__{case}",
+        case=case,
+        lesion_case=lesion_case,
+        option=option,
+        anatomy=ANATOMIES[case],
+    )
+
+
+#: The reference plans in order of priority: prostate-bed RT on the atlas and six
+#: variants spanning size (scale 0.85, 1.15), bladder filling (0.5, 2.0), rectal filling
+#: (1.8) and a random variant (seed 3); prostate bed + pelvis (with its sequential bed
+#: boost) on the atlas and three of those variants; one node-boost option (N1M0, SIB to
+#: the two nodes) and one local-boost option (TrN0M0, SIB to the recurrence) on the atlas.
+PLANS: tuple[PlanSpec, ...] = (
+    *(
+        _plan("pbrt", case, "T0N0M0", "PBRT")
+        for case in (
+            "atlas",
+            "scale0.85",
+            "scale1.15",
+            "bladder0.5",
+            "bladder2.0",
+            "rectal1.8",
+            "seed3",
+        )
+    ),
+    *(
+        _plan("wprt", case, "T0N0M0", "PBRT+WPRT")
+        for case in ("atlas", "scale0.85", "bladder0.5", "rectal1.8")
+    ),
+    _plan("nboost", "atlas", "N1M0", "PBRT+WPRT+Nboost+ADT"),
+    _plan("lrboost", "atlas", "TrN0M0", "PBRT+LRboost"),
+)
+
+
+def plan_by_id(plan_id: str) -> PlanSpec:
+    """The plan of :data:`PLANS` with this id.
+
+    Raises
+    ------
+    KeyError
+        When no plan has that id; the message lists the ids.
+    """
+    for spec in PLANS:
+        if spec.plan_id == plan_id:
+            return spec
+    raise KeyError(f"no plan {plan_id!r}; plans are {', '.join(s.plan_id for s in PLANS)}")
+
+
+def load_plan_atlas(spec: PlanSpec) -> Atlas:
+    """The plan's anatomy: the demo atlas built with the plan's keyword arguments."""
+    a = spec.anatomy
+    return load_atlas(
+        DEMO_ATLAS,
+        scale=a.scale,
+        bladder_filling=a.bladder_filling,
+        rectal_filling=a.rectal_filling,
+        seed=a.seed,
+    )
+
+
+def _lesions(spec: PlanSpec, atlas: Atlas) -> Lesions:
+    for case in demo_cases(atlas):
+        if case.name == spec.lesion_case:
+            return case_lesions(case, atlas)
+    raise KeyError(f"plan {spec.plan_id}: no demo case {spec.lesion_case!r}")
+
+
+def _spared_organs(atlas: Atlas, protocol: Protocol) -> list[Structure]:
+    """The organs boost PTVs are cropped by, as :func:`rtplan.compare.compare_options` does."""
+    if protocol.get("technique.boost_spare_organs") is None:
+        return []
+    names = protocol.names("technique.boost_spare_organs")
+    missing = [n for n in names if n not in atlas.structures]
+    if missing:
+        raise KeyError(f"the anatomy lacks the boost-spared organs {missing}")
+    return [atlas.structures[n] for n in names]
+
+
+def build_plan_option(spec: PlanSpec, atlas: Atlas) -> FieldOption:
+    """The plan's option, built and resolved as :func:`rtplan.compare_options` doses it.
+
+    Parameters
+    ----------
+    spec : PlanSpec
+        The plan.
+    atlas : Atlas
+        Its anatomy (:func:`load_plan_atlas`).
+
+    Returns
+    -------
+    FieldOption
+        With later phases' PTVs cropped by earlier higher targets
+        (:func:`rtplan.plan.resolve_overlaps`).
+
+    Raises
+    ------
+    KeyError
+        When the case does not suggest the plan's option on this anatomy (the message
+        lists the options it does suggest).
+    """
+    proto = load_protocol(PROTOCOL)
+    lesions = _lesions(spec, atlas)
+    staged = stage(lesions, atlas, protocol=proto)
+    specs = suggest_options(staged, proto)
+    chosen = [s for s in specs if s.name == spec.option]
+    if not chosen:
+        names = ", ".join(s.name for s in specs)
+        raise KeyError(f"plan {spec.plan_id}: case suggests {names}, not {spec.option!r}")
+    option = build_options(chosen, atlas, lesions, proto)[0]
+    alpha_beta_gy = proto.alpha_beta_gy.get("prostate", ALPHA_BETA_GY["prostate"])
+    return resolve_overlaps(option, alpha_beta_gy=alpha_beta_gy, spare=_spared_organs(atlas, proto))
