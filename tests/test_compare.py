@@ -655,7 +655,10 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     dose = ndimage.map_coordinates(estimate.dose_gy, np.stack(index), order=1, mode="nearest")
     imported = ImportedDose(dose, shifted, "offset plan")
     both = compare_options(coarse_atlas, None, [pbrt], stage=st, imported_doses={"PBRT": imported})
-    tolerance = {"Gy": 1.5, "%": 3.0, "%Rx": 0.5, "% intended": 0.5, "cc": 1e-9}
+    # each trilinear resampling smooths the IMRT hot-spot texture (3 % SD, 20 mm
+    # wavelength; h^2/8 times its curvature: up to ~0.25 % of Rx) and the step of the
+    # organ sparing at the rectum's surface (docs/dose_model.md 7): twice here
+    tolerance = {"Gy": 1.5, "%": 4.0, "%Rx": 1.0, "% intended": 1.0, "cc": 1e-9}
     for row, a, b in _pairs(both, "PBRT"):
         tol = 0.2 if row.metric == "Dmean" else tolerance[row.unit]
         assert abs(b - a) <= tol, (row.label, a, b)

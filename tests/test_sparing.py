@@ -93,7 +93,7 @@ def test_sparing_lowers_organ_dose_by_the_factor_and_never_touches_the_ptv(case)
 
 def test_hot_spot_spread_is_zero_mean_inside_and_nothing_outside(case):
     grid, ss, course = case
-    flat = dataclasses.replace(DoseModelParameters(), imrt_sparing=())
+    flat = dataclasses.replace(DoseModelParameters(), imrt_sparing=(), imrt_hot_spot_spread=0.0)
     spread = dataclasses.replace(flat, imrt_hot_spot_spread=0.02)
     a = estimate_course_dose(course, grid, params=flat, organs=ss)
     b = estimate_course_dose(course, grid, params=spread, organs=ss)
