@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from calibration.objectives import (
     course_structures,
     primary_level,
 )
-from calibration.plans import PLANS, plan_by_id
+from calibration.plans import PLANS, load_plan_atlas, plan_by_id
 from calibration.scoring import (
     DISTANCE_BIN_EDGES_MM,
     OAR_V_DOSES_GY,
     distance_metrics,
+    dose_grid_for,
     mask_on_dose_grid,
     normalisation_factor,
     oar_metrics,
@@ -104,6 +106,21 @@ def test_store_refuses_rows_of_another_plan_and_non_json_records(tmp_path: Path)
     with pytest.raises(StoreError, match="not JSON"):
         s.add_plan("b", {"x": object()}, [_row("b")])  # type: ignore[dict-item]
     assert (s.csv_path.read_text(), s.json_path.read_text()) == before
+
+
+def test_concurrent_writers_lose_no_plan(tmp_path: Path) -> None:
+    s = ReferenceStore(tmp_path)
+    ids = [f"p{n}" for n in range(8)]
+    threads = [
+        threading.Thread(target=ReferenceStore(tmp_path).add_plan, args=(i, {}, [_row(i)]))
+        for i in ids
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert s.stored_ids() == set(ids)
+    assert sorted(r.plan_id for r in s.rows()) == ids
 
 
 def test_metric_values_must_be_finite() -> None:
@@ -340,3 +357,36 @@ def test_normalisation_lowers_d95_to_98_pct_for_hot_spots(
     assert norm.acceptable is acceptable
     d2 = compute_dvh(norm.factor * dose, GRID, levels[0].ptv).dose_at_volume_pct(2.0)
     assert (d2 <= 1.1 * 66.6) is acceptable
+
+
+@pytest.mark.slow
+def test_rescore_renormalises_a_stored_plan_from_its_dose_file(tmp_path: Path) -> None:
+    spec = plan_by_id("pbrt__scale0.85")
+    atlas = load_plan_atlas(spec)
+    grid = dose_grid_for(atlas)
+    body = mask_on_dose_grid(atlas.structures["Body"], grid)
+    dose = np.where(body, 64.0, 0.0)[None]  # as stored: normalised with factor 2
+    path = tmp_path / f"{spec.plan_id}.npz"
+    np.savez(path, doses_gy=dose.astype(np.float32), normalisation_factors=np.array([2.0]))
+    course = {"name": "ProstateBed", "normalisation": {"factor": 2.0}}
+    record = {
+        "courses": [course],
+        "objective_weights": ObjectiveWeights().as_json(),
+        "dose_file": str(path),
+    }
+    store_ = ReferenceStore(tmp_path)
+    store_.add_plan(spec.plan_id, record, [])
+    reference_plans.rescore_plan(spec, store_, "test")
+    got = store_.plans()[spec.plan_id]
+    assert isinstance(got, dict) and isinstance(got["courses"], list)
+    first = got["courses"][0]
+    assert isinstance(first, dict) and isinstance(first["normalisation"], dict)
+    norm = first["normalisation"]
+    assert norm["factor"] == pytest.approx(2.0 * 66.6 / 64.0, rel=1e-3)
+    assert norm["target_pct_rx"] == 100.0 and got["acceptable"] is True
+    rows = {(r.structure, r.metric): r.value for r in store_.rows(spec.plan_id)}
+    assert rows[("PTVsb_6660", "D95%")] == pytest.approx(66.6, abs=0.05)
+    assert rows[("Rectum", "Dmean")] == pytest.approx(66.6, abs=0.05)
+    with np.load(path) as stored:
+        assert float(stored["doses_gy"].max()) == pytest.approx(66.6, rel=1e-4)
+        assert stored["normalisation_factors"][0] == pytest.approx(norm["factor"], rel=1e-5)
