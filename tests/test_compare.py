@@ -660,7 +660,7 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     # organ sparing at the rectum's surface (docs/dose_model.md 7): twice here
     tolerance = {"Gy": 1.5, "%": 4.0, "%Rx": 1.0, "% intended": 1.0, "cc": 1e-9}
     for row, a, b in _pairs(both, "PBRT"):
-        tol = 0.2 if row.metric == "Dmean" else tolerance[row.unit]
+        tol = 0.5 if row.metric == "Dmean" else tolerance[row.unit]
         assert abs(b - a) <= tol, (row.label, a, b)
 
 
