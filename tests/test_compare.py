@@ -206,7 +206,7 @@ from rtplan.compare import (  # noqa: E402
     NOT_EVALUATED,
     basis_eqd2,
 )
-from rtplan.dose_estimate import ALPHA_BETA_GY, eqd2_gy  # noqa: E402
+from rtplan.dose_estimate import ALPHA_BETA_GY, DoseModelParameters, eqd2_gy  # noqa: E402
 from rtplan.dvh import compute_dvh  # noqa: E402
 from rtplan.errors import InvalidInputError, RtplanWarning  # noqa: E402
 from rtplan.plan import target_levels  # noqa: E402
@@ -644,9 +644,13 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     Two trilinear resamplings blur the steep fall-off at the PTV edge a little: D95 and
     V65 move by about 1 Gy and 2 points there; mean doses by less than 0.2 Gy.
     """
-    st, _, cmp = t0
+    st, _, _ = t0
     pbrt = _option(t0, "PBRT")
-    estimate = cmp.result("PBRT")
+    # a smooth estimate: without the organ sparing's step at organ surfaces and the
+    # hot-spot texture, which two resamplings blur more (docs/dose_model.md 7)
+    smooth = DoseModelParameters(imrt_sparing=(), imrt_hot_spot_spread=0.0)
+    base = compare_options(coarse_atlas, None, [pbrt], stage=st, dose_parameters=smooth)
+    estimate = base.result("PBRT")
     g = estimate.dose_grid
     shift_mm = 0.5
     shifted = ImageGrid(g.shape, g.spacing_mm, tuple(o + shift_mm for o in g.origin_mm))
@@ -654,13 +658,17 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     index = np.meshgrid(*steps, indexing="ij")
     dose = ndimage.map_coordinates(estimate.dose_gy, np.stack(index), order=1, mode="nearest")
     imported = ImportedDose(dose, shifted, "offset plan")
-    both = compare_options(coarse_atlas, None, [pbrt], stage=st, imported_doses={"PBRT": imported})
-    # each trilinear resampling smooths the IMRT hot-spot texture (3 % SD, 20 mm
-    # wavelength; h^2/8 times its curvature: up to ~0.25 % of Rx) and the step of the
-    # organ sparing at the rectum's surface (docs/dose_model.md 7): twice here
-    tolerance = {"Gy": 1.5, "%": 4.0, "%Rx": 1.0, "% intended": 1.0, "cc": 1e-9}
+    both = compare_options(
+        coarse_atlas,
+        None,
+        [pbrt],
+        stage=st,
+        dose_parameters=smooth,
+        imported_doses={"PBRT": imported},
+    )
+    tolerance = {"Gy": 1.5, "%": 3.0, "%Rx": 0.5, "% intended": 0.5, "cc": 1e-9}
     for row, a, b in _pairs(both, "PBRT"):
-        tol = 0.5 if row.metric == "Dmean" else tolerance[row.unit]
+        tol = 0.2 if row.metric == "Dmean" else tolerance[row.unit]
         assert abs(b - a) <= tol, (row.label, a, b)
 
 
