@@ -118,6 +118,8 @@ REPORTED: tuple[tuple[str, str, str], ...] = (
 #: An organ is fitted only when a training plan gives it at least this mean dose (Gy);
 #: tool default.
 MIN_FIT_DMEAN_GY = 5.0
+#: Held-out metrics of every PTV level (metric, unit).
+_PTV_METRICS = (("D95%[%Rx]", "%Rx"), ("D2%[%Rx]", "%Rx"))
 _COARSE_STRENGTHS = tuple(round(0.1 * k, 2) for k in range(9))  # 0 .. 0.8
 _COARSE_LENGTHS_MM = (1.0, 2.0, 4.0, 8.0, 16.0)
 _SPREADS = (0.0, 0.01, 0.02, 0.025, 0.03, 0.035, 0.04)
@@ -348,10 +350,6 @@ class Residual:
         return float(statistics.median(abs(e) for e in self.errors))
 
 
-def _ptv_rows(cases: Sequence[PlanCase]) -> list[tuple[str, str, str]]:
-    return [("PTV (each level)", m, "%Rx") for m in ("D95%[%Rx]", "D2%[%Rx]")]
-
-
 def residual_table(
     cases: Sequence[PlanCase], params: DoseModelParameters
 ) -> tuple[list[Residual], dict[str, float]]:
@@ -367,7 +365,7 @@ def residual_table(
             if ref is not None and value is not None:
                 errors.setdefault((structure, metric, unit), []).append(value - ref)
         for name in case.ptvs:
-            for _, metric, unit in _ptv_rows(cases):
+            for metric, unit in _PTV_METRICS:
                 ref, value = case.reference.get((name, metric)), est.get((name, metric))
                 if ref is not None and value is not None:
                     errors.setdefault(("PTV (each level)", metric, unit), []).append(value - ref)

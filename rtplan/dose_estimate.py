@@ -819,10 +819,7 @@ def _box_dose(
     for t in course.targets:
         if t.ptv.is_empty:
             raise GeometryError(f"PTV {t.name!r} is empty")
-        occ = occupancy_on_grid(t.ptv, dose_grid)
-        ptv = occ >= 0.5
-        if not ptv.any():
-            ptv = occ >= occ.max()
+        ptv = _occupied(occupancy_on_grid(t.ptv, dose_grid))
         total = np.zeros(dose_grid.shape, np.float64)
         for beam in params.crt_beams:
             if beam in ("AP", "PA"):  # along +y (AP enters anteriorly) or -y
