@@ -15,11 +15,13 @@ over the full grid); a voxel is inside a solid when its centre is. Structures ar
 in file order, each as the union of its ``add`` solids minus its ``subtract`` solids,
 intersected with its ``intersect`` solids and ``within`` structures, minus the
 ``exclude`` structures (optionally grown by a gap). The CT is painted in the same order,
-later structures overriding earlier ones; see ``atlases/README.md`` for the format.
+later structures overriding earlier ones, when it is first read (:attr:`Atlas.ct_hu`);
+see ``atlases/README.md`` for the format.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
@@ -27,10 +29,11 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -203,6 +206,9 @@ _ALLOWED_OVERLAPS: frozenset[frozenset[str]] = frozenset(
 )
 _NOT_VALIDATED_FOR_OVERLAP = frozenset({"Body"})
 
+#: Held while an atlas paints its CT on first read (:meth:`Atlas._painted_on_read`).
+_PAINT_LOCK = threading.Lock()
+
 # Default CT numbers for structures of user anatomy without a CT image (tool default).
 _PSEUDO_CT_HU: tuple[tuple[tuple[str, ...], float], ...] = (
     (("Body", "External"), -100.0),
@@ -227,7 +233,9 @@ class Atlas:
     grid : ImageGrid
         Geometry of ``ct_hu`` and of every structure.
     ct_hu : ndarray of float32, shape ``grid.shape``
-        CT numbers in Hounsfield units.
+        CT numbers in Hounsfield units. A shipped (parametric) atlas paints its CT on the
+        first read of this attribute, not when it is built: planning reads only the
+        structures and landmarks, so a run that writes no image never paints it.
     structures : StructureSet
         Structures on ``grid`` with TG-263 names where known.
     landmarks : dict of str to (x, y, z)
@@ -290,6 +298,61 @@ class Atlas:
                 f"the structures of atlas {self.name!r} are on {self.structures.grid.describe()} "
                 f"but its grid is {self.grid.describe()}"
             )
+
+    @classmethod
+    def _painted_on_read(
+        cls,
+        paint: Callable[[], npt.NDArray[np.float32]],
+        *,
+        name: str,
+        grid: ImageGrid,
+        structures: StructureSet,
+        landmarks: dict[str, Vec3],
+        source: str,
+        parameters: dict[str, object],
+        variation_groups: dict[str, str],
+    ) -> Atlas:
+        """An atlas whose CT is ``paint()``, called on the first read of :attr:`ct_hu`.
+
+        ``paint`` must return a float32 array of ``grid.shape``; the other fields are
+        checked as usual.
+        """
+        # a zero-stride stand-in passes the checks; then the field is left unset, so that
+        # reading it reaches __getattr__, which paints it once
+        atlas = cls(
+            name=name,
+            grid=grid,
+            ct_hu=np.broadcast_to(np.float32(0.0), grid.shape),
+            structures=structures,
+            landmarks=landmarks,
+            source=source,
+            parameters=parameters,
+            variation_groups=variation_groups,
+        )
+        del atlas.__dict__["ct_hu"]
+        atlas.__dict__["_ct_painter"] = paint
+        return atlas
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would accept any attribute name
+
+        def __getattr__(self, name: str) -> object:
+            # Only reached for an attribute that is not set: the CT of an atlas built by
+            # _painted_on_read before its first read.
+            state = self.__dict__
+            if name == "ct_hu" and ("_ct_painter" in state or "ct_hu" in state):
+                with _PAINT_LOCK:  # threads reading it at once paint it once
+                    if "ct_hu" not in state:
+                        state["ct_hu"] = state["_ct_painter"]()
+                        del state["_ct_painter"]
+                return state["ct_hu"]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, object]:
+        """The fields for pickle and copy, with the CT painted (a painter is not kept)."""
+        state = dict(self.__dict__)
+        state["ct_hu"] = self.ct_hu
+        state.pop("_ct_painter", None)
+        return state
 
     def missing(
         self,
@@ -1498,16 +1561,29 @@ def _default_grid(
     )
 
 
-def _paint(
+def _ct_painter(
     defs: Sequence[_StructDef],
     masks: Mapping[str, _Local | None],
     grid: ImageGrid,
     meta: _Table,
     noise_seed: int,
     where: str,
+) -> Callable[[], npt.NDArray[np.float32]]:
+    """A function that paints the CT (:func:`_paint`); the ``[atlas]`` values are read now."""
+    air_hu = _number(meta.get("air_hu", -1000.0), f"{where} [atlas] air_hu")
+    noise_hu = _number(meta.get("noise_hu", 0.0), f"{where} [atlas] noise_hu")
+    return functools.partial(_paint, tuple(defs), dict(masks), grid, air_hu, noise_hu, noise_seed)
+
+
+def _paint(
+    defs: Sequence[_StructDef],
+    masks: Mapping[str, _Local | None],
+    grid: ImageGrid,
+    air_hu: float,
+    noise_hu: float,
+    noise_seed: int,
 ) -> npt.NDArray[np.float32]:
     """The CT (HU): air, each structure's ``hu`` (and ``core_hu``) in order, then noise."""
-    air_hu = _number(meta.get("air_hu", -1000.0), f"{where} [atlas] air_hu")
     ct = np.full(grid.shape, air_hu, np.float32)
     sp = np.array(grid.spacing_mm)
     for d in defs:
@@ -1516,9 +1592,8 @@ def _paint(
             continue
         region = ct[_sl((loc.start, loc.stop), np.zeros(3, np.int64))]  # a view of ct
         _paint_structure(region, loc.mask, d.hu, d.core_hu, d.core_depth_mm, sp)
-    noise = _number(meta.get("noise_hu", 0.0), f"{where} [atlas] noise_hu")
-    if noise > 0:
-        _add_noise(ct, noise, noise_seed)
+    if noise_hu > 0:
+        _add_noise(ct, noise_hu, noise_seed)
     np.clip(ct, -1024.0, 3071.0, out=ct)
     return ct
 
@@ -1615,16 +1690,17 @@ def _build_parametric(folder: Traversable, where: str, name: str, opts: _BuildOp
     if grid is None:
         grid = _default_grid(meta, var, spacing_mm=opts.spacing_mm, shape=opts.shape, where=where)
     masks = _build_masks(defs, _Raster(grid))
-    ct = _paint(defs, masks, grid, meta, 0 if opts.seed is None else int(opts.seed), where)
+    seed = 0 if opts.seed is None else int(opts.seed)
+    paint = _ct_painter(defs, masks, grid, meta, seed, where)  # painted when first read
     structures = StructureSet(grid=grid)
     for d in defs:
         if d.export:
             structures.add(_structure_from_local(d.name, masks.get(d.name), grid, d.role))
     params = _provenance(opts, var)
-    atlas = Atlas(
+    atlas = Atlas._painted_on_read(
+        paint,
         name=name,
         grid=grid,
-        ct_hu=ct,
         structures=structures,
         landmarks=landmarks,
         source=f"{where}/atlas.toml",

@@ -80,7 +80,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from rtplan._masks import closing, crop_organs, largest_component, union_of, z_between
+from rtplan._masks import closing, crop_organs, largest_component, slices_between, union_of
 from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Vec3
 from rtplan._validation import bounding_box, check_choice, check_type
@@ -930,14 +930,22 @@ def _draw_bed_region(atlas: AtlasLike, rules: _BedRules) -> tuple[BoolMask, _Bed
         drawn = _bed_slice(planes, k, z_mm[k] > lv.z_symphysis_top + 1e-6, lv, rules)
         if drawn is not None:
             region[k], keep_band[k] = drawn
-    region = closing(region, grid, rules.smoothing_mm) & z_between(grid, lv.z_inf, lv.z_sup)
-    region &= ~(planes.bladder & ~keep_band)
-    region = crop_organs(
-        region,
+    region = closing(region, grid, rules.smoothing_mm)
+    region[~slices_between(grid, lv.z_inf, lv.z_sup)] = False
+    box = bounding_box(region)
+    if box is None:
+        return region, lv
+    # the rest only removes voxels: done on the region's box
+    local = region[box] & ~(planes.bladder[box] & ~keep_band[box])
+    local = crop_organs(
+        local,
         ss,
         grid,
         {_BED_BONES: 0.0, _BED_RECTUM: 0.0, _BED_MUSCLES: 0.0, _BED_BOWEL: 0.0},
+        box=box,
     )
+    region = np.zeros(grid.shape, bool)
+    region[box] = local
     return largest_component(region), lv
 
 

@@ -77,15 +77,26 @@ from scipy.spatial import ConvexHull, QhullError
 
 from rtplan._masks import (
     Box,
+    bbox_of,
     closing,
     crop_organs,
+    grown_box,
+    named,
     quiet_expand,
+    reach_voxels,
+    slices_between,
     union_in_box,
-    union_of,
-    z_between,
+    whole_box,
 )
-from rtplan._typing import BoolMask
-from rtplan._validation import as_mask, bounding_box, check_choice, check_names, check_type
+from rtplan._typing import BoolMask, FloatArray
+from rtplan._validation import (
+    as_mask,
+    bounding_box,
+    check_choice,
+    check_names,
+    check_type,
+    is_real,
+)
 from rtplan.dose_estimate import eqd2_gy
 from rtplan.errors import (
     GeometryError,
@@ -320,6 +331,101 @@ class _NodeRules:
 
 
 @dataclass(frozen=True)
+class _Work:
+    """The index box of the grid a nodal CTV is built on, and what the build reads there.
+
+    Every mask of the build is an array of ``box``'s shape. The box holds whole each
+    structure that is grown or measured (see :func:`_work_box`), so each step gives there
+    the whole-grid result, at the cost of the box. The coordinates are the grid's,
+    sliced, so every comparison with a landmark is the whole-grid one.
+    """
+
+    grid: ImageGrid
+    ss: StructureSet
+    box: Box
+    sub: ImageGrid  # grid.crop(box): the geometry of the work arrays, for margins
+    z_mm: FloatArray
+    y_mm: FloatArray
+    x_mm: FloatArray
+    z_top_mm: float  # the grid's highest slice
+
+    @classmethod
+    def on(cls, atlas: AtlasLike, box: Box) -> _Work:
+        grid = atlas.grid
+        z_mm, y_mm, x_mm = grid.axis_coordinates_mm()
+        return cls(
+            grid=grid,
+            ss=atlas.structures,
+            box=box,
+            sub=grid.crop(box),
+            z_mm=z_mm[box[0]],
+            y_mm=y_mm[box[1]],
+            x_mm=x_mm[box[2]],
+            z_top_mm=float(z_mm.max()),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        k, j, i = (b.stop - b.start for b in self.box)
+        return (k, j, i)
+
+    def union(self, names: Iterable[str]) -> BoolMask:
+        """Union of the named structures (synonyms resolved) in the box."""
+        return union_in_box(named(self.ss, names), self.box)
+
+    def slices(self, lo_mm: float, hi_mm: float) -> BoolMask:
+        """The slices of the box between two heights, shape ``(nk, 1, 1)`` to broadcast."""
+        sel: BoolMask = slices_between(self.grid, lo_mm, hi_mm)[self.box[0], None, None]
+        return sel
+
+    def on_grid(self, local: Box) -> Box:
+        """An index box of the work arrays as an index box of the grid."""
+        k, j, i = (slice(a.start + b.start, a.stop + b.start) for a, b in zip(local, self.box))
+        return (k, j, i)
+
+
+def _sacral_vertebrae(ss: StructureSet, rules: _NodeRules) -> list[Structure]:
+    """The bones the presacral strip lies in front of: ``presacral_vertebrae``, else Sacrum."""
+    vertebrae = named(ss, rules.presacral_vertebrae)
+    if bbox_of(vertebrae) is None:
+        return named(ss, ("Sacrum",))
+    return vertebrae
+
+
+def _work_box(ss: StructureSet, grid: ImageGrid, rules: _NodeRules, mesorectal: bool) -> Box:
+    """The box a nodal CTV is built on (a :class:`_Work`): where every step is exact.
+
+    Each structure that is grown (the vessels, the obturator internus, the rectum for the
+    mesorectum) or measured whole (the sacral vertebrae: midline and anterior surface)
+    lies in it with the reach of its margin around it (:func:`rtplan._masks.reach_voxels`),
+    so its expansion is neither cut nor clipped; the CTV before smoothing lies there too
+    (it is made of those), and the reach of the closing is added around all of it. The
+    organs cropped away and the sacral canal are read on their own boxes
+    (:func:`rtplan._masks.crop_organs`, :func:`_sacral_canal`), so they need no room.
+    """
+    vessel_mm = rules.vessel_margin_mm + max(rules.external_iliac_anterolateral_mm, 0.0)
+    width_mm = rules.obturator_strip_width_mm
+    sources = [
+        (named(ss, _ALL_VESSELS), _inplane(vessel_mm)),
+        (named(ss, ("Obturator_Int_L", "Obturator_Int_R")), _inplane(max(width_mm, 0.0))),
+        (_sacral_vertebrae(ss, rules), _inplane(rules.presacral_depth_mm)),
+    ]
+    if mesorectal:
+        sources.append((named(ss, ("Rectum",)), _inplane(MESORECTAL_MARGIN_MM)))
+    boxes = [
+        grown_box(b, reach_voxels(grid, margin), grid.shape)
+        for structures, margin in sources
+        if (b := bbox_of(structures)) is not None
+    ]
+    if not boxes:
+        return whole_box(grid)
+    k, j, i = (
+        slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)
+    )
+    return grown_box((k, j, i), reach_voxels(grid, rules.smoothing_mm), grid.shape)
+
+
+@dataclass(frozen=True)
 class _VesselRegions:
     """The vessels grown by the margin: common iliac, and per side external and internal."""
 
@@ -335,16 +441,14 @@ class _VesselRegions:
         return out
 
 
-def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> _VesselRegions:
+def _vessel_regions(atlas: AtlasLike, rules: _NodeRules, work: _Work) -> _VesselRegions:
     """Common, internal and external iliac vessels grown in-plane by the vessel margin.
 
     The external iliac region of each side stops at the ``external_iliac_inferior``
-    landmark of that side (the top of the femoral head).
+    landmark of that side (the top of the femoral head). Masks of ``work``'s box.
     """
-    grid, ss = atlas.grid, atlas.structures
     vm = rules.vessel_margin_mm
-    z_top = float(grid.axis_coordinates_mm()[0].max())
-    common = quiet_expand(union_of(ss, _VESSELS_COMMON, grid), grid, _inplane(vm))
+    common = quiet_expand(work.union(_VESSELS_COMMON), work.sub, _inplane(vm))
     extra = rules.external_iliac_anterolateral_mm
     external: dict[str, BoolMask] = {}
     internal: dict[str, BoolMask] = {}
@@ -355,50 +459,48 @@ def _vessel_regions(atlas: AtlasLike, rules: _NodeRules) -> _VesselRegions:
             anterior=vm + extra,
             posterior=vm,
         )
-        ext = quiet_expand(union_of(ss, _VESSELS_EXT[side], grid), grid, side_margin)
+        ext = quiet_expand(work.union(_VESSELS_EXT[side]), work.sub, side_margin)
         z_ext = landmark_z_mm(atlas, f"{rules.external_iliac_inferior}_{side}")
-        external[side] = ext & z_between(grid, z_ext, z_top)
-        internal[side] = quiet_expand(union_of(ss, _VESSELS_INT[side], grid), grid, _inplane(vm))
+        external[side] = ext & work.slices(z_ext, work.z_top_mm)
+        internal[side] = quiet_expand(work.union(_VESSELS_INT[side]), work.sub, _inplane(vm))
     return _VesselRegions(common, external, internal)
 
 
-def _presacral_strip(ss: StructureSet, grid: ImageGrid, rules: _NodeRules) -> BoolMask:
+def _presacral_strip(work: _Work, rules: _NodeRules) -> BoolMask:
     """Strip ``presacral_depth_mm`` deep in front of the sacral vertebral bodies' surface.
 
     Column by column on each slice of ``presacral_vertebrae`` (else ``Sacrum``), from the
     most anterior bone voxel forward, so nothing behind the anterior surface (the sacral
     canal, the foramina) is in it; at most ``presacral_halfwidth_mm`` from the
-    vertebrae's mean x when that is set; empty without sacral structures.
+    vertebrae's mean x when that is set; empty without sacral structures. A mask of
+    ``work``'s box (which holds the vertebrae whole).
     """
-    vb = union_of(ss, rules.presacral_vertebrae, grid)
-    if not vb.any():
-        vb = union_of(ss, ("Sacrum",), grid)
+    vb = union_in_box(_sacral_vertebrae(work.ss, rules), work.box)
     if not vb.any():
         return vb
-    _, y_mm, x_mm = grid.axis_coordinates_mm()
-    Y = y_mm[None, :, None]
+    Y = work.y_mm[None, :, None]
     levels = np.flatnonzero(vb.any(axis=(1, 2)))
     zs = slice(int(levels[0]), int(levels[-1]) + 1)  # only the slices with sacral bone
     has = vb[zs].any(axis=1)  # [slice, column]
     front = np.where(has, np.where(vb[zs], Y, np.inf).min(axis=1), np.nan)  # y of the surface
     depth = rules.presacral_depth_mm
-    strip: BoolMask = np.zeros(grid.shape, bool)
+    strip: BoolMask = np.zeros(work.shape, bool)
     strip[zs] = (Y < front[:, None, :]) & (Y >= front[:, None, :] - depth)
     half = rules.presacral_halfwidth_mm
     if half is not None:
-        x_mid = float(np.mean(x_mm[vb.any(axis=(0, 1))]))
-        strip &= (np.abs(x_mm - x_mid) <= half)[None, None, :]
+        x_mid = float(np.mean(work.x_mm[vb.any(axis=(0, 1))]))
+        strip &= (np.abs(work.x_mm - x_mid) <= half)[None, None, :]
     return strip
 
 
-def _obturator_strips(ss: StructureSet, grid: ImageGrid, width_mm: float) -> BoolMask:
-    """Strips ``width_mm`` wide medial to each obturator internus present."""
-    region = np.zeros(grid.shape, bool)
+def _obturator_strips(work: _Work, width_mm: float) -> BoolMask:
+    """Strips ``width_mm`` wide medial to each obturator internus present (``work``'s box)."""
+    region = np.zeros(work.shape, bool)
     for side, medial in (("L", Margin(right=width_mm)), ("R", Margin(left=width_mm))):
-        key = ss.resolve(f"Obturator_Int_{side}")
+        key = work.ss.resolve(f"Obturator_Int_{side}")
         if key is not None and width_mm > 0:
-            obt = ss[key].mask
-            region |= quiet_expand(obt, grid, medial) & ~obt
+            obt = union_in_box([work.ss[key]], work.box)
+            region |= quiet_expand(obt, work.sub, medial) & ~obt
     return region
 
 
@@ -423,6 +525,7 @@ def _hull_2d(mask2d: BoolMask) -> BoolMask:
 
 def _sidewall_bridges(
     atlas: AtlasLike,
+    work: _Work,
     vessels: _VesselRegions,
     obturator: BoolMask,
     z_inf: float,
@@ -435,11 +538,10 @@ def _sidewall_bridges(
     of the sidewall (``Bone_Ilium``, ``Bone_Ischium``, ``Obturator_Int``, ``Iliopsoas``
     of the side, when present). This is the obturator fossa / sidewall strip of Lawton
     2009 and Taylor et al. 2005 (>= 18 mm along the sidewall, CLINICAL.md 2a, 2c) that
-    joins the two vessel islands.
+    joins the two vessel islands. A mask of ``work``'s box.
     """
-    grid, ss = atlas.grid, atlas.structures
-    z_mm, _, x_mm = grid.axis_coordinates_mm()
-    out = np.zeros(grid.shape, bool)
+    ss, z_mm, x_mm = work.ss, work.z_mm, work.x_mm
+    out = np.zeros(work.shape, bool)
     x_mid = float(np.mean(x_mm[vessels.union.any(axis=(0, 1))]))
     for side in ("L", "R"):
         on_side = (x_mm > x_mid) if side == "L" else (x_mm < x_mid)
@@ -447,14 +549,14 @@ def _sidewall_bridges(
         try:
             z_top = landmark_z_mm(atlas, f"IliacBifurcation_{side}")
         except MissingStructureError:
-            z_top = float(z_mm.max())
+            z_top = work.z_top_mm
         parts &= ((z_mm >= z_inf - 1e-6) & (z_mm <= z_top + 1e-6))[:, None, None]
         box = bounding_box(parts)
         if box is None:
             continue
         local = out[box]
         walls = [ss[key] for n in _SIDEWALL[side] if (key := ss.resolve(n)) is not None]
-        near_wall = _near_in_plane(walls, grid, box, width_mm)
+        near_wall = _near_in_plane(walls, work.grid, work.on_grid(box), width_mm)
         for k in np.flatnonzero(parts[box].any(axis=(1, 2))):
             hull = _hull_2d(parts[box][k])  # the hull stays inside the box
             local[k] |= hull if near_wall is None else hull & near_wall[k]
@@ -488,41 +590,61 @@ def _near_in_plane(
     return near
 
 
-def _sacral_canal(ss: StructureSet, grid: ImageGrid) -> BoolMask:
+def _sacral_canal(ss: StructureSet, grid: ImageGrid, box: Box | None = None) -> BoolMask:
     """The spinal / sacral canal: named structures, and the holes of the sacrum and spine.
 
-    A hole is found slice by slice (2-D hole filling of the bone minus the bone).
+    A hole is found slice by slice (2-D hole filling of the bone minus the bone). A mask
+    of ``box`` (default: the whole grid); the holes are still found on the bone's whole
+    slices.
     """
-    canal = union_of(ss, _CANAL, grid)
-    bone = union_of(ss, _SPINE, grid)
-    box = bounding_box(bone)
     if box is None:
+        box = whole_box(grid)
+    canal = union_in_box(named(ss, _CANAL), box)
+    spine = named(ss, _SPINE)
+    bone_box = bbox_of(spine)
+    if bone_box is None:
         return canal
     # Fill in the bone's in-plane box plus one empty voxel around it: the background
     # outside the bone stays connected to the border, so the holes are the same as on
     # the whole slice, at the cost of the box only.
-    rows = slice(max(box[1].start - 1, 0), min(box[1].stop + 1, grid.shape[1]))
-    cols = slice(max(box[2].start - 1, 0), min(box[2].stop + 1, grid.shape[2]))
-    for k in range(box[0].start, box[0].stop):
+    rows = slice(max(bone_box[1].start - 1, 0), min(bone_box[1].stop + 1, grid.shape[1]))
+    cols = slice(max(bone_box[2].start - 1, 0), min(bone_box[2].stop + 1, grid.shape[2]))
+    ks = slice(max(bone_box[0].start, box[0].start), min(bone_box[0].stop, box[0].stop))
+    # where the bone's planes and the box meet in-plane, in each one's indices
+    rr = slice(max(rows.start, box[1].start), min(rows.stop, box[1].stop))
+    cc = slice(max(cols.start, box[2].start), min(cols.stop, box[2].stop))
+    if ks.stop <= ks.start or rr.stop <= rr.start or cc.stop <= cc.start:
+        return canal
+    bone = union_in_box(spine, (ks, rows, cols))
+    src = (
+        slice(rr.start - rows.start, rr.stop - rows.start),
+        slice(cc.start - cols.start, cc.stop - cols.start),
+    )
+    dst = (
+        slice(rr.start - box[1].start, rr.stop - box[1].start),
+        slice(cc.start - box[2].start, cc.stop - box[2].start),
+    )
+    for n, k in enumerate(range(ks.start, ks.stop)):
         plane = np.zeros((rows.stop - rows.start + 2, cols.stop - cols.start + 2), bool)
-        plane[1:-1, 1:-1] = bone[k, rows, cols]
-        filled = np.asarray(ndimage.binary_fill_holes(plane), bool)[1:-1, 1:-1]
-        canal[k, rows, cols] |= filled & ~plane[1:-1, 1:-1]
+        plane[1:-1, 1:-1] = bone[n]
+        holes = np.asarray(ndimage.binary_fill_holes(plane), bool)[1:-1, 1:-1] & ~bone[n]
+        canal[k - box[0].start][dst] |= holes[src]
     return canal
 
 
-def _mesorectum(atlas: AtlasLike, z_inf: float, margin_mm: float) -> BoolMask:
-    """The rectum grown ``margin_mm`` in-plane, without the rectum, from ``z_inf`` up."""
-    grid, ss = atlas.grid, atlas.structures
-    rectum = union_of(ss, ("Rectum",), grid)
+def _mesorectum(atlas: AtlasLike, work: _Work, z_inf: float, margin_mm: float) -> BoolMask:
+    """The rectum grown ``margin_mm`` in-plane, without the rectum, from ``z_inf`` up.
+
+    A mask of ``work``'s box (which holds the rectum and its margin when this is asked).
+    """
+    rectum = work.union(("Rectum",))
     if not rectum.any():
         raise MissingStructureError(
             "mesorectal coverage of the nodal CTV needs a 'Rectum' structure"
         )
-    z_top = float(grid.axis_coordinates_mm()[0].max())
-    grown = quiet_expand(rectum, grid, _inplane(margin_mm)) & ~rectum
+    grown = quiet_expand(rectum, work.sub, _inplane(margin_mm)) & ~rectum
     levels: BoolMask = np.asarray(rectum.any(axis=(1, 2)), bool)
-    out: BoolMask = grown & z_between(grid, z_inf, z_top) & levels[:, None, None]
+    out: BoolMask = grown & work.slices(z_inf, work.z_top_mm) & levels[:, None, None]
     return out
 
 
@@ -594,17 +716,22 @@ def ctv_pelvic_nodes(
     )
     z_sup = landmark_z_mm(atlas, superior_border or rules.superior_border)
     z_inf = landmark_z_mm(atlas, rules.inferior_border)
-    vessels = _vessel_regions(atlas, rules)
-    obturator = _obturator_strips(ss, grid, rules.obturator_strip_width_mm)
+    # built on the box that holds it (and what it is made of), not on the whole grid
+    work = _Work.on(atlas, _work_box(ss, grid, rules, mesorectal))
+    levels = work.slices(z_inf, z_sup)
+    vessels = _vessel_regions(atlas, rules, work)
+    obturator = _obturator_strips(work, rules.obturator_strip_width_mm)
     region = vessels.union | obturator
-    region |= _presacral_strip(ss, grid, rules)
-    region |= _sidewall_bridges(atlas, vessels, obturator, z_inf, rules.obturator_strip_width_mm)
-    region &= z_between(grid, z_inf, z_sup)
-    region = closing(region, grid, rules.smoothing_mm) & z_between(grid, z_inf, z_sup)
+    region |= _presacral_strip(work, rules)
+    region |= _sidewall_bridges(
+        atlas, work, vessels, obturator, z_inf, rules.obturator_strip_width_mm
+    )
+    region &= levels
+    region = closing(region, work.sub, rules.smoothing_mm) & levels
     if mesorectal:
-        region |= _mesorectum(atlas, z_inf, MESORECTAL_MARGIN_MM) & z_between(grid, z_inf, z_sup)
-    region = crop_organs(region, ss, grid, rules.crops_mm)
-    region &= ~_sacral_canal(ss, grid)
+        region |= _mesorectum(atlas, work, z_inf, MESORECTAL_MARGIN_MM) & levels
+    region = crop_organs(region, ss, grid, rules.crops_mm, box=work.box)
+    region &= ~_sacral_canal(ss, grid, work.box)
     if not region.any():
         raise GeometryError(
             f"CTV_PelvicNodes is empty between z={z_inf:.1f} and {z_sup:.1f} mm; check the "
@@ -612,7 +739,7 @@ def ctv_pelvic_nodes(
         )
     if name is None:
         name = _node_ctv_name(proto, rules, superior_border, mesorectal)
-    return _structure(name, region, grid, "ctv")
+    return _from_box(name, region, work.box, grid, "ctv")
 
 
 # ---------------------------------------------------------------------------- CTV bed
@@ -717,10 +844,45 @@ def ptv_from_ctv(
     """
     check_type(ctv, Structure, name="ctv")
     check_type(body, (Structure, type(None)), name="body", expected_text="a Structure or None")
-    grown = expand(ctv.mask, ctv.grid, margin, clip=True, name=ctv.name)
+    grid = ctv.grid
+    box = _margin_box(ctv, margin)
+    if box is None:  # the PTV may reach the grid edge (and warn): grow it on the grid
+        grown = expand(ctv.mask, grid, margin, clip=True, name=ctv.name)
+        if body is not None and not body.is_empty:
+            grown &= body.mask
+        return _structure(name, grown, grid, "ptv")
+    local = expand(union_in_box([ctv], box), grid.crop(box), margin, clip=True, name=ctv.name)
     if body is not None and not body.is_empty:
-        grown &= body.mask
-    return _structure(name, grown, ctv.grid, "ptv")
+        local &= union_in_box([body], box)
+    return _from_box(name, local, box, grid, "ptv")
+
+
+def _margin_box(s: Structure, margin: Margin | float) -> Box | None:
+    """The box of ``s`` grown by the reach of ``margin``, when it lies inside the grid.
+
+    There the expansion is the whole-grid one. None when ``s`` is empty, the box meets
+    the grid edge (where the expansion may be clipped, with a warning) or the margin is
+    not a valid one (the expansion reports it).
+    """
+    if s.bbox is None:
+        return None
+    if isinstance(margin, Margin):
+        reach = reach_voxels(s.grid, margin)
+    elif is_real(margin) and math.isfinite(float(margin)) and float(margin) >= 0:
+        reach = reach_voxels(s.grid, float(margin))
+    else:
+        return None
+    inside = all(
+        b.start - int(r) >= 0 and b.stop + int(r) <= n
+        for b, r, n in zip(s.bbox, reach, s.grid.shape)
+    )
+    return grown_box(s.bbox, reach, s.grid.shape) if inside else None
+
+
+def _from_box(name: str, local: BoolMask, box: Box, grid: ImageGrid, role: str) -> Structure:
+    """A structure (TG-263 name) from its mask on an index box of ``grid``."""
+    start = (box[0].start, box[1].start, box[2].start)
+    return Structure.from_cropped(_tg263(name), local, start, grid, role=role)
 
 
 def evaluation_ptv(ptv: Structure, body: Structure | None, crop_mm: float) -> Structure | None:
@@ -760,16 +922,14 @@ def evaluation_ptv(ptv: Structure, body: Structure | None, crop_mm: float) -> St
         slice(max(b.start - w, 0), min(b.stop + w, n)) for b, w, n in zip(ptv.bbox, pad, grid.shape)
     )
     box = (k, j, i)
-    outside = ~body.mask[box]
+    outside = ~union_in_box([body], box)
     if not outside.any():
         return None
     near_surface = quiet_expand(outside, grid.crop(box), crop_mm)
-    local = ptv.mask[box] & ~near_surface
+    local = union_in_box([ptv], box) & ~near_surface
     if np.count_nonzero(local) == ptv.voxel_count:
         return None
-    cropped = np.zeros(grid.shape, bool)
-    cropped[box] = local
-    return _structure(f"{ptv.name}-{round(crop_mm):02d}", cropped, grid, "ptv")
+    return _from_box(f"{ptv.name}-{round(crop_mm):02d}", local, box, grid, "ptv")
 
 
 # ---------------------------------------------------------------------------- boosts
@@ -818,24 +978,31 @@ def boost_volumes(
     check_choice(kind, _BOOST_KINDS, name="kind")
     if isinstance(gtv_mask, Structure):
         check_same_grid(gtv_mask.grid, grid, names=[gtv_mask.name, "the anatomy"])
-        gtv = gtv_mask.mask
+        lesion = gtv_mask
     else:
-        gtv = as_mask(gtv_mask, grid, name=f"the {kind} lesion mask").copy()
+        full = as_mask(gtv_mask, grid, name=f"the {kind} lesion mask")
+        lesion = Structure("GTV", full, grid, role="gtv")
     section = "sbrt" if kind.startswith("sbrt") else kind
     classifier = {"local_boost": "p", "node_boost": "n"}.get(kind, "")
     num = "" if number is None else str(number)
     dose = proto.prescription(kind).dose_gy if dose_gy is None else dose_gy
     suffix = f"{_cgy(dose)}"
     gm = proto.number(f"ctv.{section}.gtv_margin_mm")
-    ctv = quiet_expand(gtv, grid, gm) if gm > 0 else gtv.copy()
+    # on the lesion's box grown by the margin's reach: the expansion there is the
+    # whole-grid one (clipped, quietly, only where the box meets the grid edge)
+    box = whole_box(grid)
+    if lesion.bbox is not None:
+        box = grown_box(lesion.bbox, reach_voxels(grid, gm), grid.shape)
+    gtv = union_in_box([lesion], box)
+    ctv = quiet_expand(gtv, grid.crop(box), gm) if gm > 0 else gtv.copy()
     body = _body(atlas)
     if section != "sbrt":
-        bone = union_of(ss, _BONES, grid)
+        bone = union_in_box(named(ss, _BONES), box)
         ctv = (ctv & ~bone) | gtv
     if body is not None and not body.is_empty:
-        ctv &= body.mask
-    g = _structure(f"GTV{classifier}{num}", gtv, grid, "gtv")
-    c = _structure(f"CTV{classifier}{num}_{suffix}", ctv, grid, "ctv")
+        ctv &= union_in_box([body], box)
+    g = _from_box(f"GTV{classifier}{num}", gtv, box, grid, "gtv")
+    c = _from_box(f"CTV{classifier}{num}_{suffix}", ctv, box, grid, "ctv")
     ptv = ptv_from_ctv(
         c, proto.ptv_margin(section), name=f"PTV{classifier}{num}_{suffix}", body=body
     )
@@ -1609,7 +1776,12 @@ def _outside_notes(node: Sequence[_Boost], ctv_n: Structure) -> list[str]:
     """A note for each boosted node lying mostly (> 50 %) outside the elective nodal CTV."""
     notes = []
     for gtv, _, _ in node:
-        inside = np.count_nonzero(gtv.mask & ctv_n.mask) / max(gtv.voxel_count, 1)
+        overlap = (
+            0
+            if gtv.bbox is None
+            else np.count_nonzero(gtv.cropped_mask & union_in_box([ctv_n], gtv.bbox))
+        )
+        inside = overlap / max(gtv.voxel_count, 1)
         if inside < 0.5:
             notes.append(
                 f"{gtv.name} lies mostly outside {ctv_n.name} ({100 * inside:.0f}% inside)."

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.resources
 import json
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -439,6 +443,40 @@ def test_deterministic_build(atlas):
     for n in atlas.structures.names:
         assert np.array_equal(atlas.structures[n].mask, again.structures[n].mask), n
     assert atlas.landmarks == again.landmarks
+
+
+def test_the_ct_is_painted_once_on_its_first_read(monkeypatch):
+    """Building never paints the CT (planning reads only structures); reading it does."""
+    import rtplan.atlas as atlas_module
+
+    calls = []
+    paint = atlas_module._paint
+
+    def counted(*args):
+        calls.append(1)
+        return paint(*args)
+
+    monkeypatch.setattr(atlas_module, "_paint", counted)
+    a = load_atlas(NAME, spacing_mm=(5.0, 4.0, 4.0), seed=2)
+    assert calls == []
+    ct = a.ct_hu
+    assert len(calls) == 1 and a.ct_hu is ct and ct.dtype == np.float32
+    assert ct.shape == a.grid.shape and ct.flags.writeable
+    # copies, pickles and replaced fields carry the same CT, painted on the way if needed
+    for make in (
+        copy.copy,
+        lambda b: pickle.loads(pickle.dumps(b)),
+        lambda b: dataclasses.replace(b, name="other"),
+    ):
+        assert np.array_equal(make(load_atlas(NAME, spacing_mm=(5.0, 4.0, 4.0), seed=2)).ct_hu, ct)
+    # threads reading it at once paint it once
+    t = load_atlas(NAME, spacing_mm=(5.0, 4.0, 4.0), seed=2)
+    before = len(calls)
+    with ThreadPoolExecutor(4) as pool:
+        cts = list(pool.map(lambda _: t.ct_hu, range(8)))
+    assert len(calls) == before + 1 and all(c is cts[0] for c in cts)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_field'"):
+        t.not_a_field  # noqa: B018
 
 
 # ------------------------------------------------------------------ variants

@@ -1154,3 +1154,54 @@ def test_sacral_canal_is_the_hole_of_the_bone_ring(centre_col):
     cut[1] = ring & (ii >= centre_col)
     open_canal = _sacral_canal(StructureSet([Structure("Sacrum", cut, g)]), g)
     assert not open_canal.any()
+    # on a box (also one cutting through the ring), the holes of the whole slices there
+    ss = StructureSet([Structure("Sacrum", bone, g)])
+    for box in [
+        (slice(1, 2), slice(8, 15), slice(centre_col - 1, 24)),
+        (slice(0, 3), slice(0, 9), slice(0, 10)),
+    ]:
+        assert np.array_equal(_sacral_canal(ss, g, box), canal[box])
+
+
+def _target_masks(options):
+    out = {}
+    for o in options:
+        for c in o.courses:
+            for t in c.targets:
+                for s in (t.gtv, t.ctv, t.ptv):
+                    if s is not None:
+                        out[(o.name, c.name, s.name)] = s.mask
+        for s in o.extra_structures:
+            out[(o.name, "extra", s.name)] = s.mask
+    return out
+
+
+def test_volumes_built_on_boxes_equal_the_whole_grid_build(coarse_atlas, protocol, monkeypatch):
+    """Targets are built on boxes around them; with boxes as large as the grid (nothing
+    cropped) every volume is the same, also with crop gaps and the nodal adaptations."""
+    import rtplan.volumes as volumes
+    from rtplan.cohort.lesion_spec import parse_lesion_items, place_lesions
+    from rtplan.staging import stage
+
+    atlas = coarse_atlas
+    items = parse_lesion_items("local:VUA;node:perirectal_L:8mm;node:external_iliac_R:10mm")
+    lesions = place_lesions(items, atlas)
+    gaps = protocol.with_values(
+        {
+            "ctv.pelvic_nodes.crop_bone_mm": 3,
+            "ctv.pelvic_nodes.crop_bowel_mm": 5,
+            "ctv.pelvic_nodes.smoothing_mm": 4,
+        }
+    )
+
+    def build():
+        options = build_options(stage(lesions, atlas), atlas, lesions, protocol)
+        nodes = ctv_pelvic_nodes(atlas, gaps, superior_border="AorticBifurcation", mesorectal=True)
+        return {**_target_masks(options), ("nodes", nodes.name): nodes.mask}
+
+    on_boxes = build()
+    monkeypatch.setattr(volumes, "reach_voxels", lambda grid, margin: np.full(3, 10**6))
+    on_grid = build()
+    assert on_boxes.keys() == on_grid.keys() and len(on_boxes) > 10
+    for key, mask in on_boxes.items():
+        assert np.array_equal(mask, on_grid[key]), key
