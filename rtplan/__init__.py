@@ -277,9 +277,11 @@ from rtplan.sparing import (
     MetricUncertainty,
     ModelCalibration,
     OrganSparing,
+    SparedRegion,
     apply_hot_spot_spread,
     apply_organ_sparing,
     parse_calibration,
+    spared_region,
     sparing_factor,
 )
 from rtplan.staging import (
@@ -511,6 +513,7 @@ __all__ = [
     "RunSettings",
     "SegmentationDefaults",
     "SkippedOption",
+    "SparedRegion",
     "Stage",
     "StagingFields",
     "StagingRules",
@@ -635,6 +638,7 @@ __all__ = [
     "short",
     "shrink",
     "simulate_cohort",
+    "spared_region",
     "sparing_factor",
     "stage",
     "stage_counts",

@@ -35,7 +35,7 @@ from scipy.special import ndtr
 from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import bounding_box
-from rtplan.dvh import Float32Array, IndexArray, occupancy_on_grid, structure_on_dose_grid
+from rtplan.dvh import Float32Array, occupancy_on_grid, structure_on_dose_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
@@ -43,8 +43,10 @@ from rtplan.sparing import (
     CALIBRATION,
     DEFAULT_SPARING,
     OrganSparing,
+    SparedRegion,
     apply_hot_spot_spread,
     apply_organ_sparing,
+    spared_region,
 )
 from rtplan.structures import Structure, StructureSet
 
@@ -292,19 +294,29 @@ class DoseModelParameters:
         intended level it should get (see :func:`estimate_option_dose`); where the
         courses as modelled one by one would stack above it, the later modulated courses
         give less there, as a planner's cropped later-phase PTV and plan-sum optimisation
-        do. 1.05, tool default: inside the +7 % hot-spot limit of a PTV (ICRU 50:
-        95-107 %, @icru50_1993 [V-3p]; "never above 107 %", @pmc8744000_constraints [V]).
+        do. Fitted on optimised reference plans (``rtplan/model_calibration.toml``) no
+        higher than the +7 % hot-spot limit of a PTV (ICRU 50: 95-107 %, @icru50_1993
+        [V-3p]; "never above 107 %", @pmc8744000_constraints [V]), which at 1.8 Gy per
+        fraction and alpha/beta 1.5 Gy is 1.11 in EQD2; 1.05 (tool default) without a
+        calibration file.
     imrt_sparing : tuple of OrganSparing
         Organs an optimised IMRT/VMAT plan spares, with strength and length
         (:mod:`rtplan.sparing`); applied to IMRT courses when the organs are passed to
         :func:`estimate_option_dose`. Default :data:`rtplan.sparing.DEFAULT_SPARING`,
         fitted on pyRadPlan reference plans (docs/dose_model.md 4.7).
+    imrt_sparing_blend_mm : float
+        Width (mm) over which an organ's sparing is blended in across its surface
+        (:func:`rtplan.sparing.spared_region`), so that the estimate bends there as an
+        optimised dose does instead of stepping; 0 spares exactly the voxels at least half
+        inside the organ. 5 mm (two dose voxels), tool default; the sparing is fitted with
+        it.
     imrt_hot_spot_spread : float
         Standard deviation (fraction of Rx) of the zero-mean hot-spot texture deep inside an
         IMRT PTV (:func:`rtplan.sparing.apply_hot_spot_spread`); fitted with the sparing
         (``rtplan/model_calibration.toml``).
     imrt_hot_spot_depth_mm : float
-        Depth (mm) over which the texture fades in from the PTV surface. 5 mm, tool default.
+        Depth (mm) over which the texture fades in from the PTV surface; fitted with the
+        spread (5 mm, tool default, without a calibration file).
     imrt_hot_spot_wavelength_mm : float
         Wavelength (mm) of the texture. 20 mm, tool default.
     """
@@ -331,10 +343,15 @@ class DoseModelParameters:
     crt_beams: tuple[str, ...] = ("AP", "PA", "RL", "LR")
     fine_reach_mm: float = 40.0
     coarse_voxel_mm: float = 7.5
-    plan_sum_ceiling: float = 1.05
+    plan_sum_ceiling: float = (
+        1.05 if CALIBRATION.plan_sum_ceiling is None else CALIBRATION.plan_sum_ceiling
+    )
     imrt_sparing: tuple[OrganSparing, ...] = DEFAULT_SPARING
+    imrt_sparing_blend_mm: float = 5.0
     imrt_hot_spot_spread: float = CALIBRATION.hot_spot_spread
-    imrt_hot_spot_depth_mm: float = 5.0
+    imrt_hot_spot_depth_mm: float = (
+        5.0 if CALIBRATION.hot_spot_depth_mm is None else CALIBRATION.hot_spot_depth_mm
+    )
     imrt_hot_spot_wavelength_mm: float = 20.0
 
     def __post_init__(self) -> None:
@@ -365,6 +382,7 @@ class DoseModelParameters:
                 in (
                     "crt_scatter_fraction",
                     "imrt_hot_spot_spread",
+                    "imrt_sparing_blend_mm",
                     "sbrt_tail_fraction",
                     "imrt_tail_fraction",
                     "crt_block_margin_mm",
@@ -718,30 +736,43 @@ def _check_course(course: Course) -> None:
 
 
 def _spared_voxels(
-    organs: StructureSet | None, sparing: Sequence[OrganSparing], dose_grid: ImageGrid
-) -> dict[str, IndexArray]:
-    """Dose voxels at least half inside each organ of ``sparing`` present in ``organs``.
+    organs: StructureSet | None, params: DoseModelParameters, dose_grid: ImageGrid
+) -> dict[str, SparedRegion]:
+    """The region each organ of ``params.imrt_sparing`` present in ``organs`` weighs.
 
     The organs are resampled by :func:`rtplan.dvh.structure_on_dose_grid`, whose results
-    the comparison's DVHs share.
+    the comparison's DVHs share; the regions are shared by the options of a comparison.
     """
-    out: dict[str, IndexArray] = {}
+    out: dict[str, SparedRegion] = {}
     if organs is None:
         return out
-    for sp in sparing:
+    for sp in params.imrt_sparing:
         key = organs.resolve(sp.organ)
         if key is None or organs[key].is_empty:
             continue
-        resampled = structure_on_dose_grid(organs[key], dose_grid)
-        out[sp.organ] = resampled.flat_index[resampled.occupancy >= 0.5]
+        structure = organs[key]
+        region = _REGION_MEMO.get((structure,), (dose_grid, params.imrt_sparing_blend_mm))
+        if region is None:
+            resampled = structure_on_dose_grid(structure, dose_grid)
+            region = spared_region(
+                resampled.flat_index, resampled.occupancy, dose_grid, params.imrt_sparing_blend_mm
+            )
+            region.index.flags.writeable = False
+            region.weight.flags.writeable = False
+            _REGION_MEMO.put((structure,), (dose_grid, params.imrt_sparing_blend_mm), region)
+        out[sp.organ] = region
     return out
+
+
+#: Spared regions of the last organs (read-only; the options of a comparison share them).
+_REGION_MEMO: IdentityMemo[SparedRegion] = IdentityMemo(48)
 
 
 def _imrt_or_sbrt_dose(
     course: Course,
     dose_grid: ImageGrid,
     params: DoseModelParameters,
-    organs: Mapping[str, IndexArray],
+    organs: Mapping[str, SparedRegion],
 ) -> FloatArray:
     dose = np.zeros(dose_grid.shape, np.float32)
     for t in course.targets:
@@ -914,7 +945,7 @@ def estimate_course_dose(
     if course.technique == "3dcrt":
         dose = _box_dose(course, dose_grid, body_mask, params)
     else:
-        spared = _spared_voxels(organs, params.imrt_sparing, dose_grid)
+        spared = _spared_voxels(organs, params, dose_grid)
         dose = _imrt_or_sbrt_dose(course, dose_grid, params, spared)
     if body_mask is not None:
         dose *= body_mask

@@ -9,7 +9,9 @@ reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md s
   profile is multiplied by ``1 - s * (1 - exp(-r / L))``, ``r`` the distance (mm) to that
   PTV's surface: 1 at the surface (the PTV's own dose and the penumbra next to it are
   untouched), falling to ``1 - s`` far away. The spared dose falls with distance
-  at least as fast as the profile does (both factors decrease).
+  at least as fast as the profile does (both factors decrease). Across the organ's surface
+  the sparing is blended in over a few mm (:func:`spared_region`), as an optimised dose
+  bends there rather than steps.
 * **hot-spot spread**: an optimised dose is not flat inside the PTV (PTV D2 ~106 % of Rx
   where the median is ~102 %), so organs overlapping the PTV can receive more than the
   plateau (rectum V70 of a 66.6 Gy bed plan). Inside the PTV the plateau gets a
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
+from scipy import ndimage
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,9 +48,11 @@ __all__ = [
     "MetricUncertainty",
     "ModelCalibration",
     "OrganSparing",
+    "SparedRegion",
     "apply_hot_spot_spread",
     "apply_organ_sparing",
     "parse_calibration",
+    "spared_region",
     "sparing_factor",
 ]
 
@@ -137,6 +142,11 @@ class ModelCalibration:
     surface, plateau : float or None
         The IMRT profile's surface and plateau doses (fractions of Rx) fitted with the
         sparing; None: the model's published-calibrated defaults stay.
+    hot_spot_depth_mm : float or None
+        Depth (mm) over which the hot-spot texture fades in; None: the tool default.
+    plan_sum_ceiling : float or None
+        The plan-sum ceiling of options of several courses
+        (:class:`rtplan.dose_estimate.DoseModelParameters`); None: the tool default.
     """
 
     sparing: tuple[OrganSparing, ...]
@@ -145,6 +155,8 @@ class ModelCalibration:
     source: str
     surface: float | None = None
     plateau: float | None = None
+    hot_spot_depth_mm: float | None = None
+    plan_sum_ceiling: float | None = None
 
     def uncertainty(self, structure: str, metric: str, unit: str) -> MetricUncertainty | None:
         """The calibration figures of one metric of one organ, or None when not calibrated.
@@ -186,9 +198,15 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
     )
     hot = dict(data.get("hot_spot", {}))
     spread = _float(hot, "spread", f"{where} [hot_spot]") if hot else 0.0
+    depth = _float(hot, "depth_mm", f"{where} [hot_spot]") if "depth_mm" in hot else None
     profile = dict(data.get("profile", {}))
     surface = _float(profile, "surface", f"{where} [profile]") if profile else None
     plateau = _float(profile, "plateau", f"{where} [profile]") if profile else None
+    ceiling = (
+        _float(profile, "plan_sum_ceiling", f"{where} [profile]")
+        if "plan_sum_ceiling" in profile
+        else None
+    )
     uncertainties = tuple(
         MetricUncertainty(
             str(row["structure"]),
@@ -200,7 +218,9 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
         )
         for row in list(data.get("uncertainty", []))
     )
-    return ModelCalibration(sparing, spread, uncertainties, source, surface, plateau)
+    return ModelCalibration(
+        sparing, spread, uncertainties, source, surface, plateau, depth, ceiling
+    )
 
 
 def _shipped_calibration() -> ModelCalibration:
@@ -229,13 +249,77 @@ def sparing_factor(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class SparedRegion:
+    """Where one organ's sparing applies on the dose grid, and with what weight.
+
+    Attributes
+    ----------
+    index : ndarray of int64, shape (N,)
+        Raveled dose-grid indices of the voxels with a weight above 0.
+    weight : ndarray of float32, shape (N,)
+        In (0, 1]: 1 deeper than half the blend inside the organ, 0.5 at its surface,
+        falling to 0 half the blend outside it (:func:`spared_region`).
+    """
+
+    index: IndexArray
+    weight: Float32Array
+
+
+def spared_region(
+    flat_index: IndexArray, occupancy: Float32Array, grid: ImageGrid, blend_mm: float
+) -> SparedRegion:
+    """The voxels an organ's sparing weighs, blended across the organ's surface.
+
+    An optimised dose has no step at an organ's surface: it bends over a few mm. The
+    weight is ``clip(0.5 + d / blend_mm, 0, 1)``, ``d`` the signed distance (mm) from the
+    organ's surface, > 0 inside, the surface lying half a voxel beyond the outermost voxels
+    at least half inside the organ. ``blend_mm = 0`` weighs exactly those voxels by 1.
+
+    Parameters
+    ----------
+    flat_index : ndarray of int64
+        Raveled dose-grid indices of the voxels the organ occupies (in part).
+    occupancy : ndarray of float32
+        Occupied fraction of each of those voxels.
+    grid : ImageGrid
+        The dose grid.
+    blend_mm : float
+        Width (mm, >= 0) over which the weight goes from 0 to 1.
+    """
+    inside_index = np.asarray(flat_index)[np.asarray(occupancy) >= 0.5]
+    if blend_mm <= 0 or inside_index.size == 0:
+        return SparedRegion(inside_index, np.ones(inside_index.size, np.float32))
+    spacing = np.asarray(grid.spacing_mm, dtype=np.float64)
+    coords = np.unravel_index(inside_index, grid.shape)
+    pad = np.ceil(0.5 * blend_mm / spacing).astype(int) + 1
+    lo = [max(int(c.min()) - p, 0) for c, p in zip(coords, pad, strict=True)]
+    hi = [min(int(c.max()) + 1 + p, n) for c, p, n in zip(coords, pad, grid.shape, strict=True)]
+    shape = tuple(h - low for low, h in zip(lo, hi, strict=True))
+    mask = np.zeros(shape, bool)
+    mask[tuple(c - low for c, low in zip(coords, lo, strict=True))] = True
+    half = 0.5 * float(spacing.min())
+    d_in = ndimage.distance_transform_edt(mask, sampling=spacing) - half
+    d_out = ndimage.distance_transform_edt(~mask, sampling=spacing) - half
+    signed = np.where(mask, d_in, -d_out)
+    weight = np.clip(0.5 + signed / blend_mm, 0.0, 1.0).astype(np.float32)
+    local = np.flatnonzero(weight > 0)
+    k, j, i = np.unravel_index(local, shape)
+    index = np.ravel_multi_index((k + lo[0], j + lo[1], i + lo[2]), grid.shape)
+    return SparedRegion(index.astype(np.int64), weight.reshape(-1)[local])
+
+
 def apply_organ_sparing(
     relative: Float32Array,
     signed_mm: Float32Array,
-    organs: Mapping[str, IndexArray],
+    organs: Mapping[str, SparedRegion],
     sparing: Sequence[OrganSparing],
 ) -> None:
     """Lower ``relative`` (in place) in the spared organs, by distance to the PTV.
+
+    A voxel's factor is ``1 - w s (1 - exp(-r / L))`` with ``w`` the organ's weight
+    there (:class:`SparedRegion`); where two organs' regions meet, the lower factor holds
+    (a voxel is spared once).
 
     Parameters
     ----------
@@ -243,20 +327,31 @@ def apply_organ_sparing(
         One PTV's relative dose profile on the dose grid (modified in place).
     signed_mm : ndarray of float32
         Signed distance (mm) to that PTV's surface, > 0 outside.
-    organs : mapping of str to ndarray of int64
-        Organ name -> raveled dose-grid indices of the voxels at least half inside the
-        organ (those the organ's DVH is mostly made of).
+    organs : mapping of str to SparedRegion
+        Organ name -> the voxels its sparing weighs (:func:`spared_region`).
     sparing : sequence of OrganSparing
         Organs without an entry in ``organs`` are skipped.
     """
     flat_rel = relative.reshape(-1)
     flat_r = signed_mm.reshape(-1)
+    parts = []
     for sp in sparing:
-        index = organs.get(sp.organ)
-        if index is None or index.size == 0:
+        region = organs.get(sp.organ)
+        if region is None or region.index.size == 0:
             continue
-        factor = sparing_factor(flat_r[index], sp.strength, sp.length_mm)
-        flat_rel[index] *= factor.astype(np.float32)
+        reduction = 1.0 - sparing_factor(flat_r[region.index], sp.strength, sp.length_mm)
+        parts.append((region.index, (1.0 - region.weight * reduction).astype(np.float32)))
+    if not parts:
+        return
+    if len(parts) == 1:
+        index, factor = parts[0]
+        flat_rel[index] *= factor
+        return
+    # the lowest factor per voxel, on a grid of ones (cheaper than sorting the indices)
+    lowest = np.ones(flat_rel.size, np.float32)
+    for index, factor in parts:
+        lowest[index] = np.minimum(lowest[index], factor)
+    flat_rel *= lowest
 
 
 def _texture(grid: ImageGrid, wavelength_mm: float) -> Float32Array:

@@ -249,6 +249,7 @@ def test_boosts_do_not_stack_at_nodes_next_to_the_bed(three_nodes, coarse_atlas)
     ab = ALPHA_BETA_GY["prostate"]
     boosted = [r for r in cmp.results if "Nboost" in r.name]
     assert boosted
+    ceiling = DoseModelParameters().plan_sum_ceiling  # EQD2 factor over the intended level
     for r in cmp.results:
         composite = np.zeros(r.dose_grid.shape)
         for course in r.option.courses:
@@ -257,7 +258,7 @@ def test_boosts_do_not_stack_at_nodes_next_to_the_bed(three_nodes, coarse_atlas)
         highest = _highest_overlapping_eqd2(levels, ab)
         for lv in levels:
             near_max = compute_dvh(composite, r.dose_grid, lv.ptv).dose_at_volume_cc(0.03)
-            assert near_max <= 1.07 * highest[lv.name], (r.name, lv.name, near_max)
+            assert near_max <= (ceiling + 0.02) * highest[lv.name], (r.name, lv.name, near_max)
     # the nodes sit in or next to the bed PTV: without cropping they got ~82-84 Gy
     for r in boosted:
         assert max(r.dose_gy.max(), 0) < 75.0, r.name

@@ -341,7 +341,7 @@ def test_courses_are_planned_on_the_sum(dose_grid, body_mask):
         params=dataclasses.replace(flat, plan_sum_ceiling=10.0),
     )
     assert _node_eqd2_max(free, node, dose_grid) > 1.15 * level  # stacked as modelled alone
-    assert _node_eqd2_max(held, node, dose_grid) <= 1.07 * level
+    assert _node_eqd2_max(held, node, dose_grid) <= (flat.plan_sum_ceiling + 0.02) * level
     # the ceiling only lowers the later course, never the first one
     np.testing.assert_array_equal(held.courses[0].dose_gy, free.courses[0].dose_gy)
     assert np.all(held.courses[1].dose_gy <= free.courses[1].dose_gy + 1e-9)
@@ -357,7 +357,8 @@ def test_a_3dcrt_course_is_never_reshaped(dose_grid, body_mask):
     od = estimate_option_dose(option, dose_grid, body=body_mask)
     alone = estimate_course_dose(option.courses[1], dose_grid, body=body_mask)
     np.testing.assert_array_equal(od.courses[1].dose_gy, alone)
-    assert _node_eqd2_max(od, node, dose_grid) <= 1.07 * level
+    ceiling = DoseModelParameters().plan_sum_ceiling
+    assert _node_eqd2_max(od, node, dose_grid) <= (ceiling + 0.02) * level
     # both courses 3D-CRT: nothing can give way, the stacking stays
     pelvic = dataclasses.replace(option.courses[0], technique="3dcrt")
     boxes = dataclasses.replace(option, courses=(pelvic, option.courses[1]))

@@ -14,7 +14,7 @@ from rtplan.dvh import occupancy_on_grid
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, Target
-from rtplan.sparing import OrganSparing, sparing_factor
+from rtplan.sparing import OrganSparing, apply_organ_sparing, spared_region, sparing_factor
 from rtplan.structures import Structure, StructureSet
 
 CT = ImageGrid(shape=(40, 120, 120), spacing_mm=(2.5, 1.25, 1.25), origin_mm=(-75.0, -75.0, -50.0))
@@ -60,10 +60,9 @@ def test_organ_sparing_refuses_bad_values(bad):
 
 def test_sparing_lowers_organ_dose_by_the_factor_and_never_touches_the_ptv(case):
     grid, ss, course = case
-    none = dataclasses.replace(DoseModelParameters(), imrt_sparing=())
-    spare = dataclasses.replace(
-        DoseModelParameters(), imrt_sparing=(OrganSparing("Rectum", 0.4, 10.0),)
-    )
+    # no blend: exactly the voxels at least half inside the rectum are spared
+    none = dataclasses.replace(DoseModelParameters(), imrt_sparing=(), imrt_sparing_blend_mm=0.0)
+    spare = dataclasses.replace(none, imrt_sparing=(OrganSparing("Rectum", 0.4, 10.0),))
     plain = estimate_course_dose(course, grid, params=none, organs=ss)
     spared = estimate_course_dose(course, grid, params=spare, organs=ss)
     unaware = estimate_course_dose(course, grid, params=spare)  # no organs: nothing spared
@@ -110,3 +109,85 @@ def ndimage_depth(mask, grid):
     from scipy import ndimage
 
     return ndimage.distance_transform_edt(mask, sampling=grid.spacing_mm)
+
+
+def _slab_region(blend_mm):
+    """A slab organ 20 < y < 40 mm on a 2 mm grid, and its spared region."""
+    grid = ImageGrid(shape=(6, 40, 8), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0))
+    y = grid.axis_coordinates_mm()[1]
+    inside = np.zeros(grid.shape, bool)
+    inside[:, (y > 20.0) & (y < 40.0), :] = True
+    index = np.flatnonzero(inside)
+    occupancy = np.ones(index.size, np.float32)
+    return grid, y, inside, spared_region(index, occupancy, grid, blend_mm)
+
+
+def test_spared_region_weight_is_the_clipped_distance_to_the_surface():
+    blend = 6.0
+    grid, y, _, region = _slab_region(blend)
+    weight = np.zeros(grid.size)
+    weight[region.index] = region.weight
+    weight = weight.reshape(grid.shape)
+    # the surface lies half a voxel beyond the outermost inside voxels: y = 21 and 39 mm
+    d = np.minimum(y - 21.0, 39.0 - y)  # signed distance, > 0 inside
+    expected = np.clip(0.5 + d / blend, 0.0, 1.0)
+    assert np.allclose(weight[2, :, 3], expected, atol=1e-6)
+    assert np.all(region.weight > 0) and np.all(region.weight <= 1)
+    # blend 0: exactly the inside voxels, weight 1
+    _, _, inside0, region0 = _slab_region(0.0)
+    assert np.array_equal(np.sort(region0.index), np.flatnonzero(inside0))
+    assert np.all(region0.weight == 1)
+
+
+def test_blended_sparing_has_no_step_at_the_organ_surface_and_spares_a_voxel_once():
+    grid, y, _, region = _slab_region(6.0)
+    _, _, _, sharp = _slab_region(0.0)
+    r = np.broadcast_to((y - 10.0)[None, :, None], grid.shape).astype(np.float32)  # PTV y < 10
+    sp = (OrganSparing("A", 0.5, 4.0),)
+    ones = np.ones(grid.shape, np.float32)
+    blended, stepped = ones.copy(), ones.copy()
+    apply_organ_sparing(blended, r, {"A": region}, sp)
+    apply_organ_sparing(stepped, r, {"A": sharp}, sp)
+    # the largest jump between neighbouring voxels along y: a step without blend, a slope with
+    jump_blended = np.abs(np.diff(blended[2, :, 3])).max()
+    jump_stepped = np.abs(np.diff(stepped[2, :, 3])).max()
+    assert jump_stepped > 0.4 and jump_blended < 0.5 * jump_stepped
+    # deep inside: the full factor; farther than half the blend outside: untouched
+    deep = (y > 24.0) & (y < 36.0)
+    assert np.allclose(blended[2, deep, 3], sparing_factor(r[2, deep, 3], 0.5, 4.0), atol=1e-6)
+    assert np.all(blended[2, y < 18.0, 3] == 1.0)
+    # the PTV (r <= 0) is never touched
+    assert np.all(blended[r <= 0] == 1.0)
+    # two organs over the same voxels: the stronger sparing holds, not the product
+    both = ones.copy()
+    apply_organ_sparing(
+        both,
+        r,
+        {"A": region, "B": region},
+        (OrganSparing("A", 0.3, 4.0), OrganSparing("B", 0.5, 4.0)),
+    )
+    assert np.allclose(both, blended, atol=1e-6)
+
+
+def test_calibration_file_sets_the_profile_and_ceiling_defaults():
+    from rtplan.sparing import CALIBRATION, parse_calibration
+
+    cal = parse_calibration(
+        'source = "x"\n[profile]\nsurface = 0.98\nplateau = 1.03\nplan_sum_ceiling = 1.08\n'
+        "[hot_spot]\nspread = 0.02\ndepth_mm = 3\n"
+    )
+    assert (cal.surface, cal.plateau, cal.plan_sum_ceiling) == (0.98, 1.03, 1.08)
+    assert (cal.hot_spot_spread, cal.hot_spot_depth_mm) == (0.02, 3.0)
+    # keys left out: None, the tool defaults stay
+    bare = parse_calibration('source = "x"\n[hot_spot]\nspread = 0.02\n')
+    assert bare.surface is bare.plateau is bare.plan_sum_ceiling is bare.hot_spot_depth_mm is None
+    with pytest.raises(InvalidInputError, match="plan_sum_ceiling"):
+        parse_calibration('[profile]\nsurface = 1\nplateau = 1\nplan_sum_ceiling = "high"\n')
+    # the shipped file is what the model's defaults are
+    p = DoseModelParameters()
+    assert p.imrt_surface == CALIBRATION.surface and p.imrt_plateau == CALIBRATION.plateau
+    assert p.imrt_hot_spot_spread == CALIBRATION.hot_spot_spread
+    if CALIBRATION.plan_sum_ceiling is not None:
+        assert p.plan_sum_ceiling == CALIBRATION.plan_sum_ceiling
+    if CALIBRATION.hot_spot_depth_mm is not None:
+        assert p.imrt_hot_spot_depth_mm == CALIBRATION.hot_spot_depth_mm
