@@ -305,8 +305,9 @@ class DoseModelParameters:
         :func:`estimate_option_dose`. Default :data:`rtplan.sparing.DEFAULT_SPARING`,
         fitted on pyRadPlan reference plans (docs/dose_model.md 4.7).
     imrt_sparing_blend_mm : float
-        Width (mm) over which an organ's sparing is blended in across its surface
-        (:func:`rtplan.sparing.spared_region`), so that the estimate bends there as an
+        Width (mm) over which an organ's sparing is blended in across its surface (a
+        Gaussian with the slope of a linear ramp this wide,
+        :func:`rtplan.sparing.spared_region`), so that the estimate bends there as an
         optimised dose does instead of stepping; 0 spares exactly the voxels at least half
         inside the organ. 5 mm (two dose voxels), tool default; the sparing is fitted with
         it.
