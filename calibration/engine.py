@@ -271,6 +271,7 @@ def _used_bixels(
     return SteeringInformation(beams=kept_beams), np.concatenate(kept_weights)
 
 
+@_quiet()  # a fresh context for each call (contextlib's ContextDecorator)
 def plan_courses(
     ct_hu: npt.NDArray[np.float32],
     dose_grid: ImageGrid,
@@ -304,30 +305,6 @@ def plan_courses(
     -------
     PlannedOption
     """
-    with _quiet():
-        return _plan_courses(
-            ct_hu,
-            dose_grid,
-            beam_structures,
-            course_structures,
-            beams=beams,
-            cutoffs=cutoffs,
-            settings=settings,
-            report=report,
-        )
-
-
-def _plan_courses(
-    ct_hu: npt.NDArray[np.float32],
-    dose_grid: ImageGrid,
-    beam_structures: Sequence[OptStructure],
-    course_structures: Sequence[Sequence[OptStructure]],
-    *,
-    beams: BeamSetup,
-    cutoffs: Cutoffs,
-    settings: OptimiserSettings,
-    report: Report,
-) -> PlannedOption:
     steps: dict[str, float] = {}
     t = time.perf_counter()
     ct = _ct(ct_hu, dose_grid)

@@ -736,7 +736,7 @@ def _check_course(course: Course) -> None:
             )
 
 
-def _spared_voxels(
+def _spared_regions(
     organs: StructureSet | None, params: DoseModelParameters, dose_grid: ImageGrid
 ) -> dict[str, SparedRegion]:
     """The region each organ of ``params.imrt_sparing`` present in ``organs`` weighs.
@@ -946,7 +946,7 @@ def estimate_course_dose(
     if course.technique == "3dcrt":
         dose = _box_dose(course, dose_grid, body_mask, params)
     else:
-        spared = _spared_voxels(organs, params, dose_grid)
+        spared = _spared_regions(organs, params, dose_grid)
         dose = _imrt_or_sbrt_dose(course, dose_grid, params, spared)
     if body_mask is not None:
         dose *= body_mask
