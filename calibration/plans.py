@@ -122,7 +122,9 @@ def _plan(prefix: str, case: str, lesion_case: str, option: str) -> PlanSpec:
 #: variants spanning size (scale 0.85, 1.15), bladder filling (0.5, 2.0), rectal filling
 #: (1.8) and a random variant (seed 3); prostate bed + pelvis (with its sequential bed
 #: boost) on the atlas and three of those variants; one node-boost option (N1M0, SIB to
-#: the two nodes) and one local-boost option (TrN0M0, SIB to the recurrence) on the atlas.
+#: the two nodes) and one local-boost option (TrN0M0, SIB to the recurrence) on the atlas;
+#: then prostate bed + pelvis on two more variants whose prostate-bed plan is held out
+#: (seed 3, bladder 2.0), so that held-out pairs of options can be ranked.
 PLANS: tuple[PlanSpec, ...] = (
     *(
         _plan("pbrt", case, "T0N0M0", "PBRT")
@@ -142,6 +144,7 @@ PLANS: tuple[PlanSpec, ...] = (
     ),
     _plan("nboost", "atlas", "N1M0", "PBRT+WPRT+Nboost+ADT"),
     _plan("lrboost", "atlas", "TrN0M0", "PBRT+LRboost"),
+    *(_plan("wprt", case, "T0N0M0", "PBRT+WPRT") for case in ("seed3", "bladder2.0")),
 )
 
 

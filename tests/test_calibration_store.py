@@ -166,12 +166,15 @@ def test_store_refuses_files_it_cannot_read(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- resume
 def test_plan_list_is_unique_and_in_priority_order() -> None:
     ids = [p.plan_id for p in PLANS]
-    assert len(ids) == len(set(ids)) == 13
+    assert len(ids) == len(set(ids)) == 15
     assert [p.option for p in PLANS[:7]] == ["PBRT"] * 7
     assert [p.option for p in PLANS[7:11]] == ["PBRT+WPRT"] * 4
     assert ids[0] == "pbrt__atlas" and ids[7] == "wprt__atlas"
+    # appended later: two more whole-pelvis plans, so that held-out option pairs exist
+    assert [p.option for p in PLANS[13:]] == ["PBRT+WPRT"] * 2
     pbrt_cases = {p.case for p in PLANS[:7]}
-    assert {p.case for p in PLANS[7:11]} <= pbrt_cases  # option pairs on the same anatomy
+    wprt = [p for p in PLANS if p.option == "PBRT+WPRT"]
+    assert {p.case for p in wprt} <= pbrt_cases  # option pairs on the same anatomy
     assert plan_by_id("pbrt__scale0.85").atlas_kwargs == {"scale": 0.85}
     assert plan_by_id("pbrt__atlas").atlas_kwargs == {}
     with pytest.raises(KeyError, match="no plan"):

@@ -14,7 +14,15 @@ from rtplan.dvh import occupancy_on_grid
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import Course, Target
-from rtplan.sparing import OrganSparing, apply_organ_sparing, spared_region, sparing_factor
+from rtplan.sparing import (
+    MAX_INTERFACE_YIELD,
+    OrganSparing,
+    apply_interface_yield,
+    apply_organ_sparing,
+    interface_yield,
+    spared_region,
+    sparing_factor,
+)
 from rtplan.structures import Structure, StructureSet
 
 CT = ImageGrid(shape=(40, 120, 120), spacing_mm=(2.5, 1.25, 1.25), origin_mm=(-75.0, -75.0, -50.0))
@@ -50,7 +58,15 @@ def test_sparing_factor_closed_form():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(strength=1.0), dict(strength=-0.1), dict(length_mm=0.0), dict(organ="")]
+    "bad",
+    [
+        dict(strength=1.0),
+        dict(strength=-0.1),
+        dict(length_mm=0.0),
+        dict(organ=""),
+        dict(interface_yield=-0.01),
+        dict(interface_yield=float("nan")),
+    ],
 )
 def test_organ_sparing_refuses_bad_values(bad):
     kw = dict(organ="Rectum", strength=0.3, length_mm=10.0) | bad
@@ -92,7 +108,12 @@ def test_sparing_lowers_organ_dose_by_the_factor_and_never_touches_the_ptv(case)
 
 def test_hot_spot_spread_is_zero_mean_inside_and_nothing_outside(case):
     grid, ss, course = case
-    flat = dataclasses.replace(DoseModelParameters(), imrt_sparing=(), imrt_hot_spot_spread=0.0)
+    flat = dataclasses.replace(
+        DoseModelParameters(),
+        imrt_sparing=(),
+        imrt_hot_spot_spread=0.0,
+        imrt_hot_spot_volume_power=0.0,
+    )
     spread = dataclasses.replace(flat, imrt_hot_spot_spread=0.02)
     a = estimate_course_dose(course, grid, params=flat, organs=ss)
     b = estimate_course_dose(course, grid, params=spread, organs=ss)
@@ -192,7 +213,136 @@ def test_calibration_file_sets_the_profile_and_ceiling_defaults():
     p = DoseModelParameters()
     assert p.imrt_surface == CALIBRATION.surface and p.imrt_plateau == CALIBRATION.plateau
     assert p.imrt_hot_spot_spread == CALIBRATION.hot_spot_spread
+    assert p.imrt_hot_spot_volume_power == CALIBRATION.hot_spot_volume_power
     if CALIBRATION.plan_sum_ceiling is not None:
         assert p.plan_sum_ceiling == CALIBRATION.plan_sum_ceiling
     if CALIBRATION.hot_spot_depth_mm is not None:
         assert p.imrt_hot_spot_depth_mm == CALIBRATION.hot_spot_depth_mm
+
+
+def test_interface_yield_grows_with_the_excess_volume_and_is_capped():
+    assert interface_yield(0.05, 300.0, 300.0) == 0.0  # not beyond the reference volume
+    assert interface_yield(0.05, 120.0, 300.0) == 0.0
+    assert interface_yield(0.05, 1300.0, 300.0) == pytest.approx(0.05)  # 1,000 cc beyond
+    assert interface_yield(0.05, 2300.0, 300.0) == pytest.approx(0.10)  # linear
+    assert interface_yield(0.5, 5300.0, 300.0) == MAX_INTERFACE_YIELD
+    assert interface_yield(0.0, 5300.0, 300.0) == 0.0
+
+
+def test_interface_yield_factor_in_closed_form_near_the_ptv_surface_only():
+    grid, y, inside, region = _slab_region(0.0)  # weight 1 in the organ, nothing else
+    r = np.broadcast_to((y - 30.0)[None, :, None], grid.shape).astype(np.float32)  # PTV y < 30
+    rel = np.ones(grid.shape, np.float32)
+    apply_interface_yield(rel, r, {"A": region}, {"A": 0.06}, 2.5)
+    expected = np.where(inside, 1.0 - 0.06 * np.exp(-np.abs(r) / 2.5), 1.0)
+    assert np.allclose(rel, expected, atol=1e-6)
+    # largest at the surface, both sides; gone 10 mm (4 bands) away
+    line = rel[2, :, 3]
+    at_surface = np.abs(y - 30.0) <= 1.0
+    assert line[at_surface].min() < 1 - 0.06 * 0.6
+    assert np.all(line[inside[2, :, 3] & (np.abs(y - 30.0) >= 9.0)] > 1 - 0.06 * 0.03)
+    assert np.all(line[~inside[2, :, 3]] == 1.0)  # outside the organ: untouched
+    # no yield, or an organ without a region: untouched
+    for yields in ({"A": 0.0}, {"B": 0.06}):
+        same = np.ones(grid.shape, np.float32)
+        apply_interface_yield(same, r, {"A": region}, yields, 2.5)
+        assert np.all(same == 1.0)
+    # two organs over the same voxels: the larger yield holds, once
+    both = np.ones(grid.shape, np.float32)
+    apply_interface_yield(both, r, {"A": region, "B": region}, {"A": 0.02, "B": 0.06}, 2.5)
+    assert np.allclose(both, rel, atol=1e-6)
+
+
+def test_only_a_course_level_larger_than_the_reference_volume_yields(case):
+    grid, ss, course = case  # a 65 cc PTV whose back lies in the rectum
+    plain = dataclasses.replace(
+        DoseModelParameters(),
+        imrt_sparing=(OrganSparing("Rectum", 0.4, 10.0),),
+        imrt_sparing_blend_mm=0.0,
+    )
+    yielding = dataclasses.replace(
+        plain, imrt_sparing=(OrganSparing("Rectum", 0.4, 10.0, interface_yield=0.05),)
+    )
+    a = estimate_course_dose(course, grid, params=plain, organs=ss)
+    b = estimate_course_dose(course, grid, params=yielding, organs=ss)
+    assert np.array_equal(a, b)  # 65 cc < 300 cc: the fitted profile already holds
+    # the same PTV counted against a 15 cc reference: 50 cc beyond it, y = 0.0025
+    small_ref = dataclasses.replace(yielding, imrt_reference_volume_cc=15.0)
+    no_yield = dataclasses.replace(plain, imrt_reference_volume_cc=15.0)
+    a = estimate_course_dose(course, grid, params=no_yield, organs=ss)
+    c = estimate_course_dose(course, grid, params=small_ref, organs=ss)
+    rectum = occupancy_on_grid(ss["Rectum"], grid) >= 0.5
+    r = _signed_mm(grid, ss["PTV"])
+    volume_cc = float(occupancy_on_grid(ss["PTV"], grid).sum()) * np.prod(grid.spacing_mm) / 1e3
+    y = 0.05 * (volume_cc - 15.0) / 1000.0
+    assert np.array_equal(c[~rectum], a[~rectum])  # only the organ
+    near = rectum & (np.abs(r) <= 2.5)
+    assert np.allclose(c[near] / a[near], 1 - y * np.exp(-np.abs(r[near]) / 2.5), atol=0.004)
+    assert np.all(c[near] < a[near])
+
+
+def test_hot_spot_spread_grows_with_the_level_volume_as_the_fitted_power(case):
+    grid, ss, course = case
+    base = dataclasses.replace(
+        DoseModelParameters(),
+        imrt_sparing=(),
+        imrt_hot_spot_spread=0.02,
+        imrt_hot_spot_volume_power=0.25,
+    )
+    ptv = occupancy_on_grid(ss["PTV"], grid) >= 0.5
+    deep = ptv & (ndimage_depth(ptv, grid) > 15.0)
+    volume_cc = float(occupancy_on_grid(ss["PTV"], grid).sum()) * np.prod(grid.spacing_mm) / 1e3
+    flat = estimate_course_dose(
+        course, grid, params=dataclasses.replace(base, imrt_hot_spot_spread=0.0), organs=ss
+    )
+    stds = []
+    for reference_cc in (volume_cc, volume_cc / 16.0):  # level 1x and 16x the reference
+        d = estimate_course_dose(
+            course,
+            grid,
+            params=dataclasses.replace(base, imrt_reference_volume_cc=reference_cc),
+            organs=ss,
+        )
+        stds.append(float(((d - flat)[deep] / RX).std()))
+    assert stds[1] / stds[0] == pytest.approx(16.0**0.25, rel=1e-3)
+    # power 0: the level's volume does not matter
+    zero = dataclasses.replace(base, imrt_hot_spot_volume_power=0.0)
+    d1 = estimate_course_dose(
+        course, grid, params=dataclasses.replace(zero, imrt_reference_volume_cc=9.0), organs=ss
+    )
+    d2 = estimate_course_dose(course, grid, params=zero, organs=ss)
+    assert np.array_equal(d1, d2)
+
+
+def test_calibration_file_reads_the_volume_power_and_interface_yields():
+    from rtplan.sparing import parse_calibration
+
+    cal = parse_calibration(
+        'source = "x"\n[hot_spot]\nspread = 0.03\nvolume_power = 0.25\n'
+        "[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\ninterface_yield = 0.05\n"
+        "[sparing.Bladder]\nstrength = 0.4\nlength_mm = 8\n"
+    )
+    assert cal.hot_spot_volume_power == 0.25
+    yields = {s.organ: s.interface_yield for s in cal.sparing}
+    assert yields == {"Rectum": 0.05, "Bladder": 0.0}
+    assert parse_calibration('source = "x"\n[hot_spot]\nspread = 0.03\n').hot_spot_volume_power == 0
+    with pytest.raises(InvalidInputError, match="interface yield"):
+        parse_calibration("[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\ninterface_yield = -1\n")
+
+
+def test_the_comparison_names_every_term_and_parameter_of_the_model():
+    from rtplan.compare import _describe_model
+
+    params = dataclasses.replace(
+        DoseModelParameters(),
+        imrt_sparing=(
+            OrganSparing("Rectum", 0.6, 8.0, interface_yield=0.08),
+            OrganSparing("Bladder", 0.4, 8.0),
+        ),
+    )
+    text = _describe_model(params, 2.5)
+    assert "Rectum s=0.6 L=8 mm yield=0.08/1000 cc" in text
+    assert "; Bladder s=0.4 L=8 mm)" in text  # no yield: nothing added
+    for name in ("imrt_hot_spot_volume_power", "imrt_reference_volume_cc", "imrt_yield_band_mm"):
+        assert f"{name}=" in text
+    assert "interface yield" in text
