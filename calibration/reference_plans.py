@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -448,13 +449,24 @@ def _score_plan(
     return rows, references
 
 
+def plan_weights(spec: PlanSpec) -> ObjectiveWeights:
+    """The common objective set with the plan's own changes (``spec.weight_changes``).
+
+    Raises
+    ------
+    TypeError
+        When a change names no field of :class:`ObjectiveWeights`.
+    """
+    return dataclasses.replace(ObjectiveWeights(), **dict(spec.weight_changes))
+
+
 def run_plan(spec: PlanSpec, store: ReferenceStore, dose_dir: Path, label: str) -> None:
     """Plan one option, score it and store it (the body of a plan's process)."""
     from calibration import engine  # pyRadPlan is imported here only, where a plan is made
 
     start = time.perf_counter()
     report = _Progress(label, start)
-    weights = ObjectiveWeights()
+    weights = plan_weights(spec)
     beams, cutoffs, settings = engine.BeamSetup(), engine.Cutoffs(), engine.OptimiserSettings()
     setup = _setup(spec, weights, report)
     planned = engine.plan_courses(
@@ -660,7 +672,7 @@ def _save_doses(
 # ---------------------------------------------------------------------------- CLI
 def _dry_run(spec: PlanSpec, label: str) -> None:
     report = _Progress(label, time.perf_counter())
-    setup = _setup(spec, ObjectiveWeights(), report)
+    setup = _setup(spec, plan_weights(spec), report)
     for n, (course, levels) in enumerate(zip(setup.option.courses, setup.levels)):
         rx = ", ".join(f"{lv.prescription_gy:g} Gy ({'+'.join(lv.ptv_names)})" for lv in levels)
         report(f"course {n + 1} {course.name}: {course.fractions} fx, levels {rx}")

@@ -6,6 +6,7 @@ scoring are tested on small grids with doses of closed form.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -166,12 +167,16 @@ def test_store_refuses_files_it_cannot_read(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- resume
 def test_plan_list_is_unique_and_in_priority_order() -> None:
     ids = [p.plan_id for p in PLANS]
-    assert len(ids) == len(set(ids)) == 15
+    assert len(ids) == len(set(ids)) == 16
     assert [p.option for p in PLANS[:7]] == ["PBRT"] * 7
     assert [p.option for p in PLANS[7:11]] == ["PBRT+WPRT"] * 4
     assert ids[0] == "pbrt__atlas" and ids[7] == "wprt__atlas"
-    # appended later: two more whole-pelvis plans, so that held-out option pairs exist
-    assert [p.option for p in PLANS[13:]] == ["PBRT+WPRT"] * 2
+    # appended later: two more whole-pelvis plans, so that held-out option pairs exist, and
+    # the node boost re-planned with its own objective change
+    assert [p.option for p in PLANS[13:15]] == ["PBRT+WPRT"] * 2
+    assert [p.weight_changes for p in PLANS if p.weight_changes] == [
+        (("ptv_max_priority", 2000.0),)
+    ]
     pbrt_cases = {p.case for p in PLANS[:7]}
     wprt = [p for p in PLANS if p.option == "PBRT+WPRT"]
     assert {p.case for p in wprt} <= pbrt_cases  # option pairs on the same anatomy
@@ -393,3 +398,14 @@ def test_rescore_renormalises_a_stored_plan_from_its_dose_file(tmp_path: Path) -
     with np.load(path) as stored:
         assert float(stored["doses_gy"].max()) == pytest.approx(66.6, rel=1e-4)
         assert stored["normalisation_factors"][0] == pytest.approx(norm["factor"], rel=1e-5)
+
+
+def test_a_plan_changes_only_the_objective_weights_it_names() -> None:
+    common = reference_plans.plan_weights(plan_by_id("nboost__atlas"))
+    homog = reference_plans.plan_weights(plan_by_id("nboost_homog__atlas"))
+    assert common == ObjectiveWeights()
+    assert homog.ptv_max_priority == 2 * common.ptv_max_priority
+    assert dataclasses.replace(homog, ptv_max_priority=common.ptv_max_priority) == common
+    bad = dataclasses.replace(plan_by_id("pbrt__atlas"), weight_changes=(("no_such", 1.0),))
+    with pytest.raises(TypeError):
+        reference_plans.plan_weights(bad)

@@ -56,8 +56,8 @@ def _pet_like(folder: Path, ct_dir: Path, tracer_code: tuple[str, str, str] | No
             ds = pydicom.dcmread(f)
             code = Dataset()
             code.CodingSchemeDesignator, code.CodeValue, code.CodeMeaning = tracer_code
-            ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence = (
-                Sequence([code])
+            ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence = Sequence(
+                [code]
             )
             ds.save_as(f, enforce_file_format=True)
     return folder
