@@ -5,6 +5,7 @@ reference plans' metrics are read from ``calibration/reference_metrics.csv``)::
 
     python -m calibration.fit_model            # fit, print the tables
     python -m calibration.fit_model --write    # ... and write rtplan/model_calibration.toml
+    python -m calibration.fit_model --table-only --write   # new held-out plans: table only
 
 What it does:
 

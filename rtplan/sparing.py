@@ -24,10 +24,10 @@ reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md s
   PTV meets a spared organ than a prostate-bed course (~250 cc) does: in the reference
   plans the pelvic course's PTV edge inside the rectum got ~98 % of Rx where the rest of
   its edge got ~103 %, the bed course's ~102 %. Within a band of the PTV surface, in an
-  organ with yield ``y`` (per 1,000 cc), a target's dose is multiplied by
-  ``1 - y x exp(-|r| / band)``, ``x`` the volume (1,000 cc) of the target's level in its
-  course beyond the reference volume the profile was fitted on (:func:`interface_yield`).
-  Courses no larger than that are untouched.
+  organ with yield ``y`` (per 1,000 cc) and weight ``w`` (its blended region), a target's
+  dose is multiplied by ``1 - w y x exp(-|r| / band)``, ``x`` the volume (1,000 cc) of the
+  target's level in its course beyond the reference volume the profile was fitted on
+  (:func:`interface_yield`). Courses no larger than that are untouched.
 """
 
 from __future__ import annotations
@@ -393,8 +393,8 @@ def apply_organ_sparing(
     flat_rel *= lowest
 
 
-#: No organ gives up more than this fraction of a target's dose at the interface, however
-#: large the course (tool default; the largest fitted yield stays well below it).
+#: No organ takes more than this fraction of a target's dose at the interface, however
+#: large the course (tool default; the fitted yields reach 0.18 at a 1,200 cc level).
 MAX_INTERFACE_YIELD = 0.3
 
 
