@@ -380,17 +380,28 @@ def apply_organ_sparing(
             continue
         reduction = 1.0 - sparing_factor(flat_r[region.index], sp.strength, sp.length_mm)
         parts.append((region.index, (1.0 - region.weight * reduction).astype(np.float32)))
+    _multiply_by_lowest(flat_rel, parts)
+
+
+def _multiply_by_lowest(
+    flat: Float32Array, parts: Sequence[tuple[IndexArray, Float32Array]]
+) -> None:
+    """Multiply ``flat`` (in place) by the lowest of the organs' factors at each voxel.
+
+    ``parts`` holds one (raveled indices, factors) pair per organ; a voxel no part
+    names keeps its value (a voxel in two organs' regions is lowered once).
+    """
     if not parts:
         return
     if len(parts) == 1:
         index, factor = parts[0]
-        flat_rel[index] *= factor
+        flat[index] *= factor
         return
     # the lowest factor per voxel, on a grid of ones (cheaper than sorting the indices)
-    lowest = np.ones(flat_rel.size, np.float32)
+    lowest = np.ones(flat.size, np.float32)
     for index, factor in parts:
         lowest[index] = np.minimum(lowest[index], factor)
-    flat_rel *= lowest
+    flat *= lowest
 
 
 #: No organ takes more than this fraction of a target's dose at the interface, however
@@ -440,20 +451,17 @@ def apply_interface_yield(
     band_mm : float
         Decay length (mm, > 0) of the yield away from the PTV surface, both sides.
     """
-    flat_rel = relative.reshape(-1)
     flat_r = signed_mm.reshape(-1)
-    lowest: Float32Array | None = None
+    parts = []
     for organ, y in yields.items():
         region = organs.get(organ)
         if y <= 0 or region is None or region.index.size == 0:
             continue
         band = np.exp(np.abs(flat_r[region.index]) * np.float32(-1.0 / band_mm))
-        factor = (1.0 - np.float32(y) * region.weight * band).astype(np.float32)
-        if lowest is None:
-            lowest = np.ones(flat_rel.size, np.float32)
-        lowest[region.index] = np.minimum(lowest[region.index], factor)
-    if lowest is not None:
-        flat_rel *= lowest
+        parts.append(
+            (region.index, (1.0 - np.float32(y) * region.weight * band).astype(np.float32))
+        )
+    _multiply_by_lowest(relative.reshape(-1), parts)
 
 
 def _texture(grid: ImageGrid, wavelength_mm: float) -> Float32Array:

@@ -126,6 +126,11 @@ def test_hot_spot_spread_is_zero_mean_inside_and_nothing_outside(case):
     assert (b[ptv] > 1.04 * RX).any() and not (a[ptv] > 1.04 * RX).any()
 
 
+def _ptv_volume_cc(grid, ss):
+    """The PTV's volume (cc) as the model sees it: its occupancy on the dose grid."""
+    return float(occupancy_on_grid(ss["PTV"], grid).sum()) * np.prod(grid.spacing_mm) / 1e3
+
+
 def ndimage_depth(mask, grid):
     from scipy import ndimage
 
@@ -273,7 +278,7 @@ def test_only_a_course_level_larger_than_the_reference_volume_yields(case):
     c = estimate_course_dose(course, grid, params=small_ref, organs=ss)
     rectum = occupancy_on_grid(ss["Rectum"], grid) >= 0.5
     r = _signed_mm(grid, ss["PTV"])
-    volume_cc = float(occupancy_on_grid(ss["PTV"], grid).sum()) * np.prod(grid.spacing_mm) / 1e3
+    volume_cc = _ptv_volume_cc(grid, ss)
     y = 0.05 * (volume_cc - 15.0) / 1000.0
     assert np.array_equal(c[~rectum], a[~rectum])  # only the organ
     near = rectum & (np.abs(r) <= 2.5)
@@ -291,7 +296,7 @@ def test_hot_spot_spread_grows_with_the_level_volume_as_the_fitted_power(case):
     )
     ptv = occupancy_on_grid(ss["PTV"], grid) >= 0.5
     deep = ptv & (ndimage_depth(ptv, grid) > 15.0)
-    volume_cc = float(occupancy_on_grid(ss["PTV"], grid).sum()) * np.prod(grid.spacing_mm) / 1e3
+    volume_cc = _ptv_volume_cc(grid, ss)
     flat = estimate_course_dose(
         course, grid, params=dataclasses.replace(base, imrt_hot_spot_spread=0.0), organs=ss
     )
