@@ -14,7 +14,10 @@ What it does:
 2. rebuilds each plan's anatomy and option exactly as the reference script did
    (:func:`calibration.plans.load_plan_atlas`, :func:`calibration.plans.build_plan_option`)
    and estimates its dose with :func:`rtplan.dose_estimate.estimate_option_dose`;
-3. fits the PTV profile (surface, plateau, hot-spot spread and depth, plan-sum ceiling) on
+3. fits the fall-off outside the PTV (penumbra, low-dose tail, their growth with the
+   target's volume, the tail's slab window) on each training course's stored dose by
+   distance and body isodose volumes (:func:`fit_fall_off`), then
+   the PTV profile (surface, plateau, hot-spot spread and depth, plan-sum ceiling) on
    the training plans' PTV D95/D50/D2 and organ V70 within published plan-quality bounds,
    then the growth of the hot-spot spread with the level's volume on the same loss, then
    each organ's sparing ``(strength, length)`` on its training metrics
@@ -44,31 +47,57 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from scipy import optimize
 
 from calibration.plans import PLANS, build_plan_option, load_plan_atlas, plan_by_id
-from calibration.scoring import dose_grid_for, oar_metrics, target_metrics
+from calibration.reference_plans import course_targets, highest_ptv
+from calibration.scoring import (
+    DISTANCE_BIN_EDGES_MM,
+    distance_bin_label,
+    distance_metrics,
+    dose_grid_for,
+    mask_on_dose_grid,
+    oar_metrics,
+    signed_distance_mm,
+    target_metrics,
+)
 from calibration.store import MetricRecord, ReferenceStore
 from rtplan.atlas import Atlas
-from rtplan.dose_estimate import ALPHA_BETA_GY, DoseModelParameters, estimate_option_dose
+from rtplan.dose_estimate import (
+    ALPHA_BETA_GY,
+    TOOL_DEFAULT_FALL_OFF,
+    TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM,
+    DoseModelParameters,
+    estimate_course_dose,
+    estimate_option_dose,
+    imrt_fall_off,
+)
 from rtplan.dvh import StructureOnDoseGrid, compute_dvh, structure_on_dose_grid
 from rtplan.grid import ImageGrid
 from rtplan.plan import FieldOption, target_levels
-from rtplan.sparing import OrganSparing
+from rtplan.sparing import FALL_OFF_KEYS, FallOff, OrganSparing
 
 __all__ = [
     "FIT_METRICS",
+    "MAX_FALL_OFF_PER_MM",
     "MIRRORED",
+    "PROFILE_FIELDS",
     "REFERENCE_BAND_POINTS",
     "TRAINING",
+    "CourseFallOff",
     "PlanCase",
     "Residual",
     "acceptable_ids",
     "estimate_metrics",
+    "fall_off_courses",
+    "fall_off_errors",
     "fit",
+    "fit_fall_off",
     "load_cases",
     "main",
     "ranking_agreement",
     "residual_table",
+    "steepest_fall_off",
 ]
 
 _T = TypeVar("_T")
@@ -159,6 +188,17 @@ _FINE_STRENGTH_STEPS = (-0.05, -0.025, 0.0, 0.025, 0.05)
 _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
 
 
+#: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile.
+PROFILE_FIELDS: tuple[str, ...] = (
+    *(f"imrt_{key}" for key in FALL_OFF_KEYS),
+    "imrt_surface",
+    "imrt_plateau",
+    "imrt_hot_spot_spread",
+    "imrt_hot_spot_depth_mm",
+    "imrt_hot_spot_volume_power",
+    "plan_sum_ceiling",
+)
+
 #: What the PTV profile is fitted to: every level's D95, D50, D2 (%Rx) and the organs'
 #: V70Gy (percentage points, half weight), the dose above the plateau that organs
 #: overlapping the PTV receive; organ sparing never changes these (it acts outside PTVs).
@@ -178,6 +218,7 @@ class PlanCase:
     reference: dict[tuple[str, str], float]  # (structure, metric) -> value, composite dose
     organs: dict[str, StructureOnDoseGrid]
     ptvs: dict[str, tuple[StructureOnDoseGrid, float]]  # name -> (structure, total Rx)
+    rows: list[MetricRecord] = dataclasses.field(default_factory=list)  # every stored row
 
 
 def _reference(rows: Iterable[MetricRecord]) -> dict[tuple[str, str], float]:
@@ -225,6 +266,7 @@ def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> 
                 _reference(r for r in rows if r.plan_id == plan_id),
                 organs,
                 ptvs,
+                [r for r in rows if r.plan_id == plan_id],
             )
         )
     return out
@@ -293,6 +335,248 @@ def _profile_loss(
     return loss
 
 
+# ---------------------------------------------------------------------------- fall-off
+#: The fall-off outside the PTV is fitted on the dose by distance (mm) to each course's
+#: highest PTV from its surface out to here, in the stored 2.5 mm bins, and the bin beyond.
+_FALL_OFF_BINS = tuple(
+    distance_bin_label(lo, hi)
+    for lo, hi in zip(
+        (*DISTANCE_BIN_EDGES_MM[4:],), (*DISTANCE_BIN_EDGES_MM[5:], math.inf), strict=True
+    )
+)
+#: The body's isodose volumes the fall-off is also fitted on (fractions of the course's
+#: Rx; the stored V20Gy ... V70Gy in this range): the mean dose at a distance alone
+#: leaves out how unevenly optimised beams spread it (a profile fitted on means alone gave
+#: the prostate bed R50% 2.5 where the reference had 4.0). Each level's error counts as
+#: 100 x ln(estimate / reference), a percentage, like a bin's error in % of Rx.
+_ISODOSE_RANGE = (0.25, 0.95)
+#: No optimised plan's dose falls faster than one 6 MV MLC edge's, about 16 % of the
+#: dose per mm at depth (80-20 % penumbra 3.7-3.9 mm at 10 cm, J Appl Clin Med Phys
+#: 2011;12(3):142; CLINICAL.md 11b gives it as the upper bound): the fall-off fit keeps
+#: the model's steepest fall (:func:`steepest_fall_off`) below it. Without it the fit cut
+#: the tail at the PTV's last slice (slab window 0.9 mm: 100 % to 27 % of Rx in 2.5 mm).
+MAX_FALL_OFF_PER_MM = 0.16
+#: Target volumes (cc) at which the bound is checked: at and below the reference volume
+#: (the laws are held there) and a whole-pelvis PTV.
+_GRADIENT_CHECK_CC = (300.0, 1500.0)
+#: A distance bin counts when this much tissue (cc) outside the organs lies in it.
+_MIN_BIN_CC = 5.0
+#: Nelder-Mead evaluations of the fall-off fit (tool default: enough to converge from the
+#: tool defaults, each evaluation estimates every training course once).
+_FALL_OFF_EVALUATIONS = 500
+
+
+@dataclass
+class CourseFallOff:
+    """One IMRT course of a training plan, as the fall-off fit sees it."""
+
+    case: PlanCase
+    index: int
+    rx_gy: float
+    signed_mm: np.ndarray  # distance (mm) to the course's highest PTV, > 0 outside
+    structures: dict[str, StructureOnDoseGrid]  # "Body" and the organs stored with it
+    reference: np.ndarray  # mean dose (Gy) outside the organs, per _FALL_OFF_BINS (nan: none)
+    isodoses: dict[float, float]  # dose (Gy) -> volume of the body (%) receiving at least it
+
+
+def _outside_organs(values: Mapping[str, float], structures: Iterable[str]) -> np.ndarray:
+    """Mean dose (Gy) per fall-off bin in the body outside the organs, from distance rows.
+
+    ``values`` maps ``"<structure> <metric>"`` to the stored (or estimated) value.
+    """
+    out = np.full(len(_FALL_OFF_BINS), np.nan)
+    organs = [s for s in structures if s != "Body"]
+    for k, label in enumerate(_FALL_OFF_BINS):
+        volume = values.get(f"Body dist_volume_cc{label}", 0.0)
+        dose = volume * values.get(f"Body dist_mean_Gy{label}", 0.0)
+        for o in organs:
+            v = values.get(f"{o} dist_volume_cc{label}", 0.0)
+            volume -= v
+            dose -= v * values.get(f"{o} dist_mean_Gy{label}", 0.0)
+        if volume >= _MIN_BIN_CC:
+            out[k] = dose / volume
+    return out
+
+
+def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
+    """The training plans' IMRT courses with their stored dose by distance."""
+    out = []
+    for case in cases:
+        several = len(case.option.courses) > 1
+        for n, course in enumerate(case.option.courses):
+            if course.technique != "imrt":
+                continue
+            label = course.name if several else COMPOSITE
+            stored = {
+                f"{r.structure} {r.metric}": r.value
+                for r in case.rows
+                if r.course == label and r.metric.startswith("dist_")
+            }
+            names = sorted({key.split(" ")[0] for key in stored})
+            if "Body" not in names:
+                continue
+            ptv = highest_ptv(course_targets(case.option, n))
+            out.append(
+                CourseFallOff(
+                    case,
+                    n,
+                    max(t.prescription_gy for t in course.targets),
+                    signed_distance_mm(mask_on_dose_grid(ptv, case.dose_grid), case.dose_grid),
+                    {
+                        name: structure_on_dose_grid(case.atlas.structures[name], case.dose_grid)
+                        for name in names
+                    },
+                    _outside_organs(stored, names),
+                    _isodose_volumes(
+                        {
+                            r.metric: r.value
+                            for r in case.rows
+                            if r.course == label and r.structure == "Body"
+                        },
+                        max(t.prescription_gy for t in course.targets),
+                    ),
+                )
+            )
+    return out
+
+
+def _isodose_volumes(body_metrics: Mapping[str, float], rx_gy: float) -> dict[float, float]:
+    """The stored body V<d>Gy (%) whose dose lies in :data:`_ISODOSE_RANGE` of the Rx."""
+    lo, hi = _ISODOSE_RANGE
+    out = {}
+    for metric, value in body_metrics.items():
+        if metric.startswith("V") and metric.endswith("Gy") and value > 0:
+            dose = float(metric[1:-2])
+            if lo * rx_gy <= dose <= hi * rx_gy:
+                out[dose] = value
+    return out
+
+
+def fall_off_errors(
+    courses: Sequence[CourseFallOff], params: DoseModelParameters
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate minus reference of the fall-off fit's quantities, every course.
+
+    Returns the mean dose outside the organs per distance bin (% of the course's Rx; bins
+    without tissue left out) and the body's isodose volumes (100 x ln(estimate /
+    reference), about a percentage).
+    """
+    bins: list[np.ndarray] = []
+    isodoses: list[float] = []
+    for c in courses:
+        dose = estimate_course_dose(
+            c.case.option.courses[c.index],
+            c.case.dose_grid,
+            body=c.case.atlas.structures["Body"],
+            params=params,
+        )
+        values = {
+            f"{name} {m.metric}": m.value
+            for name, sd in c.structures.items()
+            for m in distance_metrics(dose, sd, c.signed_mm)
+        }
+        err = 100.0 * (_outside_organs(values, c.structures) - c.reference) / c.rx_gy
+        bins.append(err[np.isfinite(err)])
+        if c.isodoses:
+            dvh = compute_dvh(dose, c.case.dose_grid, c.structures["Body"])
+            for level_gy, ref_pct in c.isodoses.items():
+                est_pct = max(dvh.volume_at_dose_pct(level_gy), 1e-9)
+                isodoses.append(100.0 * math.log(est_pct / ref_pct))
+    return np.concatenate(bins), np.asarray(isodoses)
+
+
+def steepest_fall_off(params: DoseModelParameters, volume_cc: float) -> float:
+    """Steepest fall of an IMRT target's dose at its surface (fraction of Rx per mm).
+
+    Across the edge of its superior-inferior extent, where the penumbra, the tail and the
+    tail's slab window all fall: ``S [(1 - a) / L_p + a / L_t + a (1 - f) / L_z]``.
+    """
+    penumbra_mm, share = imrt_fall_off(volume_cc, params)
+    return params.imrt_surface * (
+        (1.0 - share) / penumbra_mm
+        + share / params.imrt_tail_mm
+        + share * (1.0 - params.imrt_tail_z_floor) / params.imrt_tail_z_mm
+    )
+
+
+def _fall_off_loss(courses: Sequence[CourseFallOff], params: DoseModelParameters) -> float:
+    """Sum of squares of :func:`fall_off_errors`, both kinds alike (inf: too steep).
+
+    A fall-off steeper than one beam's edge (:data:`MAX_FALL_OFF_PER_MM`) at any volume of
+    :data:`_GRADIENT_CHECK_CC` is refused.
+    """
+    if max(steepest_fall_off(params, v) for v in _GRADIENT_CHECK_CC) > MAX_FALL_OFF_PER_MM:
+        return math.inf
+    bins, isodoses = fall_off_errors(courses, params)
+    return float(np.sum(bins**2) + np.sum(isodoses**2))
+
+
+def _fall_off_params(base: DoseModelParameters, x: Sequence[float]) -> DoseModelParameters:
+    """Parameters from the optimiser's vector (log lengths, logit share, powers)."""
+    log_pen, p_pen, logit_share, p_tail, log_tail, log_z, logit_floor = x
+    fall = FallOff(
+        penumbra_mm=math.exp(log_pen),
+        penumbra_volume_power=max(p_pen, 0.0),
+        tail_fraction=1.0 / (1.0 + math.exp(-logit_share)),
+        tail_volume_power=max(p_tail, 0.0),
+        tail_mm=math.exp(log_tail),
+        tail_z_mm=math.exp(log_z),
+        tail_z_floor=1.0 / (1.0 + math.exp(-logit_floor)),
+    )
+    return dataclasses.replace(base, **_fall_off_fields(fall), imrt_tail_reference_radius_mm=0.0)
+
+
+def _fall_off_fields(fall: FallOff) -> dict[str, float]:
+    """:class:`DoseModelParameters` fields of a fall-off (``imrt_`` + its field names)."""
+    return {f"imrt_{key}": float(getattr(fall, key)) for key in FALL_OFF_KEYS}
+
+
+def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
+    """The IMRT fall-off outside the PTV fitted on the training plans' dose by distance.
+
+    Compares, course by course (each estimated alone), the mean dose outside the organs
+    (body minus every stored organ, so organ sparing plays no part) per 2.5 mm distance
+    bin from the course's highest PTV, and the body's isodose volumes
+    (:data:`_ISODOSE_RANGE`); Nelder-Mead from :data:`TOOL_DEFAULT_FALL_OFF`.
+    """
+    courses = fall_off_courses(cases)
+    base = DoseModelParameters()
+    d = TOOL_DEFAULT_FALL_OFF
+    x0 = [
+        math.log(d.penumbra_mm),
+        d.penumbra_volume_power,
+        math.log(d.tail_fraction / (1.0 - d.tail_fraction)),
+        d.tail_volume_power,
+        math.log(d.tail_mm),
+        math.log(d.tail_z_mm),
+        # the tool defaults have no floor: start at 2 %
+        math.log(0.02 / 0.98),
+    ]
+    start = _fall_off_loss(courses, _fall_off_params(base, x0))
+    # first steps: lengths x1.35, shares about x1.6, powers +0.2 (Nelder-Mead's own start
+    # steps are 5 % of each value, none for a power of 0)
+    steps = np.diag([0.3, 0.2, 0.5, 0.2, 0.3, 0.3, 0.5])
+    result = optimize.minimize(
+        lambda x: _fall_off_loss(courses, _fall_off_params(base, x)),
+        x0,
+        method="Nelder-Mead",
+        options={
+            "maxfev": _FALL_OFF_EVALUATIONS,
+            "xatol": 1e-3,
+            "fatol": 0.1,
+            "initial_simplex": np.vstack([x0, np.asarray(x0) + steps]),
+        },
+    )
+    fitted = _fall_off_params(base, result.x)
+    # as the calibration file holds them (6 significant digits), used from here on
+    fall = FallOff(*(float(f"{getattr(fitted, f'imrt_{key}'):.6g}") for key in FALL_OFF_KEYS))
+    _say(
+        f"fall-off {fall} from {len(courses)} courses: loss {start:.0f} (tool defaults) -> "
+        f"{result.fun:.0f} in {result.nfev} evaluations"
+    )
+    return fall
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -303,12 +587,17 @@ def fit(
     """PTV profile, organ sparing and interface yields fitted on ``cases``.
 
     Returns the profile values (:class:`~rtplan.dose_estimate.DoseModelParameters` fields
-    ``imrt_surface``, ``imrt_plateau``, ``imrt_hot_spot_spread``,
-    ``imrt_hot_spot_depth_mm``, ``imrt_hot_spot_volume_power``, ``plan_sum_ceiling``),
-    per organ ``(strength, length_mm)``, and per organ its interface yield.
+    of :data:`PROFILE_FIELDS`: the fall-off outside the PTV, :func:`fit_fall_off`, then
+    the PTV's surface, plateau, texture and plan-sum ceiling), per organ
+    ``(strength, length_mm)``, and per organ its interface yield.
     """
+    fall = fit_fall_off(cases)
     base = dataclasses.replace(
-        DoseModelParameters(), imrt_sparing=(), imrt_hot_spot_volume_power=_START_POWER
+        DoseModelParameters(),
+        **_fall_off_fields(fall),
+        imrt_tail_reference_radius_mm=0.0,
+        imrt_sparing=(),
+        imrt_hot_spot_volume_power=_START_POWER,
     )
     several_courses = any(len(c.option.courses) > 1 for c in cases)
     candidates = [
@@ -333,8 +622,8 @@ def fit(
         estimates = [estimate_metrics(c, params) for c in cases]
         profile_loss.append(_profile_loss(cases, estimates))
     best = int(np.argmin(profile_loss))
-    profile = candidates[best]
-    _say(f"PTV profile {profile} (loss {profile_loss[best]:.1f})")
+    profile = {**_fall_off_fields(fall), **candidates[best]}
+    _say(f"PTV profile {candidates[best]} (loss {profile_loss[best]:.1f})")
     base = dataclasses.replace(base, **profile)
     power_loss = [
         _profile_loss(
@@ -558,6 +847,9 @@ def _toml(
         f"spread = {profile['imrt_hot_spot_spread']:g}",
         f"depth_mm = {profile['imrt_hot_spot_depth_mm']:g}",
         f"volume_power = {profile['imrt_hot_spot_volume_power']:g}",
+        "",
+        "[fall_off]",
+        *(f"{key} = {profile[f'imrt_{key}']:.6g}" for key in FALL_OFF_KEYS),
     ]
     for organ, (s, length) in sparing.items():
         if s <= 0:
@@ -584,17 +876,7 @@ def _toml(
 def _calibrated() -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float]]:
     """The profile, sparing and yields of the shipped calibration, as :func:`fit` returns them."""
     p = DoseModelParameters()
-    profile = {
-        name: float(getattr(p, name))
-        for name in (
-            "imrt_surface",
-            "imrt_plateau",
-            "imrt_hot_spot_spread",
-            "imrt_hot_spot_depth_mm",
-            "imrt_hot_spot_volume_power",
-            "plan_sum_ceiling",
-        )
-    }
+    profile = {name: float(getattr(p, name)) for name in PROFILE_FIELDS}
     sparing = {sp.organ: (sp.strength, sp.length_mm) for sp in p.imrt_sparing}
     yields = {sp.organ: sp.interface_yield for sp in p.imrt_sparing}
     return profile, sparing, yields
@@ -630,10 +912,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile, sparing, yields = _calibrated()
     else:
         profile, sparing, yields = fit(train)
-    params = _with(dataclasses.replace(DoseModelParameters(), **profile), sparing, yields)
+    params = _with(
+        dataclasses.replace(DoseModelParameters(), **profile, imrt_tail_reference_radius_mm=0.0),
+        sparing,
+        yields,
+    )
     # the model as calibrated on published data alone (docs/dose_model.md 4.1), no sparing
     before = dataclasses.replace(
         DoseModelParameters(),
+        **_fall_off_fields(TOOL_DEFAULT_FALL_OFF),
+        imrt_tail_reference_radius_mm=TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM,
         imrt_sparing=(),
         imrt_hot_spot_spread=0.0,
         imrt_hot_spot_volume_power=0.0,

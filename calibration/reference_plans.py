@@ -207,7 +207,8 @@ def _composite_targets(option: FieldOption) -> list[ScoredTarget]:
     return out
 
 
-def _course_targets(option: FieldOption, index: int) -> list[ScoredTarget]:
+def course_targets(option: FieldOption, index: int) -> list[ScoredTarget]:
+    """The PTVs and CTVs of course ``index`` of ``option``, at that course's prescriptions."""
     out: list[ScoredTarget] = []
     for t in option.courses[index].targets:
         out.append(ScoredTarget(t.ptv, t.prescription_gy))
@@ -216,7 +217,7 @@ def _course_targets(option: FieldOption, index: int) -> list[ScoredTarget]:
     return out
 
 
-def _highest_ptv(targets: Sequence[ScoredTarget]) -> Structure:
+def highest_ptv(targets: Sequence[ScoredTarget]) -> Structure:
     """The PTV of the highest prescription (several at that level: their union)."""
     ptvs = [t for t in targets if t.structure.role == "ptv"]
     top = max(t.prescription_gy for t in ptvs)
@@ -230,7 +231,7 @@ def _distance_references(
     targets: Sequence[ScoredTarget], *, union: bool
 ) -> list[tuple[str, Structure]]:
     """``("dist", highest PTV)`` and, with ``union`` and several PTVs, their union."""
-    refs = [("dist", _highest_ptv(targets))]
+    refs = [("dist", highest_ptv(targets))]
     ptvs = [t.structure for t in targets if t.structure.role == "ptv"]
     if union and len(ptvs) > 1:
         refs.append(("dist_union", union_structure("PTV_union", ptvs, role="ptv")))
@@ -435,7 +436,7 @@ def _score_plan(
     rows = _score_dose(spec, COMPOSITE, composite, grid, all_targets, setup.organs, composite_refs)
     if len(option.courses) > 1:
         for n, course in enumerate(option.courses):
-            targets = _course_targets(option, n)
+            targets = course_targets(option, n)
             rows += _score_dose(
                 spec,
                 course.name,

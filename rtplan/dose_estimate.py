@@ -42,6 +42,7 @@ from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
 from rtplan.sparing import (
     CALIBRATION,
     DEFAULT_SPARING,
+    FallOff,
     OrganSparing,
     SparedRegion,
     apply_hot_spot_spread,
@@ -54,7 +55,10 @@ from rtplan.structures import Structure, StructureSet
 
 __all__ = [
     "ALPHA_BETA_GY",
+    "MAX_TAIL_SHARE",
     "RTOG0813_R50_TABLE",
+    "TOOL_DEFAULT_FALL_OFF",
+    "TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM",
     "CourseDose",
     "DoseModelParameters",
     "OptionDose",
@@ -63,6 +67,7 @@ __all__ = [
     "eqd2_gy",
     "estimate_course_dose",
     "estimate_option_dose",
+    "imrt_fall_off",
     "make_dose_grid",
     "physical_dose_gy",
     "rtog0813_r50_limit",
@@ -217,6 +222,25 @@ def rtog0813_r50_limit(ptv_volume_cc: float, *, deviation: str = "none") -> floa
 
 
 # ---------------------------------------------------------------------------- parameters
+#: The IMRT fall-off outside the PTV without a calibration file (tool defaults, see
+#: :class:`DoseModelParameters`): R50% of a 100 cc PTV about 5, inside the published
+#: 4.30-8.37 (CLINICAL.md 11b).
+TOOL_DEFAULT_FALL_OFF = FallOff(
+    penumbra_mm=8.0,
+    penumbra_volume_power=0.0,
+    tail_fraction=0.7,
+    tail_volume_power=0.0,
+    tail_mm=70.0,
+    tail_z_mm=15.0,
+    tail_z_floor=0.0,
+)
+#: Equivalent-sphere radius (mm) below which the tool defaults shrink the tail share
+#: (``imrt_tail_reference_radius_mm``); tool default.
+TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM = 25.0
+#: The fall-off the defaults use: fitted when the calibration file has one.
+_FALL_OFF = CALIBRATION.fall_off or TOOL_DEFAULT_FALL_OFF
+
+
 @dataclass(frozen=True)
 class DoseModelParameters:
     """Parameters of the analytic dose model (see ``docs/dose_model.md``).
@@ -239,24 +263,44 @@ class DoseModelParameters:
         Build-up length inside the PTV from the surface dose to the plateau. 1.5 mm,
         tool default chosen so that D95 ~ 0.97 Rx (published PB VMAT D95 68.6/70 = 0.98).
     imrt_penumbra_mm : float
-        Length of the steep exponential outside the PTV. 8 mm, tool default (multi-beam
-        fall-off, slower than a single 6 MV edge's ~16 %/mm, CLINICAL.md 11b).
+        Length of the steep exponential outside the PTV, for a target of
+        ``imrt_reference_volume_cc``. Fitted on the reference plans' dose by distance to
+        the PTV (``rtplan/model_calibration.toml``, docs/dose_model.md 4.7); without a
+        calibration file 8 mm, tool default (multi-beam fall-off, slower than a single
+        6 MV edge's ~16 %/mm, CLINICAL.md 11b).
+    imrt_penumbra_volume_power : float
+        The penumbra length of a target of volume ``V`` is ``imrt_penumbra_mm`` times
+        ``max(1, V / imrt_reference_volume_cc) ** power``: an optimiser lets the dose round
+        a large PTV spread (in the reference plans the mean dose 10-15 mm outside the PTV
+        was 52 % of Rx for a 250 cc prostate bed, 64 % for a 1,200 cc pelvis); below the
+        reference volume the reference plans say nothing, and the length is held. Fitted;
+        0 without a calibration file.
     imrt_tail_fraction : float
-        Share of the surface dose carried by the low-dose tail. 0.7, tool default
-        calibrated with ``imrt_tail_mm`` and ``imrt_penumbra_mm`` so that R50% of a
-        100 cc PTV lies between the published CyberKnife Iris 4.30 and linac IMRT 8.37
-        values (CLINICAL.md 11b [V]); the model gives ~5.
+        Share of the surface dose carried by the low-dose tail, for a target of
+        ``imrt_reference_volume_cc``. Fitted (see ``imrt_penumbra_mm``); without a
+        calibration file 0.7, tool default calibrated with ``imrt_tail_mm`` and
+        ``imrt_penumbra_mm`` so that R50% of a 100 cc PTV lies between the published
+        CyberKnife Iris 4.30 and linac IMRT 8.37 values (CLINICAL.md 11b [V]).
+    imrt_tail_volume_power : float
+        The tail share of a target of volume ``V`` is ``imrt_tail_fraction`` times
+        ``max(1, V / imrt_reference_volume_cc) ** power``, at most :data:`MAX_TAIL_SHARE`: the
+        low-dose bath grows with the beams' cross-section. Fitted; 0 without a calibration
+        file.
     imrt_tail_mm : float
-        Decay length of the tail. 70 mm, tool default (see above).
+        Decay length of the tail. Fitted; 70 mm, tool default, without a calibration file.
     imrt_tail_reference_radius_mm : float
-        The tail share is scaled by ``min(1, sqrt(r_eq / this))`` where ``r_eq`` is the PTV's
-        equivalent-sphere radius: the low-dose bath of a modulated plan grows with the
-        cross-section of the beams, so a small target gets a smaller bath. 25 mm (a
-        65 cc sphere), tool default.
+        Without a calibration file the tail share is also scaled by
+        ``min(1, sqrt(r_eq / this))``, ``r_eq`` the PTV's equivalent-sphere radius, so a
+        small target gets a smaller bath: 25 mm (a 65 cc sphere), tool default. 0 turns
+        this off, as the calibration does (the fitted volume power replaces it).
     imrt_tail_z_mm : float
         Beyond the superior-inferior extent of the PTV (slices it occupies) the tail is
-        multiplied by ``exp(-dz / this)``: coplanar arcs spread low dose within the
-        treated slab, not above or below it. 15 mm, tool default.
+        multiplied by ``f + (1 - f) exp(-dz / this)``, ``f`` = ``imrt_tail_z_floor``:
+        coplanar arcs spread low dose within the treated slab, little above or below it.
+        Fitted; 15 mm, tool default, without a calibration file.
+    imrt_tail_z_floor : float
+        The part of the tail that scatter carries beyond the slab, whatever ``dz`` (0 to
+        1). Fitted; 0 without a calibration file.
     sbrt_plateau : float
         Dose at the centre of an SBRT PTV. 1.25 (prescription to the ~80 % isodose), tool
         default, within the RTOG limit Dmax/Rx <= 2.0 (Shaw 1993, [V-3p]).
@@ -345,11 +389,16 @@ class DoseModelParameters:
     imrt_plateau: float = 1.02 if CALIBRATION.plateau is None else CALIBRATION.plateau
     imrt_surface: float = 0.96 if CALIBRATION.surface is None else CALIBRATION.surface
     imrt_inner_mm: float = 1.5
-    imrt_penumbra_mm: float = 8.0
-    imrt_tail_fraction: float = 0.7
-    imrt_tail_mm: float = 70.0
-    imrt_tail_reference_radius_mm: float = 25.0
-    imrt_tail_z_mm: float = 15.0
+    imrt_penumbra_mm: float = _FALL_OFF.penumbra_mm
+    imrt_penumbra_volume_power: float = _FALL_OFF.penumbra_volume_power
+    imrt_tail_fraction: float = _FALL_OFF.tail_fraction
+    imrt_tail_volume_power: float = _FALL_OFF.tail_volume_power
+    imrt_tail_mm: float = _FALL_OFF.tail_mm
+    imrt_tail_reference_radius_mm: float = (
+        TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM if CALIBRATION.fall_off is None else 0.0
+    )
+    imrt_tail_z_mm: float = _FALL_OFF.tail_z_mm
+    imrt_tail_z_floor: float = _FALL_OFF.tail_z_floor
     sbrt_plateau: float = 1.25
     sbrt_surface: float = 1.0
     sbrt_inner_mm: float = 5.0
@@ -407,6 +456,10 @@ class DoseModelParameters:
                     "crt_scatter_fraction",
                     "imrt_hot_spot_spread",
                     "imrt_hot_spot_volume_power",
+                    "imrt_penumbra_volume_power",
+                    "imrt_tail_volume_power",
+                    "imrt_tail_reference_radius_mm",
+                    "imrt_tail_z_floor",
                     "imrt_sparing_blend_mm",
                     "sbrt_tail_fraction",
                     "imrt_tail_fraction",
@@ -419,7 +472,7 @@ class DoseModelParameters:
                 raise InvalidInputError(
                     f"dose model parameter {f.name} must be positive, got {v!r}"
                 )
-        for name in ("imrt_tail_fraction", "sbrt_tail_fraction"):
+        for name in ("imrt_tail_fraction", "sbrt_tail_fraction", "imrt_tail_z_floor"):
             if getattr(self, name) >= 1:
                 raise InvalidInputError(f"{name} must be below 1, got {getattr(self, name)!r}")
         if self.imrt_surface > self.imrt_plateau or self.sbrt_surface > self.sbrt_plateau:
@@ -717,6 +770,39 @@ def _profile(
     return out
 
 
+def imrt_fall_off(volume_cc: float, params: DoseModelParameters) -> tuple[float, float]:
+    """Penumbra length (mm) and tail share of an IMRT target of ``volume_cc`` (cc).
+
+    See ``imrt_penumbra_mm`` ... ``imrt_tail_reference_radius_mm`` of
+    :class:`DoseModelParameters`: the volume laws act above ``imrt_reference_volume_cc``
+    only, and the share is at most :data:`MAX_TAIL_SHARE`.
+
+    Examples
+    --------
+    >>> p = DoseModelParameters(imrt_penumbra_mm=10.0, imrt_penumbra_volume_power=0.5,
+    ...     imrt_tail_fraction=0.3, imrt_tail_volume_power=0.25,
+    ...     imrt_tail_reference_radius_mm=0.0, imrt_reference_volume_cc=300.0)
+    >>> [round(x, 3) for x in imrt_fall_off(1200.0, p)]
+    [20.0, 0.424]
+    >>> [round(x, 3) for x in imrt_fall_off(30.0, p)]
+    [10.0, 0.3]
+    """
+    # the reference plans (188-1,230 cc) show how the fall-off widens with a large PTV;
+    # below the reference volume nothing says how it would steepen, so it is held there
+    ratio = max(1.0, volume_cc / params.imrt_reference_volume_cc)
+    penumbra_mm = params.imrt_penumbra_mm * ratio**params.imrt_penumbra_volume_power
+    share = params.imrt_tail_fraction * ratio**params.imrt_tail_volume_power
+    if params.imrt_tail_reference_radius_mm > 0:
+        r_eq = (3.0 * volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+        share *= min(1.0, math.sqrt(r_eq / params.imrt_tail_reference_radius_mm))
+    return penumbra_mm, min(share, MAX_TAIL_SHARE)
+
+
+#: Largest share of the surface dose the IMRT tail may carry, whatever the target's
+#: volume (tool default: the steep part of the fall-off never vanishes).
+MAX_TAIL_SHARE = 0.9
+
+
 def _sbrt_penumbra_mm(
     geom: _TargetGeometry, dose_grid: ImageGrid, params: DoseModelParameters
 ) -> float:
@@ -817,19 +903,21 @@ def _imrt_or_sbrt_dose(
                 tail_mm=params.sbrt_tail_mm,
             )
         else:
-            r_eq = (3.0 * geom.volume_cc * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+            penumbra_mm, tail_share = imrt_fall_off(geom.volume_cc, params)
             # coplanar arcs: the tail fades beyond the PTV's superior-inferior extent
             slices = np.asarray(geom.inside.any(axis=(1, 2)))
             dz_mm = ndimage.distance_transform_edt(~slices) * dose_grid.spacing_mm[0]
-            z_weight = np.exp(-dz_mm / params.imrt_tail_z_mm)[:, None, None]
+            floor = params.imrt_tail_z_floor
+            z_weight = (floor + (1.0 - floor) * np.exp(-dz_mm / params.imrt_tail_z_mm))[
+                :, None, None
+            ]
             rel = _profile(
                 geom.signed_mm,
                 plateau=params.imrt_plateau,
                 surface=params.imrt_surface,
                 inner_mm=params.imrt_inner_mm,
-                penumbra_mm=params.imrt_penumbra_mm,
-                tail_fraction=params.imrt_tail_fraction
-                * min(1.0, math.sqrt(r_eq / params.imrt_tail_reference_radius_mm)),
+                penumbra_mm=penumbra_mm,
+                tail_fraction=tail_share,
                 tail_mm=params.imrt_tail_mm,
                 tail_weight=z_weight,
             )

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.resources import files
 
 import numpy as np
@@ -55,6 +55,8 @@ from rtplan.grid import ImageGrid
 __all__ = [
     "CALIBRATION",
     "DEFAULT_SPARING",
+    "FALL_OFF_KEYS",
+    "FallOff",
     "MetricUncertainty",
     "ModelCalibration",
     "OrganSparing",
@@ -150,6 +152,44 @@ class MetricUncertainty:
 
 
 @dataclass(frozen=True)
+class FallOff:
+    """Fitted fall-off of an IMRT course's dose outside its PTV.
+
+    The fields of :class:`rtplan.dose_estimate.DoseModelParameters` of the same names
+    with an ``imrt_`` prefix, which document them.
+
+    Attributes
+    ----------
+    penumbra_mm : float
+        Length (mm) of the steep exponential of a target of the reference volume.
+    penumbra_volume_power : float
+        Growth of that length with the target's volume (power of the volume ratio).
+    tail_fraction : float
+        Share of the surface dose in the low-dose tail, target of the reference volume.
+    tail_volume_power : float
+        Growth of that share with the target's volume.
+    tail_mm : float
+        Decay length (mm) of the tail.
+    tail_z_mm : float
+        Decay length (mm) of the tail beyond the PTV's superior-inferior extent.
+    tail_z_floor : float
+        The part of the tail left beyond the PTV's superior-inferior extent, far from it.
+    """
+
+    penumbra_mm: float
+    penumbra_volume_power: float
+    tail_fraction: float
+    tail_volume_power: float
+    tail_mm: float
+    tail_z_mm: float
+    tail_z_floor: float
+
+
+#: ``[fall_off]`` keys of the calibration file, in :class:`FallOff`'s order.
+FALL_OFF_KEYS: tuple[str, ...] = tuple(f.name for f in fields(FallOff))
+
+
+@dataclass(frozen=True)
 class ModelCalibration:
     """The fitted sparing, hot-spot spread and residual table of the dose model.
 
@@ -172,6 +212,9 @@ class ModelCalibration:
     plan_sum_ceiling : float or None
         The plan-sum ceiling of options of several courses
         (:class:`rtplan.dose_estimate.DoseModelParameters`); None: the tool default.
+    fall_off : FallOff or None
+        The IMRT dose's fall-off outside the PTV, fitted on the reference plans' dose by
+        distance; None: the published-calibrated tool defaults stay.
     """
 
     sparing: tuple[OrganSparing, ...]
@@ -183,6 +226,7 @@ class ModelCalibration:
     hot_spot_depth_mm: float | None = None
     plan_sum_ceiling: float | None = None
     hot_spot_volume_power: float = 0.0
+    fall_off: FallOff | None = None
 
     def uncertainty(self, structure: str, metric: str, unit: str) -> MetricUncertainty | None:
         """The calibration figures of one metric of one organ, or None when not calibrated.
@@ -237,6 +281,12 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
         if "plan_sum_ceiling" in profile
         else None
     )
+    table = dict(data.get("fall_off", {}))
+    fall_off = (
+        FallOff(*(_float(table, key, f"{where} [fall_off]") for key in FALL_OFF_KEYS))
+        if table
+        else None
+    )
     uncertainties = tuple(
         MetricUncertainty(
             str(row["structure"]),
@@ -249,7 +299,16 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
         for row in list(data.get("uncertainty", []))
     )
     return ModelCalibration(
-        sparing, spread, uncertainties, source, surface, plateau, depth, ceiling, power
+        sparing,
+        spread,
+        uncertainties,
+        source,
+        surface,
+        plateau,
+        depth,
+        ceiling,
+        power,
+        fall_off=fall_off,
     )
 
 

@@ -642,8 +642,12 @@ def test_per_course_doses_need_no_split(round_trip, t0, coarse_atlas):
 def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_atlas):
     """The estimate sampled 0.5 mm off in every axis, then imported (resampled again).
 
-    Two trilinear resamplings blur the steep fall-off at the PTV edge a little: D95 and
-    V65 move by about 1 Gy and 2 points there; mean doses by less than 0.2 Gy.
+    Two trilinear resamplings blur the steep fall-off at the PTV edge a little: V65 moves
+    by up to 2 points there, D95 by about 2 Gy, the mean dose of the small penile bulb
+    below the PTV by 0.3 Gy, other mean doses by less than 0.2 Gy. Beyond the PTV's first
+    and last slices the fitted fall-off is as steep as one beam's edge, 16 % of Rx per mm
+    (docs/dose_model.md 4.1), 1.7 times the tool defaults' steepest, for which D95 moved
+    by 1 Gy and mean doses by less than 0.2 Gy: the tolerances scale with it.
     """
     st, _, _ = t0
     pbrt = _option(t0, "PBRT")
@@ -669,7 +673,7 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     )
     tolerance = {"Gy": 1.5, "%": 3.0, "%Rx": 0.5, "% intended": 0.5, "cc": 1e-9}
     for row, a, b in _pairs(both, "PBRT"):
-        tol = 0.2 if row.metric == "Dmean" else tolerance[row.unit]
+        tol = {"Dmean": 0.35, "D95%": 2.5}.get(row.metric, tolerance[row.unit])
         assert abs(b - a) <= tol, (row.label, a, b)
 
 

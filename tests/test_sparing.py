@@ -293,6 +293,9 @@ def test_hot_spot_spread_grows_with_the_level_volume_as_the_fitted_power(case):
         imrt_sparing=(),
         imrt_hot_spot_spread=0.02,
         imrt_hot_spot_volume_power=0.25,
+        # the reference volume scales the fall-off outside too: held here
+        imrt_penumbra_volume_power=0.0,
+        imrt_tail_volume_power=0.0,
     )
     ptv = occupancy_on_grid(ss["PTV"], grid) >= 0.5
     deep = ptv & (ndimage_depth(ptv, grid) > 15.0)
@@ -333,6 +336,37 @@ def test_calibration_file_reads_the_volume_power_and_interface_yields():
     assert parse_calibration('source = "x"\n[hot_spot]\nspread = 0.03\n').hot_spot_volume_power == 0
     with pytest.raises(InvalidInputError, match="interface yield"):
         parse_calibration("[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\ninterface_yield = -1\n")
+
+
+def test_calibration_file_reads_the_fall_off():
+    from rtplan.dose_estimate import TOOL_DEFAULT_FALL_OFF
+    from rtplan.sparing import CALIBRATION, FallOff, parse_calibration
+
+    cal = parse_calibration(
+        'source = "x"\n[fall_off]\npenumbra_mm = 12.5\npenumbra_volume_power = 0.3\n'
+        "tail_fraction = 0.3\ntail_volume_power = 0.25\ntail_mm = 150\ntail_z_mm = 13\n"
+        "tail_z_floor = 0.05\n"
+    )
+    assert cal.fall_off == FallOff(12.5, 0.3, 0.3, 0.25, 150.0, 13.0, 0.05)
+    assert parse_calibration('source = "x"\n').fall_off is None
+    with pytest.raises(InvalidInputError, match="tail_fraction must be a number"):
+        parse_calibration("[fall_off]\npenumbra_mm = 12.5\npenumbra_volume_power = 0.3\n")
+    # the shipped file is what the defaults are; without one, the tool defaults and the
+    # small-target radius term
+    p = DoseModelParameters()
+    fall = CALIBRATION.fall_off or TOOL_DEFAULT_FALL_OFF
+    assert (p.imrt_penumbra_mm, p.imrt_tail_fraction, p.imrt_tail_mm) == (
+        fall.penumbra_mm,
+        fall.tail_fraction,
+        fall.tail_mm,
+    )
+    assert (p.imrt_penumbra_volume_power, p.imrt_tail_volume_power, p.imrt_tail_z_mm) == (
+        fall.penumbra_volume_power,
+        fall.tail_volume_power,
+        fall.tail_z_mm,
+    )
+    assert p.imrt_tail_z_floor == fall.tail_z_floor
+    assert (p.imrt_tail_reference_radius_mm == 0) == (CALIBRATION.fall_off is not None)
 
 
 def test_the_comparison_names_every_term_and_parameter_of_the_model():
