@@ -378,8 +378,10 @@ class DoseModelParameters:
         The volume (cc) of a dose level whose texture spread is ``imrt_hot_spot_spread`` and
         whose interface with spared organs the fitted profile holds; a larger level gives
         up more dose where its PTV meets a spared organ, in proportion to its excess volume
-        (:func:`rtplan.sparing.interface_yield`). 300 cc, tool default: the prostate-bed
-        PTVs the profile and sparing are fitted on are 188-330 cc.
+        (:func:`rtplan.sparing.interface_yield`), and above which the fall-off outside a
+        target widens (``imrt_penumbra_volume_power``, ``imrt_tail_volume_power``). 300 cc,
+        tool default: the prostate-bed PTVs the profile and sparing are fitted on are
+        188-330 cc.
     imrt_yield_band_mm : float
         Decay length (mm) of that yield away from the PTV surface, both sides. 2.5 mm (one
         dose voxel), tool default: in the reference plans the pelvic course's deficit
