@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtplan.atlas import Atlas, load_atlas
+from rtplan.compare import boost_spared_organs
 from rtplan.demo import DEMO_ATLAS, case_lesions, demo_cases
 from rtplan.dose_estimate import ALPHA_BETA_GY
 from rtplan.lesions import Lesions
 from rtplan.plan import FieldOption, resolve_overlaps
-from rtplan.protocol import Protocol, load_protocol
+from rtplan.protocol import load_protocol
 from rtplan.staging import stage
-from rtplan.structures import Structure
 from rtplan.volumes import build_options, suggest_options
 
 __all__ = [
@@ -201,17 +201,6 @@ def _lesions(spec: PlanSpec, atlas: Atlas) -> Lesions:
     raise KeyError(f"plan {spec.plan_id}: no demo case {spec.lesion_case!r}")
 
 
-def _spared_organs(atlas: Atlas, protocol: Protocol) -> list[Structure]:
-    """The organs boost PTVs are cropped by, as :func:`rtplan.compare.compare_options` does."""
-    if protocol.get("technique.boost_spare_organs") is None:
-        return []
-    names = protocol.names("technique.boost_spare_organs")
-    missing = [n for n in names if n not in atlas.structures]
-    if missing:
-        raise KeyError(f"the anatomy lacks the boost-spared organs {missing}")
-    return [atlas.structures[n] for n in names]
-
-
 def build_plan_option(spec: PlanSpec, atlas: Atlas) -> FieldOption:
     """The plan's option, built and resolved as :func:`rtplan.compare_options` doses it.
 
@@ -244,4 +233,5 @@ def build_plan_option(spec: PlanSpec, atlas: Atlas) -> FieldOption:
         raise KeyError(f"plan {spec.plan_id}: case suggests {names}, not {spec.option!r}")
     option = build_options(chosen, atlas, lesions, proto)[0]
     alpha_beta_gy = proto.alpha_beta_gy.get("prostate", ALPHA_BETA_GY["prostate"])
-    return resolve_overlaps(option, alpha_beta_gy=alpha_beta_gy, spare=_spared_organs(atlas, proto))
+    spare = boost_spared_organs(atlas, proto, strict=True)
+    return resolve_overlaps(option, alpha_beta_gy=alpha_beta_gy, spare=spare)

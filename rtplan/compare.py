@@ -78,6 +78,7 @@ __all__ = [
     "OptionResult",
     "basis_eqd2",
     "basis_sbrt_course",
+    "boost_spared_organs",
     "compare_options",
     "imported_column",
 ]
@@ -944,7 +945,7 @@ def compare_options(
     proto = load_protocol(protocol)
     alpha_beta = _AlphaBeta(proto.alpha_beta_gy)
     _check_ntcp_alpha_beta(proto, alpha_beta)
-    spare = _spared_organs(atlas, proto)
+    spare = boost_spared_organs(atlas, proto)
     built = [
         resolve_overlaps(o, alpha_beta_gy=alpha_beta.target, spare=spare)
         for o in _field_options(options, atlas, lesions, proto)
@@ -1004,16 +1005,33 @@ def compare_options(
     )
 
 
-def _spared_organs(atlas: Atlas, protocol: Protocol) -> list[Structure]:
+def boost_spared_organs(
+    atlas: Atlas, protocol: Protocol, *, strict: bool = False
+) -> list[Structure]:
     """The organs the protocol's boost PTVs are cropped by (``technique.boost_spare_organs``).
 
-    An organ the anatomy lacks cannot be spared: that is said in a warning, not skipped
-    silently.
+    Parameters
+    ----------
+    atlas : Atlas
+        The anatomy.
+    protocol : Protocol
+        The protocol naming the organs.
+    strict : bool
+        An organ the anatomy lacks cannot be spared: False (what :func:`compare_options`
+        does) says so in a warning and spares the others; True raises (the calibration's
+        reference plans must be built exactly as specified).
+
+    Raises
+    ------
+    InvalidInputError
+        With ``strict``, when the anatomy lacks one of the organs.
     """
     if protocol.get("technique.boost_spare_organs") is None:
         return []
     names = protocol.names("technique.boost_spare_organs")
     missing = [n for n in names if n not in atlas.structures]
+    if missing and strict:
+        raise InvalidInputError(f"the anatomy lacks the boost-spared organs {missing}")
     if missing:
         warnings.warn(
             f"protocol {protocol.name}: boost PTVs cannot be cropped by "

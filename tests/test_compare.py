@@ -531,6 +531,13 @@ def test_protocol_boost_spare_organs_crop_boost_ptvs(coarse_atlas, tmp_path):
     missing = load_protocol(_protocol_sparing(tmp_path, '["Rectum", "Rectum_Nowhere"]'))
     with pytest.warns(RtplanWarning, match="Rectum_Nowhere"):
         compare_options(a, lesions, spec, protocol=missing, stage=st, dose_spacing_mm=5.0)
+    # the same look-up, strict (the calibration's reference plans): refused, not warned
+    from rtplan.compare import boost_spared_organs
+
+    with pytest.raises(InvalidInputError, match="Rectum_Nowhere"):
+        boost_spared_organs(a, missing, strict=True)
+    with pytest.warns(RtplanWarning, match="Rectum_Nowhere"):
+        assert [o.name for o in boost_spared_organs(a, missing)] == ["Rectum"]
 
 
 # ---- imported plan doses ----------------------------------------------------------------
