@@ -75,13 +75,13 @@ from rtplan.dose_estimate import (
 from rtplan.dvh import StructureOnDoseGrid, compute_dvh, structure_on_dose_grid
 from rtplan.grid import ImageGrid
 from rtplan.plan import FieldOption, target_levels
-from rtplan.sparing import FALL_OFF_KEYS, FallOff, OrganSparing
+from rtplan.sparing import CALIBRATION, FALL_OFF_KEYS, FallOff, OrganSparing
 
 __all__ = [
+    "FITTED_FIELDS",
     "FIT_METRICS",
     "MAX_FALL_OFF_PER_MM",
     "MIRRORED",
-    "PROFILE_FIELDS",
     "REFERENCE_BAND_POINTS",
     "TRAINING",
     "CourseFallOff",
@@ -189,7 +189,7 @@ _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
 
 
 #: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile.
-PROFILE_FIELDS: tuple[str, ...] = (
+FITTED_FIELDS: tuple[str, ...] = (
     *(f"imrt_{key}" for key in FALL_OFF_KEYS),
     "imrt_surface",
     "imrt_plateau",
@@ -345,9 +345,10 @@ _FALL_OFF_BINS = tuple(
     )
 )
 #: The body's isodose volumes the fall-off is also fitted on (fractions of the course's
-#: Rx; the stored V20Gy ... V70Gy in this range): the mean dose at a distance alone
-#: leaves out how unevenly optimised beams spread it (a profile fitted on means alone gave
-#: the prostate bed R50% 2.5 where the reference had 4.0). Each level's error counts as
+#: Rx; the stored V<d>Gy in this range: V20Gy-V60Gy for 66.6 Gy, V20Gy-V40Gy for 45 Gy):
+#: the mean dose at a distance alone leaves out how unevenly optimised beams spread it (a
+#: profile fitted on means alone gave the prostate bed R50% 2.5 where the reference had
+#: 4.0). Each level's error counts as
 #: 100 x ln(estimate / reference), a percentage, like a bin's error in % of Rx.
 _ISODOSE_RANGE = (0.25, 0.95)
 #: No optimised plan's dose falls faster than one 6 MV MLC edge's, about 16 % of the
@@ -356,9 +357,9 @@ _ISODOSE_RANGE = (0.25, 0.95)
 #: the model's steepest fall (:func:`steepest_fall_off`) below it. Without it the fit cut
 #: the tail at the PTV's last slice (slab window 0.9 mm: 100 % to 27 % of Rx in 2.5 mm).
 MAX_FALL_OFF_PER_MM = 0.16
-#: Target volumes (cc) at which the bound is checked: at and below the reference volume
-#: (the laws are held there) and a whole-pelvis PTV.
-_GRADIENT_CHECK_CC = (300.0, 1500.0)
+#: Target volumes at which the bound is checked, in reference volumes: at and below it
+#: (the laws are held there), a whole-pelvis PTV (4x) and far beyond (30x).
+_GRADIENT_CHECK_VOLUMES = (1.0, 4.0, 30.0)
 #: A distance bin counts when this much tissue (cc) outside the organs lies in it.
 _MIN_BIN_CC = 5.0
 #: Nelder-Mead evaluations of the fall-off fit (tool default: enough to converge from the
@@ -489,7 +490,9 @@ def steepest_fall_off(params: DoseModelParameters, volume_cc: float) -> float:
     """Steepest fall of an IMRT target's dose at its surface (fraction of Rx per mm).
 
     Across the edge of its superior-inferior extent, where the penumbra, the tail and the
-    tail's slab window all fall: ``S [(1 - a) / L_p + a / L_t + a (1 - f) / L_z]``.
+    tail's slab window all fall: ``S [(1 - a) / L_p + a / L_t + a (1 - f) / L_z]`` (the
+    window's distance is measured from that edge, half a slice beyond the PTV's last
+    slice, as the distance to the surface is).
     """
     penumbra_mm, share = imrt_fall_off(volume_cc, params)
     return params.imrt_surface * (
@@ -503,9 +506,10 @@ def _fall_off_loss(courses: Sequence[CourseFallOff], params: DoseModelParameters
     """Sum of squares of :func:`fall_off_errors`, both kinds alike (inf: too steep).
 
     A fall-off steeper than one beam's edge (:data:`MAX_FALL_OFF_PER_MM`) at any volume of
-    :data:`_GRADIENT_CHECK_CC` is refused.
+    :data:`_GRADIENT_CHECK_VOLUMES` is refused.
     """
-    if max(steepest_fall_off(params, v) for v in _GRADIENT_CHECK_CC) > MAX_FALL_OFF_PER_MM:
+    volumes = [k * params.imrt_reference_volume_cc for k in _GRADIENT_CHECK_VOLUMES]
+    if max(steepest_fall_off(params, v) for v in volumes) > MAX_FALL_OFF_PER_MM:
         return math.inf
     bins, isodoses = fall_off_errors(courses, params)
     return float(np.sum(bins**2) + np.sum(isodoses**2))
@@ -540,7 +544,11 @@ def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
     (:data:`_ISODOSE_RANGE`); Nelder-Mead from :data:`TOOL_DEFAULT_FALL_OFF`.
     """
     courses = fall_off_courses(cases)
-    base = DoseModelParameters()
+    # at the highest surface dose the profile fit may choose: independent of the shipped
+    # calibration, and the bound below holds for any surface that fit picks
+    base = dataclasses.replace(
+        DoseModelParameters(), imrt_surface=max(_SURFACES), imrt_plateau=max(_PLATEAUS)
+    )
     d = TOOL_DEFAULT_FALL_OFF
     x0 = [
         math.log(d.penumbra_mm),
@@ -587,7 +595,7 @@ def fit(
     """PTV profile, organ sparing and interface yields fitted on ``cases``.
 
     Returns the profile values (:class:`~rtplan.dose_estimate.DoseModelParameters` fields
-    of :data:`PROFILE_FIELDS`: the fall-off outside the PTV, :func:`fit_fall_off`, then
+    of :data:`FITTED_FIELDS`: the fall-off outside the PTV, :func:`fit_fall_off`, then
     the PTV's surface, plateau, texture and plan-sum ceiling), per organ
     ``(strength, length_mm)``, and per organ its interface yield.
     """
@@ -833,8 +841,8 @@ def _toml(
     source: str,
 ) -> str:
     out = [
-        "# The dose model's organ sparing and hot-spot spread, fitted on optimised",
-        "# reference plans, and the residuals of held-out plans.",
+        "# The dose model's fall-off, PTV profile, hot-spot spread, organ sparing and interface",
+        "# yields, fitted on optimised reference plans, and the residuals of held-out plans.",
         "# Written by calibration/fit_model.py; do not edit.",
         f'source = "{source}"',
         "",
@@ -876,7 +884,7 @@ def _toml(
 def _calibrated() -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float]]:
     """The profile, sparing and yields of the shipped calibration, as :func:`fit` returns them."""
     p = DoseModelParameters()
-    profile = {name: float(getattr(p, name)) for name in PROFILE_FIELDS}
+    profile = {name: float(getattr(p, name)) for name in FITTED_FIELDS}
     sparing = {sp.organ: (sp.strength, sp.length_mm) for sp in p.imrt_sparing}
     yields = {sp.organ: sp.interface_yield for sp in p.imrt_sparing}
     return profile, sparing, yields
@@ -909,9 +917,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("no training plan stored yet")
         return 1
     if args.table_only:
+        if CALIBRATION.fall_off is None:
+            _say(f"{CALIBRATION_TOML} has no [fall_off]: fit first (without --table-only)")
+            return 1
         profile, sparing, yields = _calibrated()
     else:
         profile, sparing, yields = fit(train)
+    # a fitted fall-off replaces the tool defaults' small-target radius term
     params = _with(
         dataclasses.replace(DoseModelParameters(), **profile, imrt_tail_reference_radius_mm=0.0),
         sparing,

@@ -263,7 +263,7 @@ class DoseModelParameters:
         Build-up length inside the PTV from the surface dose to the plateau. 1.5 mm,
         tool default chosen so that D95 ~ 0.97 Rx (published PB VMAT D95 68.6/70 = 0.98).
     imrt_penumbra_mm : float
-        Length of the steep exponential outside the PTV, for a target of
+        Length of the steep exponential outside the PTV, for a target up to
         ``imrt_reference_volume_cc``. Fitted on the reference plans' dose by distance to
         the PTV (``rtplan/model_calibration.toml``, docs/dose_model.md 4.7); without a
         calibration file 8 mm, tool default (multi-beam fall-off, slower than a single
@@ -273,11 +273,13 @@ class DoseModelParameters:
         ``max(1, V / imrt_reference_volume_cc) ** power``: an optimiser lets the dose round
         a large PTV spread (in the reference plans the mean dose 10-15 mm outside the PTV
         was 52 % of Rx for a 250 cc prostate bed, 64 % for a 1,200 cc pelvis); below the
-        reference volume the reference plans say nothing, and the length is held. Fitted;
-        0 without a calibration file.
+        reference volume the length is held (a design choice: the reference PTVs below it,
+        188-300 cc, span too little to say how it would steepen, and a power law would
+        give a 10 cc node a penumbra of about 1 mm). Fitted; 0 without a calibration file.
     imrt_tail_fraction : float
-        Share of the surface dose carried by the low-dose tail, for a target of
-        ``imrt_reference_volume_cc``. Fitted (see ``imrt_penumbra_mm``); without a
+        Share of the surface dose carried by the low-dose tail, for a target up to
+        ``imrt_reference_volume_cc`` (at most :data:`MAX_TAIL_SHARE`, 0.9, whatever
+        the volume). Fitted (see ``imrt_penumbra_mm``); without a
         calibration file 0.7, tool default calibrated with ``imrt_tail_mm`` and
         ``imrt_penumbra_mm`` so that R50% of a 100 cc PTV lies between the published
         CyberKnife Iris 4.30 and linac IMRT 8.37 values (CLINICAL.md 11b [V]).
@@ -294,8 +296,9 @@ class DoseModelParameters:
         small target gets a smaller bath: 25 mm (a 65 cc sphere), tool default. 0 turns
         this off, as the calibration does (the fitted volume power replaces it).
     imrt_tail_z_mm : float
-        Beyond the superior-inferior extent of the PTV (slices it occupies) the tail is
-        multiplied by ``f + (1 - f) exp(-dz / this)``, ``f`` = ``imrt_tail_z_floor``:
+        Beyond the superior-inferior extent of the PTV (the slices it occupies, and half a
+        slice beyond) the tail is multiplied by ``f + (1 - f) exp(-dz / this)``, ``dz``
+        (mm) the distance beyond that extent, ``f`` = ``imrt_tail_z_floor``:
         coplanar arcs spread low dose within the treated slab, little above or below it.
         Fitted; 15 mm, tool default, without a calibration file.
     imrt_tail_z_floor : float
@@ -451,29 +454,23 @@ class DoseModelParameters:
                 raise InvalidInputError(
                     f"dose model parameter {f.name} must be a finite number, got {v!r}"
                 )
-            lower_ok = (
-                v >= 0
-                if f.name
-                in (
-                    "crt_scatter_fraction",
-                    "imrt_hot_spot_spread",
-                    "imrt_hot_spot_volume_power",
-                    "imrt_penumbra_volume_power",
-                    "imrt_tail_volume_power",
-                    "imrt_tail_reference_radius_mm",
-                    "imrt_tail_z_floor",
-                    "imrt_sparing_blend_mm",
-                    "sbrt_tail_fraction",
-                    "imrt_tail_fraction",
-                    "crt_block_margin_mm",
-                    "crt_attenuation_per_mm",
-                )
-                else v > 0
+            zero_allowed = f.name in (
+                "crt_scatter_fraction",
+                "imrt_hot_spot_spread",
+                "imrt_hot_spot_volume_power",
+                "imrt_penumbra_volume_power",
+                "imrt_tail_volume_power",
+                "imrt_tail_reference_radius_mm",
+                "imrt_tail_z_floor",
+                "imrt_sparing_blend_mm",
+                "sbrt_tail_fraction",
+                "imrt_tail_fraction",
+                "crt_block_margin_mm",
+                "crt_attenuation_per_mm",
             )
-            if not lower_ok:
-                raise InvalidInputError(
-                    f"dose model parameter {f.name} must be positive, got {v!r}"
-                )
+            if not (v >= 0 if zero_allowed else v > 0):
+                bound = "must not be negative" if zero_allowed else "must be positive"
+                raise InvalidInputError(f"dose model parameter {f.name} {bound}, got {v!r}")
         for name in ("imrt_tail_fraction", "sbrt_tail_fraction", "imrt_tail_z_floor"):
             if getattr(self, name) >= 1:
                 raise InvalidInputError(f"{name} must be below 1, got {getattr(self, name)!r}")
@@ -773,7 +770,9 @@ def _profile(
 
 
 def imrt_fall_off(volume_cc: float, params: DoseModelParameters) -> tuple[float, float]:
-    """Penumbra length (mm) and tail share of an IMRT target of ``volume_cc`` (cc).
+    """Penumbra length (mm) and tail share (fraction of the surface dose) of an IMRT target.
+
+    ``volume_cc`` is the target's volume (cc).
 
     See ``imrt_penumbra_mm`` ... ``imrt_tail_reference_radius_mm`` of
     :class:`DoseModelParameters`: the volume laws act above ``imrt_reference_volume_cc``
@@ -790,7 +789,7 @@ def imrt_fall_off(volume_cc: float, params: DoseModelParameters) -> tuple[float,
     [10.0, 0.3]
     """
     # the reference plans (188-1,230 cc) show how the fall-off widens with a large PTV;
-    # below the reference volume nothing says how it would steepen, so it is held there
+    # below the reference volume it is held (a design choice, see imrt_penumbra_volume_power)
     ratio = max(1.0, volume_cc / params.imrt_reference_volume_cc)
     penumbra_mm = params.imrt_penumbra_mm * ratio**params.imrt_penumbra_volume_power
     share = params.imrt_tail_fraction * ratio**params.imrt_tail_volume_power
@@ -906,9 +905,11 @@ def _imrt_or_sbrt_dose(
             )
         else:
             penumbra_mm, tail_share = imrt_fall_off(geom.volume_cc, params)
-            # coplanar arcs: the tail fades beyond the PTV's superior-inferior extent
+            # coplanar arcs: the tail fades beyond the PTV's superior-inferior extent, which
+            # ends half a slice beyond its outermost slices (as r places the surface)
             slices = np.asarray(geom.inside.any(axis=(1, 2)))
-            dz_mm = ndimage.distance_transform_edt(~slices) * dose_grid.spacing_mm[0]
+            h = dose_grid.spacing_mm[0]
+            dz_mm = np.maximum(ndimage.distance_transform_edt(~slices) * h - 0.5 * h, 0.0)
             floor = params.imrt_tail_z_floor
             z_weight = (floor + (1.0 - floor) * np.exp(-dz_mm / params.imrt_tail_z_mm))[
                 :, None, None

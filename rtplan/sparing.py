@@ -2,7 +2,9 @@
 
 Part of the analytic dose estimate (:mod:`rtplan.dose_estimate`); an approximation for
 comparing options, never a dose calculation for treatment. Three terms, all fitted on
-reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md section 4.7):
+reference plans optimised with pyRadPlan (``calibration/``, docs/dose_model.md section 4.7),
+and the calibration file they and the fitted fall-off outside the PTV
+(:class:`FallOff`, used by :mod:`rtplan.dose_estimate`) are read from:
 
 * **organ sparing**: outside the PTV, an optimiser pushes the intermediate dose out of the
   organs it is told to spare. In an organ with sparing ``(s, L)`` the dose of each PTV's
@@ -156,24 +158,33 @@ class FallOff:
     """Fitted fall-off of an IMRT course's dose outside its PTV.
 
     The fields of :class:`rtplan.dose_estimate.DoseModelParameters` of the same names
-    with an ``imrt_`` prefix, which document them.
+    with an ``imrt_`` prefix, which document them. Kept with the calibration it is read
+    from (``[fall_off]`` of ``model_calibration.toml``).
 
     Attributes
     ----------
     penumbra_mm : float
-        Length (mm) of the steep exponential of a target of the reference volume.
+        Length (mm, > 0) of the steep exponential of a target up to the reference volume
+        (``imrt_reference_volume_cc``, 300 cc).
     penumbra_volume_power : float
-        Growth of that length with the target's volume (power of the volume ratio).
+        Growth (>= 0) of that length with the target's volume: a power of
+        ``V / imrt_reference_volume_cc``, above the reference volume only.
     tail_fraction : float
-        Share of the surface dose in the low-dose tail, target of the reference volume.
+        Share (fraction of the surface dose, 0 to 1) in the low-dose tail, target up to
+        the reference volume; the model caps the share at 0.9.
     tail_volume_power : float
-        Growth of that share with the target's volume.
+        Growth (>= 0) of that share with the target's volume, as for the penumbra.
     tail_mm : float
-        Decay length (mm) of the tail.
+        Decay length (mm, > 0) of the tail.
     tail_z_mm : float
-        Decay length (mm) of the tail beyond the PTV's superior-inferior extent.
+        Decay length (mm, > 0) of the tail beyond the PTV's superior-inferior extent.
     tail_z_floor : float
-        The part of the tail left beyond the PTV's superior-inferior extent, far from it.
+        Fraction of the tail (0 to 1) left beyond that extent, however far.
+
+    Raises
+    ------
+    InvalidInputError
+        A value out of its range.
     """
 
     penumbra_mm: float
@@ -183,6 +194,20 @@ class FallOff:
     tail_mm: float
     tail_z_mm: float
     tail_z_floor: float
+
+    def __post_init__(self) -> None:
+        for name in ("penumbra_mm", "tail_mm", "tail_z_mm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidInputError(f"fall-off {name} must be a length > 0 mm, got {value!r}")
+        for name in ("penumbra_volume_power", "tail_volume_power"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidInputError(f"fall-off {name} must be a number >= 0, got {value!r}")
+        for name in ("tail_fraction", "tail_z_floor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise InvalidInputError(f"fall-off {name} must be in [0, 1), got {value!r}")
 
 
 #: ``[fall_off]`` keys of the calibration file, in :class:`FallOff`'s order.
@@ -247,6 +272,22 @@ def _float(table: Mapping[str, object], key: str, where: str) -> float:
     return float(value)
 
 
+def _fall_off(table: object, where: str) -> FallOff | None:
+    """The ``[fall_off]`` table as a :class:`FallOff` (every key, no other), or None."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise InvalidInputError(f"{where} must be a table, got {table!r}")
+    unknown = sorted(set(table) - set(FALL_OFF_KEYS))
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown keys {unknown}; expected {list(FALL_OFF_KEYS)}")
+    values = [_float(table, key, where) for key in FALL_OFF_KEYS]
+    try:
+        return FallOff(*values)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+
+
 def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibration:
     """Read a model calibration (the TOML ``calibration/fit_model.py`` writes).
 
@@ -281,12 +322,7 @@ def parse_calibration(text: str, where: str = CALIBRATION_FILE) -> ModelCalibrat
         if "plan_sum_ceiling" in profile
         else None
     )
-    table = dict(data.get("fall_off", {}))
-    fall_off = (
-        FallOff(*(_float(table, key, f"{where} [fall_off]") for key in FALL_OFF_KEYS))
-        if table
-        else None
-    )
+    fall_off = _fall_off(data.get("fall_off"), f"{where} [fall_off]")
     uncertainties = tuple(
         MetricUncertainty(
             str(row["structure"]),

@@ -653,7 +653,7 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     by up to 2 points there, D95 by about 2 Gy, the mean dose of the small penile bulb
     below the PTV by 0.3 Gy, other mean doses by less than 0.2 Gy. Beyond the PTV's first
     and last slices the fitted fall-off is as steep as one beam's edge, 16 % of Rx per mm
-    (docs/dose_model.md 4.1), 1.7 times the tool defaults' steepest, for which D95 moved
+    (docs/dose_model.md 4.7), 1.7 times the tool defaults' steepest, for which D95 moved
     by 1 Gy and mean doses by less than 0.2 Gy: the tolerances scale with it.
     """
     st, _, _ = t0
@@ -680,7 +680,9 @@ def test_an_imported_dose_on_an_offset_grid_agrees_within_resampling(t0, coarse_
     )
     tolerance = {"Gy": 1.5, "%": 3.0, "%Rx": 0.5, "% intended": 0.5, "cc": 1e-9}
     for row, a, b in _pairs(both, "PBRT"):
-        tol = {"Dmean": 0.35, "D95%": 2.5}.get(row.metric, tolerance[row.unit])
+        tol = {"Dmean": 0.2, "D95%": 2.5}.get(row.metric, tolerance[row.unit])
+        if (row.structure, row.metric) == ("PenileBulb", "Dmean"):
+            tol = 0.35  # small, just below the PTV's last slice
         assert abs(b - a) <= tol, (row.label, a, b)
 
 

@@ -337,6 +337,35 @@ def test_tail_share_follows_the_target_volume(dose_grid, body_mask):
     assert a2 / a1 == pytest.approx((v2 / v1) ** 0.5, rel=0.05)  # 1.0 without the power
 
 
+def test_tail_window_beyond_the_ptv_slices_closed_form(dose_grid, body_mask):
+    """Far from the PTV the ratio of two windows' doses is the ratio of the windows,
+    ``f + (1 - f) exp(-dz / L_z)``, ``dz`` from half a slice beyond the PTV's last slice."""
+    ptv = _sphere_cc(60.0)
+    free = _fall_off_params(imrt_penumbra_mm=2.0, imrt_tail_fraction=0.5)
+    windowed = dataclasses.replace(free, imrt_tail_z_mm=5.0, imrt_tail_z_floor=0.2)
+    d0 = estimate_course_dose(_course(ptv), dose_grid, body=body_mask, params=free)
+    d1 = estimate_course_dose(_course(ptv), dose_grid, body=body_mask, params=windowed)
+    k0, j, i = (int(v) for v in np.rint(dose_grid.lps_to_index(PTV_CENTRE)))
+    inside = occupancy_on_grid(ptv, dose_grid) >= 0.5
+    last = int(np.flatnonzero(inside.any(axis=(1, 2))).max())
+    h = dose_grid.spacing_mm[0]
+    checked = 0
+    for k in range(last + 1, dose_grid.shape[0]):
+        if not body_mask[k, j, i]:
+            break
+        dz = (k - last) * h - 0.5 * h
+        if dz < 20.0:  # the penumbra (2 mm) is gone by then (exp(-10))
+            continue
+        # the unwindowed run's own window is exp(-dz / 1000 mm)
+        expected = (0.2 + 0.8 * math.exp(-dz / 5.0)) / math.exp(-dz / 1000.0)
+        # (the half slice matters: a whole one would be 1.2 % off at dz = 21 mm)
+        assert d1[k, j, i] / d0[k, j, i] == pytest.approx(expected, rel=2e-3)
+        checked += 1
+    assert checked >= 3
+    # inside the PTV's slices nothing changes
+    assert np.array_equal(d1[k0], d0[k0])
+
+
 # ---------------------------------------------------------------------------- errors
 def test_bad_inputs(dose_grid, body_mask):
     ptv = _sphere_cc(20.0)

@@ -340,7 +340,7 @@ def test_calibration_file_reads_the_volume_power_and_interface_yields():
 
 def test_calibration_file_reads_the_fall_off():
     from rtplan.dose_estimate import TOOL_DEFAULT_FALL_OFF
-    from rtplan.sparing import CALIBRATION, FallOff, parse_calibration
+    from rtplan.sparing import FALL_OFF_KEYS, FallOff, parse_calibration
 
     cal = parse_calibration(
         'source = "x"\n[fall_off]\npenumbra_mm = 12.5\npenumbra_volume_power = 0.3\n'
@@ -351,22 +351,34 @@ def test_calibration_file_reads_the_fall_off():
     assert parse_calibration('source = "x"\n').fall_off is None
     with pytest.raises(InvalidInputError, match="tail_fraction must be a number"):
         parse_calibration("[fall_off]\npenumbra_mm = 12.5\npenumbra_volume_power = 0.3\n")
-    # the shipped file is what the defaults are; without one, the tool defaults and the
-    # small-target radius term
+    # the shipped file's literal values are the defaults (read here with tomllib alone)
+    from importlib.resources import files
+
+    import tomllib
+
+    shipped = tomllib.loads(files("rtplan").joinpath("model_calibration.toml").read_text())
     p = DoseModelParameters()
-    fall = CALIBRATION.fall_off or TOOL_DEFAULT_FALL_OFF
-    assert (p.imrt_penumbra_mm, p.imrt_tail_fraction, p.imrt_tail_mm) == (
-        fall.penumbra_mm,
-        fall.tail_fraction,
-        fall.tail_mm,
-    )
-    assert (p.imrt_penumbra_volume_power, p.imrt_tail_volume_power, p.imrt_tail_z_mm) == (
-        fall.penumbra_volume_power,
-        fall.tail_volume_power,
-        fall.tail_z_mm,
-    )
-    assert p.imrt_tail_z_floor == fall.tail_z_floor
-    assert (p.imrt_tail_reference_radius_mm == 0) == (CALIBRATION.fall_off is not None)
+    for key, value in shipped["fall_off"].items():
+        assert getattr(p, f"imrt_{key}") == value, key
+    assert p.imrt_tail_reference_radius_mm == 0  # the fitted powers replace it
+    # out-of-range values and unknown keys are refused when the file is read
+    good = {k: getattr(TOOL_DEFAULT_FALL_OFF, k) for k in FALL_OFF_KEYS}
+    for key, bad in (
+        ("penumbra_mm", -1.0),
+        ("tail_mm", 0.0),
+        ("tail_volume_power", -0.1),
+        ("tail_fraction", 1.0),
+        ("tail_z_floor", 1.5),
+    ):
+        text = "[fall_off]\n" + "".join(f"{k} = {v}\n" for k, v in {**good, key: bad}.items())
+        with pytest.raises(InvalidInputError, match=key):
+            parse_calibration(text)
+    with pytest.raises(InvalidInputError, match="unknown keys"):
+        parse_calibration(
+            "[fall_off]\n" + "".join(f"{k} = {v}\n" for k, v in good.items()) + "x = 1\n"
+        )
+    with pytest.raises(InvalidInputError, match="must be a table"):
+        parse_calibration("fall_off = 3\n")
 
 
 def test_the_comparison_names_every_term_and_parameter_of_the_model():
