@@ -48,6 +48,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from rtplan._masks import grown_box
 from rtplan._typing import FloatArray
 from rtplan._validation import bounding_box
 from rtplan.dvh import Float32Array, IndexArray
@@ -424,9 +425,10 @@ def spared_region(
     sigma_mm = blend_mm / math.sqrt(2.0 * math.pi)
     coords = np.unravel_index(flat_index, grid.shape)
     pad = np.ceil(_BLEND_TRUNCATE * sigma_mm / spacing).astype(int) + 1
-    lo = [max(int(c.min()) - p, 0) for c, p in zip(coords, pad, strict=True)]
-    hi = [min(int(c.max()) + 1 + p, n) for c, p, n in zip(coords, pad, grid.shape, strict=True)]
-    shape = tuple(h - low for low, h in zip(lo, hi, strict=True))
+    k, j, i = (slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    grown = grown_box((k, j, i), pad, grid.shape)
+    lo = [b.start for b in grown]
+    shape = tuple(b.stop - b.start for b in grown)
     box = np.zeros(shape, np.float32)
     box[tuple(c - low for c, low in zip(coords, lo, strict=True))] = occupancy
     weight = ndimage.gaussian_filter(box, sigma_mm / spacing, truncate=_BLEND_TRUNCATE)
