@@ -425,8 +425,8 @@ def spared_region(
     sigma_mm = blend_mm / math.sqrt(2.0 * math.pi)
     coords = np.unravel_index(flat_index, grid.shape)
     pad = np.ceil(_BLEND_TRUNCATE * sigma_mm / spacing).astype(int) + 1
-    k, j, i = (slice(int(c.min()), int(c.max()) + 1) for c in coords)
-    grown = grown_box((k, j, i), pad, grid.shape)
+    bk, bj, bi = (slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    grown = grown_box((bk, bj, bi), pad, grid.shape)
     lo = [b.start for b in grown]
     shape = tuple(b.stop - b.start for b in grown)
     box = np.zeros(shape, np.float32)
