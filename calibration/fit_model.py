@@ -66,10 +66,10 @@ from rtplan.atlas import Atlas
 from rtplan.dose_estimate import (
     ALPHA_BETA_GY,
     TOOL_DEFAULT_FALL_OFF,
-    TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM,
     DoseModelParameters,
     estimate_course_dose,
     estimate_option_dose,
+    fall_off_fields,
     imrt_fall_off,
 )
 from rtplan.dvh import StructureOnDoseGrid, compute_dvh, structure_on_dose_grid
@@ -188,9 +188,10 @@ _FINE_STRENGTH_STEPS = (-0.05, -0.025, 0.0, 0.025, 0.05)
 _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
 
 
-#: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile.
+#: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile (the
+#: fall-off's, :func:`rtplan.dose_estimate.fall_off_fields`, then the PTV profile's).
 FITTED_FIELDS: tuple[str, ...] = (
-    *(f"imrt_{key}" for key in FALL_OFF_KEYS),
+    *fall_off_fields(TOOL_DEFAULT_FALL_OFF),
     "imrt_surface",
     "imrt_plateau",
     "imrt_hot_spot_spread",
@@ -408,34 +409,28 @@ def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
             if course.technique != "imrt":
                 continue
             label = course.name if several else COMPOSITE
+            rows = [r for r in case.rows if r.course == label]
             stored = {
-                f"{r.structure} {r.metric}": r.value
-                for r in case.rows
-                if r.course == label and r.metric.startswith("dist_")
+                f"{r.structure} {r.metric}": r.value for r in rows if r.metric.startswith("dist_")
             }
             names = sorted({key.split(" ")[0] for key in stored})
             if "Body" not in names:
                 continue
             ptv = highest_ptv(course_targets(case.option, n))
+            rx_gy = max(t.prescription_gy for t in course.targets)
+            body = {r.metric: r.value for r in rows if r.structure == "Body"}
             out.append(
                 CourseFallOff(
                     case,
                     n,
-                    max(t.prescription_gy for t in course.targets),
+                    rx_gy,
                     signed_distance_mm(mask_on_dose_grid(ptv, case.dose_grid), case.dose_grid),
                     {
                         name: structure_on_dose_grid(case.atlas.structures[name], case.dose_grid)
                         for name in names
                     },
                     _outside_organs(stored, names),
-                    _isodose_volumes(
-                        {
-                            r.metric: r.value
-                            for r in case.rows
-                            if r.course == label and r.structure == "Body"
-                        },
-                        max(t.prescription_gy for t in course.targets),
-                    ),
+                    _isodose_volumes(body, rx_gy),
                 )
             )
     return out
@@ -527,12 +522,7 @@ def _fall_off_params(base: DoseModelParameters, x: Sequence[float]) -> DoseModel
         tail_z_mm=math.exp(log_z),
         tail_z_floor=1.0 / (1.0 + math.exp(-logit_floor)),
     )
-    return dataclasses.replace(base, **_fall_off_fields(fall), imrt_tail_reference_radius_mm=0.0)
-
-
-def _fall_off_fields(fall: FallOff) -> dict[str, float]:
-    """:class:`DoseModelParameters` fields of a fall-off (``imrt_`` + its field names)."""
-    return {f"imrt_{key}": float(getattr(fall, key)) for key in FALL_OFF_KEYS}
+    return dataclasses.replace(base, **fall_off_fields(fall))
 
 
 def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
@@ -602,8 +592,7 @@ def fit(
     fall = fit_fall_off(cases)
     base = dataclasses.replace(
         DoseModelParameters(),
-        **_fall_off_fields(fall),
-        imrt_tail_reference_radius_mm=0.0,
+        **fall_off_fields(fall),
         imrt_sparing=(),
         imrt_hot_spot_volume_power=_START_POWER,
     )
@@ -630,7 +619,7 @@ def fit(
         estimates = [estimate_metrics(c, params) for c in cases]
         profile_loss.append(_profile_loss(cases, estimates))
     best = int(np.argmin(profile_loss))
-    profile = {**_fall_off_fields(fall), **candidates[best]}
+    profile = {**fall_off_fields(fall), **candidates[best]}
     _say(f"PTV profile {candidates[best]} (loss {profile_loss[best]:.1f})")
     base = dataclasses.replace(base, **profile)
     power_loss = [
@@ -923,17 +912,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile, sparing, yields = _calibrated()
     else:
         profile, sparing, yields = fit(train)
-    # a fitted fall-off replaces the tool defaults' small-target radius term
-    params = _with(
-        dataclasses.replace(DoseModelParameters(), **profile, imrt_tail_reference_radius_mm=0.0),
-        sparing,
-        yields,
-    )
+    params = _with(dataclasses.replace(DoseModelParameters(), **profile), sparing, yields)
     # the model as calibrated on published data alone (docs/dose_model.md 4.1), no sparing
     before = dataclasses.replace(
         DoseModelParameters(),
-        **_fall_off_fields(TOOL_DEFAULT_FALL_OFF),
-        imrt_tail_reference_radius_mm=TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM,
+        **fall_off_fields(TOOL_DEFAULT_FALL_OFF),
         imrt_sparing=(),
         imrt_hot_spot_spread=0.0,
         imrt_hot_spot_volume_power=0.0,

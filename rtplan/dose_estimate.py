@@ -42,6 +42,7 @@ from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
 from rtplan.sparing import (
     CALIBRATION,
     DEFAULT_SPARING,
+    FALL_OFF_KEYS,
     FallOff,
     OrganSparing,
     SparedRegion,
@@ -67,6 +68,7 @@ __all__ = [
     "eqd2_gy",
     "estimate_course_dose",
     "estimate_option_dose",
+    "fall_off_fields",
     "imrt_fall_off",
     "make_dose_grid",
     "physical_dose_gy",
@@ -241,6 +243,25 @@ TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM = 25.0
 _FALL_OFF = CALIBRATION.fall_off or TOOL_DEFAULT_FALL_OFF
 
 
+def fall_off_fields(fall: FallOff) -> dict[str, float]:
+    """The :class:`DoseModelParameters` fields that set the IMRT fall-off to ``fall``.
+
+    ``imrt_`` + each field of ``fall``, and ``imrt_tail_reference_radius_mm``: the
+    small-target radius term belongs to the tool defaults
+    (:data:`TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM`); a fitted fall-off's volume powers
+    replace it (0).
+
+    Examples
+    --------
+    >>> fall_off_fields(TOOL_DEFAULT_FALL_OFF)["imrt_tail_reference_radius_mm"]
+    25.0
+    """
+    out = {f"imrt_{key}": float(getattr(fall, key)) for key in FALL_OFF_KEYS}
+    fitted = fall != TOOL_DEFAULT_FALL_OFF
+    out["imrt_tail_reference_radius_mm"] = 0.0 if fitted else TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM
+    return out
+
+
 @dataclass(frozen=True)
 class DoseModelParameters:
     """Parameters of the analytic dose model (see ``docs/dose_model.md``).
@@ -399,9 +420,9 @@ class DoseModelParameters:
     imrt_tail_fraction: float = _FALL_OFF.tail_fraction
     imrt_tail_volume_power: float = _FALL_OFF.tail_volume_power
     imrt_tail_mm: float = _FALL_OFF.tail_mm
-    imrt_tail_reference_radius_mm: float = (
-        TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM if CALIBRATION.fall_off is None else 0.0
-    )
+    imrt_tail_reference_radius_mm: float = fall_off_fields(_FALL_OFF)[
+        "imrt_tail_reference_radius_mm"
+    ]
     imrt_tail_z_mm: float = _FALL_OFF.tail_z_mm
     imrt_tail_z_floor: float = _FALL_OFF.tail_z_floor
     sbrt_plateau: float = 1.25

@@ -49,7 +49,7 @@ def test_the_fitted_fall_off_follows_the_stored_dose_by_distance():
         fall_off_errors,
         steepest_fall_off,
     )
-    from rtplan.dose_estimate import TOOL_DEFAULT_FALL_OFF, TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM
+    from rtplan.dose_estimate import TOOL_DEFAULT_FALL_OFF, fall_off_fields
 
     assert CALIBRATION.fall_off is not None
     courses = fall_off_courses(load_cases(STORE, list(TRAINING)))
@@ -57,8 +57,7 @@ def test_the_fitted_fall_off_follows_the_stored_dose_by_distance():
     fitted_bins, fitted_iso = fall_off_errors(courses, DoseModelParameters())
     tool = dataclasses.replace(
         DoseModelParameters(),
-        **{f"imrt_{k}": v for k, v in dataclasses.asdict(TOOL_DEFAULT_FALL_OFF).items()},
-        imrt_tail_reference_radius_mm=TOOL_DEFAULT_TAIL_REFERENCE_RADIUS_MM,
+        **fall_off_fields(TOOL_DEFAULT_FALL_OFF),
     )
     tool_bins, tool_iso = fall_off_errors(courses, tool)
     rms = lambda e: float(np.sqrt(np.mean(e**2)))  # noqa: E731
