@@ -44,9 +44,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from scipy import optimize
 
 from calibration.plans import PLANS, build_plan_option, load_plan_atlas, plan_by_id
@@ -101,6 +102,11 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+
+def _replaced(params: DoseModelParameters, **changes: Any) -> DoseModelParameters:
+    """``dataclasses.replace`` with fields named at run time (the fitted dicts)."""
+    return dataclasses.replace(params, **changes)
 
 STORE_DIR = Path(__file__).resolve().parent
 CALIBRATION_TOML = STORE_DIR.parent / "rtplan" / "model_calibration.toml"
@@ -522,7 +528,7 @@ def _fall_off_params(base: DoseModelParameters, x: Sequence[float]) -> DoseModel
         tail_z_mm=math.exp(log_z),
         tail_z_floor=1.0 / (1.0 + math.exp(-logit_floor)),
     )
-    return dataclasses.replace(base, **fall_off_fields(fall))
+    return _replaced(base, **fall_off_fields(fall))
 
 
 def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
@@ -554,9 +560,12 @@ def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
     # first steps: lengths x1.35, shares about x1.6, powers +0.2 (Nelder-Mead's own start
     # steps are 5 % of each value, none for a power of 0)
     steps = np.diag([0.3, 0.2, 0.5, 0.2, 0.3, 0.3, 0.5])
+    def loss(x: npt.NDArray[np.float64]) -> float:
+        return _fall_off_loss(courses, _fall_off_params(base, [float(v) for v in x]))
+
     result = optimize.minimize(
-        lambda x: _fall_off_loss(courses, _fall_off_params(base, x)),
-        x0,
+        loss,
+        np.asarray(x0),
         method="Nelder-Mead",
         options={
             "maxfev": _FALL_OFF_EVALUATIONS,
@@ -565,7 +574,7 @@ def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
             "initial_simplex": np.vstack([x0, np.asarray(x0) + steps]),
         },
     )
-    fitted = _fall_off_params(base, result.x)
+    fitted = _fall_off_params(base, [float(v) for v in result.x])
     # as the calibration file holds them (6 significant digits), used from here on
     fall = FallOff(*(float(f"{getattr(fitted, f'imrt_{key}'):.6g}") for key in FALL_OFF_KEYS))
     _say(
@@ -590,7 +599,7 @@ def fit(
     ``(strength, length_mm)``, and per organ its interface yield.
     """
     fall = fit_fall_off(cases)
-    base = dataclasses.replace(
+    base = _replaced(
         DoseModelParameters(),
         **fall_off_fields(fall),
         imrt_sparing=(),
@@ -615,13 +624,13 @@ def fit(
     ]
     profile_loss = []
     for candidate in candidates:
-        params = dataclasses.replace(base, **candidate)
+        params = _replaced(base, **candidate)
         estimates = [estimate_metrics(c, params) for c in cases]
         profile_loss.append(_profile_loss(cases, estimates))
     best = int(np.argmin(profile_loss))
     profile = {**fall_off_fields(fall), **candidates[best]}
     _say(f"PTV profile {candidates[best]} (loss {profile_loss[best]:.1f})")
-    base = dataclasses.replace(base, **profile)
+    base = _replaced(base, **profile)
     power_loss = [
         _profile_loss(
             cases,
@@ -635,7 +644,7 @@ def fit(
     power = _POWERS[int(np.argmin(power_loss))]
     profile["imrt_hot_spot_volume_power"] = power
     _say(f"texture volume power {power} (loss {min(power_loss):.1f})")
-    base = dataclasses.replace(base, **profile)
+    base = _replaced(base, **profile)
     # an organ the training plans barely dose (bowel in prostate-bed plans) says nothing
     # about its sparing: it stays unspared
     organs = [
@@ -681,15 +690,15 @@ def fit(
 
     grid = list(itertools.product(_COARSE_STRENGTHS, _COARSE_LENGTHS_MM))
     coarse_candidates = {o: grid for o in organs}
-    best = pick(coarse_candidates, losses(coarse_candidates, len(grid)))
-    _say(f"coarse: {best}")
+    coarse = pick(coarse_candidates, losses(coarse_candidates, len(grid)))
+    _say(f"coarse: {coarse}")
     # the sparing and the yield both lower an organ's dose: the yield is fitted between
     # the coarse and the fine sparing, and again after it
-    yields = fit_yields(best)
+    yields = fit_yields(coarse)
     _say(f"interface yields, coarse sparing: {yields}")
     fine: dict[str, list[tuple[float, float]]] = {}
     for o in organs:
-        s0, l0 = best[o]
+        s0, l0 = coarse[o]
         fine[o] = [
             (min(max(s0 + ds, 0.0), 0.9), l0 * f)
             for ds in _FINE_STRENGTH_STEPS
@@ -747,8 +756,8 @@ def residual_table(
     estimates: dict[str, float] = {}
     for case in cases:
         est = estimate_metrics(case, params)
-        for (structure, metric), value in est.items():
-            estimates[f"{case.plan_id}|{structure}|{metric}"] = value
+        for (structure, metric), estimated in est.items():
+            estimates[f"{case.plan_id}|{structure}|{metric}"] = estimated
         for structure, metric, unit in REPORTED:
             ref, value = case.reference.get((structure, metric)), est.get((structure, metric))
             if ref is not None and value is not None:
@@ -912,9 +921,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile, sparing, yields = _calibrated()
     else:
         profile, sparing, yields = fit(train)
-    params = _with(dataclasses.replace(DoseModelParameters(), **profile), sparing, yields)
+    params = _with(_replaced(DoseModelParameters(), **profile), sparing, yields)
     # the model as calibrated on published data alone (docs/dose_model.md 4.1), no sparing
-    before = dataclasses.replace(
+    before = _replaced(
         DoseModelParameters(),
         **fall_off_fields(TOOL_DEFAULT_FALL_OFF),
         imrt_sparing=(),

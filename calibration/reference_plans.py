@@ -63,6 +63,7 @@ import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
@@ -458,7 +459,8 @@ def plan_weights(spec: PlanSpec) -> ObjectiveWeights:
     TypeError
         When a change names no field of :class:`ObjectiveWeights`.
     """
-    return dataclasses.replace(ObjectiveWeights(), **dict(spec.weight_changes))
+    changes: dict[str, Any] = dict(spec.weight_changes)  # field names from the plan list
+    return dataclasses.replace(ObjectiveWeights(), **changes)
 
 
 def run_plan(spec: PlanSpec, store: ReferenceStore, dose_dir: Path, label: str) -> None:
