@@ -61,6 +61,7 @@ from calibration.scoring import (
     oar_metrics,
     signed_distance_mm,
     target_metrics,
+    union_structure,
 )
 from calibration.store import MetricRecord, ReferenceStore
 from rtplan.atlas import Atlas
@@ -107,6 +108,7 @@ _T = TypeVar("_T")
 def _replaced(params: DoseModelParameters, **changes: Any) -> DoseModelParameters:
     """``dataclasses.replace`` with fields named at run time (the fitted dicts)."""
     return dataclasses.replace(params, **changes)
+
 
 STORE_DIR = Path(__file__).resolve().parent
 CALIBRATION_TOML = STORE_DIR.parent / "rtplan" / "model_calibration.toml"
@@ -380,34 +382,44 @@ class CourseFallOff:
 
     case: PlanCase
     index: int
-    rx_gy: float
-    signed_mm: np.ndarray  # distance (mm) to the course's highest PTV, > 0 outside
+    rx_gy: float  # the prescription of its PTVs (several levels: the lowest)
+    prefix: str  # of the stored distance rows: "dist" (one level) or "dist_union"
+    signed_mm: np.ndarray  # distance (mm) to the course's PTVs' surface, > 0 outside
     structures: dict[str, StructureOnDoseGrid]  # "Body" and the organs stored with it
     reference: np.ndarray  # mean dose (Gy) outside the organs, per _FALL_OFF_BINS (nan: none)
     isodoses: dict[float, float]  # dose (Gy) -> volume of the body (%) receiving at least it
 
 
-def _outside_organs(values: Mapping[str, float], structures: Iterable[str]) -> np.ndarray:
+def _outside_organs(
+    values: Mapping[str, float], structures: Iterable[str], prefix: str = "dist"
+) -> np.ndarray:
     """Mean dose (Gy) per fall-off bin in the body outside the organs, from distance rows.
 
-    ``values`` maps ``"<structure> <metric>"`` to the stored (or estimated) value.
+    ``values`` maps ``"<structure> <metric>"`` to the stored (or estimated) value; the
+    rows named ``<prefix>_volume_cc...`` and ``<prefix>_mean_Gy...`` are used.
     """
     out = np.full(len(_FALL_OFF_BINS), np.nan)
     organs = [s for s in structures if s != "Body"]
     for k, label in enumerate(_FALL_OFF_BINS):
-        volume = values.get(f"Body dist_volume_cc{label}", 0.0)
-        dose = volume * values.get(f"Body dist_mean_Gy{label}", 0.0)
+        volume = values.get(f"Body {prefix}_volume_cc{label}", 0.0)
+        dose = volume * values.get(f"Body {prefix}_mean_Gy{label}", 0.0)
         for o in organs:
-            v = values.get(f"{o} dist_volume_cc{label}", 0.0)
+            v = values.get(f"{o} {prefix}_volume_cc{label}", 0.0)
             volume -= v
-            dose -= v * values.get(f"{o} dist_mean_Gy{label}", 0.0)
+            dose -= v * values.get(f"{o} {prefix}_mean_Gy{label}", 0.0)
         if volume >= _MIN_BIN_CC:
             out[k] = dose / volume
     return out
 
 
 def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
-    """The training plans' IMRT courses with their stored dose by distance."""
+    """The plans' IMRT courses with their stored dose by distance.
+
+    The distance is to the surface of the course's PTVs: of its one level, or, for a
+    course that boosts part of its PTV (several levels), of their union (the stored
+    ``dist_union`` rows), the prescription then being the lowest level's: the dose falls
+    off from the outer PTV, the boost lying inside it.
+    """
     out = []
     for case in cases:
         several = len(case.option.courses) > 1
@@ -416,26 +428,37 @@ def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
                 continue
             label = course.name if several else COMPOSITE
             rows = [r for r in case.rows if r.course == label]
+            targets = course_targets(case.option, n)
+            if len({round(t.prescription_gy, 6) for t in course.targets}) > 1:
+                prefix = "dist_union"
+                ptvs = [t.structure for t in targets if t.structure.role == "ptv"]
+                ptv = union_structure("PTV_union", ptvs, role="ptv")
+                rx_gy = min(t.prescription_gy for t in course.targets)
+            else:
+                prefix = "dist"
+                ptv = highest_ptv(targets)
+                rx_gy = course.targets[0].prescription_gy
             stored = {
-                f"{r.structure} {r.metric}": r.value for r in rows if r.metric.startswith("dist_")
+                f"{r.structure} {r.metric}": r.value
+                for r in rows
+                if r.metric.startswith((f"{prefix}_volume_cc", f"{prefix}_mean_Gy"))
             }
             names = sorted({key.split(" ")[0] for key in stored})
             if "Body" not in names:
                 continue
-            ptv = highest_ptv(course_targets(case.option, n))
-            rx_gy = max(t.prescription_gy for t in course.targets)
             body = {r.metric: r.value for r in rows if r.structure == "Body"}
             out.append(
                 CourseFallOff(
                     case,
                     n,
                     rx_gy,
+                    prefix,
                     signed_distance_mm(mask_on_dose_grid(ptv, case.dose_grid), case.dose_grid),
                     {
                         name: structure_on_dose_grid(case.atlas.structures[name], case.dose_grid)
                         for name in names
                     },
-                    _outside_organs(stored, names),
+                    _outside_organs(stored, names, prefix),
                     _isodose_volumes(body, rx_gy),
                 )
             )
@@ -475,9 +498,9 @@ def fall_off_errors(
         values = {
             f"{name} {m.metric}": m.value
             for name, sd in c.structures.items()
-            for m in distance_metrics(dose, sd, c.signed_mm)
+            for m in distance_metrics(dose, sd, c.signed_mm, prefix=c.prefix)
         }
-        err = 100.0 * (_outside_organs(values, c.structures) - c.reference) / c.rx_gy
+        err = 100.0 * (_outside_organs(values, c.structures, c.prefix) - c.reference) / c.rx_gy
         bins.append(err[np.isfinite(err)])
         if c.isodoses:
             dvh = compute_dvh(dose, c.case.dose_grid, c.structures["Body"])
@@ -560,6 +583,7 @@ def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
     # first steps: lengths x1.35, shares about x1.6, powers +0.2 (Nelder-Mead's own start
     # steps are 5 % of each value, none for a power of 0)
     steps = np.diag([0.3, 0.2, 0.5, 0.2, 0.3, 0.3, 0.5])
+
     def loss(x: npt.NDArray[np.float64]) -> float:
         return _fall_off_loss(courses, _fall_off_params(base, [float(v) for v in x]))
 

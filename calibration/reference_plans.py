@@ -228,14 +228,18 @@ def highest_ptv(targets: Sequence[ScoredTarget]) -> Structure:
     return union_structure("+".join(s.name for s in at_top), at_top, role="ptv")
 
 
-def _distance_references(
-    targets: Sequence[ScoredTarget], *, union: bool
-) -> list[tuple[str, Structure]]:
-    """``("dist", highest PTV)`` and, with ``union`` and several PTVs, their union."""
+def _distance_references(targets: Sequence[ScoredTarget]) -> list[tuple[str, Structure]]:
+    """The PTVs the distance rows refer to: ``("dist", highest PTV)``, and more.
+
+    When PTVs of lower levels lie beside the highest, also ``("dist_union", the union of
+    every PTV)``: the surface a course's dose falls off from when it boosts part of its PTV
+    (a simultaneous integrated boost).
+    """
     refs = [("dist", highest_ptv(targets))]
-    ptvs = [t.structure for t in targets if t.structure.role == "ptv"]
-    if union and len(ptvs) > 1:
-        refs.append(("dist_union", union_structure("PTV_union", ptvs, role="ptv")))
+    ptvs = [t for t in targets if t.structure.role == "ptv"]
+    if len({round(t.prescription_gy, 6) for t in ptvs}) > 1:
+        union = [t.structure for t in ptvs]
+        refs.append(("dist_union", union_structure("PTV_union", union, role="ptv")))
     return refs
 
 
@@ -432,7 +436,7 @@ def _score_plan(
     """
     option, grid = setup.option, setup.dose_grid
     all_targets = _composite_targets(option)
-    composite_refs = _distance_references(all_targets, union=True)
+    composite_refs = _distance_references(all_targets)
     composite = np.sum(course_doses, axis=0)
     rows = _score_dose(spec, COMPOSITE, composite, grid, all_targets, setup.organs, composite_refs)
     if len(option.courses) > 1:
@@ -445,7 +449,7 @@ def _score_plan(
                 grid,
                 targets,
                 setup.organs,
-                _distance_references(targets, union=False),
+                _distance_references(targets),
             )
     references: dict[str, JsonValue] = {prefix: ptv.name for prefix, ptv in composite_refs}
     return rows, references

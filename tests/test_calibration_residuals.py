@@ -92,3 +92,26 @@ def test_the_calibration_file_written_by_the_fit_reads_back():
     assert {o.organ: (o.strength, o.length_mm, o.interface_yield) for o in back.sparing} == {
         o: (s, length, yields.get(o, 0.0)) for o, (s, length) in sparing.items() if s > 0
     }
+
+
+def test_a_boosted_course_falls_off_from_its_outer_ptv():
+    """A course with a simultaneous integrated boost is fitted on the dose by distance to
+    the union of its PTVs (the stored ``dist_union`` rows) at its lowest prescription; a
+    course of one level on its PTV's own rows."""
+    import numpy as np
+
+    from calibration.fit_model import fall_off_courses
+    from calibration.scoring import mask_on_dose_grid
+
+    cases = load_cases(STORE, ["pbrt__atlas", "lrboost__rectal1.8"])
+    courses = {c.case.plan_id: c for c in fall_off_courses(cases)}
+    boosted, plain = courses["lrboost__rectal1.8"], courses["pbrt__atlas"]
+    assert (boosted.prefix, plain.prefix) == ("dist_union", "dist")
+    assert boosted.rx_gy == pytest.approx(66.6) and plain.rx_gy == pytest.approx(66.6)
+    course = boosted.case.option.courses[boosted.index]
+    assert sorted(round(t.prescription_gy, 1) for t in course.targets) == [66.6, 74.0]
+    for t in course.targets:  # the bed's voxels are inside too, not only the boost's
+        inside = mask_on_dose_grid(t.ptv, boosted.case.dose_grid)
+        assert np.all(boosted.signed_mm[inside] < 0), t.ptv.name
+    # the stored rows exist for every fitted bin the body reaches outside the organs
+    assert np.isfinite(boosted.reference[:8]).all()

@@ -167,7 +167,7 @@ def test_store_refuses_files_it_cannot_read(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- resume
 def test_plan_list_is_unique_and_in_priority_order() -> None:
     ids = [p.plan_id for p in PLANS]
-    assert len(ids) == len(set(ids)) == 16
+    assert len(ids) == len(set(ids)) == 18
     assert [p.option for p in PLANS[:7]] == ["PBRT"] * 7
     assert [p.option for p in PLANS[7:11]] == ["PBRT+WPRT"] * 4
     assert ids[0] == "pbrt__atlas" and ids[7] == "wprt__atlas"
@@ -176,6 +176,11 @@ def test_plan_list_is_unique_and_in_priority_order() -> None:
     assert [p.option for p in PLANS[13:15]] == ["PBRT+WPRT"] * 2
     assert [p.weight_changes for p in PLANS if p.weight_changes] == [
         (("ptv_max_priority", 2000.0),)
+    ] * 2
+    # then the two boost options on two variants (held out)
+    assert [(p.option, p.case) for p in PLANS[16:]] == [
+        ("PBRT+WPRT+Nboost+ADT", "bladder0.5"),
+        ("PBRT+LRboost", "rectal1.8"),
     ]
     pbrt_cases = {p.case for p in PLANS[:7]}
     wprt = [p for p in PLANS if p.option == "PBRT+WPRT"]
