@@ -51,7 +51,7 @@ import numpy.typing as npt
 from scipy import optimize
 
 from calibration.plans import PLANS, build_plan_option, load_plan_atlas, plan_by_id
-from calibration.reference_plans import course_targets, highest_ptv
+from calibration.reference_plans import course_targets, fall_off_reference
 from calibration.scoring import (
     DISTANCE_BIN_EDGES_MM,
     distance_bin_label,
@@ -61,7 +61,6 @@ from calibration.scoring import (
     oar_metrics,
     signed_distance_mm,
     target_metrics,
-    union_structure,
 )
 from calibration.store import MetricRecord, ReferenceStore
 from rtplan.atlas import Atlas
@@ -345,8 +344,9 @@ def _profile_loss(
 
 
 # ---------------------------------------------------------------------------- fall-off
-#: The fall-off outside the PTV is fitted on the dose by distance (mm) to each course's
-#: highest PTV from its surface out to here, in the stored 2.5 mm bins, and the bin beyond.
+#: The fall-off outside the PTV is fitted on the dose by distance (mm) to each course's PTV
+#: surface (a boosted course's: the union of its PTVs, :func:`fall_off_courses`) out to
+#: here, in the stored 2.5 mm bins, and the bin beyond.
 _FALL_OFF_BINS = tuple(
     distance_bin_label(lo, hi)
     for lo, hi in zip(
@@ -428,16 +428,7 @@ def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
                 continue
             label = course.name if several else COMPOSITE
             rows = [r for r in case.rows if r.course == label]
-            targets = course_targets(case.option, n)
-            if len({round(t.prescription_gy, 6) for t in course.targets}) > 1:
-                prefix = "dist_union"
-                ptvs = [t.structure for t in targets if t.structure.role == "ptv"]
-                ptv = union_structure("PTV_union", ptvs, role="ptv")
-                rx_gy = min(t.prescription_gy for t in course.targets)
-            else:
-                prefix = "dist"
-                ptv = highest_ptv(targets)
-                rx_gy = course.targets[0].prescription_gy
+            prefix, ptv, rx_gy = fall_off_reference(course_targets(case.option, n))
             stored = {
                 f"{r.structure} {r.metric}": r.value
                 for r in rows
@@ -445,7 +436,10 @@ def fall_off_courses(cases: Sequence[PlanCase]) -> list[CourseFallOff]:
             }
             names = sorted({key.split(" ")[0] for key in stored})
             if "Body" not in names:
-                continue
+                raise ValueError(
+                    f"{case.plan_id}, course {label}: no stored Body {prefix}_... rows; "
+                    "rescore the plan (python -m calibration.reference_plans --rescore)"
+                )
             body = {r.metric: r.value for r in rows if r.structure == "Body"}
             out.append(
                 CourseFallOff(
@@ -559,7 +553,7 @@ def fit_fall_off(cases: Sequence[PlanCase]) -> FallOff:
 
     Compares, course by course (each estimated alone), the mean dose outside the organs
     (body minus every stored organ, so organ sparing plays no part) per 2.5 mm distance
-    bin from the course's highest PTV, and the body's isodose volumes
+    bin from the course's PTV surface (:func:`fall_off_courses`), and the body's isodose volumes
     (:data:`_ISODOSE_RANGE`); Nelder-Mead from :data:`TOOL_DEFAULT_FALL_OFF`.
     """
     courses = fall_off_courses(cases)
@@ -623,9 +617,8 @@ def fit(
     ``(strength, length_mm)``, and per organ its interface yield.
     """
     fall = fit_fall_off(cases)
-    base = _replaced(
-        DoseModelParameters(),
-        **fall_off_fields(fall),
+    base = dataclasses.replace(
+        _replaced(DoseModelParameters(), **fall_off_fields(fall)),
         imrt_sparing=(),
         imrt_hot_spot_volume_power=_START_POWER,
     )
@@ -947,9 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile, sparing, yields = fit(train)
     params = _with(_replaced(DoseModelParameters(), **profile), sparing, yields)
     # the model as calibrated on published data alone (docs/dose_model.md 4.1), no sparing
-    before = _replaced(
-        DoseModelParameters(),
-        **fall_off_fields(TOOL_DEFAULT_FALL_OFF),
+    before = dataclasses.replace(
+        _replaced(DoseModelParameters(), **fall_off_fields(TOOL_DEFAULT_FALL_OFF)),
         imrt_sparing=(),
         imrt_hot_spot_spread=0.0,
         imrt_hot_spot_volume_power=0.0,
@@ -971,6 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ranking, V differences under {REFERENCE_BAND_POINTS:g} points as ties: "
                 f"{band[0]}/{band[1]} agree; misses: {band[2]}"
             )
+    _, est_acceptable = residual_table(cases, params)
+    agreed, total, misses = ranking_agreement(cases, est_acceptable)
+    print(f"\nranking of option pairs over every acceptable plan: {agreed}/{total} agree")
     everything = [*cases, *rejected]
     _, est_all = residual_table(everything, params)
     agreed, total, misses = ranking_agreement(everything, est_all)

@@ -228,6 +228,18 @@ def highest_ptv(targets: Sequence[ScoredTarget]) -> Structure:
     return union_structure("+".join(s.name for s in at_top), at_top, role="ptv")
 
 
+def _several_levels(targets: Sequence[ScoredTarget]) -> bool:
+    """Whether the PTVs have more than one prescription (1e-6 Gy apart, as :func:`highest_ptv`)."""
+    doses = sorted(t.prescription_gy for t in targets if t.structure.role == "ptv")
+    return bool(doses) and doses[-1] - doses[0] >= 1e-6
+
+
+def _ptv_union(targets: Sequence[ScoredTarget]) -> Structure:
+    return union_structure(
+        "PTV_union", [t.structure for t in targets if t.structure.role == "ptv"], role="ptv"
+    )
+
+
 def _distance_references(targets: Sequence[ScoredTarget]) -> list[tuple[str, Structure]]:
     """The PTVs the distance rows refer to: ``("dist", highest PTV)``, and more.
 
@@ -236,11 +248,22 @@ def _distance_references(targets: Sequence[ScoredTarget]) -> list[tuple[str, Str
     (a simultaneous integrated boost).
     """
     refs = [("dist", highest_ptv(targets))]
-    ptvs = [t for t in targets if t.structure.role == "ptv"]
-    if len({round(t.prescription_gy, 6) for t in ptvs}) > 1:
-        union = [t.structure for t in ptvs]
-        refs.append(("dist_union", union_structure("PTV_union", union, role="ptv")))
+    if _several_levels(targets):
+        refs.append(("dist_union", _ptv_union(targets)))
     return refs
+
+
+def fall_off_reference(targets: Sequence[ScoredTarget]) -> tuple[str, Structure, float]:
+    """The distance rows a dose's fall-off is measured by: prefix, PTV and prescription (Gy).
+
+    One level: ``"dist"``, its PTV (several PTVs: their union) and its prescription. Several
+    levels (a boost inside a larger PTV): ``"dist_union"``, the union of every PTV and the
+    lowest prescription: the dose falls off from the outer PTV, the boost lying inside it.
+    """
+    ptvs = [t for t in targets if t.structure.role == "ptv"]
+    if _several_levels(targets):
+        return "dist_union", _ptv_union(targets), min(t.prescription_gy for t in ptvs)
+    return "dist", highest_ptv(targets), ptvs[0].prescription_gy
 
 
 # ---------------------------------------------------------------------------- normalisation

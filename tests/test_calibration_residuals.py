@@ -97,21 +97,78 @@ def test_the_calibration_file_written_by_the_fit_reads_back():
 def test_a_boosted_course_falls_off_from_its_outer_ptv():
     """A course with a simultaneous integrated boost is fitted on the dose by distance to
     the union of its PTVs (the stored ``dist_union`` rows) at its lowest prescription; a
-    course of one level on its PTV's own rows."""
+    course of one level on its PTV's own rows. The fit's distance map is the one the rows
+    were stored with: the body's volume per bin matches them."""
     import numpy as np
 
     from calibration.fit_model import fall_off_courses
-    from calibration.scoring import mask_on_dose_grid
+    from calibration.scoring import distance_metrics, mask_on_dose_grid
 
-    cases = load_cases(STORE, ["pbrt__atlas", "lrboost__rectal1.8"])
-    courses = {c.case.plan_id: c for c in fall_off_courses(cases)}
-    boosted, plain = courses["lrboost__rectal1.8"], courses["pbrt__atlas"]
-    assert (boosted.prefix, plain.prefix) == ("dist_union", "dist")
-    assert boosted.rx_gy == pytest.approx(66.6) and plain.rx_gy == pytest.approx(66.6)
-    course = boosted.case.option.courses[boosted.index]
-    assert sorted(round(t.prescription_gy, 1) for t in course.targets) == [66.6, 74.0]
-    for t in course.targets:  # the bed's voxels are inside too, not only the boost's
-        inside = mask_on_dose_grid(t.ptv, boosted.case.dose_grid)
-        assert np.all(boosted.signed_mm[inside] < 0), t.ptv.name
-    # the stored rows exist for every fitted bin the body reaches outside the organs
-    assert np.isfinite(boosted.reference[:8]).all()
+    cases = load_cases(STORE, ["pbrt__atlas", "lrboost__rectal1.8", "nboost_homog__bladder0.5"])
+    courses = {(c.case.plan_id, c.index): c for c in fall_off_courses(cases)}
+    expected = {  # (plan, course) -> (prefix, Rx of the fall-off, levels of the course)
+        ("pbrt__atlas", 0): ("dist", 66.6, [66.6]),
+        ("lrboost__rectal1.8", 0): ("dist_union", 66.6, [66.6, 74.0]),  # one course
+        ("nboost_homog__bladder0.5", 0): ("dist_union", 45.0, [45.0, 45.0, 60.0, 60.0]),
+        ("nboost_homog__bladder0.5", 1): ("dist", 21.6, [21.6]),  # the bed boost
+    }
+    assert set(courses) == set(expected)
+    for key, (prefix, rx, levels) in expected.items():
+        c = courses[key]
+        course = c.case.option.courses[c.index]
+        assert sorted(round(t.prescription_gy, 1) for t in course.targets) == levels, key
+        assert (c.prefix, round(c.rx_gy, 1)) == (prefix, rx), key
+        for t in course.targets:  # every PTV of the course is inside, not only the boost
+            inside = mask_on_dose_grid(t.ptv, c.case.dose_grid)
+            assert np.all(c.signed_mm[inside] < 0), (key, t.ptv.name)
+        body = c.structures["Body"]
+        label = "composite" if len(c.case.option.courses) == 1 else course.name
+        stored = {
+            r.metric: r.value
+            for r in c.case.rows
+            if r.course == label
+            and r.structure == "Body"
+            and r.metric.startswith(f"{prefix}_volume_cc")
+        }
+        ours = {
+            m.metric: m.value
+            for m in distance_metrics(
+                np.zeros(c.case.dose_grid.shape), body, c.signed_mm, prefix=prefix
+            )
+            if m.metric.startswith(f"{prefix}_volume_cc")
+        }
+        assert stored and set(stored) == set(ours), key
+        for metric, value in stored.items():
+            assert ours[metric] == pytest.approx(value, rel=1e-4, abs=1e-3), (key, metric)
+
+
+def test_distance_rows_of_a_dose_with_several_levels_add_the_union():
+    """``dist`` rows refer to the highest PTV; a dose whose PTVs have several levels also gets
+    ``dist_union`` rows, one of a single level (several PTVs alike) does not."""
+    import numpy as np
+
+    from calibration.reference_plans import _distance_references, fall_off_reference
+    from calibration.scoring import ScoredTarget
+    from rtplan.grid import ImageGrid
+    from rtplan.structures import Structure
+
+    g = ImageGrid(shape=(4, 4, 8), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(0.0, 0.0, 0.0))
+
+    def ptv(name: str, x0: int, x1: int) -> Structure:
+        m = np.zeros(g.shape, bool)
+        m[1:3, 1:3, x0:x1] = True
+        return Structure(name, m, g, role="ptv")
+
+    a, b = ptv("PTV_a", 1, 4), ptv("PTV_b", 4, 7)
+    same = [ScoredTarget(a, 45.0), ScoredTarget(b, 45.0)]
+    boosted = [ScoredTarget(a, 45.0), ScoredTarget(b, 60.0)]
+    assert [p for p, _ in _distance_references(same)] == ["dist"]
+    assert [p for p, _ in _distance_references(boosted)] == ["dist", "dist_union"]
+    refs = dict(_distance_references(boosted))
+    assert refs["dist"].name == "PTV_b" and int(refs["dist_union"].mask.sum()) == 24
+    prefix, union, rx = fall_off_reference(boosted)
+    assert (prefix, int(union.mask.sum()), rx) == ("dist_union", 24, 45.0)
+    prefix, both, rx = fall_off_reference(same)
+    assert (prefix, int(both.mask.sum()), rx) == ("dist", 24, 45.0)
+    prefix, one, rx = fall_off_reference([ScoredTarget(b, 60.0)])
+    assert (prefix, one.name, rx) == ("dist", "PTV_b", 60.0)
