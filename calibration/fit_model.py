@@ -264,6 +264,7 @@ def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> 
             lv.ptv.name: (structure_on_dose_grid(lv.ptv, grid), lv.total_gy)
             for lv in target_levels(option)
         }
+        plan_rows = [r for r in rows if r.plan_id == plan_id]
         out.append(
             PlanCase(
                 plan_id,
@@ -271,10 +272,10 @@ def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> 
                 option,
                 atlas,
                 grid,
-                _reference(r for r in rows if r.plan_id == plan_id),
+                _reference(plan_rows),
                 organs,
                 ptvs,
-                [r for r in rows if r.plan_id == plan_id],
+                plan_rows,
             )
         )
     return out
@@ -963,11 +964,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ranking, V differences under {REFERENCE_BAND_POINTS:g} points as ties: "
                 f"{band[0]}/{band[1]} agree; misses: {band[2]}"
             )
-    _, est_acceptable = residual_table(cases, params)
-    agreed, total, misses = ranking_agreement(cases, est_acceptable)
-    print(f"\nranking of option pairs over every acceptable plan: {agreed}/{total} agree")
     everything = [*cases, *rejected]
-    _, est_all = residual_table(everything, params)
+    _, est_all = residual_table(everything, params)  # estimates keyed by plan: serve both
+    agreed, total, _ = ranking_agreement(cases, est_all)
+    print(f"\nranking of option pairs over every acceptable plan: {agreed}/{total} agree")
     agreed, total, misses = ranking_agreement(everything, est_all)
     print(f"\nranking of option pairs over every stored plan, acceptable or not: {agreed}/{total}")
     print(f"agree; misses: {misses}")
