@@ -193,6 +193,13 @@ _YIELDS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2)
 #: Steps of the fine sparing grid around each organ's coarse best: strength, length factor.
 _FINE_STRENGTH_STEPS = (-0.05, -0.025, 0.0, 0.025, 0.05)
 _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
+#: Holds tried per organ (:func:`rtplan.sparing.apply_organ_hold`): no hold, or a level
+#: (fraction of the PTV's Rx) and the length (mm) over which the cap comes down to it.
+#: The reference planner's femoral-head and penile-bulb objectives start at 0.45 Rx, its
+#: rectum and bladder objectives at 0.6 Rx (calibration/objectives.py).
+_HOLD_LEVELS = tuple(round(0.36 + 0.02 * k, 2) for k in range(14))  # 0.36 .. 0.62
+_HOLD_LENGTHS_MM = (1.0, 2.0, 4.0)
+_NO_HOLD = (0.0, 2.0)
 
 
 #: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile (the
@@ -307,12 +314,22 @@ def _with(
     params: DoseModelParameters,
     sparing: Mapping[str, tuple[float, float]],
     yields: Mapping[str, float] | None = None,
+    holds: Mapping[str, tuple[float, float]] | None = None,
 ) -> DoseModelParameters:
+    """``params`` with per organ its sparing ``(s, L)``, yield and hold ``(h, L_h)``."""
     yields = yields or {}
+    holds = holds or {}
     spared = tuple(
-        OrganSparing(organ, s, length, "fit", yields.get(organ, 0.0))
+        OrganSparing(
+            organ,
+            s,
+            length,
+            "fit",
+            yields.get(organ, 0.0),
+            *holds.get(organ, _NO_HOLD),
+        )
         for organ, (s, length) in sparing.items()
-        if s > 0
+        if s > 0 or holds.get(organ, _NO_HOLD)[0] > 0
     )
     return dataclasses.replace(params, imrt_sparing=spared)
 
@@ -607,15 +624,25 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def fit(
-    cases: Sequence[PlanCase],
-) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float]]:
-    """PTV profile, organ sparing and interface yields fitted on ``cases``.
+#: What :func:`fit` returns: the profile values, per organ its sparing
+#: ``(strength, length_mm)``, its interface yield and its hold ``(level, length_mm)``.
+Pairs = dict[str, tuple[float, float]]
+FitResult = tuple[dict[str, float], Pairs, dict[str, float], Pairs]
+
+
+def fit(cases: Sequence[PlanCase]) -> FitResult:
+    """PTV profile, organ sparing, interface yields and holds fitted on ``cases``.
 
     Returns the profile values (:class:`~rtplan.dose_estimate.DoseModelParameters` fields
     of :data:`FITTED_FIELDS`: the fall-off outside the PTV, :func:`fit_fall_off`, then
     the PTV's surface, plateau, texture and plan-sum ceiling), per organ
-    ``(strength, length_mm)``, and per organ its interface yield.
+    ``(strength, length_mm)``, per organ its interface yield, and per organ its hold
+    ``(level, length_mm)`` (level 0: none).
+
+    The organ terms are fitted in turns, each on a grid with the others fixed: the
+    sparing (coarse), the hold, the sparing again (coarse, as the hold takes over the
+    near-maximum dose the sparing had to bring down), the yields, the sparing (fine),
+    the yields and the hold again.
     """
     fall = fit_fall_off(cases)
     base = dataclasses.replace(
@@ -676,6 +703,7 @@ def fit(
         candidates: Mapping[str, Sequence[tuple[float, float]]],
         n: int,
         yields: Mapping[str, Sequence[float]] | None = None,
+        holds: Mapping[str, Sequence[tuple[float, float]]] | None = None,
     ) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {o: [] for o in organs}
         for k in range(n):
@@ -683,6 +711,7 @@ def fit(
                 base,
                 {o: candidates[o][k] for o in organs},
                 {o: yields[o][k] for o in organs} if yields else None,
+                {o: holds[o][k] for o in organs} if holds else None,
             )
             estimates = [estimate_metrics(c, params) for c in cases]
             for o in organs:
@@ -700,19 +729,40 @@ def fit(
             out[o] = candidates[o][int(np.argmin(total))]
         return out
 
-    def fit_yields(sparing: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-        # with the sparing fixed; changes courses larger than the reference volume only
-        fixed = {o: [sparing[o]] * len(_YIELDS) for o in organs}
-        tried = {o: list(_YIELDS) for o in organs}
-        return pick(tried, losses(fixed, len(_YIELDS), tried))
+    def repeated(values: Mapping[str, _T], n: int) -> dict[str, list[_T]]:
+        return {o: [values[o]] * n for o in organs}
 
-    grid = list(itertools.product(_COARSE_STRENGTHS, _COARSE_LENGTHS_MM))
-    coarse_candidates = {o: grid for o in organs}
-    coarse = pick(coarse_candidates, losses(coarse_candidates, len(grid)))
+    def fit_yields(
+        sparing: Mapping[str, tuple[float, float]], holds: Mapping[str, tuple[float, float]]
+    ) -> dict[str, float]:
+        # with the sparing fixed; changes courses larger than the reference volume only
+        n = len(_YIELDS)
+        tried = {o: list(_YIELDS) for o in organs}
+        return pick(tried, losses(repeated(sparing, n), n, tried, repeated(holds, n)))
+
+    def fit_holds(
+        sparing: Mapping[str, tuple[float, float]], yields: Mapping[str, float]
+    ) -> dict[str, tuple[float, float]]:
+        tried_holds = [_NO_HOLD, *itertools.product(_HOLD_LEVELS, _HOLD_LENGTHS_MM)]
+        n = len(tried_holds)
+        tried = {o: tried_holds for o in organs}
+        return pick(tried, losses(repeated(sparing, n), n, repeated(yields, n), tried))
+
+    def fit_coarse(holds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        grid = list(itertools.product(_COARSE_STRENGTHS, _COARSE_LENGTHS_MM))
+        tried = {o: grid for o in organs}
+        return pick(tried, losses(tried, len(grid), None, repeated(holds, len(grid))))
+
+    no_holds = {o: _NO_HOLD for o in organs}
+    coarse = fit_coarse(no_holds)
     _say(f"coarse: {coarse}")
+    holds = fit_holds(coarse, {o: 0.0 for o in organs})
+    _say(f"holds, coarse sparing: {holds}")
+    coarse = fit_coarse(holds)
+    _say(f"coarse, with the holds: {coarse}")
     # the sparing and the yield both lower an organ's dose: the yield is fitted between
     # the coarse and the fine sparing, and again after it
-    yields = fit_yields(coarse)
+    yields = fit_yields(coarse, holds)
     _say(f"interface yields, coarse sparing: {yields}")
     fine: dict[str, list[tuple[float, float]]] = {}
     for o in organs:
@@ -723,12 +773,13 @@ def fit(
             for f in _FINE_LENGTH_FACTORS
         ]
     n_fine = len(_FINE_STRENGTH_STEPS) * len(_FINE_LENGTH_FACTORS)
-    fixed_yields = {o: [yields[o]] * n_fine for o in organs}
-    chosen = pick(fine, losses(fine, n_fine, fixed_yields))
+    chosen = pick(fine, losses(fine, n_fine, repeated(yields, n_fine), repeated(holds, n_fine)))
     _say(f"fine: {chosen}")
-    yields = fit_yields(chosen)
+    yields = fit_yields(chosen, holds)
     _say(f"interface yields: {yields}")
-    return profile, chosen, yields
+    holds = fit_holds(chosen, yields)
+    _say(f"holds: {holds}")
+    return profile, chosen, yields, holds
 
 
 @dataclass(frozen=True)
@@ -853,6 +904,7 @@ def _toml(
     profile: Mapping[str, float],
     sparing: Mapping[str, tuple[float, float]],
     yields: Mapping[str, float],
+    holds: Mapping[str, tuple[float, float]],
     rows: Sequence[Residual],
     source: str,
 ) -> str:
@@ -876,11 +928,14 @@ def _toml(
         *(f"{key} = {profile[f'imrt_{key}']:.6g}" for key in FALL_OFF_KEYS),
     ]
     for organ, (s, length) in sparing.items():
-        if s <= 0:
+        level, hold_mm = holds.get(organ, _NO_HOLD)
+        if s <= 0 and level <= 0:
             continue
         out += ["", f"[sparing.{organ}]", f"strength = {s:g}", f"length_mm = {length:g}"]
         if yields.get(organ, 0.0) > 0:
             out.append(f"interface_yield = {yields[organ]:g}")
+        if level > 0:
+            out += [f"hold_level = {level:g}", f"hold_length_mm = {hold_mm:g}"]
     for r in rows:
         if r.structure not in sparing:  # targets, and organs the training plans barely dose
             continue
@@ -897,13 +952,14 @@ def _toml(
     return "\n".join(out) + "\n"
 
 
-def _calibrated() -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float]]:
-    """The profile, sparing and yields of the shipped calibration, as :func:`fit` returns them."""
+def _calibrated() -> FitResult:
+    """The shipped calibration's profile, sparing, yields and holds, as :func:`fit` gives them."""
     p = DoseModelParameters()
     profile = {name: float(getattr(p, name)) for name in FITTED_FIELDS}
     sparing = {sp.organ: (sp.strength, sp.length_mm) for sp in p.imrt_sparing}
     yields = {sp.organ: sp.interface_yield for sp in p.imrt_sparing}
-    return profile, sparing, yields
+    holds = {sp.organ: (sp.hold_level, sp.hold_length_mm) for sp in p.imrt_sparing}
+    return profile, sparing, yields, holds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -936,10 +992,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if CALIBRATION.fall_off is None:
             _say(f"{CALIBRATION_TOML} has no [fall_off]: fit first (without --table-only)")
             return 1
-        profile, sparing, yields = _calibrated()
+        profile, sparing, yields, holds = _calibrated()
     else:
-        profile, sparing, yields = fit(train)
-    params = _with(_replaced(DoseModelParameters(), **profile), sparing, yields)
+        profile, sparing, yields, holds = fit(train)
+    params = _with(_replaced(DoseModelParameters(), **profile), sparing, yields, holds)
     # the model as calibrated on published data alone (docs/dose_model.md 4.1), no sparing
     before = dataclasses.replace(
         _replaced(DoseModelParameters(), **fall_off_fields(TOOL_DEFAULT_FALL_OFF)),
@@ -977,7 +1033,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"fitted on {len(train)} pyRadPlan reference plans "
             f"({', '.join(c.plan_id for c in train)}), residuals of {len(held)} held-out plans"
         )
-        CALIBRATION_TOML.write_text(_toml(profile, sparing, yields, rows, source), encoding="utf-8")
+        text = _toml(profile, sparing, yields, holds, rows, source)
+        CALIBRATION_TOML.write_text(text, encoding="utf-8")
         _say(f"wrote {CALIBRATION_TOML}")
     return 0
 

@@ -2041,13 +2041,14 @@ def _describe_model(params: DoseModelParameters, dose_spacing_mm: float) -> str:
     spared = "; ".join(
         f"{o.organ} s={o.strength:g} L={o.length_mm:g} mm"
         + (f" yield={o.interface_yield:g}/1000 cc" if o.interface_yield > 0 else "")
+        + (f" hold={o.hold_level:g} Rx L_h={o.hold_length_mm:g} mm" if o.hold_level > 0 else "")
         for o in params.imrt_sparing
     )
     parts.append(f"imrt_sparing=({spared or 'none'})")
     return (
         "rtplan analytic dose estimate (distance-to-PTV fall-off for IMRT/VMAT and SBRT, "
-        "static-beam box with depth attenuation for 3D-CRT, organ sparing, hot-spot texture "
-        "and PTV-organ interface yield of IMRT courses; "
+        "static-beam box with depth attenuation for 3D-CRT, organ sparing and hold, "
+        "hot-spot texture and PTV-organ interface yield of IMRT courses; "
         "see docs/dose_model.md) on a "
         f"{dose_spacing_mm:g} mm dose grid; later-phase PTVs cropped by higher targets of "
         "earlier courses and the composite held under the plan-sum ceiling "

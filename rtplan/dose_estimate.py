@@ -48,6 +48,7 @@ from rtplan.sparing import (
     SparedRegion,
     apply_hot_spot_spread,
     apply_interface_yield,
+    apply_organ_hold,
     apply_organ_sparing,
     interface_yield,
     spared_region,
@@ -955,6 +956,7 @@ def _imrt_or_sbrt_dose(
                 wavelength_mm=params.imrt_hot_spot_wavelength_mm,
             )
             apply_organ_sparing(rel, geom.signed_mm, organs, params.imrt_sparing)
+            apply_organ_hold(rel, geom.signed_mm, organs, params.imrt_sparing)
             yields = {
                 sp.organ: interface_yield(
                     sp.interface_yield,

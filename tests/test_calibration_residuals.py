@@ -78,9 +78,10 @@ def test_the_calibration_file_written_by_the_fit_reads_back():
     from calibration.fit_model import FITTED_FIELDS, _calibrated, _toml
     from rtplan.sparing import FALL_OFF_KEYS, FallOff, parse_calibration
 
-    profile, sparing, yields = _calibrated()
+    profile, sparing, yields, holds = _calibrated()
     assert set(profile) == set(FITTED_FIELDS)
-    text = _toml(profile, sparing, yields, [], "round trip")
+    holds = {**holds, "Rectum": (0.55, 3.0)}  # a hold the shipped fit may not have
+    text = _toml(profile, sparing, yields, holds, [], "round trip")
     back = parse_calibration(text)
     assert back.fall_off == CALIBRATION.fall_off
     assert back.fall_off == FallOff(*(profile[f"imrt_{k}"] for k in FALL_OFF_KEYS))
@@ -89,9 +90,16 @@ def test_the_calibration_file_written_by_the_fit_reads_back():
         profile["imrt_plateau"],
         profile["plan_sum_ceiling"],
     )
-    assert {o.organ: (o.strength, o.length_mm, o.interface_yield) for o in back.sparing} == {
-        o: (s, length, yields.get(o, 0.0)) for o, (s, length) in sparing.items() if s > 0
+    written = {
+        o.organ: (o.strength, o.length_mm, o.interface_yield, o.hold_level, o.hold_length_mm)
+        for o in back.sparing
     }
+    assert written == {
+        o: (s, length, yields.get(o, 0.0), *holds.get(o, (0.0, 2.0)))
+        for o, (s, length) in sparing.items()
+        if s > 0 or holds.get(o, (0.0, 2.0))[0] > 0
+    }
+    assert written["Rectum"][3:] == (0.55, 3.0)
 
 
 def test_a_boosted_course_falls_off_from_its_outer_ptv():

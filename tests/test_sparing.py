@@ -18,6 +18,7 @@ from rtplan.sparing import (
     MAX_INTERFACE_YIELD,
     OrganSparing,
     apply_interface_yield,
+    apply_organ_hold,
     apply_organ_sparing,
     interface_yield,
     spared_region,
@@ -66,6 +67,10 @@ def test_sparing_factor_closed_form():
         dict(organ=""),
         dict(interface_yield=-0.01),
         dict(interface_yield=float("nan")),
+        dict(hold_level=1.0),
+        dict(hold_level=-0.1),
+        dict(hold_level=float("nan")),
+        dict(hold_length_mm=0.0),
     ],
 )
 def test_organ_sparing_refuses_bad_values(bad):
@@ -104,6 +109,78 @@ def test_sparing_lowers_organ_dose_by_the_factor_and_never_touches_the_ptv(case)
     assert len(line) > 8
     assert np.all(np.diff(prof_spared) < 0)
     assert np.all(np.diff(prof_spared / prof_plain) < 1e-6)
+
+
+def test_hold_caps_the_organ_dose_in_closed_form_away_from_the_ptv():
+    # the slab organ 20 < y < 40 mm (weight 1 inside, blend 0), the PTV y < 30 mm
+    grid, y, inside, region = _slab_region(0.0)
+    r = np.broadcast_to((y - 30.0)[None, :, None], grid.shape).astype(np.float32)
+    rel = np.broadcast_to(np.where(y < 30.0, 1.03, 0.9)[None, :, None], grid.shape)
+    rel = rel.astype(np.float32)
+    held = rel.copy()
+    hold = OrganSparing("A", 0.0, 1.0, hold_level=0.5, hold_length_mm=3.0)
+    apply_organ_hold(held, r, {"A": region}, [hold])
+    cap = 0.5 + 0.5 * np.exp(-np.maximum(r, 0.0) / 3.0)
+    expected = np.where(inside & (r > 0), np.minimum(rel, cap), rel)
+    assert np.allclose(held, expected, atol=1e-6)
+    # the PTV (r <= 0) and the voxels outside the organ are never changed
+    assert np.array_equal(held[r <= 0], rel[r <= 0])
+    assert np.array_equal(held[~inside], rel[~inside])
+    # the cap comes down to the level with distance: held dose falls with r in the organ
+    line = held[2, :, 3][inside[2, :, 3] & (y > 30.0)]
+    assert np.all(np.diff(line) <= 0) and line[-1] < 0.55 < 0.75 < line[0]
+    # dose already below the cap is untouched
+    low = np.full(grid.shape, 0.3, np.float32)
+    apply_organ_hold(low, r, {"A": region}, [hold])
+    assert np.all(low == np.float32(0.3))
+    # no hold, or an organ without a region: untouched
+    for sp, organs in ((dataclasses.replace(hold, hold_level=0.0), {"A": region}), (hold, {})):
+        same = rel.copy()
+        apply_organ_hold(same, r, organs, [sp])
+        assert np.array_equal(same, rel)
+    # two organs over the same voxels: the lower cap holds, once
+    both = rel.copy()
+    lower = OrganSparing("B", 0.0, 1.0, hold_level=0.4, hold_length_mm=3.0)
+    apply_organ_hold(both, r, {"A": region, "B": region}, [hold, lower])
+    alone = rel.copy()
+    apply_organ_hold(alone, r, {"B": region}, [lower])
+    assert np.array_equal(both, alone)
+
+
+def test_hold_acts_only_where_the_organ_weighs_at_least_half():
+    grid, _, _, region = _slab_region(6.0)  # blended: weight 0.5 at the surface
+    weight = np.zeros(grid.size, np.float32)
+    weight[region.index] = region.weight
+    r = np.full(grid.shape, 50.0, np.float32)  # far from a PTV everywhere
+    held = np.full(grid.shape, 0.9, np.float32)
+    apply_organ_hold(held, r, {"A": region}, [OrganSparing("A", 0.0, 1.0, hold_level=0.5)])
+    flat = held.reshape(-1)
+    assert np.allclose(flat[weight >= 0.5], 0.5, atol=1e-6)
+    assert np.all(flat[weight < 0.5] == np.float32(0.9))
+
+
+def test_hold_in_the_estimate_never_touches_the_ptv_and_keeps_dose_falling(case):
+    grid, ss, course = case
+    none = dataclasses.replace(DoseModelParameters(), imrt_sparing=(), imrt_sparing_blend_mm=0.0)
+    hold = OrganSparing("Rectum", 0.0, 10.0, hold_level=0.5, hold_length_mm=3.0)
+    held_params = dataclasses.replace(none, imrt_sparing=(hold,))
+    plain = estimate_course_dose(course, grid, params=none, organs=ss)
+    held = estimate_course_dose(course, grid, params=held_params, organs=ss)
+    rectum = occupancy_on_grid(ss["Rectum"], grid) >= 0.5
+    ptv = occupancy_on_grid(ss["PTV"], grid) >= 0.5
+    assert np.array_equal(held[~rectum], plain[~rectum])
+    assert np.array_equal(held[ptv], plain[ptv])
+    out = rectum & ~ptv
+    assert np.all(held[out] <= plain[out])
+    # far from the PTV (r > 20 mm, cap within 0.1 % of the level): min(plain, 0.5 Rx)
+    r = _signed_mm(grid, ss["PTV"])
+    far = out & (r > 20.0)
+    assert far.any() and (plain[far] > 0.5 * RX).any()
+    assert np.allclose(held[far], np.minimum(plain[far], 0.5 * RX), rtol=2e-3)
+    # along the axis away from the PTV the held dose still falls
+    k, i = grid.shape[0] // 2, grid.shape[2] // 2
+    line = [j for j in range(grid.shape[1]) if rectum[k, j, i] and not ptv[k, j, i]]
+    assert len(line) > 8 and np.all(np.diff(held[k, line, i]) <= 1e-6)
 
 
 def test_hot_spot_spread_is_zero_mean_inside_and_nothing_outside(case):
@@ -338,6 +415,23 @@ def test_calibration_file_reads_the_volume_power_and_interface_yields():
         parse_calibration("[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\ninterface_yield = -1\n")
 
 
+def test_calibration_file_reads_the_holds():
+    from rtplan.sparing import parse_calibration
+
+    cal = parse_calibration(
+        "[sparing.Femur_Head_L]\nstrength = 0\nlength_mm = 1\nhold_level = 0.47\n"
+        "hold_length_mm = 2\n[sparing.Bladder]\nstrength = 0.4\nlength_mm = 8\n"
+    )
+    holds = {s.organ: (s.strength, s.hold_level, s.hold_length_mm) for s in cal.sparing}
+    assert holds == {"Femur_Head_L": (0.0, 0.47, 2.0), "Bladder": (0.4, 0.0, 2.0)}
+    with pytest.raises(InvalidInputError, match=r"\[sparing.Rectum\].*hold level"):
+        parse_calibration("[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\nhold_level = 1.2\n")
+    with pytest.raises(InvalidInputError, match="unknown keys.*hold_levle"):
+        parse_calibration("[sparing.Rectum]\nstrength = 0.6\nlength_mm = 8\nhold_levle = 0.5\n")
+    with pytest.raises(InvalidInputError, match="must be a table"):
+        parse_calibration("[sparing]\nRectum = 3\n")
+
+
 def test_calibration_file_reads_the_fall_off():
     from rtplan.dose_estimate import TOOL_DEFAULT_FALL_OFF
     from rtplan.sparing import FALL_OFF_KEYS, FallOff, parse_calibration
@@ -394,6 +488,10 @@ def test_the_comparison_names_every_term_and_parameter_of_the_model():
     text = _describe_model(params, 2.5)
     assert "Rectum s=0.6 L=8 mm yield=0.08/1000 cc" in text
     assert "; Bladder s=0.4 L=8 mm)" in text  # no yield: nothing added
+    held = dataclasses.replace(
+        params, imrt_sparing=(OrganSparing("Femur_Head_L", 0.0, 1.0, hold_level=0.47),)
+    )
+    assert "Femur_Head_L s=0 L=1 mm hold=0.47 Rx L_h=2 mm)" in _describe_model(held, 2.5)
     for name in ("imrt_hot_spot_volume_power", "imrt_reference_volume_cc", "imrt_yield_band_mm"):
         assert f"{name}=" in text
     assert "interface yield" in text
