@@ -23,8 +23,8 @@ What it does:
    each organ's sparing ``(strength, length)`` on its training metrics
    (:data:`FIT_METRICS`) by a grid search (coarse, then fine around each organ's best;
    organs are independent: an organ's sparing changes only the dose in that organ; the
-   organs of a :data:`MIRRORED` pair share one sparing), then each organ's interface
-   yield with its sparing fixed;
+   organs of a :data:`MIRRORED` pair share one sparing), each organ's hold (the dose an
+   optimiser holds it at away from the PTV) and interface yield, in turns (:func:`fit`);
 4. scores the held-out plans with the fitted model: per metric, the median and the
    root-mean-square of estimate minus reference, the largest error, and n; and the ranking
    of two options of one anatomy by each organ metric (same sign of the difference).
@@ -197,9 +197,11 @@ _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
 #: (fraction of the PTV's Rx) and the length (mm) over which the cap comes down to it.
 #: The reference planner's femoral-head and penile-bulb objectives start at 0.45 Rx, its
 #: rectum and bladder objectives at 0.6 Rx (calibration/objectives.py).
-_HOLD_LEVELS = tuple(round(0.36 + 0.02 * k, 2) for k in range(14))  # 0.36 .. 0.62
+_HOLD_LEVELS = tuple(round(0.3 + 0.02 * k, 2) for k in range(17))  # 0.30 .. 0.62
 _HOLD_LENGTHS_MM = (1.0, 2.0, 4.0)
 _NO_HOLD = (0.0, 2.0)
+#: At most this many turns of fine sparing, yields and holds, until the holds settle.
+_MAX_HOLD_TURNS = 3
 
 
 #: The :class:`DoseModelParameters` fields :func:`fit` returns as the profile (the
@@ -641,8 +643,10 @@ def fit(cases: Sequence[PlanCase]) -> FitResult:
 
     The organ terms are fitted in turns, each on a grid with the others fixed: the
     sparing (coarse), the hold, the sparing again (coarse, as the hold takes over the
-    near-maximum dose the sparing had to bring down), the yields, the sparing (fine),
-    the yields and the hold again.
+    near-maximum dose the sparing had to bring down), the yields; then the sparing (fine),
+    the yields and the holds again, repeated until the holds no longer change (at most
+    :data:`_MAX_HOLD_TURNS` times; the last sparing and yields are fitted with the holds
+    returned unless the turns run out, which is said).
     """
     fall = fit_fall_off(cases)
     base = dataclasses.replace(
@@ -764,21 +768,40 @@ def fit(cases: Sequence[PlanCase]) -> FitResult:
     # the coarse and the fine sparing, and again after it
     yields = fit_yields(coarse, holds)
     _say(f"interface yields, coarse sparing: {yields}")
-    fine: dict[str, list[tuple[float, float]]] = {}
-    for o in organs:
-        s0, l0 = coarse[o]
-        fine[o] = [
-            (min(max(s0 + ds, 0.0), 0.9), l0 * f)
-            for ds in _FINE_STRENGTH_STEPS
-            for f in _FINE_LENGTH_FACTORS
-        ]
-    n_fine = len(_FINE_STRENGTH_STEPS) * len(_FINE_LENGTH_FACTORS)
-    chosen = pick(fine, losses(fine, n_fine, repeated(yields, n_fine), repeated(holds, n_fine)))
-    _say(f"fine: {chosen}")
-    yields = fit_yields(chosen, holds)
-    _say(f"interface yields: {yields}")
-    holds = fit_holds(chosen, yields)
-    _say(f"holds: {holds}")
+
+    def fit_fine(
+        around: Mapping[str, tuple[float, float]],
+        yields: Mapping[str, float],
+        holds: Mapping[str, tuple[float, float]],
+    ) -> dict[str, tuple[float, float]]:
+        fine = {
+            o: [
+                (min(max(around[o][0] + ds, 0.0), 0.9), around[o][1] * f)
+                for ds in _FINE_STRENGTH_STEPS
+                for f in _FINE_LENGTH_FACTORS
+            ]
+            for o in organs
+        }
+        n = len(_FINE_STRENGTH_STEPS) * len(_FINE_LENGTH_FACTORS)
+        return pick(fine, losses(fine, n, repeated(yields, n), repeated(holds, n)))
+
+    chosen = coarse
+    for turn in range(1, _MAX_HOLD_TURNS + 1):
+        chosen = fit_fine(chosen, yields, holds)
+        _say(f"turn {turn}, fine: {chosen}")
+        yields = fit_yields(chosen, holds)
+        _say(f"turn {turn}, interface yields: {yields}")
+        settled = fit_holds(chosen, yields)
+        loss = sum(
+            losses(repeated(chosen, 1), 1, repeated(yields, 1), repeated(settled, 1))[o][0]
+            for o in organs
+        )
+        _say(f"turn {turn}, holds: {settled} (organ loss, all organs: {loss:.1f})")
+        if settled == holds:
+            break
+        holds = settled
+    else:
+        _say(f"the holds still changed after {_MAX_HOLD_TURNS} turns: the last ones are kept")
     return profile, chosen, yields, holds
 
 

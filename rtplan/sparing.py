@@ -18,11 +18,12 @@ and the calibration file they and the fitted fall-off outside the PTV
   wherever the organ lies far enough from the PTV, whatever the PTV's size: in the
   reference plans the femoral heads' D2 was 0.48-0.49 of each course's prescription, for
   the prostate bed 15 mm away as for the pelvic nodes 10 mm away, where the profile gives
-  the pelvic course's 1,200 cc PTV far more tail there than the bed's 250 cc. In the
-  voxels at least half inside an organ with hold ``(h, L_h)`` a PTV's profile is capped
-  at ``h + (1 - h) exp(-r / L_h)`` (fraction of that PTV's Rx; ``r`` > 0 the distance to
-  its surface, mm): no cap inside the PTV, about the surface dose next to it, ``h`` far
-  away (:func:`apply_organ_hold`). Dose below the cap is untouched.
+  the pelvic course's 1,200 cc PTV far more tail there than the bed's 250 cc. In an organ
+  with hold ``(h, L_h)`` a PTV's profile ``d`` above the cap ``c = h + (1 - h) exp(-r /
+  L_h)`` (fraction of that PTV's Rx; ``r`` > 0 the distance to its surface, mm) becomes
+  ``d - w (d - c)``, ``w`` the organ's blended weight as for the sparing: no cap inside
+  the PTV, about the surface dose next to it, ``h`` far away, bent in across the organ's
+  surface (:func:`apply_organ_hold`). Dose below the cap is untouched.
 * **hot-spot spread**: an optimised dose is not flat inside the PTV (PTV D2 ~106 % of Rx
   where the median is ~102 %), so organs overlapping the PTV can receive more than the
   plateau (rectum V70 of a 66.6 Gy bed plan). Inside the PTV the plateau gets a
@@ -533,13 +534,15 @@ def apply_organ_hold(
     organs: Mapping[str, SparedRegion],
     sparing: Sequence[OrganSparing],
 ) -> None:
-    """Cap ``relative`` (in place) in the held organs, by distance to the PTV.
+    """Hold ``relative`` (in place) down to a cap in the held organs, by distance to the PTV.
 
-    In the voxels at least half inside an organ with ``hold_level`` ``h > 0`` (weight
-    >= 0.5 in its :class:`SparedRegion`) and outside the PTV (``r > 0``), the profile is
-    capped at ``h + (1 - h) exp(-r / L_h)``: near 1 at the PTV surface, ``h`` far away.
-    The cap falls with distance, so a profile that falls with distance still does. Where
-    two organs meet, the lower cap holds; voxels inside the PTV are never changed.
+    Outside the PTV (``r > 0``), in the region of an organ with ``hold_level`` ``h > 0``,
+    a profile value ``d`` above the cap ``c = h + (1 - h) exp(-r / L_h)`` (near 1 at the
+    PTV surface, ``h`` far away) becomes ``d - w (d - c)``, ``w`` the organ's weight there
+    (:class:`SparedRegion`: 1 inside, 0.5 at its surface, fading out over the blend as
+    the sparing does). At a fixed weight the held dose falls with ``r`` wherever the
+    profile does (both ``d`` and ``c`` do). Where two organs' regions meet, the lower
+    factor holds; voxels inside the PTV are never changed.
 
     Parameters
     ----------
@@ -557,7 +560,7 @@ def apply_organ_hold(
     >>> from rtplan.sparing import OrganSparing, SparedRegion
     >>> rel = np.array([1.03, 0.9, 0.7, 0.3], np.float32)
     >>> r = np.array([-1.0, 1.0, 20.0, 20.0], np.float32)
-    >>> region = SparedRegion(np.arange(4), np.ones(4, np.float32))
+    >>> region = SparedRegion(np.arange(4), np.ones(4, np.float32))  # fully inside
     >>> held = OrganSparing("Femur_Head_L", 0.0, 1.0, hold_level=0.5, hold_length_mm=2.0)
     >>> apply_organ_hold(rel, r, {"Femur_Head_L": region}, [held])
     >>> [round(float(v), 3) for v in rel]
@@ -570,16 +573,16 @@ def apply_organ_hold(
         region = organs.get(sp.organ)
         if sp.hold_level <= 0 or region is None or region.index.size == 0:
             continue
-        index = region.index[region.weight >= 0.5]
-        r = flat_r[index]
-        value = flat_rel[index]
+        r = flat_r[region.index]
+        value = flat_rel[region.index]
         h = np.float32(sp.hold_level)
         decay = np.exp(-np.maximum(r, 0.0) / np.float32(sp.hold_length_mm))
         cap = h + (np.float32(1.0) - h) * decay
         over = (r > 0) & (value > cap)
-        factor = np.ones(index.size, np.float32)
-        factor[over] = cap[over] / value[over]
-        parts.append((index, factor))
+        factor = np.ones(region.index.size, np.float32)
+        # d - w (d - c) as a factor of d (d > c >= h > 0 where it applies)
+        factor[over] = 1.0 - region.weight[over] * (1.0 - cap[over] / value[over])
+        parts.append((region.index, factor))
     _multiply_by_lowest(flat_rel, parts)
 
 

@@ -75,12 +75,17 @@ def test_the_fitted_fall_off_follows_the_stored_dose_by_distance():
 def test_the_calibration_file_written_by_the_fit_reads_back():
     """``fit_model._toml`` and ``rtplan.sparing.parse_calibration`` agree on every key."""
 
-    from calibration.fit_model import FITTED_FIELDS, _calibrated, _toml
+    from calibration.fit_model import FITTED_FIELDS, _calibrated, _toml, _with
     from rtplan.sparing import FALL_OFF_KEYS, FallOff, parse_calibration
 
     profile, sparing, yields, holds = _calibrated()
     assert set(profile) == set(FITTED_FIELDS)
     holds = {**holds, "Rectum": (0.55, 3.0)}  # a hold the shipped fit may not have
+    # an organ held but not spared is written and read back, and the fit's model keeps it
+    sparing = {**sparing, "Colon_Sigmoid": (0.0, 1.4)}
+    holds["Colon_Sigmoid"] = (0.56, 4.0)
+    kept = {o.organ: o for o in _with(DoseModelParameters(), sparing, yields, holds).imrt_sparing}
+    assert (kept["Colon_Sigmoid"].strength, kept["Colon_Sigmoid"].hold_level) == (0.0, 0.56)
     text = _toml(profile, sparing, yields, holds, [], "round trip")
     back = parse_calibration(text)
     assert back.fall_off == CALIBRATION.fall_off
@@ -100,6 +105,7 @@ def test_the_calibration_file_written_by_the_fit_reads_back():
         if s > 0 or holds.get(o, (0.0, 2.0))[0] > 0
     }
     assert written["Rectum"][3:] == (0.55, 3.0)
+    assert written["Colon_Sigmoid"] == (0.0, 1.4, 0.0, 0.56, 4.0)
 
 
 def test_a_boosted_course_falls_off_from_its_outer_ptv():

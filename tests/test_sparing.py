@@ -138,25 +138,31 @@ def test_hold_caps_the_organ_dose_in_closed_form_away_from_the_ptv():
         same = rel.copy()
         apply_organ_hold(same, r, organs, [sp])
         assert np.array_equal(same, rel)
-    # two organs over the same voxels: the lower cap holds, once
+    # two organs over the same voxels, caps crossing at r ~ 6 mm: the lower holds, once
     both = rel.copy()
-    lower = OrganSparing("B", 0.0, 1.0, hold_level=0.4, hold_length_mm=3.0)
-    apply_organ_hold(both, r, {"A": region, "B": region}, [hold, lower])
-    alone = rel.copy()
-    apply_organ_hold(alone, r, {"B": region}, [lower])
-    assert np.array_equal(both, alone)
+    steep = OrganSparing("A", 0.0, 1.0, hold_level=0.6, hold_length_mm=1.0)
+    slow = OrganSparing("B", 0.0, 1.0, hold_level=0.3, hold_length_mm=8.0)
+    apply_organ_hold(both, r, {"B": region, "A": region}, [slow, steep])
+    cap_a = 0.6 + 0.4 * np.exp(-np.maximum(r, 0.0) / 1.0)
+    cap_b = 0.3 + 0.7 * np.exp(-np.maximum(r, 0.0) / 8.0)
+    lowest = np.where(inside & (r > 0), np.minimum(rel, np.minimum(cap_a, cap_b)), rel)
+    assert np.allclose(both, lowest, atol=1e-6)
+    held_voxels = inside & (r > 0)
+    assert (cap_a < cap_b)[held_voxels & (r < 6)].any() and (cap_b < cap_a)[held_voxels].any()
 
 
-def test_hold_acts_only_where_the_organ_weighs_at_least_half():
+def test_hold_is_blended_across_the_organ_surface_by_the_weight():
     grid, _, _, region = _slab_region(6.0)  # blended: weight 0.5 at the surface
     weight = np.zeros(grid.size, np.float32)
     weight[region.index] = region.weight
-    r = np.full(grid.shape, 50.0, np.float32)  # far from a PTV everywhere
+    r = np.full(grid.shape, 50.0, np.float32)  # far from a PTV everywhere: cap = h
     held = np.full(grid.shape, 0.9, np.float32)
     apply_organ_hold(held, r, {"A": region}, [OrganSparing("A", 0.0, 1.0, hold_level=0.5)])
     flat = held.reshape(-1)
-    assert np.allclose(flat[weight >= 0.5], 0.5, atol=1e-6)
-    assert np.all(flat[weight < 0.5] == np.float32(0.9))
+    # d - w (d - h): the full hold deep inside, half of it at the surface, none outside
+    assert np.allclose(flat, 0.9 - weight * (0.9 - 0.5), atol=1e-6)
+    assert flat.min() == pytest.approx(0.5, abs=1e-6) and flat.max() == np.float32(0.9)
+    assert ((flat > 0.5 + 1e-3) & (flat < 0.9 - 1e-3)).any()  # bent in, not a step
 
 
 def test_hold_in_the_estimate_never_touches_the_ptv_and_keeps_dose_falling(case):
@@ -181,6 +187,12 @@ def test_hold_in_the_estimate_never_touches_the_ptv_and_keeps_dose_falling(case)
     k, i = grid.shape[0] // 2, grid.shape[2] // 2
     line = [j for j in range(grid.shape[1]) if rectum[k, j, i] and not ptv[k, j, i]]
     assert len(line) > 8 and np.all(np.diff(held[k, line, i]) <= 1e-6)
+    # an SBRT course is never held (nor spared)
+    sbrt = Course("S", "sbrt", 5, course.targets)
+    assert np.array_equal(
+        estimate_course_dose(sbrt, grid, params=held_params, organs=ss),
+        estimate_course_dose(sbrt, grid, params=none, organs=ss),
+    )
 
 
 def test_hot_spot_spread_is_zero_mean_inside_and_nothing_outside(case):
