@@ -22,8 +22,9 @@ What it does:
    then the growth of the hot-spot spread with the level's volume on the same loss, then
    each organ's sparing ``(strength, length)`` on its training metrics
    (:data:`FIT_METRICS`) by a grid search (coarse, then fine around each organ's best;
-   organs are independent: an organ's sparing changes only the dose in that organ; the
-   organs of a :data:`MIRRORED` pair share one sparing), each organ's hold (the dose an
+   organs are fitted independently: an organ's terms act in its own region, overlaps
+   with another organ's region aside; the organs of a :data:`MIRRORED` pair share one
+   sparing), each organ's hold (the dose an
    optimiser holds it at away from the PTV) and interface yield, in turns (:func:`fit`);
 4. scores the held-out plans with the fitted model: per metric, the median and the
    root-mean-square of estimate minus reference, the largest error, and n; and the ranking
@@ -646,7 +647,8 @@ def fit(cases: Sequence[PlanCase]) -> FitResult:
     near-maximum dose the sparing had to bring down), the yields; then the sparing (fine),
     the yields and the holds again, repeated until the holds no longer change (at most
     :data:`_MAX_HOLD_TURNS` times; the last sparing and yields are fitted with the holds
-    returned unless the turns run out, which is said).
+    returned unless the turns run out, which is said). Only the holds are checked: the
+    fine grid is re-centred on each turn's sparing, which may still move.
     """
     fall = fit_fall_off(cases)
     base = dataclasses.replace(

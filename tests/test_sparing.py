@@ -187,10 +187,13 @@ def test_hold_in_the_estimate_never_touches_the_ptv_and_keeps_dose_falling(case)
     k, i = grid.shape[0] // 2, grid.shape[2] // 2
     line = [j for j in range(grid.shape[1]) if rectum[k, j, i] and not ptv[k, j, i]]
     assert len(line) > 8 and np.all(np.diff(held[k, line, i]) <= 1e-6)
-    # an SBRT course is never held (nor spared)
+    # an SBRT course is never held nor spared
     sbrt = Course("S", "sbrt", 5, course.targets)
+    spared_and_held = dataclasses.replace(
+        none, imrt_sparing=(dataclasses.replace(hold, strength=0.4),)
+    )
     assert np.array_equal(
-        estimate_course_dose(sbrt, grid, params=held_params, organs=ss),
+        estimate_course_dose(sbrt, grid, params=spared_and_held, organs=ss),
         estimate_course_dose(sbrt, grid, params=none, organs=ss),
     )
 
