@@ -200,7 +200,8 @@ _FINE_LENGTH_FACTORS = (0.7, 1.0, 1.4)
 #: rectum and bladder objectives at 0.6 Rx (calibration/objectives.py).
 _HOLD_LEVELS = tuple(round(0.3 + 0.02 * k, 2) for k in range(17))  # 0.30 .. 0.62
 _HOLD_LENGTHS_MM = (1.0, 2.0, 4.0)
-_NO_HOLD = (0.0, 2.0)
+#: No hold: level 0, at :class:`OrganSparing`'s default length (as a file without the keys).
+_NO_HOLD = (0.0, OrganSparing("none", 0.0, 1.0).hold_length_mm)
 #: At most this many turns of fine sparing, yields and holds, until the holds settle.
 _MAX_HOLD_TURNS = 3
 

@@ -313,11 +313,11 @@ def _fall_off(table: object, where: str) -> FallOff | None:
         raise InvalidInputError(f"{where}: {exc}") from None
 
 
-#: Keys of a ``[sparing.<organ>]`` table that may be left out, with their defaults.
+#: Keys of a ``[sparing.<organ>]`` table that may be left out, with their defaults (the
+#: numbers of :class:`OrganSparing` that have one).
 _OPTIONAL_SPARING_KEYS: dict[str, float] = {
-    "interface_yield": 0.0,
-    "hold_level": 0.0,
-    "hold_length_mm": 2.0,
+    key: getattr(OrganSparing("defaults", 0.0, 1.0), key)
+    for key in ("interface_yield", "hold_level", "hold_length_mm")
 }
 
 
@@ -575,9 +575,8 @@ def apply_organ_hold(
             continue
         r = flat_r[region.index]
         value = flat_rel[region.index]
-        h = np.float32(sp.hold_level)
-        decay = np.exp(-np.maximum(r, 0.0) / np.float32(sp.hold_length_mm))
-        cap = h + (np.float32(1.0) - h) * decay
+        # h + (1 - h) exp(-r / L_h) is the sparing factor of strength 1 - h
+        cap = sparing_factor(r, 1.0 - sp.hold_level, sp.hold_length_mm)
         over = (r > 0) & (value > cap)
         factor = np.ones(region.index.size, np.float32)
         # d - w (d - c) as a factor of d (d > c >= h > 0 where it applies)
