@@ -39,6 +39,7 @@ from rtplan.dose_estimate import (
     estimate_option_dose,
     make_dose_grid,
     physical_dose_gy,
+    spared_organ_names,
 )
 from rtplan.dvh import (
     DVH,
@@ -471,6 +472,11 @@ class Comparison:
     skipped : tuple of SkippedOption
         Options that could not be built on this anatomy, each with what it lacks
         (:func:`rtplan.volumes.build_options_partial`); empty when every option was built.
+    spared_organs : tuple of str
+        The organs whose dose the estimate of the IMRT/VMAT courses lowered by the
+        calibrated sparing and hold (:mod:`rtplan.sparing`): the model's spared organs
+        found in the anatomy. Empty when no option has an IMRT/VMAT course or the model
+        spares none; the report's statement of the model's limits depends on it.
     """
 
     case: str
@@ -486,6 +492,7 @@ class Comparison:
     tracer: Tracer | None = None
     derived: tuple[Structure, ...] = ()
     skipped: tuple[SkippedOption, ...] = ()
+    spared_organs: tuple[str, ...] = ()
 
     @property
     def options(self) -> list[str]:
@@ -1002,7 +1009,17 @@ def compare_options(
         tracer=tracer,
         derived=derived,
         skipped=tuple(skipped),
+        spared_organs=_spared_organs(params, structures, built),
     )
+
+
+def _spared_organs(
+    params: DoseModelParameters, structures: StructureSet, options: Sequence[FieldOption]
+) -> tuple[str, ...]:
+    """The organs of ``params.imrt_sparing`` the estimate of these options spared."""
+    if not any(c.technique == "imrt" for o in options for c in o.courses):
+        return ()
+    return spared_organ_names(structures, params)
 
 
 def boost_spared_organs(
@@ -1166,7 +1183,9 @@ class _Setting:
     def hot_spot_basis(self) -> str:
         """Basis of the hot-spot rows: the conventional courses summed."""
         kind = (
-            f"EQD2 (alpha/beta {self.alpha_beta.target:g} Gy)" if self.hot_spot_eqd2 else "physical"
+            f"EQD2 (alpha/beta {self.alpha_beta.target:g} Gy) read back as % of the prescription"
+            if self.hot_spot_eqd2
+            else "physical"
         )
         return f"{BASIS_CONVENTIONAL}, {kind}"
 
@@ -1318,10 +1337,14 @@ def _coverage_cells(
     return cells
 
 
-def _highest_levels(levels: Sequence[TargetLevel], value: dict[str, float]) -> dict[str, float]:
-    """For each PTV, the highest ``value`` among the PTVs overlapping it (itself too)."""
+def _highest_levels(
+    levels: Sequence[TargetLevel], value: dict[str, float]
+) -> dict[str, TargetLevel]:
+    """For each PTV, the level of highest ``value`` among the PTVs overlapping it (itself too)."""
     return {
-        lv.name: max(value[u.name] for u in levels if u is lv or _overlaps(lv.ptv, u.ptv))
+        lv.name: max(
+            (u for u in levels if u is lv or _overlaps(lv.ptv, u.ptv)), key=lambda u: value[u.name]
+        )
         for lv in levels
     }
 
@@ -1357,10 +1380,14 @@ def _hot_spot_cells(
 
     Conventional targets: the sum of the conventional courses (SBRT boosts add to the
     elective dose by design and are checked on their own), in % of the highest intended
-    level of the conventional PTVs overlapping it (EQD2 or physical, see
-    :class:`_Setting`), limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the
-    option's hot spot. SBRT targets: their course's own dose in % of the prescription,
-    limit :data:`SBRT_MAX_LIMIT_PCT`.
+    level of the conventional PTVs overlapping it, limit :data:`HOT_SPOT_LIMIT_PCT`, and
+    the worst of them as the option's hot spot. On the EQD2 basis (some option mixes
+    doses per fraction, see :class:`_Setting`) the near-maximum EQD2 is read back as the
+    fraction of that level's physical prescription giving it
+    (:meth:`~rtplan.plan.TargetLevel.scale_giving_eqd2`): the limit is a physical one
+    (ICRU 50), and 107 % of the prescription in every course is 107 % on either basis
+    (as an EQD2 ratio at 1.8 Gy per fraction it would read 111 %). SBRT targets: their
+    course's own dose in % of the prescription, limit :data:`SBRT_MAX_LIMIT_PCT`.
     """
     grid = setting.dose_grid
     levels = [td.level for td in doses.values() if not td.level.is_sbrt]
@@ -1383,12 +1410,17 @@ def _hot_spot_cells(
             continue
         lv = td.level
         near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
-        pct = 100.0 * near_max / highest[lv.name]
+        top = highest[lv.name]
+        if setting.hot_spot_eqd2:
+            pct = 100.0 * top.scale_giving_eqd2(near_max, ab)
+        else:
+            pct = 100.0 * near_max / intended[top.name]
         margin = HOT_SPOT_LIMIT_PCT - pct
         note = (
             ""
-            if math.isclose(highest[lv.name], intended[lv.name])
-            else f"the highest intended level overlapping it is {highest[lv.name]:.1f} Gy"
+            if math.isclose(intended[top.name], intended[lv.name])
+            else f"the highest intended level overlapping it is {top.name}, "
+            f"{intended[top.name]:.1f} Gy{' EQD2' if setting.hot_spot_eqd2 else ''}"
         )
         key = ("Target", lv.name, "D0.03cc", "% intended", basis)
         cells[key] = _Cell(pct, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE, note))

@@ -74,6 +74,7 @@ __all__ = [
     "make_dose_grid",
     "physical_dose_gy",
     "rtog0813_r50_limit",
+    "spared_organ_names",
 ]
 
 # ---------------------------------------------------------------------------- radiobiology
@@ -869,6 +870,42 @@ def _check_course(course: Course) -> None:
             )
 
 
+def _present_sparing(
+    organs: StructureSet | None, params: DoseModelParameters
+) -> list[tuple[OrganSparing, str, Structure]]:
+    """Each organ of ``params.imrt_sparing`` found (not empty) in ``organs``: its name there."""
+    if organs is None:
+        return []
+    out = []
+    for sp in params.imrt_sparing:
+        key = organs.resolve(sp.organ)
+        if key is not None and not organs[key].is_empty:
+            out.append((sp, key, organs[key]))
+    return out
+
+
+def spared_organ_names(
+    organs: StructureSet | None, params: DoseModelParameters | None = None
+) -> tuple[str, ...]:
+    """The organs (names as in ``organs``) whose dose IMRT/VMAT courses spare and hold.
+
+    Parameters
+    ----------
+    organs : StructureSet or None
+        The anatomy's structures, as passed to :func:`estimate_course_dose`.
+    params : DoseModelParameters, optional
+        The model; default the calibrated one.
+
+    Returns
+    -------
+    tuple of str
+        The organs of ``params.imrt_sparing`` present and not empty in ``organs``, in
+        the model's order; empty without ``organs`` or without sparing.
+    """
+    params = DoseModelParameters() if params is None else params
+    return tuple(key for _, key, _ in _present_sparing(organs, params))
+
+
 def _spared_regions(
     organs: StructureSet | None, params: DoseModelParameters, dose_grid: ImageGrid
 ) -> dict[str, SparedRegion]:
@@ -878,13 +915,7 @@ def _spared_regions(
     the comparison's DVHs share; the regions are shared by the options of a comparison.
     """
     out: dict[str, SparedRegion] = {}
-    if organs is None:
-        return out
-    for sp in params.imrt_sparing:
-        key = organs.resolve(sp.organ)
-        if key is None or organs[key].is_empty:
-            continue
-        structure = organs[key]
+    for sp, _, structure in _present_sparing(organs, params):
         region = _REGION_MEMO.get((structure,), (dose_grid, params.imrt_sparing_blend_mm))
         if region is None:
             resampled = structure_on_dose_grid(structure, dose_grid)

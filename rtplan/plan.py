@@ -232,6 +232,39 @@ class TargetLevel:
         """
         return sum(_eqd2(d, n, alpha_beta_gy) for d, n in self.parts)
 
+    def scale_giving_eqd2(self, eqd2_gy: float, alpha_beta_gy: float) -> float:
+        """The factor ``x`` by which every course's part of the level gives ``eqd2_gy``.
+
+        The positive root of ``sum EQD2(x D, n) = eqd2_gy`` over the parts ``(D, n)``:
+        ``A x^2 + B x = eqd2_gy (2 + a/b)`` with ``A = sum D^2 / n`` and ``B = a/b sum D``.
+        An EQD2 read back as a fraction of the physical prescription: a voxel that gets
+        ``x`` times its prescription from every course has ``x`` whatever the basis, so a
+        physical limit such as 107 % applies to it as written.
+
+        Parameters
+        ----------
+        eqd2_gy : float
+            EQD2 (Gy, >= 0).
+        alpha_beta_gy : float
+            alpha/beta (Gy, > 0).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from rtplan.grid import ImageGrid
+        >>> g = ImageGrid(shape=(1, 1, 1), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+        >>> p = Structure("PTVsb_6660", np.ones((1, 1, 1), bool), g, role="ptv")
+        >>> lv = TargetLevel(p, ((45.0, 25), (21.6, 12)), ("imrt", "imrt"))
+        >>> hot = _eqd2(1.07 * 45.0, 25, 1.5) + _eqd2(1.07 * 21.6, 12, 1.5)
+        >>> round(hot / lv.eqd2_gy(1.5), 3), round(lv.scale_giving_eqd2(hot, 1.5), 6)
+        (1.111, 1.07)
+        """
+        a = sum(d * d / n for d, n in self.parts)
+        b = alpha_beta_gy * sum(d for d, _ in self.parts)
+        c = eqd2_gy * (2.0 + alpha_beta_gy)
+        # the positive root of a x^2 + b x - c, written without cancellation for small c
+        return 2.0 * c / (b + math.sqrt(b * b + 4.0 * a * c))
+
 
 def _fraction_inside(part: Structure, whole: Structure) -> float:
     """Fraction of the voxels of ``part`` inside ``whole`` (0 on different grids)."""

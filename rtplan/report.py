@@ -95,18 +95,46 @@ OPTION_COLORS: tuple[str, ...] = (
 #: CT display window (HU): width 400, level 40 (soft tissue).
 CT_WINDOW_HU: tuple[float, float] = (40.0 - 200.0, 40.0 + 200.0)
 
-#: The fixed paragraph on what the dose estimate is (and is not).
+#: The fixed paragraph on what the dose estimate is (and is not); :func:`_model_limits`
+#: adds what the estimate did in the organs.
 MODEL_LIMITS = (
     "The doses in this report are an estimate from a fast analytic model, made to compare "
     "field options with each other. They are not a treatment plan and not a dose "
     "calculation: there is no beam arrangement, no optimisation, no heterogeneity "
-    "correction and no delivery uncertainty beyond the PTV margins, and no OAR sparing: "
-    "the dose falls off with the distance to each PTV only, so organs next to a PTV get "
-    "more intermediate dose than an optimised plan would give them. Real plans differ, "
+    "correction and no delivery uncertainty beyond the PTV margins. Real plans differ, "
     "especially where targets and organs overlap or lie close together. Every number must "
     "be checked in a treatment planning system by the treating team before any clinical "
     "decision."
 )
+
+
+def _sparing_sentence(comparison: Comparison) -> str:
+    """What the estimate did in the organs: calibrated sparing, or none."""
+    if not comparison.spared_organs:
+        return (
+            "The estimate has no OAR sparing here: the dose falls off with the distance to "
+            "each PTV only, so organs next to a PTV get more intermediate dose than an "
+            "optimised plan would give them."
+        )
+    return (
+        "The dose falls off with the distance to each PTV; in the organs an optimised "
+        f"IMRT/VMAT plan is told to spare ({', '.join(comparison.spared_organs)}) it is "
+        "lowered and held as fitted on plans optimised with an open planning engine "
+        "(pyRadPlan; docs/dose_model.md section 4.7). The \u00b1 after an estimated organ "
+        "metric is that calibration's spread on held-out plans; a planner who weighs an "
+        "organ differently gets other numbers."
+    )
+
+
+def _model_limits(comparison: Comparison) -> str:
+    """The report's statement of the dose model's limits, for this comparison.
+
+    :data:`MODEL_LIMITS` and a sentence on the organs: the calibrated sparing and hold
+    when the estimate applied them (``comparison.spared_organs``), otherwise that there
+    was none.
+    """
+    return f"{MODEL_LIMITS} {_sparing_sentence(comparison)}"
+
 
 _PASS_MARK = "\u2713"  # check mark
 _FAIL_MARK = "\u2717"  # ballot x
@@ -1951,14 +1979,28 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
         "the signed number under a value is the headroom to the limit in the row's unit "
         "(negative: by how much it fails); the worst headroom is the constraint closest "
         "to (or furthest over) its limit, relative to the limit. Estimated doses, not a "
-        "treatment plan. "
-        "The model has no OAR sparing: intermediate-dose metrics (V40-V50) of organs next to "
-        "a PTV (rectum, bladder) are pessimistic and fail more often than an optimised plan "
-        "would; compare them between options rather than with the limit."
+        f"treatment plan. {_glance_organ_sentence(comparison)}"
         f"{_imported_sentence(comparison)}</p>"
     )
     out.append("</section>")
     return "\n".join(out)
+
+
+def _glance_organ_sentence(comparison: Comparison) -> str:
+    """How far to trust the estimated organ values against their limits."""
+    if not comparison.spared_organs:
+        return (
+            "The estimate has no OAR sparing here: intermediate-dose metrics (V40-V50) of "
+            "organs next to a PTV (rectum, bladder) are pessimistic and fail more often than "
+            "an optimised plan would; compare them between options rather than with the "
+            "limit."
+        )
+    return (
+        "Organ values are estimated with the sparing calibrated on optimised plans; the "
+        "\u00b1 after each estimated organ metric in the metrics table is that "
+        "calibration's spread on held-out plans: a value closer to its limit than that may "
+        "pass or fail in a real plan."
+    )
 
 
 def _imported_sentence(comparison: Comparison) -> str:
@@ -2201,7 +2243,7 @@ def _model_section(comparison: Comparison) -> str:
     ]
     model = comparison.dose_model or "(the dose model did not describe itself)"
     out.append(f"<p>{_esc(model)}</p>")
-    out.append(f'<p class="disclaimer">{_esc(MODEL_LIMITS)}</p>')
+    out.append(f'<p class="disclaimer">{_esc(_model_limits(comparison))}</p>')
     out.append(_imported_doses_text(comparison))
     out.append('<h3>Protocol</h3><table class="kv">')
     out.append(f"<tr><th>Name</th><td>{_esc(protocol.name)}</td></tr>")

@@ -47,6 +47,24 @@ def tr(coarse_atlas):
     return st, options, compare_options(coarse_atlas, lesions, options, stage=st, case=st.string)
 
 
+def test_the_comparison_names_the_organs_the_estimate_spared(t0, coarse_atlas):
+    from rtplan.dose_estimate import DoseModelParameters
+    from rtplan.sparing import DEFAULT_SPARING
+
+    st, options, cmp = t0
+    present = [sp.organ for sp in DEFAULT_SPARING if sp.organ in coarse_atlas.structures]
+    assert present and cmp.spared_organs == tuple(present)
+    # a model without sparing spares nothing, and the report says so
+    bare = compare_options(
+        coarse_atlas,
+        None,
+        options[:1],
+        stage=st,
+        dose_parameters=DoseModelParameters(imrt_sparing=()),
+    )
+    assert bare.spared_organs == ()
+
+
 def test_table_has_the_options_as_columns_and_is_tidy(t0):
     _, options, cmp = t0
     assert list(cmp.table.options) == [o.name for o in options]
@@ -294,6 +312,51 @@ def test_every_row_names_its_basis_and_hot_spots_are_checked(three_nodes):
     records = cmp.table.records()
     assert {"basis", "note"} <= set(records[0])
     assert "basis" in cmp.table.to_csv().splitlines()[0]
+
+
+def _hot_spot_row(cmp, structure):
+    return next(r for r in cmp.table.rows if r.structure == structure and r.unit == "% intended")
+
+
+def test_eqd2_hot_spots_read_back_as_the_physical_fraction_of_the_prescription(three_nodes):
+    """On the EQD2 basis a target's hot spot is the scale ``x`` of the highest overlapping
+    level's prescription (every course's part) whose EQD2 is the near-maximum: solved here
+    with np.roots, so the 107 % limit means 107 % of the prescription on either basis."""
+    _, cmp = three_nodes
+    ab = ALPHA_BETA_GY["prostate"]
+    checked = 0
+    for r in cmp.results:
+        composite = np.zeros(r.dose_grid.shape)
+        for course in r.option.courses:
+            composite += eqd2_gy(r.course_doses_gy[course.name], course.fractions, ab)
+        levels = target_levels(r.option)
+        eq = {lv.name: sum(eqd2_gy(d, n, ab) for d, n in lv.parts) for lv in levels}
+        for lv in levels:
+            top = max(
+                (u for u in levels if np.any(lv.ptv.mask & u.ptv.mask)), key=lambda u: eq[u.name]
+            )
+            near_max = compute_dvh(composite, r.dose_grid, lv.ptv).dose_at_volume_cc(0.03)
+            quadratic = sum(d * d / n for d, n in top.parts) / (2 + ab)
+            linear = ab * sum(d for d, _ in top.parts) / (2 + ab)
+            x = max(np.roots([quadratic, linear, -near_max]).real)
+            assert _hot_spot_row(cmp, lv.name).values[r.name] == pytest.approx(100 * x, rel=1e-6)
+            checked += 1
+    assert checked >= 4
+
+
+def test_a_hot_spot_verdict_does_not_depend_on_the_options_beside_it(three_nodes, coarse_atlas):
+    """The whole-pelvis option at 1.8 Gy per fraction, compared beside node boosts at 2.4 Gy
+    (EQD2 basis) and alone (physical basis): the same hot spot, within the voxel-wise
+    difference of the two sums (an EQD2 ratio would read ~4 points higher)."""
+    st, cmp = three_nodes
+    wprt = next(r for r in cmp.results if r.name == "PBRT+WPRT+ADT")
+    assert "EQD2" in _hot_spot_row(cmp, "PTVsb_6660").basis
+    alone = compare_options(coarse_atlas, None, [wprt.option], stage=st)
+    row = _hot_spot_row(alone, "PTVsb_6660")
+    assert row.basis.endswith("physical")
+    physical = row.values[wprt.name]
+    beside = _hot_spot_row(cmp, "PTVsb_6660").values[wprt.name]
+    assert physical > 100 and beside == pytest.approx(physical, abs=0.5)
 
 
 def test_near_maximum_limits_of_rectum_bladder_and_bowel(three_nodes):

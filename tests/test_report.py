@@ -698,6 +698,9 @@ def test_report_of_a_real_comparison_shows_stage_evidence_sources_and_suv(coarse
     for c in cmp.protocol.constraints[:5]:
         assert c.source.split(",")[0] in html
     assert "not a treatment plan" in html
+    # the calibrated model spared the atlas's organs, and the report says which
+    assert cmp.spared_organs and "no OAR sparing" not in html
+    assert f"told to spare ({', '.join(cmp.spared_organs)})" in html
 
 
 # ----------------------------------------------------------------------------- issue 12
@@ -977,6 +980,18 @@ def test_every_column_header_says_estimated_or_imported(comparison):
         ], table_id
     # the images of the imported column say where the dose comes from
     assert "PBRT [imported] (imported: RD_tps.dcm): planes" in text
+
+
+def test_the_model_limits_say_what_the_estimate_did_in_the_organs(comparison):
+    plain = rpt.render_report(comparison)  # the test comparison spared no organ
+    assert "The estimate has no OAR sparing here: the dose falls off" in plain
+    assert "The estimate has no OAR sparing here: intermediate-dose metrics" in plain
+    assert "lowered and held" not in plain
+    spared = rpt.render_report(dataclasses.replace(comparison, spared_organs=("Rectum", "Bladder")))
+    assert "no OAR sparing" not in spared
+    assert "told to spare (Rectum, Bladder) it is lowered and held" in spared
+    assert "Organ values are estimated with the sparing calibrated on optimised plans" in spared
+    assert rpt.MODEL_LIMITS in spared
 
 
 def test_the_model_disclaimer_applies_to_estimated_columns_only(comparison):
