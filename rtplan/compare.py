@@ -114,7 +114,7 @@ BASIS_CONVENTIONAL = "conventional courses summed"
 #: Status of a constraint that could not be evaluated (its note says why).
 NOT_EVALUATED = "not evaluated"
 #: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
-#: 107 % of the highest intended level (ICRU 50: 95-107 % of the prescribed dose,
+#: 107 % of the level intended at the hot spot (ICRU 50: 95-107 % of the prescribed dose,
 #: @icru50_1993 [V-3p]; target "never above 107 %", @pmc8744000_constraints [V]).
 HOT_SPOT_LIMIT_PCT = 107.0
 _HOT_SPOT_SOURCE = (
@@ -289,13 +289,18 @@ class ComparisonTable:
             atomic_write_text(Path(path), text)
         return text
 
-    def to_json(self, path: str | Path | None = None) -> str:
+    def to_json(
+        self, path: str | Path | None = None, *, dose_model: Mapping[str, object] | None = None
+    ) -> str:
         """JSON text ``{"options": [...], "dose_sources": {...}, "rows": [...]}``.
 
         ``dose_sources`` maps each column to ``{"source": "estimated" | "imported",
-        "file": <file name or "">}``. Written to ``path`` when given.
+        "file": <file name or "">}``. With ``dose_model`` (what
+        :meth:`Comparison.write_metrics` passes: the model's description and the organs
+        it spared) the payload gets a ``"dose_model"`` entry. Written to ``path`` when
+        given.
         """
-        payload = {
+        payload: dict[str, object] = {
             "options": list(self.options),
             "dose_sources": {
                 o: {"source": self.dose_source(o), "file": self.dose_files.get(o, "")}
@@ -318,6 +323,8 @@ class ComparisonTable:
                 for r in self.rows
             ],
         }
+        if dose_model is not None:
+            payload["dose_model"] = dict(dose_model)
         text = json.dumps(payload, indent=2)
         if path is not None:
             atomic_write_text(Path(path), text)
@@ -599,11 +606,16 @@ class Comparison:
         return paths
 
     def write_metrics(self, folder: str | Path) -> tuple[Path, Path]:
-        """Write ``metrics.csv`` and ``metrics.json`` (options as columns) into ``folder``."""
+        """Write ``metrics.csv`` and ``metrics.json`` (options as columns) into ``folder``.
+
+        ``metrics.json`` also carries ``"dose_model"``: ``{"description": ...,
+        "spared_organs": [...]}`` (:attr:`dose_model`, :attr:`spared_organs`).
+        """
         folder = Path(folder)
         csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
+        model = {"description": self.dose_model, "spared_organs": list(self.spared_organs)}
         atomic_write_text(csv_path, self.table.to_csv())
-        atomic_write_text(json_path, self.table.to_json())
+        atomic_write_text(json_path, self.table.to_json(dose_model=model))
         return csv_path, json_path
 
     def write_report(self, path: str | Path) -> Path:
@@ -913,9 +925,11 @@ def compare_options(
 
     * target coverage (D95%, V95%Rx, CTV D98%) on the physical dose of the courses that
       treat the target, against its summed prescription; the hot spot (D0.03cc) of
-      every conventional target on the composite of all courses, against the highest
-      intended level among the PTVs overlapping it (in EQD2 at the prostate alpha/beta
-      when any option mixes doses per fraction), limit 107 %;
+      every conventional target on the composite of the conventional courses, against
+      the level intended at the target's hottest voxel (the highest of the PTVs holding
+      it), limit 107 %; when any option mixes doses per fraction the composite is taken in
+      EQD2 at the prostate alpha/beta and read back as the % of that level's physical
+      prescription giving it;
     * conventional constraints on the composite: physical when no option has an SBRT
       course, else EQD2 at the organ's alpha/beta with the limit converted from plans of
       the constraint's ``fractions`` (default: the protocol's prostate-bed fractions);
@@ -1337,16 +1351,32 @@ def _coverage_cells(
     return cells
 
 
-def _highest_levels(
-    levels: Sequence[TargetLevel], value: dict[str, float]
-) -> dict[str, TargetLevel]:
-    """For each PTV, the level of highest ``value`` among the PTVs overlapping it (itself too)."""
-    return {
-        lv.name: max(
-            (u for u in levels if u is lv or _overlaps(lv.ptv, u.ptv)), key=lambda u: value[u.name]
-        )
-        for lv in levels
-    }
+def _level_at_hottest(
+    lv: TargetLevel,
+    levels: Sequence[TargetLevel],
+    intended: dict[str, float],
+    composite: FloatArray,
+    setting: _Setting,
+) -> TargetLevel:
+    """The highest intended level whose PTV holds ``lv``'s hottest voxel (``lv`` itself too).
+
+    A lower level nested around a higher one (the pelvic nodes around the bed) has its
+    hottest dose where the higher level is intended; a level beside a higher one that
+    overlaps it elsewhere (the bed beside a node boost) is read against its own.
+    """
+    index = setting.on_grid(lv.ptv).flat_index
+    hottest = index[int(np.argmax(composite.reshape(-1)[index]))]
+    covering = [
+        u for u in levels if u is lv or np.any(setting.on_grid(u.ptv).flat_index == hottest)
+    ]
+    return max(covering, key=lambda u: (intended[u.name], u is lv))
+
+
+def _read_against(level: TargetLevel, intended_gy: float, eqd2: bool) -> str:
+    """Note of a hot spot read against another level than its own."""
+    scheme = " + ".join(f"{d:g} Gy in {n} fx" for d, n in level.parts)
+    eq = f", {intended_gy:.1f} Gy EQD2" if eqd2 else ""
+    return f"in % of {level.name} ({scheme}{eq}), the highest level intended at its hottest voxel"
 
 
 def _conventional_composite(od: OptionDose, alpha_beta_gy: float | None) -> FloatArray:
@@ -1379,9 +1409,10 @@ def _hot_spot_cells(
     """Near-maximum (D0.03cc) of every target against its intended level.
 
     Conventional targets: the sum of the conventional courses (SBRT boosts add to the
-    elective dose by design and are checked on their own), in % of the highest intended
-    level of the conventional PTVs overlapping it, limit :data:`HOT_SPOT_LIMIT_PCT`, and
-    the worst of them as the option's hot spot. On the EQD2 basis (some option mixes
+    elective dose by design and are checked on their own), in % of the intended level at
+    the target's hottest voxel (the highest of the conventional PTVs holding it,
+    :func:`_level_at_hottest`), limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as
+    the option's hot spot. On the EQD2 basis (some option mixes
     doses per fraction, see :class:`_Setting`) the near-maximum EQD2 is read back as the
     fraction of that level's physical prescription giving it
     (:meth:`~rtplan.plan.TargetLevel.scale_giving_eqd2`): the limit is a physical one
@@ -1398,7 +1429,6 @@ def _hot_spot_cells(
     else:
         composite = _conventional_composite(od, None)
         intended = {lv.name: lv.total_gy for lv in levels}
-    highest = _highest_levels(levels, intended)
     basis = setting.hot_spot_basis()
     limit = f"<= {HOT_SPOT_LIMIT_PCT:g} %"
     cells: dict[_RowKey, _Cell] = {}
@@ -1410,7 +1440,7 @@ def _hot_spot_cells(
             continue
         lv = td.level
         near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
-        top = highest[lv.name]
+        top = _level_at_hottest(lv, levels, intended, composite, setting)
         if setting.hot_spot_eqd2:
             pct = 100.0 * top.scale_giving_eqd2(near_max, ab)
         else:
@@ -1418,9 +1448,8 @@ def _hot_spot_cells(
         margin = HOT_SPOT_LIMIT_PCT - pct
         note = (
             ""
-            if math.isclose(intended[top.name], intended[lv.name])
-            else f"the highest intended level overlapping it is {top.name}, "
-            f"{intended[top.name]:.1f} Gy{' EQD2' if setting.hot_spot_eqd2 else ''}"
+            if top is lv
+            else f"{od.option}: {_read_against(top, intended[top.name], setting.hot_spot_eqd2)}"
         )
         key = ("Target", lv.name, "D0.03cc", "% intended", basis)
         cells[key] = _Cell(pct, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE, note))

@@ -248,6 +248,12 @@ class TargetLevel:
         alpha_beta_gy : float
             alpha/beta (Gy, > 0).
 
+        Raises
+        ------
+        InvalidInputError
+            A negative or non-finite ``eqd2_gy``, a non-positive ``alpha_beta_gy``, or a
+            level without a dose.
+
         Examples
         --------
         >>> import numpy as np
@@ -258,7 +264,17 @@ class TargetLevel:
         >>> hot = _eqd2(1.07 * 45.0, 25, 1.5) + _eqd2(1.07 * 21.6, 12, 1.5)
         >>> round(hot / lv.eqd2_gy(1.5), 3), round(lv.scale_giving_eqd2(hot, 1.5), 6)
         (1.111, 1.07)
+        >>> mixed = TargetLevel(p, ((45.0, 25), (16.0, 2)), ("imrt", "sbrt"))
+        >>> hot = _eqd2(1.07 * 45.0, 25, 1.5) + _eqd2(1.07 * 16.0, 2, 1.5)
+        >>> round(mixed.scale_giving_eqd2(hot, 1.5), 6), mixed.scale_giving_eqd2(0.0, 1.5)
+        (1.07, 0.0)
         """
+        if not (math.isfinite(eqd2_gy) and eqd2_gy >= 0):
+            raise InvalidInputError(f"eqd2_gy must be a finite number >= 0, got {eqd2_gy!r}")
+        if not (math.isfinite(alpha_beta_gy) and alpha_beta_gy > 0):
+            raise InvalidInputError(f"alpha_beta_gy must be > 0, got {alpha_beta_gy!r}")
+        if not any(d > 0 for d, _ in self.parts):
+            raise InvalidInputError(f"{self.name} has no dose to scale")
         a = sum(d * d / n for d, n in self.parts)
         b = alpha_beta_gy * sum(d for d, _ in self.parts)
         c = eqd2_gy * (2.0 + alpha_beta_gy)

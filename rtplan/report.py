@@ -108,21 +108,33 @@ MODEL_LIMITS = (
 )
 
 
+def _has_imrt(comparison: Comparison) -> bool:
+    """Whether some option of the comparison has an IMRT/VMAT course."""
+    return any(c.technique == "imrt" for r in comparison.results for c in r.option.courses)
+
+
 def _sparing_sentence(comparison: Comparison) -> str:
-    """What the estimate did in the organs: calibrated sparing, or none."""
+    """What the estimate did in the organs: calibrated sparing, none, or no IMRT course."""
+    if not _has_imrt(comparison):
+        return (
+            "No option has an IMRT/VMAT course: SBRT doses fall off with the distance to "
+            "each PTV as published SBRT plans do, 3D-CRT is a box of static fields; neither "
+            "models an optimiser's organ sparing."
+        )
     if not comparison.spared_organs:
         return (
-            "The estimate has no OAR sparing here: the dose falls off with the distance to "
-            "each PTV only, so organs next to a PTV get more intermediate dose than an "
-            "optimised plan would give them."
+            "The estimate has no OAR sparing here: IMRT/VMAT doses fall off with the "
+            "distance to each PTV only, so organs next to a PTV get more intermediate dose "
+            "than an optimised plan would give them."
         )
     return (
-        "The dose falls off with the distance to each PTV; in the organs an optimised "
-        f"IMRT/VMAT plan is told to spare ({', '.join(comparison.spared_organs)}) it is "
-        "lowered and held as fitted on plans optimised with an open planning engine "
-        "(pyRadPlan; docs/dose_model.md section 4.7). The \u00b1 after an estimated organ "
-        "metric is that calibration's spread on held-out plans; a planner who weighs an "
-        "organ differently gets other numbers."
+        "IMRT/VMAT doses fall off with the distance to each PTV and are lowered in the "
+        f"organs an optimiser is told to spare ({', '.join(comparison.spared_organs)}) by "
+        "the sparing and hold terms listed in the model description above (the shipped "
+        "terms are fitted on plans optimised with an open planning engine, pyRadPlan; "
+        "docs/dose_model.md section 4.7); SBRT and 3D-CRT courses are not spared. Where an "
+        "estimated organ metric shows a \u00b1, it is that calibration's spread on "
+        "held-out plans; a planner who weighs an organ differently gets other numbers."
     )
 
 
@@ -1987,17 +1999,19 @@ def _glance_section(comparison: Comparison, colors: dict[str, str]) -> str:
 
 
 def _glance_organ_sentence(comparison: Comparison) -> str:
-    """How far to trust the estimated organ values against their limits."""
+    """How far to trust the estimated organ values against their limits (IMRT options)."""
+    if not _has_imrt(comparison):
+        return ""
     if not comparison.spared_organs:
         return (
             "The estimate has no OAR sparing here: intermediate-dose metrics (V40-V50) of "
-            "organs next to a PTV (rectum, bladder) are pessimistic and fail more often than "
-            "an optimised plan would; compare them between options rather than with the "
-            "limit."
+            "organs next to an IMRT/VMAT PTV (rectum, bladder) are pessimistic and fail more "
+            "often than an optimised plan would; compare them between options rather than "
+            "with the limit."
         )
     return (
-        "Organ values are estimated with the sparing calibrated on optimised plans; the "
-        "\u00b1 after each estimated organ metric in the metrics table is that "
+        "Organ values of IMRT/VMAT options are estimated with the calibrated sparing; "
+        "where an estimated organ metric in the metrics table shows a \u00b1, that is the "
         "calibration's spread on held-out plans: a value closer to its limit than that may "
         "pass or fail in a real plan."
     )

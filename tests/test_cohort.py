@@ -653,3 +653,21 @@ def test_unreachable_scheduler_is_one_line(
             progress=False,
         )
     assert time.perf_counter() - t0 < 30
+
+
+def test_input_hash_follows_the_code_that_makes_the_results(tmp_path: Path, monkeypatch) -> None:
+    """The same version with other code or calibration (a working copy, a refit) is not
+    resumed over: the patient's hash includes the digest of the package's files."""
+    import rtplan.cohort.results as results
+    import rtplan.cohort.run as run
+
+    digest = results.code_digest()
+    assert len(digest) == 64 and digest == results.code_digest()
+    (tmp_path / "m.csv").write_text(
+        f"patient_id,anatomy,lesions\nA,{ATLAS},none\n", encoding="utf-8"
+    )
+    row = read_manifest(tmp_path / "m.csv").rows[0]
+    settings = RunSettings(atlas_spacing_mm=SPACING)
+    h1 = input_hash(row, settings)
+    monkeypatch.setattr(run, "code_digest", lambda: "0" * 64)
+    assert input_hash(row, settings) != h1

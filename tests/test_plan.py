@@ -107,3 +107,20 @@ def test_a_boost_nested_in_an_earlier_elective_ptv_is_credited_with_it():
     sbrt = Course("SBRT_1", "sbrt", 3, (Target(_ptv("PTV1_2100", (0.0, 0.0, 0.0), 5.0), 21.0),))
     levels = {lv.name: lv for lv in target_levels(FieldOption("s", (pelvic, sbrt)))}
     assert levels["PTV1_2100"].parts == ((21.0, 3),) and levels["PTV1_2100"].is_sbrt
+
+
+def test_scale_giving_eqd2_inverts_the_eqd2_of_a_scaled_prescription_and_refuses_nonsense():
+    from rtplan.errors import InvalidInputError
+    from rtplan.plan import TargetLevel
+
+    g = ImageGrid(shape=(1, 1, 1), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+    ptv = Structure("PTVsb_6660", np.ones((1, 1, 1), bool), g, role="ptv")
+    level = TargetLevel(ptv, ((45.0, 25), (21.6, 12), (8.0, 1)), ("imrt", "imrt", "sbrt"))
+    for ab in (1.5, 3.0, 10.0):
+        for x in (0.5, 1.0, 1.07, 1.3):
+            # EQD2 = D (D/n + a/b) / (2 + a/b), by hand for each part scaled by x
+            eqd2 = sum(x * d * (x * d / n + ab) / (2 + ab) for d, n in level.parts)
+            assert level.scale_giving_eqd2(eqd2, ab) == pytest.approx(x, rel=1e-12)
+    for eqd2, ab in ((-1.0, 1.5), (float("nan"), 1.5), (60.0, 0.0), (60.0, -3.0)):
+        with pytest.raises(InvalidInputError):
+            level.scale_giving_eqd2(eqd2, ab)

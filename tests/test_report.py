@@ -700,7 +700,7 @@ def test_report_of_a_real_comparison_shows_stage_evidence_sources_and_suv(coarse
     assert "not a treatment plan" in html
     # the calibrated model spared the atlas's organs, and the report says which
     assert cmp.spared_organs and "no OAR sparing" not in html
-    assert f"told to spare ({', '.join(cmp.spared_organs)})" in html
+    assert f"told to spare ({', '.join(cmp.spared_organs)}) by" in html
 
 
 # ----------------------------------------------------------------------------- issue 12
@@ -984,14 +984,29 @@ def test_every_column_header_says_estimated_or_imported(comparison):
 
 def test_the_model_limits_say_what_the_estimate_did_in_the_organs(comparison):
     plain = rpt.render_report(comparison)  # the test comparison spared no organ
-    assert "The estimate has no OAR sparing here: the dose falls off" in plain
+    assert "The estimate has no OAR sparing here: IMRT/VMAT doses fall off" in plain
     assert "The estimate has no OAR sparing here: intermediate-dose metrics" in plain
-    assert "lowered and held" not in plain
+    assert "told to spare" not in plain
     spared = rpt.render_report(dataclasses.replace(comparison, spared_organs=("Rectum", "Bladder")))
     assert "no OAR sparing" not in spared
-    assert "told to spare (Rectum, Bladder) it is lowered and held" in spared
-    assert "Organ values are estimated with the sparing calibrated on optimised plans" in spared
+    assert "organs an optimiser is told to spare (Rectum, Bladder) by the sparing" in spared
+    assert "SBRT and 3D-CRT courses are not spared" in spared
+    assert "Organ values of IMRT/VMAT options are estimated with the calibrated sparing" in spared
     assert rpt.MODEL_LIMITS in spared
+
+
+def test_without_an_imrt_course_the_report_claims_no_sparing_either_way():
+    from types import SimpleNamespace as NS
+
+    def only(technique):
+        course = NS(technique=technique)
+        return NS(results=[NS(option=NS(courses=[course]))], spared_organs=())
+
+    for technique in ("sbrt", "3dcrt"):
+        assert rpt._glance_organ_sentence(only(technique)) == ""
+        text = rpt._sparing_sentence(only(technique))
+        assert text.startswith("No option has an IMRT/VMAT course") and "pessimistic" not in text
+    assert rpt._sparing_sentence(only("imrt")).startswith("The estimate has no OAR sparing here")
 
 
 def test_the_model_disclaimer_applies_to_estimated_columns_only(comparison):

@@ -510,3 +510,23 @@ def test_the_comparison_names_every_term_and_parameter_of_the_model():
     for name in ("imrt_hot_spot_volume_power", "imrt_reference_volume_cc", "imrt_yield_band_mm"):
         assert f"{name}=" in text
     assert "interface yield" in text
+
+
+def test_spared_organ_names_resolve_synonyms_and_skip_empty_organs():
+    from rtplan.dose_estimate import spared_organ_names
+
+    rectum = Structure("RECTUM", box_mask(CT, (-12.0, 20.0, -30.0), (12.0, 60.0, 30.0)), CT)
+    bladder = Structure("Bladder", np.zeros(CT.shape, bool), CT)  # drawn empty
+    bulb = Structure("PenileBulb", sphere_mask(CT, (0.0, 30.0, -40.0), 6.0), CT)
+    ss = StructureSet([bulb, bladder, rectum])
+    spared = [
+        OrganSparing("Rectum", 0.5, 8.0),
+        OrganSparing("Bladder", 0.25, 4.0),
+        OrganSparing("PenileBulb", 0.0, 2.0, hold_level=0.34),  # held, not spared
+        OrganSparing("Femur_Head_L", 0.2, 30.0),  # not drawn
+    ]
+    params = DoseModelParameters(imrt_sparing=tuple(spared))
+    # the anatomy's names, in the model's order
+    assert spared_organ_names(ss, params) == ("RECTUM", "PenileBulb")
+    assert spared_organ_names(ss, DoseModelParameters(imrt_sparing=())) == ()
+    assert spared_organ_names(None, params) == ()

@@ -23,6 +23,9 @@ killed loses only the patients in flight; the part files are what
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -364,3 +367,40 @@ def load_results(folder: str | Path, *, order: Sequence[str] | None = None) -> C
 def rtplan_version() -> str:
     """The installed rtplan version."""
     return str(__version__)
+
+
+#: Files of the package whose bytes make a result: code and shipped data (protocols,
+#: model calibration, atlases' recipes); caches and compiled files are not.
+_CODE_SUFFIXES = (".py", ".toml", ".json", ".css", ".npz")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 of the installed rtplan package's code and shipped data.
+
+    The version number alone does not change when the model, its calibration or a
+    check does between releases (or in a working copy), so a cohort resumed after such
+    a change would mix results of two codes; the content hash of a patient includes this
+    digest. Computed once per process (a few ms).
+
+    Returns
+    -------
+    str
+        Hexadecimal SHA-256 over the relative path and bytes of every file of
+        :data:`_CODE_SUFFIXES` under the package and the shipped atlases, in path order.
+    """
+    # the shipped atlases' recipes are a package of their own (a folder beside rtplan/)
+    atlases = importlib.util.find_spec("rtplan.atlases")
+    roots = {"rtplan": Path(__file__).resolve().parents[1]}
+    if atlases is not None and atlases.submodule_search_locations:
+        roots["atlases"] = Path(next(iter(atlases.submodule_search_locations))).resolve()
+    digest = hashlib.sha256()
+    for name, root in roots.items():
+        for path in sorted(root.rglob("*")):
+            if path.suffix not in _CODE_SUFFIXES or "__pycache__" in path.parts:
+                continue
+            if path.is_file():
+                digest.update(f"{name}/{path.relative_to(root).as_posix()}".encode())
+                digest.update(b"\0")
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

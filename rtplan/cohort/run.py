@@ -13,7 +13,9 @@ on.
 
 The content hash of a patient is the SHA-256 of its manifest row (paths made absolute),
 the run settings that change results (atlas grid, dose grid, patient files), the rtplan
-version, the text of its protocols and the bytes of every file it refers to (DICOM and
+version and a digest of its code and shipped data (:func:`~rtplan.cohort.results.code_digest`:
+a changed model, calibration or check between two runs is not resumed over), the text of
+its protocols and the bytes of every file it refers to (DICOM and
 label-map folders, mask, RTSTRUCT, PET folder, protocol files).
 """
 
@@ -38,6 +40,7 @@ from rtplan.cohort.results import (
     PatientOutcome,
     ResultsStore,
     atomic_write_text,
+    code_digest,
     read_run_info,
     rtplan_version,
 )
@@ -177,6 +180,7 @@ def input_hash(row: PatientRow, settings: RunSettings, cache: dict[str, str] | N
         "row": record,
         "settings": settings.fingerprint(),
         "rtplan": rtplan_version(),
+        "rtplan_code": code_digest(),
         "protocols": protocols,
         "files": {p: _path_digest(p, files) for p in paths if p is not None},
     }
