@@ -114,8 +114,9 @@ BASIS_CONVENTIONAL = "conventional courses summed"
 #: Status of a constraint that could not be evaluated (its note says why).
 NOT_EVALUATED = "not evaluated"
 #: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
-#: 107 % of the level intended at the hot spot (ICRU 50: 95-107 % of the prescribed dose,
-#: @icru50_1993 [V-3p]; target "never above 107 %", @pmc8744000_constraints [V]).
+#: 107 % of the highest intended level overlapping the target (ICRU 50: 95-107 % of the
+#: prescribed dose, @icru50_1993 [V-3p]; target "never above 107 %",
+#: @pmc8744000_constraints [V]).
 HOT_SPOT_LIMIT_PCT = 107.0
 _HOT_SPOT_SOURCE = (
     "hot spot at most 107 % of the intended level: target dose never above 107 % "
@@ -926,10 +927,9 @@ def compare_options(
     * target coverage (D95%, V95%Rx, CTV D98%) on the physical dose of the courses that
       treat the target, against its summed prescription; the hot spot (D0.03cc) of
       every conventional target on the composite of the conventional courses, against
-      the level intended at the target's hottest voxel (the highest of the PTVs holding
-      it), limit 107 %; when any option mixes doses per fraction the composite is taken in
-      EQD2 at the prostate alpha/beta and read back as the % of that level's physical
-      prescription giving it;
+      the highest intended level among the PTVs overlapping it, limit 107 %; when any
+      option mixes doses per fraction the composite is taken in EQD2 at the prostate
+      alpha/beta and read back as the % of that level's physical prescription giving it;
     * conventional constraints on the composite: physical when no option has an SBRT
       course, else EQD2 at the organ's alpha/beta with the limit converted from plans of
       the constraint's ``fractions`` (default: the protocol's prostate-bed fractions);
@@ -1351,32 +1351,29 @@ def _coverage_cells(
     return cells
 
 
-def _level_at_hottest(
-    lv: TargetLevel,
-    levels: Sequence[TargetLevel],
-    intended: dict[str, float],
-    composite: FloatArray,
-    setting: _Setting,
+def _highest_overlapping_level(
+    lv: TargetLevel, levels: Sequence[TargetLevel], intended: dict[str, float]
 ) -> TargetLevel:
-    """The highest intended level whose PTV holds ``lv``'s hottest voxel (``lv`` itself too).
+    """The level of highest ``intended`` dose among the PTVs overlapping ``lv`` (``lv`` too).
 
-    A lower level nested around a higher one (the pelvic nodes around the bed) has its
-    hottest dose where the higher level is intended; a level beside a higher one that
-    overlaps it elsewhere (the bed beside a node boost) is read against its own.
+    The rule of the plan-sum ceiling (:func:`rtplan.dose_estimate.estimate_option_dose`):
+    the pelvic nodes' PTV, nested around the bed and the node boosts, is judged against
+    the highest of them, where its hottest dose is; ties go to ``lv`` itself. A level
+    beside a higher one that overlaps it only in part (the bed beside a node boost, higher
+    in EQD2) is judged against the higher one everywhere: lenient for a hot spot far from
+    the overlap (docs/dose_model.md, the hot-spot check).
     """
-    index = setting.on_grid(lv.ptv).flat_index
-    hottest = index[int(np.argmax(composite.reshape(-1)[index]))]
-    covering = [
-        u for u in levels if u is lv or np.any(setting.on_grid(u.ptv).flat_index == hottest)
-    ]
-    return max(covering, key=lambda u: (intended[u.name], u is lv))
+    return max(
+        (u for u in levels if u is lv or _overlaps(lv.ptv, u.ptv)),
+        key=lambda u: (intended[u.name], u is lv),
+    )
 
 
 def _read_against(level: TargetLevel, intended_gy: float, eqd2: bool) -> str:
     """Note of a hot spot read against another level than its own."""
     scheme = " + ".join(f"{d:g} Gy in {n} fx" for d, n in level.parts)
     eq = f", {intended_gy:.1f} Gy EQD2" if eqd2 else ""
-    return f"in % of {level.name} ({scheme}{eq}), the highest level intended at its hottest voxel"
+    return f"in % of {level.name} ({scheme}{eq}), the highest level overlapping it"
 
 
 def _conventional_composite(od: OptionDose, alpha_beta_gy: float | None) -> FloatArray:
@@ -1409,16 +1406,16 @@ def _hot_spot_cells(
     """Near-maximum (D0.03cc) of every target against its intended level.
 
     Conventional targets: the sum of the conventional courses (SBRT boosts add to the
-    elective dose by design and are checked on their own), in % of the intended level at
-    the target's hottest voxel (the highest of the conventional PTVs holding it,
-    :func:`_level_at_hottest`), limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as
-    the option's hot spot. On the EQD2 basis (some option mixes
-    doses per fraction, see :class:`_Setting`) the near-maximum EQD2 is read back as the
-    fraction of that level's physical prescription giving it
-    (:meth:`~rtplan.plan.TargetLevel.scale_giving_eqd2`): the limit is a physical one
-    (ICRU 50), and 107 % of the prescription in every course is 107 % on either basis
-    (as an EQD2 ratio at 1.8 Gy per fraction it would read 111 %). SBRT targets: their
-    course's own dose in % of the prescription, limit :data:`SBRT_MAX_LIMIT_PCT`.
+    elective dose by design and are checked on their own), in % of the highest intended
+    level among the PTVs overlapping the target (:func:`_highest_overlapping_level`),
+    limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the option's hot spot. On
+    the EQD2 basis (some option mixes doses per fraction, see :class:`_Setting`) the
+    near-maximum EQD2 is read back as the fraction of that level's physical prescription
+    giving it (:meth:`~rtplan.plan.TargetLevel.scale_giving_eqd2`): the limit is a
+    physical one (ICRU 50), and 107 % of the prescription in every course is 107 % on
+    either basis (as an EQD2 ratio at 1.8 Gy per fraction it would read 111 %). SBRT
+    targets: their course's own dose in % of the prescription, limit
+    :data:`SBRT_MAX_LIMIT_PCT`.
     """
     grid = setting.dose_grid
     levels = [td.level for td in doses.values() if not td.level.is_sbrt]
@@ -1440,7 +1437,7 @@ def _hot_spot_cells(
             continue
         lv = td.level
         near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
-        top = _level_at_hottest(lv, levels, intended, composite, setting)
+        top = _highest_overlapping_level(lv, levels, intended)
         if setting.hot_spot_eqd2:
             pct = 100.0 * top.scale_giving_eqd2(near_max, ab)
         else:

@@ -118,8 +118,9 @@ def _sparing_sentence(comparison: Comparison) -> str:
     if not _has_imrt(comparison):
         return (
             "No option has an IMRT/VMAT course: SBRT doses fall off with the distance to "
-            "each PTV as published SBRT plans do, 3D-CRT is a box of static fields; neither "
-            "models an optimiser's organ sparing."
+            "each PTV, as steeply as puts R50% at 0.9 of the RTOG 0813/0915 limit for its "
+            "volume, and 3D-CRT is a box of static fields; neither models an optimiser's "
+            "organ sparing."
         )
     if not comparison.spared_organs:
         return (
@@ -2156,7 +2157,12 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     out.append("<th>Source and note</th></tr></thead><tbody>")
     group = None
     previous = None
-    estimated = {r.name for r in comparison.results if r.dose_source == "estimated"}
+    # the calibration's spread belongs to estimated IMRT/VMAT doses (the calibrated model)
+    estimated = {
+        r.name
+        for r in comparison.results
+        if r.dose_source == "estimated" and any(c.technique == "imrt" for c in r.option.courses)
+    }
     for r in table.rows:
         if r.group != group:
             group = r.group

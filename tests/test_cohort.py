@@ -671,3 +671,23 @@ def test_input_hash_follows_the_code_that_makes_the_results(tmp_path: Path, monk
     h1 = input_hash(row, settings)
     monkeypatch.setattr(run, "code_digest", lambda: "0" * 64)
     assert input_hash(row, settings) != h1
+
+
+def test_the_code_digest_follows_code_and_data_not_caches(tmp_path: Path) -> None:
+    from rtplan.cohort.results import _tree_digest
+
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.py").write_text("x = 1\n", encoding="utf-8")
+    (root / "sub" / "model.toml").write_text("s = 0.5\n", encoding="utf-8")
+    first = _tree_digest({"pkg": root})
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\x00\x01")
+    (root / "notes.md").write_text("no result depends on this\n", encoding="utf-8")
+    assert _tree_digest({"pkg": root}) == first
+    (root / "sub" / "model.toml").write_text("s = 0.55\n", encoding="utf-8")
+    assert _tree_digest({"pkg": root}) != first
+    (root / "sub" / "model.toml").write_text("s = 0.5\n", encoding="utf-8")
+    assert _tree_digest({"pkg": root}) == first
+    (root / "sub" / "model.toml").rename(root / "model.toml")  # same bytes, other place
+    assert _tree_digest({"pkg": root}) != first

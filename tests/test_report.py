@@ -1048,6 +1048,24 @@ def test_estimated_organ_metrics_show_their_calibration_spread(comparison, monke
     assert sorted(marks) == sorted(o for o in cells if not o.endswith("[imported]"))
     assert "\u00b16.1 % (n=5)" in row or "\u00b16.1 (n=5)" in row
     assert "root-mean-square difference" in text
+    # an estimated option without an IMRT/VMAT course carries none (the calibration is of
+    # IMRT plans)
+    first = twin.results[0]
+    boxes = dataclasses.replace(
+        first.option,
+        courses=tuple(dataclasses.replace(c, technique="3dcrt") for c in first.option.courses),
+    )
+    no_imrt = dataclasses.replace(
+        twin, results=[dataclasses.replace(first, option=boxes), *twin.results[1:]]
+    )
+    row3 = re.search(
+        rf'<tr data-row="{re.escape(target.label)}".*?</tr>',
+        re.search(r'<table id="metrics".*?</table>', rpt.render_report(no_imrt), re.S).group(0),
+        re.S,
+    ).group(0)
+    marks3 = re.findall(r'data-option="([^"]+)"[^>]*>(?:(?!</td>).)*?class="unc"', row3, re.S)
+    assert first.name in marks and first.name not in marks3
+    assert set(marks3) == set(marks) - {first.name}
     # rows on another basis (EQD2) carry none
     other = next(r for r in rows if r is not target) if len(rows) > 1 else None
     if other is not None:

@@ -394,6 +394,11 @@ def code_digest() -> str:
     roots = {"rtplan": Path(__file__).resolve().parents[1]}
     if atlases is not None and atlases.submodule_search_locations:
         roots["atlases"] = Path(next(iter(atlases.submodule_search_locations))).resolve()
+    return _tree_digest(roots)
+
+
+def _tree_digest(roots: Mapping[str, Path]) -> str:
+    """SHA-256 over the :data:`_CODE_SUFFIXES` files under each root (name -> folder)."""
     digest = hashlib.sha256()
     for name, root in roots.items():
         for path in sorted(root.rglob("*")):
