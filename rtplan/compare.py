@@ -1358,7 +1358,7 @@ def _highest_overlapping_level(
 
     The rule of the plan-sum ceiling (:func:`rtplan.dose_estimate.estimate_option_dose`):
     the pelvic nodes' PTV, nested around the bed and the node boosts, is judged against
-    the highest of them, where its hottest dose is; ties go to ``lv`` itself. A level
+    the highest of them (its hottest dose lies there); ties go to ``lv`` itself. A level
     beside a higher one that overlaps it only in part (the bed beside a node boost, higher
     in EQD2) is judged against the higher one everywhere: lenient for a hot spot far from
     the overlap (docs/dose_model.md, the hot-spot check).
@@ -1443,11 +1443,13 @@ def _hot_spot_cells(
         else:
             pct = 100.0 * near_max / intended[top.name]
         margin = HOT_SPOT_LIMIT_PCT - pct
-        note = (
-            ""
-            if top is lv
-            else f"{od.option}: {_read_against(top, intended[top.name], setting.hot_spot_eqd2)}"
-        )
+        note = ""
+        if top is not lv:
+            note = f"{od.option}: {_read_against(top, intended[top.name], setting.hot_spot_eqd2)}"
+            if setting.hot_spot_eqd2 and top.total_gy < lv.total_gy:
+                # higher in EQD2 only (a node boost beside the bed): what its own would read
+                own_pct = 100.0 * lv.scale_giving_eqd2(near_max, ab)
+                note += f"; {own_pct:.1f} % of its own prescription"
         key = ("Target", lv.name, "D0.03cc", "% intended", basis)
         cells[key] = _Cell(pct, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE, note))
         worst = pct if worst is None else max(worst, pct)

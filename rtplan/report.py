@@ -118,9 +118,9 @@ def _sparing_sentence(comparison: Comparison) -> str:
     if not _has_imrt(comparison):
         return (
             "No option has an IMRT/VMAT course: SBRT doses fall off with the distance to "
-            "each PTV, as steeply as puts R50% at 0.9 of the RTOG 0813/0915 limit for its "
-            "volume, and 3D-CRT is a box of static fields; neither models an optimiser's "
-            "organ sparing."
+            "each PTV, as steeply as puts R50% at a fraction (0.9 by default) of the RTOG "
+            "0813/0915 limit for its volume, and 3D-CRT is a box of static fields; neither "
+            "models an optimiser's organ sparing."
         )
     if not comparison.spared_organs:
         return (

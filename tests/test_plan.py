@@ -121,7 +121,8 @@ def test_scale_giving_eqd2_inverts_the_eqd2_of_a_scaled_prescription_and_refuses
             # EQD2 = D (D/n + a/b) / (2 + a/b), by hand for each part scaled by x
             eqd2 = sum(x * d * (x * d / n + ab) / (2 + ab) for d, n in level.parts)
             assert level.scale_giving_eqd2(eqd2, ab) == pytest.approx(x, rel=1e-12)
-    for eqd2, ab in ((-1.0, 1.5), (float("nan"), 1.5), (float("inf"), 1.5), (60.0, 0.0)):
+    bad = ((-1.0, 1.5), (float("nan"), 1.5), (float("inf"), 1.5), (60.0, 0.0), (60.0, -3.0))
+    for eqd2, ab in bad:
         with pytest.raises(InvalidInputError):
             level.scale_giving_eqd2(eqd2, ab)
     with pytest.raises(InvalidInputError, match="no dose"):
