@@ -630,15 +630,6 @@ _V_METRIC = re.compile(r"^\s*V\s*(\d+(?:\.\d+)?)\s*Gy", re.IGNORECASE)
 _D_METRIC = re.compile(r"^\s*D\s*(\d+(?:\.\d+)?)\s*%", re.IGNORECASE)
 
 
-def _structure_volume_cc(comparison: Comparison, structure: str) -> float | None:
-    """Volume (cc) of ``structure`` from the first option with a DVH of it, else ``None``."""
-    for r in comparison.results:
-        dvh = r.dvhs.get(structure)
-        if dvh is not None and dvh.volume_cc:
-            return float(dvh.volume_cc)
-    return None
-
-
 def _limit_markers(comparison: Comparison, structure: str) -> list[tuple[float, float, str, str]]:
     """``(dose_gy, volume_pct, label, marker)`` points of the dose-volume limits of a structure.
 
@@ -2132,15 +2123,16 @@ _GROUP_TITLES = {
 }
 
 
-def _calibration_sentence() -> str:
-    """What the \u00b1 after an estimated organ metric means (``""`` before a fit)."""
-    if not CALIBRATION.uncertainties:
+def _calibration_sentence(shown: bool) -> str:
+    """What the \u00b1 after an estimated organ metric means (``""`` when none is shown)."""
+    if not (shown and CALIBRATION.uncertainties):
         return ""
     return (
         "The \u00b1 after an estimated organ metric is the root-mean-square difference "
         "between the estimate and IMRT plans optimised with pyRadPlan on held-out anatomies "
-        "(n plans), on the composite physical dose; EQD2 rows carry none. The model and its "
-        f"calibration: docs/dose_model.md section 4.7 ({_esc(CALIBRATION.source)})."
+        "(n plans), on the composite physical dose of options with an IMRT/VMAT course; EQD2 "
+        "rows, imported doses and other options carry none. The model and its calibration: "
+        f"docs/dose_model.md section 4.7 ({_esc(CALIBRATION.source)})."
     )
 
 
@@ -2194,7 +2186,9 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
         "row is of: the courses treating a target (physical), the sum of every course "
         "(composite physical), the composite converted to EQD2 with the alpha/beta shown "
         "(limits converted alike, see the note), the conventional courses summed (target "
-        "hot spots), or one SBRT course. " + _calibration_sentence() + "</p>"
+        "hot spots), or one SBRT course. "
+        + _calibration_sentence(any('class="unc"' in line for line in out))
+        + "</p>"
     )
     return "\n".join(out)
 

@@ -1066,6 +1066,19 @@ def test_estimated_organ_metrics_show_their_calibration_spread(comparison, monke
     marks3 = re.findall(r'data-option="([^"]+)"[^>]*>(?:(?!</td>).)*?class="unc"', row3, re.S)
     assert first.name in marks and first.name not in marks3
     assert set(marks3) == set(marks) - {first.name}
+    # no option with an IMRT course: no +- anywhere, and no legend for it
+    boxed = [
+        dataclasses.replace(
+            r,
+            option=dataclasses.replace(
+                r.option,
+                courses=tuple(dataclasses.replace(c, technique="3dcrt") for c in r.option.courses),
+            ),
+        )
+        for r in twin.results
+    ]
+    text3 = rpt.render_report(dataclasses.replace(twin, results=boxed))
+    assert 'class="unc"' not in text3 and "root-mean-square difference" not in text3
     # rows on another basis (EQD2) carry none
     other = next(r for r in rows if r is not target) if len(rows) > 1 else None
     if other is not None:
