@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 
 from rtplan._io import atomic_write_text
-from rtplan._masks import quiet_expand
 from rtplan._progress import Progress, ProgressLike, as_progress
 from rtplan._typing import BoolMask, FloatArray
 from rtplan.atlas import Atlas
@@ -55,14 +54,7 @@ from rtplan.errors import InvalidInputError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.imported_dose import ImportedDose, dose_on_grid, read_imported_dose, uncovered_pct
 from rtplan.lesions import Lesions
-from rtplan.plan import (
-    LEVEL_REACH_MM,
-    FieldOption,
-    TargetLevel,
-    outranks,
-    resolve_overlaps,
-    target_levels,
-)
+from rtplan.plan import FieldOption, TargetLevel, resolve_overlaps, target_levels
 from rtplan.protocol import Protocol, ProtocolConstraint, load_protocol
 from rtplan.staging import Stage
 from rtplan.structures import Structure, StructureSet
@@ -122,8 +114,9 @@ BASIS_CONVENTIONAL = "conventional courses summed"
 #: Status of a constraint that could not be evaluated (its note says why).
 NOT_EVALUATED = "not evaluated"
 #: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
-#: 107 % of the level intended there (ICRU 50: 95-107 % of the prescribed dose,
-#: @icru50_1993 [V-3p]; target "never above 107 %", @pmc8744000_constraints [V]).
+#: 107 % of the highest intended level overlapping the target (ICRU 50: 95-107 % of the
+#: prescribed dose, @icru50_1993 [V-3p]; target "never above 107 %",
+#: @pmc8744000_constraints [V]).
 HOT_SPOT_LIMIT_PCT = 107.0
 _HOT_SPOT_SOURCE = (
     "hot spot at most 107 % of the intended level: target dose never above 107 % "
@@ -934,9 +927,7 @@ def compare_options(
     * target coverage (D95%, V95%Rx, CTV D98%) on the physical dose of the courses that
       treat the target, against its summed prescription; the hot spot (D0.03cc) of
       every conventional target on the composite of the conventional courses, against
-      its own level (a PTV overlapped by one intended higher in physical dose and EQD2,
-      the nodal PTV around the bed: the highest level overlapping it), leaving out the
-      voxels within 5 mm of PTVs intended higher, limit 107 %; when any
+      the highest intended level among the PTVs overlapping it, limit 107 %; when any
       option mixes doses per fraction the composite is taken in EQD2 at the prostate
       alpha/beta and read back as the % of that level's physical prescription giving it;
     * conventional constraints on the composite: physical when no option has an SBRT
@@ -1360,40 +1351,22 @@ def _coverage_cells(
     return cells
 
 
-def _hot_spot_region(
-    lv: TargetLevel,
-    levels: Sequence[TargetLevel],
-    intended: dict[str, float],
-    alpha_beta_gy: float,
-    setting: _Setting,
-) -> tuple[TargetLevel, BoolMask | None, str]:
-    """The level a target's hot spot is judged against, the dose voxels left out, a note.
+def _highest_overlapping_level(
+    lv: TargetLevel, levels: Sequence[TargetLevel], intended: dict[str, float]
+) -> TargetLevel:
+    """The level of highest ``intended`` dose among the PTVs overlapping ``lv`` (``lv`` too).
 
-    The rule of the plan-sum ceiling (:func:`rtplan.dose_estimate.estimate_option_dose`).
-    A *container* (a PTV overlapped by one intended higher in both physical dose and EQD2,
-    :func:`rtplan.plan.outranks`: the pelvic nodes' PTV around the bed and the node
-    boosts, the bed around a local-boost SIB) is read whole against the highest intended
-    level overlapping it (its hottest dose lies there; ties go to ``lv``). Any other
-    target is read against its own level, leaving out the dose voxels within
-    :data:`~rtplan.plan.LEVEL_REACH_MM` of the PTVs overlapping it that are intended
-    higher on the row's basis (the bed beside a node boost: around the node).
+    The rule of the plan-sum ceiling (:func:`rtplan.dose_estimate.estimate_option_dose`):
+    the pelvic nodes' PTV, nested around the bed and the node boosts, is judged against
+    the highest of them (its hottest dose lies there); ties go to ``lv`` itself. A level
+    beside a higher one that overlaps it only in part (the bed beside a node boost, higher
+    in EQD2) is judged against the higher one everywhere: lenient for a hot spot far from
+    the overlap (docs/dose_model.md, the hot-spot check).
     """
-    overlapping = [u for u in levels if u is not lv and _overlaps(lv.ptv, u.ptv)]
-    if not any(outranks(u, lv, alpha_beta_gy) for u in overlapping):
-        higher = [u for u in overlapping if intended[u.name] > intended[lv.name]]
-        if not higher:
-            return lv, None, ""
-        grid = setting.dose_grid
-        touched = np.zeros(grid.shape, bool)
-        for u in higher:
-            touched.reshape(-1)[setting.on_grid(u.ptv).flat_index] = True
-        left_out = quiet_expand(touched, grid, LEVEL_REACH_MM)
-        if not np.all(left_out.reshape(-1)[setting.on_grid(lv.ptv).flat_index]):
-            names = ", ".join(u.name for u in higher)
-            reach = f"{LEVEL_REACH_MM:g} mm"
-            return lv, left_out, f"{lv.name} without {reach} around {names}, intended higher"
-    top = max([lv, *overlapping], key=lambda u: (intended[u.name], u is lv))
-    return top, None, ""
+    return max(
+        (u for u in levels if u is lv or _overlaps(lv.ptv, u.ptv)),
+        key=lambda u: (intended[u.name], u is lv),
+    )
 
 
 def _read_against(level: TargetLevel, intended_gy: float, eqd2: bool) -> str:
@@ -1433,11 +1406,9 @@ def _hot_spot_cells(
     """Near-maximum (D0.03cc) of every target against its intended level.
 
     Conventional targets: the sum of the conventional courses (SBRT boosts add to the
-    elective dose by design and are checked on their own), in % of the level and over
-    the voxels of :func:`_hot_spot_region` (a container against the highest level
-    overlapping it, any other target against its own without the reach of the PTVs
-    intended higher), limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the
-    option's hot spot. On
+    elective dose by design and are checked on their own), in % of the highest intended
+    level among the PTVs overlapping the target (:func:`_highest_overlapping_level`),
+    limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the option's hot spot. On
     the EQD2 basis (some option mixes doses per fraction, see :class:`_Setting`) the
     near-maximum EQD2 is read back as the fraction of that level's physical prescription
     giving it (:meth:`~rtplan.plan.TargetLevel.scale_giving_eqd2`): the limit is a
@@ -1465,17 +1436,14 @@ def _hot_spot_cells(
             cells[key] = cell
             continue
         lv = td.level
-        top, left_out, region_note = _hot_spot_region(lv, levels, intended, ab, setting)
-        summed = composite
-        if left_out is not None:  # the higher levels' reach counts as no dose here
-            summed = np.where(left_out, 0.0, composite)
-        near_max = compute_dvh(summed, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
+        near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
+        top = _highest_overlapping_level(lv, levels, intended)
         if setting.hot_spot_eqd2:
             pct = 100.0 * top.scale_giving_eqd2(near_max, ab)
         else:
             pct = 100.0 * near_max / intended[top.name]
         margin = HOT_SPOT_LIMIT_PCT - pct
-        note = f"{od.option}: {region_note}" if region_note else ""
+        note = ""
         if top is not lv:
             note = f"{od.option}: {_read_against(top, intended[top.name], setting.hot_spot_eqd2)}"
             if setting.hot_spot_eqd2 and top.total_gy < lv.total_gy:

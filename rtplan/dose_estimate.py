@@ -32,14 +32,13 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.special import ndtr
 
-from rtplan._masks import quiet_expand
 from rtplan._memo import IdentityMemo
 from rtplan._typing import BoolMask, FloatArray, Shape3, Vec3
 from rtplan._validation import bounding_box
 from rtplan.dvh import Float32Array, occupancy_on_grid, structure_on_dose_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
-from rtplan.plan import LEVEL_REACH_MM, Course, FieldOption, TargetLevel, outranks, target_levels
+from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
 from rtplan.sparing import (
     CALIBRATION,
     DEFAULT_SPARING,
@@ -1285,18 +1284,9 @@ def estimate_option_dose(
 
 
 # ---------------------------------------------------------------------------- plan sum
-def _level_masks(
-    levels: Sequence[TargetLevel], dose_grid: ImageGrid
-) -> tuple[dict[str, BoolMask], dict[str, BoolMask]]:
-    """Dose voxels of each PTV (as drawn): the half-occupied ones and every one it touches.
-
-    Half occupied: at least half, else the densest (a tiny PTV).
-    """
-    occupancy = {lv.name: occupancy_on_grid(lv.ptv, dose_grid) for lv in levels}
-    return (
-        {name: _occupied(occ) for name, occ in occupancy.items()},
-        {name: occ > 0 for name, occ in occupancy.items()},
-    )
+def _level_masks(levels: Sequence[TargetLevel], dose_grid: ImageGrid) -> dict[str, BoolMask]:
+    """Dose voxels of each PTV (as drawn): at least half occupied, else the densest."""
+    return {lv.name: _occupied(occupancy_on_grid(lv.ptv, dose_grid)) for lv in levels}
 
 
 def _highest_overlapping(
@@ -1321,30 +1311,16 @@ def _plan_sum_ceiling_gy(
     """
     levels = [lv for lv in target_levels(option) if not lv.is_sbrt]
     eqd2 = {lv.name: lv.eqd2_gy(alpha_beta_gy) for lv in levels}
-    masks, touched = _level_masks(levels, dose_grid)
+    masks = _level_masks(levels, dose_grid)
     highest = _highest_overlapping(levels, masks, eqd2)
     ceiling = np.full(dose_grid.shape, factor * max(highest.values()))
-    # a container (overlapped by a PTV intended higher in physical dose and in EQD2) keeps
-    # the lowest of its holders' highest overlapping levels, so that a boost's fall-off
-    # inside it stays; within LEVEL_REACH_MM of another PTV, no more than the highest own
-    # level reaching there; a voxel another PTV touches: the highest of those own levels
-    in_container = np.full(dose_grid.shape, np.inf)
-    own = np.full(dose_grid.shape, -np.inf)
-    near = np.full(dose_grid.shape, -np.inf)
+    inside = np.full(dose_grid.shape, np.inf)
+    in_target = np.zeros(dose_grid.shape, bool)
     for lv in levels:
         m = masks[lv.name]
-        if any(outranks(u, lv, alpha_beta_gy) and bool(np.any(m & masks[u.name])) for u in levels):
-            in_container[m] = np.minimum(in_container[m], factor * highest[lv.name])
-            continue
-        cap = factor * eqd2[lv.name]
-        t = touched[lv.name]
-        own[t] = np.maximum(own[t], cap)
-        reach = quiet_expand(t, dose_grid, LEVEL_REACH_MM)
-        near[reach] = np.maximum(near[reach], cap)
-    both = np.isfinite(in_container) & np.isfinite(near)
-    in_container[both] = np.minimum(in_container[both], near[both])
-    np.copyto(ceiling, in_container, where=np.isfinite(in_container))
-    np.copyto(ceiling, own, where=np.isfinite(own))
+        inside[m] = np.minimum(inside[m], factor * highest[lv.name])
+        in_target |= m
+    ceiling[in_target] = inside[in_target]
     return ceiling
 
 

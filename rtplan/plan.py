@@ -21,14 +21,12 @@ from rtplan.errors import InvalidInputError
 from rtplan.structures import Structure
 
 __all__ = [
-    "LEVEL_REACH_MM",
     "TECHNIQUES",
     "Course",
     "FieldOption",
     "Target",
     "TargetLevel",
     "Technique",
-    "outranks",
     "resolve_overlaps",
     "target_levels",
 ]
@@ -282,38 +280,6 @@ class TargetLevel:
         c = eqd2_gy * (2.0 + alpha_beta_gy)
         # the positive root of a x^2 + b x - c, written without cancellation for small c
         return 2.0 * c / (b + math.sqrt(b * b + 4.0 * a * c))
-
-
-#: How far (mm) a PTV's own level reaches into a *container* around it (:func:`outranks`)
-#: for the plan-sum ceiling and the hot-spot check: two 2.5 mm dose voxels, so that the
-#: DVH's sampling of a partly occupied edge voxel reads the PTV's own level (tool default).
-LEVEL_REACH_MM = 5.0
-
-
-def outranks(a: TargetLevel, b: TargetLevel, alpha_beta_gy: float) -> bool:
-    """Whether level ``a`` is intended above ``b`` both in physical dose and in EQD2.
-
-    A PTV overlapped by one that outranks it is a *container* (the pelvic nodes' PTV
-    around the bed, the bed around a local-boost SIB): its hottest dose is the higher
-    level's, and the plan-sum ceiling and the hot-spot check judge it against the highest
-    level overlapping it. A level higher in one measure only (the bed, 66.6 Gy / 62.8 Gy
-    EQD2 at alpha/beta 1.5, beside a node boost, 60 Gy / 66.9 Gy EQD2) does not make a
-    container: each is judged against its own level.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from rtplan.grid import ImageGrid
-    >>> g = ImageGrid(shape=(1, 1, 1), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
-    >>> def level(name, *parts):
-    ...     ptv = Structure(name, np.ones((1, 1, 1), bool), g, role="ptv")
-    ...     return TargetLevel(ptv, parts, ("imrt",) * len(parts))
-    >>> bed = level("PTVsb_6660", (45.0, 25), (21.6, 12))
-    >>> node, nodes = level("PTVn1_6000", (60.0, 25)), level("PTVn_4500", (45.0, 25))
-    >>> outranks(bed, nodes, 1.5), outranks(node, bed, 1.5), outranks(bed, node, 1.5)
-    (True, False, False)
-    """
-    return a.total_gy > b.total_gy and a.eqd2_gy(alpha_beta_gy) > b.eqd2_gy(alpha_beta_gy)
 
 
 def _fraction_inside(part: Structure, whole: Structure) -> float:

@@ -296,23 +296,6 @@ def test_boosts_do_not_stack_at_nodes_next_to_the_bed(three_nodes, coarse_atlas)
     # the nodes sit in or next to the bed PTV: without cropping they got ~82-84 Gy
     for r in boosted:
         assert max(r.dose_gy.max(), 0) < 75.0, r.name
-    # the bed beside the node boosts (66.6 Gy, 62.8 Gy EQD2; nodes 60 Gy, 66.9 Gy EQD2) is
-    # held at its own level beyond 5 mm of the nodes, not at theirs
-    for r in boosted:
-        levels = target_levels(r.option)
-        bed = next(lv for lv in levels if lv.name.startswith("PTVsb"))
-        nodes = [
-            lv for lv in levels if lv.name[4:5].isdigit() and np.any(lv.ptv.mask & bed.ptv.mask)
-        ]
-        assert nodes and all(n.eqd2_gy(ab) > bed.eqd2_gy(ab) for n in nodes)
-        composite = np.zeros(r.dose_grid.shape)
-        for course in r.option.courses:
-            composite += eqd2_gy(r.course_doses_gy[course.name], course.fractions, ab)
-        far = ~_reach_of(nodes, r.dose_grid)
-        in_bed = structure_on_dose_grid(bed.ptv, r.dose_grid).flat_index
-        values = composite.reshape(-1)[in_bed][far.reshape(-1)[in_bed]]
-        assert values.max() <= ceiling * bed.eqd2_gy(ab) * (1 + 1e-9), r.name
-        assert values.max() > bed.eqd2_gy(ab)  # the bed still has its hot spots
 
 
 def test_later_phase_ptv_is_cropped_and_exported(three_nodes):
@@ -351,21 +334,10 @@ def _hot_spot_row(cmp, structure):
     return next(r for r in cmp.table.rows if r.structure == structure and r.unit == "% intended")
 
 
-def _reach_of(levels, dose_grid, mm=5.0):
-    """Dose voxels within ``mm`` of the voxels the levels' PTVs touch (from scratch, EDT)."""
-    touched = np.zeros(dose_grid.shape, bool)
-    for u in levels:
-        touched.reshape(-1)[structure_on_dose_grid(u.ptv, dose_grid).flat_index] = True
-    return ndimage.distance_transform_edt(~touched, sampling=dose_grid.spacing_mm) <= mm
-
-
 def test_eqd2_hot_spots_read_back_as_the_physical_fraction_of_the_prescription(three_nodes):
-    """On the EQD2 basis a target's hot spot is the scale ``x`` of a level's prescription
-    (every course's part) whose EQD2 is the near-maximum, solved here with np.roots, so the
-    107 % limit means 107 % of the prescription on either basis. The level: a container
-    (overlapped by a PTV higher in physical dose and in EQD2) is read against the highest
-    level overlapping it; any other target against its own, without 5 mm around the PTVs
-    intended higher (the bed beside the node boosts)."""
+    """On the EQD2 basis a target's hot spot is the scale ``x`` of the highest overlapping
+    level's prescription (every course's part) whose EQD2 is the near-maximum: solved here
+    with np.roots, so the 107 % limit means 107 % of the prescription on either basis."""
     _, cmp = three_nodes
     ab = ALPHA_BETA_GY["prostate"]
     checked = 0
@@ -376,31 +348,18 @@ def test_eqd2_hot_spots_read_back_as_the_physical_fraction_of_the_prescription(t
         levels = target_levels(r.option)
         eq = {lv.name: sum(eqd2_gy(d, n, ab) for d, n in lv.parts) for lv in levels}
         for lv in levels:
-            overlapping = [u for u in levels if u is not lv and np.any(lv.ptv.mask & u.ptv.mask)]
-            container = any(
-                u.total_gy > lv.total_gy and eq[u.name] > eq[lv.name] for u in overlapping
-            )
-            summed, top = composite, lv
-            if container:
-                best = max(eq[u.name] for u in overlapping)
-                if best > eq[lv.name]:
-                    top = next(u for u in overlapping if eq[u.name] == best)
-            else:
-                higher = [u for u in overlapping if eq[u.name] > eq[lv.name]]
-                if higher:
-                    summed = np.where(_reach_of(higher, r.dose_grid), 0.0, composite)
-            near_max = compute_dvh(summed, r.dose_grid, lv.ptv).dose_at_volume_cc(0.03)
+            overlapping = [u for u in levels if np.any(lv.ptv.mask & u.ptv.mask)]
+            best = max(eq[u.name] for u in overlapping)
+            top = lv if eq[lv.name] == best else next(u for u in overlapping if eq[u.name] == best)
+            near_max = compute_dvh(composite, r.dose_grid, lv.ptv).dose_at_volume_cc(0.03)
             row = _hot_spot_row(cmp, lv.name)
-            expected = 100 * _read_back(near_max, top, ab)
-            assert row.values[r.name] == pytest.approx(expected, rel=1e-3), (r.name, lv.name)
+            assert row.values[r.name] == pytest.approx(
+                100 * _read_back(near_max, top, ab), rel=1e-6
+            )
             if top is not lv:
                 assert f"{r.name}: in % of {top.name} (" in row.note
             checked += 1
     assert checked >= 4
-    # the bed beside the node boosts is read against its own level, as alone
-    bed = _hot_spot_row(cmp, "PTVsb_6660")
-    assert bed.values["PBRT+WPRT+Nboost+ADT"] == pytest.approx(bed.values["PBRT+WPRT+ADT"], abs=0.1)
-    assert "PBRT+WPRT+Nboost+ADT: PTVsb_6660 without 5 mm around PTVn" in bed.note
 
 
 def _read_back(eqd2, level, ab):
@@ -428,10 +387,12 @@ def test_the_estimate_imported_back_gets_the_same_hot_spots(three_nodes, tmp_pat
         assert row.status[column] == row.status[r.name]
 
 
-def test_a_bed_hot_spot_away_from_a_node_boost_is_read_against_the_bed(three_nodes, tmp_path):
-    """The node-boost option's doses made 6 % hotter in the bed where it is furthest from
-    the nodes, imported per course: the bed is read against its own prescription (a fail),
-    not through the overlapping node boost's 2.4 Gy fractions (which read a pass)."""
+def test_a_bed_hot_spot_away_from_a_node_boost_is_read_through_the_node(three_nodes, tmp_path):
+    """The documented limit (docs/dose_model.md 4.5), held as it is so that a fix changes it
+    on purpose: the node-boost option's doses made 6 % hotter in the bed where it is
+    furthest from the nodes, imported per course. The bed is read through the overlapping
+    node boost's 2.4 Gy fractions (a pass); the note gives what its own prescription reads
+    (a fail)."""
     st, cmp = three_nodes
     ab = ALPHA_BETA_GY["prostate"]
     r = next(r for r in cmp.results if "Nboost" in r.name)
@@ -466,15 +427,15 @@ def test_a_bed_hot_spot_away_from_a_node_boost_is_read_against_the_bed(three_nod
     composite = np.zeros(grid.shape)
     for course in r.option.courses:
         composite += eqd2_gy(r.course_doses_gy[course.name] * hot, course.fractions, ab)
-    outside = np.where(_reach_of(nodes, grid), 0.0, composite)
-    near_max = compute_dvh(outside, grid, bed.ptv).dose_at_volume_cc(0.03)
+    near_max = compute_dvh(composite, grid, bed.ptv).dose_at_volume_cc(0.03)
     through_node = 100 * _read_back(near_max, nodes[0], ab)
     own = 100 * _read_back(near_max, bed, ab)
     assert through_node < 107.0 < own - 3.0
     row = _hot_spot_row(imported, bed.name)
-    assert row.values[column] == pytest.approx(own, abs=0.05)
-    assert row.status[column] == "fail"
-    assert f"{column}: {bed.name} without 5 mm around" in row.note
+    assert row.values[column] == pytest.approx(through_node, abs=0.05)
+    assert row.status[column] == "pass"
+    assert f"{column}: in % of {nodes[0].name} (60 Gy in 25 fx" in row.note
+    assert f"; {own:.1f} % of its own prescription" in row.note
 
 
 def test_a_hot_spot_verdict_does_not_depend_on_the_options_beside_it(three_nodes, coarse_atlas):
