@@ -1031,7 +1031,7 @@ def _spared_organs(
     params: DoseModelParameters, structures: StructureSet, options: Sequence[FieldOption]
 ) -> tuple[str, ...]:
     """The organs of ``params.imrt_sparing`` the estimate of these options spared."""
-    if not any(c.technique == "imrt" for o in options for c in o.courses):
+    if not any("imrt" in o.techniques for o in options):
         return ()
     return spared_organ_names(structures, params)
 
@@ -2061,7 +2061,7 @@ def _depends_on_split(key: _RowKey, option: FieldOption) -> bool:
     if basis == BASIS_COURSES:
         return _courses_treating(option, key[1]) < len(option.courses)
     if basis == f"{BASIS_CONVENTIONAL}, physical":
-        return any(c.technique == "sbrt" for c in option.courses)
+        return "sbrt" in option.techniques
     return True  # one course's dose, or EQD2 (not linear in the course doses)
 
 

@@ -166,6 +166,11 @@ class FieldOption:
         """All targets of all courses, in order."""
         return [t for c in self.courses for t in c.targets]
 
+    @property
+    def techniques(self) -> frozenset[str]:
+        """The techniques of its courses (``"imrt"``, ``"3dcrt"``, ``"sbrt"``)."""
+        return frozenset(c.technique for c in self.courses)
+
 
 # ---------------------------------------------------------------------------- dose levels
 def _eqd2(dose_gy: float, fractions: int, alpha_beta_gy: float) -> float:

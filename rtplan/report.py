@@ -110,7 +110,7 @@ MODEL_LIMITS = (
 
 def _has_imrt(comparison: Comparison) -> bool:
     """Whether some option of the comparison has an IMRT/VMAT course."""
-    return any(c.technique == "imrt" for r in comparison.results for c in r.option.courses)
+    return any("imrt" in r.option.techniques for r in comparison.results)
 
 
 def _sparing_sentence(comparison: Comparison) -> str:
@@ -2153,7 +2153,7 @@ def _metrics_table(comparison: Comparison, colors: dict[str, str]) -> str:
     estimated = {
         r.name
         for r in comparison.results
-        if r.dose_source == "estimated" and any(c.technique == "imrt" for c in r.option.courses)
+        if r.dose_source == "estimated" and "imrt" in r.option.techniques
     }
     for r in table.rows:
         if r.group != group:

@@ -127,3 +127,12 @@ def test_scale_giving_eqd2_inverts_the_eqd2_of_a_scaled_prescription_and_refuses
             level.scale_giving_eqd2(eqd2, ab)
     with pytest.raises(InvalidInputError, match="no dose"):
         TargetLevel(ptv, ((0.0, 25),), ("imrt",)).scale_giving_eqd2(60.0, 1.5)
+
+
+def test_an_option_names_the_techniques_of_its_courses():
+    g = ImageGrid(shape=(4, 4, 4), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
+    ptv = Structure("PTV", np.ones((4, 4, 4), bool), g, role="ptv")
+    imrt = Course("C1", "imrt", 25, (Target(ptv, 45.0),))
+    sbrt = Course("C2", "sbrt", 3, (Target(ptv, 24.0),))
+    assert FieldOption("A", (imrt,)).techniques == {"imrt"}
+    assert FieldOption("B", (imrt, sbrt, imrt)).techniques == {"imrt", "sbrt"}

@@ -999,8 +999,8 @@ def test_without_an_imrt_course_the_report_claims_no_sparing_either_way():
     from types import SimpleNamespace as NS
 
     def only(technique):
-        course = NS(technique=technique)
-        return NS(results=[NS(option=NS(courses=[course]))], spared_organs=())
+        option = NS(techniques=frozenset({technique}))
+        return NS(results=[NS(option=option)], spared_organs=())
 
     for technique in ("sbrt", "3dcrt"):
         assert rpt._glance_organ_sentence(only(technique)) == ""
