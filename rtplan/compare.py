@@ -48,12 +48,14 @@ from rtplan.dvh import (
     compute_dvh,
     evaluate_constraint,
     lkb_ntcp,
+    restricted,
     structure_on_dose_grid,
 )
 from rtplan.errors import InvalidInputError, RtplanWarning
 from rtplan.grid import ImageGrid
 from rtplan.imported_dose import ImportedDose, dose_on_grid, read_imported_dose, uncovered_pct
 from rtplan.lesions import Lesions
+from rtplan.level_zones import HOT_SPOT_LIMIT_PCT, LevelZones, level_zones
 from rtplan.plan import FieldOption, TargetLevel, resolve_overlaps, target_levels
 from rtplan.protocol import Protocol, ProtocolConstraint, load_protocol
 from rtplan.staging import Stage
@@ -113,11 +115,8 @@ BASIS_PHYSICAL = "composite physical"
 BASIS_CONVENTIONAL = "conventional courses summed"
 #: Status of a constraint that could not be evaluated (its note says why).
 NOT_EVALUATED = "not evaluated"
-#: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
-#: 107 % of the highest intended level overlapping the target (ICRU 50: 95-107 % of the
-#: prescribed dose, @icru50_1993 [V-3p]; target "never above 107 %",
-#: @pmc8744000_constraints [V]).
-HOT_SPOT_LIMIT_PCT = 107.0
+#: Volume of the hot-spot near-maximum, cc (D0.03cc, as the protocol's point-dose limits).
+HOT_SPOT_VOLUME_CC = 0.03
 _HOT_SPOT_SOURCE = (
     "hot spot at most 107 % of the intended level: target dose never above 107 % "
     "@pmc8744000_constraints [V]; ICRU 50 range 95-107 % @icru50_1993 [V-3p]"
@@ -926,8 +925,9 @@ def compare_options(
 
     * target coverage (D95%, V95%Rx, CTV D98%) on the physical dose of the courses that
       treat the target, against its summed prescription; the hot spot (D0.03cc) of
-      every conventional target on the composite of the conventional courses, against
-      the highest intended level among the PTVs overlapping it, limit 107 %; when any
+      every conventional target on the composite of the conventional courses, each part
+      against the intended level governing it (:mod:`rtplan.level_zones`: its own, a
+      higher PTV's within 5 mm of it, a nested boost's in a container), limit 107 %; when any
       option mixes doses per fraction the composite is taken in EQD2 at the prostate
       alpha/beta and read back as the % of that level's physical prescription giving it;
     * conventional constraints on the composite: physical when no option has an SBRT
@@ -1351,29 +1351,99 @@ def _coverage_cells(
     return cells
 
 
-def _highest_overlapping_level(
-    lv: TargetLevel, levels: Sequence[TargetLevel], intended: dict[str, float]
-) -> TargetLevel:
-    """The level of highest ``intended`` dose among the PTVs overlapping ``lv`` (``lv`` too).
-
-    The rule of the plan-sum ceiling (:func:`rtplan.dose_estimate.estimate_option_dose`):
-    the pelvic nodes' PTV, nested around the bed and the node boosts, is judged against
-    the highest of them (its hottest dose lies there); ties go to ``lv`` itself. A level
-    beside a higher one that overlaps it only in part (the bed beside a node boost, higher
-    in EQD2) is judged against the higher one everywhere: lenient for a hot spot far from
-    the overlap (docs/dose_model.md, the hot-spot check).
-    """
-    return max(
-        (u for u in levels if u is lv or _overlaps(lv.ptv, u.ptv)),
-        key=lambda u: (intended[u.name], u is lv),
-    )
-
-
-def _read_against(level: TargetLevel, intended_gy: float, eqd2: bool) -> str:
-    """Note of a hot spot read against another level than its own."""
-    scheme = " + ".join(f"{d:g} Gy in {n} fx" for d, n in level.parts)
+def _levels_note(levels: Sequence[TargetLevel], intended_gy: float, eqd2: bool) -> str:
+    """Levels of one scheme and that scheme, for a hot-spot note."""
+    scheme = " + ".join(f"{d:g} Gy in {n} fx" for d, n in levels[0].parts)
     eq = f", {intended_gy:.1f} Gy EQD2" if eqd2 else ""
-    return f"in % of {level.name} ({scheme}{eq}), the highest level overlapping it"
+    return f"{', '.join(lv.name for lv in levels)} ({scheme}{eq})"
+
+
+@dataclass(frozen=True)
+class _HotPart:
+    """Part of a target read against the levels governing it (one scheme): %, cc."""
+
+    levels: tuple[TargetLevel, ...]
+    pct: float
+    volume_cc: float
+
+
+def _hot_spot_parts(
+    setting: _Setting,
+    zones: LevelZones,
+    lv: TargetLevel,
+    composite: FloatArray,
+    intended: dict[str, float],
+) -> tuple[list[_HotPart], float]:
+    """Near-maximum of each part of a target, in % of the level governing it.
+
+    The parts of :meth:`~rtplan.level_zones.LevelZones.check_zones`, those governed by
+    levels of one scheme (three node boosts of 60 Gy in 25 fractions) read together. A part
+    under :data:`HOT_SPOT_VOLUME_CC` has no near-maximum of its own (D0.03cc leaves out the
+    hottest 0.03 cc) and is not read while some part is as large; a target smaller than
+    that is read whole against the highest level governing it.
+
+    Returns
+    -------
+    parts : list of _HotPart
+        The parts read, lowest level first.
+    unread_cc : float
+        Volume of the parts not read (cc).
+    """
+    grid = setting.dose_grid
+    ab = setting.alpha_beta.target
+    whole = setting.on_grid(lv.ptv)
+    groups: dict[tuple[tuple[float, int], ...], tuple[list[TargetLevel], BoolMask]] = {}
+    for level, mask in zones.check_zones(lv):
+        if level.parts in groups:
+            same, union = groups[level.parts]
+            same.append(level)
+            union |= mask
+        else:
+            groups[level.parts] = ([level], mask)
+
+    def read(levels: Sequence[TargetLevel], part: StructureOnDoseGrid) -> _HotPart:
+        near_max = compute_dvh(composite, grid, part).dose_at_volume_cc(HOT_SPOT_VOLUME_CC)
+        level = levels[0]
+        if setting.hot_spot_eqd2:
+            pct = 100.0 * level.scale_giving_eqd2(near_max, ab)
+        else:
+            pct = 100.0 * near_max / intended[level.name]
+        return _HotPart(tuple(levels), pct, part.total_volume_cc)
+
+    pieces = [(same, restricted(whole, union)) for same, union in groups.values()]
+    pieces = [(same, part) for same, part in pieces if part.flat_index.size]
+    large = [(same, part) for same, part in pieces if part.total_volume_cc >= HOT_SPOT_VOLUME_CC]
+    if not large:
+        return [read(pieces[-1][0] if pieces else [lv], whole)], 0.0
+    unread = sum(p.total_volume_cc for _, p in pieces if p.total_volume_cc < HOT_SPOT_VOLUME_CC)
+    return [read(same, part) for same, part in large], unread
+
+
+def _parts_note(
+    lv: TargetLevel,
+    parts: list[_HotPart],
+    unread_cc: float,
+    intended: dict[str, float],
+    eqd2: bool,
+) -> str:
+    """Which parts of a target were read against which level (empty: all of it, its own)."""
+
+    def name(levels: Sequence[TargetLevel]) -> str:
+        return _levels_note(levels, intended[levels[0].name], eqd2)
+
+    if len(parts) == 1 and not unread_cc:
+        levels = parts[0].levels
+        return "" if lv in levels else f"in % of {name(levels)}, the level governing it"
+    read = "; ".join(
+        f"{p.pct:.1f} % of "
+        + ("its own prescription" if lv in p.levels else name(p.levels))
+        + f" over {p.volume_cc:.1f} cc"
+        for p in parts
+    )
+    note = f"read by the level governing each part: {read}"
+    if unread_cc:
+        note += f" ({unread_cc:.2f} cc of other levels, under {HOT_SPOT_VOLUME_CC:g} cc: not read)"
+    return note
 
 
 def _conventional_composite(od: OptionDose, alpha_beta_gy: float | None) -> FloatArray:
@@ -1406,8 +1476,10 @@ def _hot_spot_cells(
     """Near-maximum (D0.03cc) of every target against its intended level.
 
     Conventional targets: the sum of the conventional courses (SBRT boosts add to the
-    elective dose by design and are checked on their own), in % of the highest intended
-    level among the PTVs overlapping the target (:func:`_highest_overlapping_level`),
+    elective dose by design and are checked on their own), each part of the target in %
+    of the level governing it (:mod:`rtplan.level_zones`, the plan-sum ceiling's rule:
+    its own level, a higher one within reach of a PTV intended higher, a container's
+    highest nested level), the worst part giving the row (:func:`_hot_spot_parts`),
     limit :data:`HOT_SPOT_LIMIT_PCT`, and the worst of them as the option's hot spot. On
     the EQD2 basis (some option mixes doses per fraction, see :class:`_Setting`) the
     near-maximum EQD2 is read back as the fraction of that level's physical prescription
@@ -1430,26 +1502,19 @@ def _hot_spot_cells(
     limit = f"<= {HOT_SPOT_LIMIT_PCT:g} %"
     cells: dict[_RowKey, _Cell] = {}
     worst: float | None = None
+    zones = level_zones(levels, grid, ab) if levels else None
     for td in doses.values():
         if td.level.is_sbrt:
             key, cell = _sbrt_hot_spot_cell(setting, td)
             cells[key] = cell
             continue
         lv = td.level
-        near_max = compute_dvh(composite, grid, setting.on_grid(lv.ptv)).dose_at_volume_cc(0.03)
-        top = _highest_overlapping_level(lv, levels, intended)
-        if setting.hot_spot_eqd2:
-            pct = 100.0 * top.scale_giving_eqd2(near_max, ab)
-        else:
-            pct = 100.0 * near_max / intended[top.name]
+        assert zones is not None  # lv is a conventional level
+        parts, unread_cc = _hot_spot_parts(setting, zones, lv, composite, intended)
+        pct = max(p.pct for p in parts)
         margin = HOT_SPOT_LIMIT_PCT - pct
-        note = ""
-        if top is not lv:
-            note = f"{od.option}: {_read_against(top, intended[top.name], setting.hot_spot_eqd2)}"
-            if setting.hot_spot_eqd2 and top.total_gy < lv.total_gy:
-                # higher in EQD2 only (a node boost beside the bed): what its own would read
-                own_pct = 100.0 * lv.scale_giving_eqd2(near_max, ab)
-                note += f"; {own_pct:.1f} % of its own prescription"
+        note = _parts_note(lv, parts, unread_cc, intended, setting.hot_spot_eqd2)
+        note = f"{od.option}: {note}" if note else ""
         key = ("Target", lv.name, "D0.03cc", "% intended", basis)
         cells[key] = _Cell(pct, _Verdict(_status(margin), margin, limit, _HOT_SPOT_SOURCE, note))
         worst = pct if worst is None else max(worst, pct)
@@ -2112,5 +2177,6 @@ def _describe_model(params: DoseModelParameters, dose_spacing_mm: float) -> str:
         "see docs/dose_model.md) on a "
         f"{dose_spacing_mm:g} mm dose grid; later-phase PTVs cropped by higher targets of "
         "earlier courses and the composite held under the plan-sum ceiling "
-        "(plan_sum_ceiling times the highest intended level, EQD2); parameters: " + ", ".join(parts)
+        "(plan_sum_ceiling times the intended level governing each voxel, EQD2); parameters: "
+        + ", ".join(parts)
     )

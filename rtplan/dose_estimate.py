@@ -38,7 +38,8 @@ from rtplan._validation import bounding_box
 from rtplan.dvh import Float32Array, occupancy_on_grid, structure_on_dose_grid
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
-from rtplan.plan import Course, FieldOption, TargetLevel, target_levels
+from rtplan.level_zones import level_zones
+from rtplan.plan import Course, FieldOption, target_levels
 from rtplan.sparing import (
     CALIBRATION,
     DEFAULT_SPARING,
@@ -1221,8 +1222,9 @@ def estimate_option_dose(
     ceiling, as a planner who crops the later phase's PTV
     (:func:`rtplan.plan.resolve_overlaps`) and optimises it on the plan sum would: in
     EQD2 at ``target_alpha_beta_gy``, a voxel inside conventional PTVs gets at most
-    ``params.plan_sum_ceiling`` times the lowest of their highest overlapping levels (the
-    intended level of a PTV or of any PTV overlapping it, the highest counting), and a
+    ``params.plan_sum_ceiling`` times the intended level governing it
+    (:mod:`rtplan.level_zones`, the rule the hot-spot check reads it by: a PTV's own level,
+    a higher PTV's within 5 mm of it, inside a PTV a boost overlaps the boost's), and a
     voxel outside them at most that factor times the highest conventional level. Where
     the courses would stack above the ceiling, the last IMRT/VMAT course gives less
     there, then the one before (optimised with the other courses as its base dose).
@@ -1284,44 +1286,16 @@ def estimate_option_dose(
 
 
 # ---------------------------------------------------------------------------- plan sum
-def _level_masks(levels: Sequence[TargetLevel], dose_grid: ImageGrid) -> dict[str, BoolMask]:
-    """Dose voxels of each PTV (as drawn): at least half occupied, else the densest."""
-    return {lv.name: _occupied(occupancy_on_grid(lv.ptv, dose_grid)) for lv in levels}
-
-
-def _highest_overlapping(
-    levels: Sequence[TargetLevel], masks: dict[str, BoolMask], eqd2: dict[str, float]
-) -> dict[str, float]:
-    """For each PTV, the highest intended EQD2 among the PTVs overlapping it (itself too)."""
-    out = {}
-    for lv in levels:
-        m = masks[lv.name]
-        out[lv.name] = max(
-            eqd2[u.name] for u in levels if u.name == lv.name or bool(np.any(m & masks[u.name]))
-        )
-    return out
-
-
 def _plan_sum_ceiling_gy(
     option: FieldOption, dose_grid: ImageGrid, factor: float, alpha_beta_gy: float
 ) -> FloatArray:
     """Ceiling (EQD2 at ``alpha_beta_gy``, Gy) of the conventional courses' sum per voxel.
 
-    See :func:`estimate_option_dose`; SBRT targets take no part.
+    ``factor`` times the intended EQD2 of the level governing each voxel
+    (:mod:`rtplan.level_zones`, the hot-spot check's rule too); SBRT targets take no part.
     """
     levels = [lv for lv in target_levels(option) if not lv.is_sbrt]
-    eqd2 = {lv.name: lv.eqd2_gy(alpha_beta_gy) for lv in levels}
-    masks = _level_masks(levels, dose_grid)
-    highest = _highest_overlapping(levels, masks, eqd2)
-    ceiling = np.full(dose_grid.shape, factor * max(highest.values()))
-    inside = np.full(dose_grid.shape, np.inf)
-    in_target = np.zeros(dose_grid.shape, bool)
-    for lv in levels:
-        m = masks[lv.name]
-        inside[m] = np.minimum(inside[m], factor * highest[lv.name])
-        in_target |= m
-    ceiling[in_target] = inside[in_target]
-    return ceiling
+    return level_zones(levels, dose_grid, alpha_beta_gy).ceiling_eqd2_gy(factor)
 
 
 def physical_dose_gy(

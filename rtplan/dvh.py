@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -40,7 +40,7 @@ import numpy.typing as npt
 from scipy.special import ndtr
 
 from rtplan._memo import IdentityMemo
-from rtplan._typing import FloatArray
+from rtplan._typing import BoolMask, FloatArray
 from rtplan.errors import GeometryError, GridMismatchError, InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.structures import Structure
@@ -393,6 +393,50 @@ def structure_on_dose_grid(structure: Structure, dose_grid: ImageGrid) -> Struct
             arr.flags.writeable = False
         _RESAMPLED.put((structure,), (dose_grid,), found)
     return found
+
+
+def restricted(
+    s: StructureOnDoseGrid, keep: BoolMask, name: str | None = None
+) -> StructureOnDoseGrid:
+    """The part of a resampled structure in the dose voxels ``keep`` (a dose-grid mask).
+
+    The voxels left out are dropped from the samples, not given a dose: a DVH of the part
+    is a DVH of those voxels alone, each sampled with its neighbours' doses as in the whole.
+
+    Parameters
+    ----------
+    s : StructureOnDoseGrid
+        From :func:`structure_on_dose_grid`.
+    keep : ndarray of bool
+        Dose-grid mask of the voxels to keep.
+    name : str, optional
+        Name of the part (default: the structure's).
+
+    Returns
+    -------
+    StructureOnDoseGrid
+        The kept voxels (may be none).
+
+    Raises
+    ------
+    GridMismatchError
+        ``keep`` is not of the dose grid's shape.
+    """
+    if keep.shape != s.dose_grid.shape:
+        raise GridMismatchError(
+            f"keep mask has shape {keep.shape}, the dose grid {s.dose_grid.shape}"
+        )
+    sel = keep.reshape(-1)[s.flat_index]
+    return replace(
+        s,
+        name=s.name if name is None else name,
+        flat_index=s.flat_index[sel],
+        volume_cc=s.volume_cc[sel],
+        occupancy=s.occupancy[sel],
+        offset_mm=s.offset_mm[:, sel],
+        local_index=s.local_index[sel],
+        n_partial=int(np.count_nonzero(sel[: s.n_partial])),
+    )
 
 
 #: Organs and targets resampled to a dose grid: the comparison's DVHs and the dose model's

@@ -22,6 +22,7 @@ from rtplan.dvh import (
     occupancy_on_grid,
     parse_constraint,
     parse_metric,
+    restricted,
     structure_on_dose_grid,
 )
 from rtplan.errors import GeometryError, GridMismatchError
@@ -424,3 +425,29 @@ def test_near_maximum_stays_under_a_flat_top(partial):
     assert dvh.dose_at_volume_cc(0.03) <= 70.0 + 0.01
     assert dvh.max_gy <= 70.0 + 0.01
     assert dvh.min_gy >= 40.0 - 0.01
+
+
+@pytest.mark.parametrize("kind", ["linear_x", "radial"])
+def test_parts_of_a_structure_add_up_to_its_dvh(kind):
+    """A sphere split by a plane into two parts (restricted): at every dose the two parts'
+    volumes add up to the whole's (each voxel is sampled with its neighbours' doses as in
+    the whole, so the split changes no sample), and the parts' volumes to the sphere's."""
+    ct, dose_grid = _grids(12.0)
+    sphere = Structure("S", sphere_mask(ct, CENTRE, 12.0), ct)
+    dose = _field(dose_grid, kind, gradient=2.0)
+    whole = structure_on_dose_grid(sphere, dose_grid)
+    x = dose_grid.axis_coordinates_mm()[2]
+    left = np.broadcast_to(x[None, None, :] < CENTRE[0], dose_grid.shape)
+    a, b = restricted(whole, left, name="S left"), restricted(whole, ~left)
+    assert a.name == "S left" and b.name == "S"
+    assert 0.3 < a.total_volume_cc / whole.total_volume_cc < 0.7
+    assert a.total_volume_cc + b.total_volume_cc == pytest.approx(whole.total_volume_cc)
+    assert a.n_partial + b.n_partial == whole.n_partial
+    dvh, da, db = (compute_dvh(dose, dose_grid, s) for s in (whole, a, b))
+    for d in np.linspace(dose.min(), 80.0, 25):
+        assert da.volume_at_dose_cc(d) + db.volume_at_dose_cc(d) == pytest.approx(
+            dvh.volume_at_dose_cc(d), abs=2e-3 * whole.total_volume_cc
+        )
+    assert restricted(whole, np.zeros(dose_grid.shape, bool)).flat_index.size == 0
+    with pytest.raises(GridMismatchError, match="shape"):
+        restricted(whole, left[:-1])

@@ -1,0 +1,297 @@
+"""Which intended level governs each dose voxel of an option's conventional targets.
+
+One geometric rule, decided once on the dose grid, for two uses that must agree:
+
+* the plan-sum ceiling of the dose estimate (:func:`rtplan.dose_estimate.estimate_option_dose`):
+  where the conventional courses, each modelled on its own, would stack above
+  ``plan_sum_ceiling`` times the EQD2 of the level governing a voxel, the later modulated
+  course gives less there;
+* the hot-spot check of the comparison (:func:`rtplan.compare.compare_options`): each part
+  of a target is read against the level governing it, so that the estimate never fails its
+  own ceiling's check and an imported plan is held to the same levels.
+
+The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
+
+* a PTV overlapped by a *boost*, a level intended higher than its own hot-spot limit allows
+  (107 % of its prescription in every course, :data:`HOT_SPOT_LIMIT_PCT`, read in EQD2), is
+  a *container* (the pelvic nodes' PTV overlapped by the bed and the node boosts; the bed
+  around a local-boost SIB): the boost's fall-off inside it, over tens of millimetres behind
+  a sequential boost, belongs to the plan, so it is governed by the highest level
+  overlapping it, except within :data:`LEVEL_REACH_MM` of a PTV that is not a container,
+  where the highest own level of those PTVs governs (no higher than the container's highest,
+  no lower than its own): the bed's level around the bed, a node boost's around the node;
+* any other PTV is governed by its own level, except within :data:`LEVEL_REACH_MM` of a PTV
+  intended higher, where the highest such level governs: the bed (62.8 Gy EQD2 at alpha/beta
+  1.5 Gy) beside a node boost (60 Gy in 25 fractions, 66.9 Gy EQD2, within the bed's
+  107 %: 69.8 Gy) is governed by the node's level around the node only;
+* a voxel several PTVs touch takes the lowest of their governing levels, but never less
+  than the highest own level among them, so that no PTV is held below its prescription.
+
+For the check, a target's voxel is read against the highest level governing it or any of
+its six face neighbours (outside every PTV counts as nothing): the DVH samples a voxel's
+dose together with its neighbours' (:mod:`rtplan.dvh`), so a voxel next to a higher
+governed one is read with it.
+
+Every PTV's voxels are the dose voxels it touches at all (occupancy above zero), the same
+voxels its DVH samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from rtplan._typing import BoolMask, FloatArray
+from rtplan._validation import bounding_box
+from rtplan.dvh import occupancy_on_grid
+from rtplan.errors import InvalidInputError
+from rtplan.grid import ImageGrid
+from rtplan.plan import TargetLevel
+
+__all__ = ["HOT_SPOT_LIMIT_PCT", "LEVEL_REACH_MM", "LevelZones", "level_zones"]
+
+#: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
+#: 107 % of the intended level governing each part of the target (ICRU 50: 95-107 % of the
+#: prescribed dose, @icru50_1993 [V-3p]; target "never above 107 %",
+#: @pmc8744000_constraints [V]). Also what makes a container (below).
+HOT_SPOT_LIMIT_PCT = 107.0
+
+#: How far (mm) a PTV's own level governs the dose voxels around it, beside a level intended
+#: lower (tool default: two 2.5 mm dose voxels; a node boost's level reaches that far into the
+#: bed beside it, the bed's that far into the nodal PTV around it).
+LEVEL_REACH_MM = 5.0
+
+
+_RankArray = npt.NDArray[np.int16]
+_NONE = -1  # rank of "no level" (outside every PTV)
+_CROSS = ndimage.generate_binary_structure(3, 1)  # a voxel and its six face neighbours
+
+
+@dataclass(frozen=True, eq=False)
+class LevelZones:
+    """Governing levels of an option's conventional targets on a dose grid.
+
+    Build it with :func:`level_zones`.
+
+    Attributes
+    ----------
+    levels : tuple of TargetLevel
+        The conventional levels, ranked by intended EQD2 (rank = position, lowest first).
+    eqd2_gy : ndarray of float64, shape (n_levels,)
+        Intended EQD2 of each level (Gy, at ``alpha_beta_gy``).
+    alpha_beta_gy : float
+        alpha/beta of the ranking (Gy).
+    reach_mm : float
+        The reach used (mm).
+    containers : frozenset of str
+        Names of the levels that are containers.
+    governing : ndarray of int16
+        Rank of the level governing each dose voxel (-1 outside every PTV), dose-grid shape.
+    footprints : tuple of BoolMask
+        Dose voxels each level's PTV touches, in rank order.
+    """
+
+    levels: tuple[TargetLevel, ...]
+    eqd2_gy: FloatArray
+    alpha_beta_gy: float
+    reach_mm: float
+    containers: frozenset[str]
+    governing: _RankArray
+    footprints: tuple[BoolMask, ...]
+
+    def rank(self, level: TargetLevel | str) -> int:
+        """Rank of a level (by name)."""
+        name = level if isinstance(level, str) else level.name
+        for r, lv in enumerate(self.levels):
+            if lv.name == name:
+                return r
+        raise InvalidInputError(f"no conventional level named {name!r}")
+
+    def ceiling_eqd2_gy(self, factor: float) -> FloatArray:
+        """``factor`` times the EQD2 of the governing level of each dose voxel (Gy).
+
+        Outside every PTV: ``factor`` times the highest level (a boost's fall-off is free).
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise InvalidInputError(f"factor must be a positive number, got {factor!r}")
+        caps = factor * self.eqd2_gy
+        out = np.full(self.governing.shape, caps.max())
+        inside = self.governing >= 0
+        out[inside] = caps[self.governing[inside]]
+        return out
+
+    def check_zones(self, level: TargetLevel | str) -> list[tuple[TargetLevel, BoolMask]]:
+        """The parts of a level's PTV read against each governing level, lowest first.
+
+        A voxel's part is the highest governing level over the voxel and its six face
+        neighbours; a level intended as high as the target's own (a tie) reads as its own.
+
+        Parameters
+        ----------
+        level : TargetLevel or str
+            One of :attr:`levels` (by name).
+
+        Returns
+        -------
+        list of (TargetLevel, BoolMask)
+            Each governing level present and the dose voxels read against it (dose-grid
+            masks, disjoint, their union the PTV's footprint).
+        """
+        own = self.rank(level)
+        fp = self.footprints[own]
+        box = _padded_box(fp, 1)
+        zone = ndimage.grey_dilation(self.governing[box], footprint=_CROSS, mode="nearest")
+        zone = np.maximum(zone, own)  # never below the target's own level
+        tie = self.eqd2_gy[zone] <= self.eqd2_gy[own] + 1e-9
+        zone[tie] = own
+        inside = fp[box]
+        out = []
+        for r in np.unique(zone[inside]).tolist():
+            m = np.zeros(fp.shape, bool)
+            m[box] = inside & (zone == r)
+            out.append((self.levels[r], m))
+        return out
+
+
+def level_zones(
+    levels: Sequence[TargetLevel],
+    dose_grid: ImageGrid,
+    alpha_beta_gy: float,
+    *,
+    reach_mm: float = LEVEL_REACH_MM,
+) -> LevelZones:
+    """The level governing each dose voxel of the given conventional levels' PTVs.
+
+    See the module docstring for the rule.
+
+    Parameters
+    ----------
+    levels : sequence of TargetLevel
+        Conventional (non-SBRT) levels of one option, names unique.
+    dose_grid : ImageGrid
+        The dose grid.
+    alpha_beta_gy : float
+        alpha/beta (Gy) at which the levels are ranked by intended EQD2.
+    reach_mm : float, optional
+        :data:`LEVEL_REACH_MM` by default; >= 0. At least the largest dose-grid spacing
+        is used.
+
+    Returns
+    -------
+    LevelZones
+
+    Raises
+    ------
+    InvalidInputError
+        No levels, an SBRT level, a repeated name, or a bad alpha/beta or reach.
+    """
+    if not levels:
+        raise InvalidInputError("level_zones needs at least one conventional level")
+    if any(lv.is_sbrt for lv in levels):
+        raise InvalidInputError("SBRT levels take no part in the plan-sum levels")
+    if len({lv.name for lv in levels}) != len(levels):
+        raise InvalidInputError("level names must be unique")
+    if not (math.isfinite(alpha_beta_gy) and alpha_beta_gy > 0):
+        raise InvalidInputError(f"alpha_beta_gy must be a positive number, got {alpha_beta_gy!r}")
+    if not (math.isfinite(reach_mm) and reach_mm >= 0):
+        raise InvalidInputError(f"reach_mm must be a number of mm >= 0, got {reach_mm!r}")
+    ranked = sorted(levels, key=lambda lv: (lv.eqd2_gy(alpha_beta_gy), lv.name))
+    eqd2 = np.array([lv.eqd2_gy(alpha_beta_gy) for lv in ranked])
+    fps = tuple(occupancy_on_grid(lv.ptv, dose_grid) > 0 for lv in ranked)
+    n = len(ranked)
+    sizes = [int(np.count_nonzero(f)) for f in fps]
+    shared = np.zeros((n, n), np.int64)
+    for a in range(n):
+        for b in range(a + 1, n):
+            shared[a, b] = shared[b, a] = int(np.count_nonzero(fps[a] & fps[b]))
+
+    def higher(a: int, b: int) -> bool:
+        return bool(eqd2[a] > eqd2[b] + 1e-9)
+
+    # a boost: a level whose intended EQD2 is more than the hot-spot limit allows p
+    limit = HOT_SPOT_LIMIT_PCT / 100.0
+    container = [
+        any(
+            shared[p, q] > 0 and ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) > limit
+            for q in range(n)
+        )
+        for p in range(n)
+    ]
+    highest = [
+        max([p, *(q for q in range(n) if shared[p, q] > 0)], key=lambda r: eqd2[r])
+        for p in range(n)
+    ]
+    # where each PTV's own level reaches: needed for the non-containers (into everything
+    # around them) and for PTVs intended above some non-container
+    needed = [
+        not container[q] or any(higher(q, p) and not container[p] for p in range(n))
+        for q in range(n)
+    ]
+    # at least one dose voxel, so that a voxel's face neighbours are within reach
+    effective_mm = max(reach_mm, max(dose_grid.spacing_mm))
+    near = [_within(fps[q], dose_grid, effective_mm) if needed[q] else None for q in range(n)]
+    reach = np.full(dose_grid.shape, _NONE, np.int16)  # highest non-container within reach
+    for q in range(n):
+        nq = near[q]
+        if not container[q] and nq is not None:
+            reach[nq] = np.maximum(reach[nq], q)
+
+    lowest = np.full(dose_grid.shape, n, np.int16)  # lowest governing level of the holders
+    floor = np.full(dose_grid.shape, _NONE, np.int16)  # highest own level of the holders
+    for p in range(n):
+        fp = fps[p]
+        if container[p]:
+            r = reach[fp]
+            g = np.where(r >= 0, np.maximum(p, np.minimum(highest[p], r)), highest[p])
+        else:
+            g = np.full(sizes[p], p, np.int16)
+            for q in range(n):
+                nq = near[q]
+                if higher(q, p) and nq is not None:
+                    g = np.where(nq[fp], np.maximum(g, q), g)
+        lowest[fp] = np.minimum(lowest[fp], g)
+        floor[fp] = np.maximum(floor[fp], p)
+    # a container near a lower non-container is governed by that one's level: where it holds
+    # a voxel with a PTV intended higher, the floor keeps that PTV at its own level
+    governing = np.where(floor >= 0, np.maximum(lowest, floor), _NONE).astype(np.int16)
+    return LevelZones(
+        levels=tuple(ranked),
+        eqd2_gy=eqd2,
+        alpha_beta_gy=float(alpha_beta_gy),
+        reach_mm=float(effective_mm),
+        containers=frozenset(ranked[p].name for p in range(n) if container[p]),
+        governing=governing,
+        footprints=fps,
+    )
+
+
+def _padded_box(mask: BoolMask, pad: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels, clipped to the array."""
+    box = bounding_box(mask)
+    if box is None:
+        return tuple(slice(0, 0) for _ in mask.shape)
+    return tuple(
+        slice(max(s.start - pad, 0), min(s.stop + pad, size)) for s, size in zip(box, mask.shape)
+    )
+
+
+def _within(mask: BoolMask, grid: ImageGrid, reach_mm: float) -> BoolMask:
+    """Voxels whose centre lies within ``reach_mm`` of a voxel centre of ``mask``.
+
+    Distances are exact within the box of ``mask`` grown by the reach (anything beyond is
+    further away), so the transform runs on that box only.
+    """
+    out = np.zeros(mask.shape, bool)
+    pad = math.ceil(reach_mm / min(grid.spacing_mm)) + 1
+    box = _padded_box(mask, pad)
+    sub = mask[box]
+    if not sub.any():
+        return out
+    dist = ndimage.distance_transform_edt(~sub, sampling=grid.spacing_mm)
+    out[box] = dist <= reach_mm + 1e-6
+    return out

@@ -1,0 +1,277 @@
+"""Tests of rtplan.level_zones: which intended level governs each dose voxel.
+
+Expected maps are built from scratch: a Euclidean distance transform over the whole grid
+(the module crops it to boxes), the rule written out voxel class by voxel class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from phantoms import box_mask, sphere_mask
+from scipy import ndimage
+
+from rtplan.errors import InvalidInputError
+from rtplan.grid import ImageGrid
+from rtplan.level_zones import HOT_SPOT_LIMIT_PCT, LEVEL_REACH_MM, level_zones
+from rtplan.plan import TargetLevel
+from rtplan.structures import Structure
+
+GRID = ImageGrid(shape=(32, 40, 40), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(0.0, 0.0, 0.0))
+AB = 1.5
+FACTOR = 1.11
+PELVIS = ((45.0, 25),)  # 42.4 Gy EQD2
+BED = ((45.0, 25), (21.6, 12))  # 62.8 Gy EQD2; 107 % of it: 69.8 Gy EQD2
+NODE = ((60.0, 25),)  # 66.9 Gy EQD2: within the bed's 107 %
+SIB = ((74.0, 37),)  # 74.0 Gy EQD2: above it, a boost
+
+
+def _level(name, mask, parts):
+    ptv = Structure(name, mask, GRID, role="ptv")
+    return TargetLevel(ptv, parts, ("imrt",) * len(parts))
+
+
+def _eqd2(parts):
+    return sum(d * (d / n + AB) / (2 + AB) for d, n in parts)
+
+
+def _distance_mm(mask):
+    return ndimage.distance_transform_edt(~mask, sampling=GRID.spacing_mm)
+
+
+def test_the_grid_footprints_are_the_masks():
+    """The premise of the expected maps below: on its own grid a PTV touches its mask."""
+    bed = _level("PTVsb_6660", sphere_mask(GRID, (48, 48, 40), 20.0), BED)
+    z = level_zones([bed], GRID, AB)
+    np.testing.assert_array_equal(z.footprints[0], bed.ptv.mask)
+
+
+def test_a_level_within_the_hot_spot_limit_governs_only_its_reach():
+    """The bed beside a node boost that overlaps it in part: the node's level governs the
+    bed within 5 mm of the node, the bed's own level the rest (it was the node's level over
+    the whole bed)."""
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    node_mask = sphere_mask(GRID, (72, 48, 40), 8.0)
+    assert np.any(bed_mask & node_mask) and np.any(bed_mask & ~node_mask)
+    bed, node = _level("PTVsb_6660", bed_mask, BED), _level("PTVn1_6000", node_mask, NODE)
+    z = level_zones([node, bed], GRID, AB)
+    assert [lv.name for lv in z.levels] == ["PTVsb_6660", "PTVn1_6000"]  # ranked by EQD2
+    assert z.containers == frozenset()
+    near = _distance_mm(node_mask) <= LEVEL_REACH_MM
+    expected = np.full(GRID.shape, -1)
+    expected[bed_mask] = np.where(near[bed_mask], 1, 0)
+    expected[node_mask] = 1
+    np.testing.assert_array_equal(z.governing, expected)
+    assert np.any(expected[bed_mask] == 0) and np.any(expected[bed_mask & ~node_mask] == 1)
+    ceiling = z.ceiling_eqd2_gy(FACTOR)
+    far_bed = bed_mask & ~near
+    np.testing.assert_allclose(ceiling[far_bed], FACTOR * _eqd2(BED))
+    np.testing.assert_allclose(ceiling[near & bed_mask], FACTOR * _eqd2(NODE))
+    np.testing.assert_allclose(ceiling[~(bed_mask | node_mask)], FACTOR * _eqd2(NODE))
+
+
+def test_a_boost_makes_a_container_governed_by_its_boosts_and_their_neighbours():
+    """The pelvic PTV overlapped by the bed and a node boost: within 5 mm of the bed the
+    bed's level, within 5 mm of the node the node's, elsewhere the highest overlapping
+    (a sequential boost's fall-off inside it is the plan's)."""
+    pelvis_mask = box_mask(GRID, (10, 10, 10), (90, 90, 60))
+    bed_mask = sphere_mask(GRID, (40, 50, 55), 15.0)  # sticks out of the pelvic PTV
+    node_mask = sphere_mask(GRID, (75, 50, 30), 6.0)  # > 10 mm from the bed
+    assert _distance_mm(bed_mask)[node_mask].min() > 2 * LEVEL_REACH_MM
+    assert np.any(bed_mask & ~pelvis_mask)
+    levels = [
+        _level("PTVn_4500", pelvis_mask, PELVIS),
+        _level("PTVsb_6660", bed_mask, BED),
+        _level("PTVn1_6000", node_mask, NODE),
+    ]
+    z = level_zones(levels, GRID, AB)
+    assert z.containers == frozenset({"PTVn_4500"})
+    near_bed = _distance_mm(bed_mask) <= LEVEL_REACH_MM
+    near_node = _distance_mm(node_mask) <= LEVEL_REACH_MM
+    expected = np.full(GRID.shape, -1)
+    pelvis_only = pelvis_mask & ~bed_mask & ~node_mask
+    expected[pelvis_only] = 2  # the highest overlapping: the node
+    expected[pelvis_only & near_bed] = 1
+    expected[pelvis_only & near_node] = 2
+    expected[bed_mask] = 1
+    expected[node_mask] = 2
+    np.testing.assert_array_equal(z.governing, expected)
+    assert np.any(expected[pelvis_only] == 1)
+
+
+def _random_levels(rng, n):
+    schemes = [PELVIS, BED, NODE, SIB]
+    out = []
+    for k in range(n):
+        centre = rng.uniform([10, 10, 10], [90, 90, 70])
+        mask = sphere_mask(GRID, tuple(centre), float(rng.uniform(4.0, 25.0)))
+        out.append(_level(f"PTV{k}", mask, schemes[int(rng.integers(len(schemes)))]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_no_ptv_is_held_below_its_own_level(seed):
+    """Whatever the geometry: every voxel of a PTV gets at least the factor times its own
+    level, at most the factor times the highest level, and outside every PTV the highest."""
+    rng = np.random.default_rng(seed)
+    levels = _random_levels(rng, int(rng.integers(2, 6)))
+    z = level_zones(levels, GRID, AB)
+    ceiling = z.ceiling_eqd2_gy(FACTOR)
+    top = FACTOR * max(_eqd2(lv.parts) for lv in levels)
+    anywhere = np.zeros(GRID.shape, bool)
+    for lv in levels:
+        m = lv.ptv.mask
+        assert np.all(ceiling[m] >= FACTOR * _eqd2(lv.parts) - 1e-9), lv.name
+        anywhere |= m
+    assert np.all(ceiling <= top + 1e-9)
+    np.testing.assert_allclose(ceiling[~anywhere], top)
+    assert np.all((z.governing >= 0) == anywhere)
+
+
+def test_a_lower_ptv_touching_a_container_does_not_lower_it():
+    """The bed around a local-boost SIB (a container) and a pelvic PTV overlapping the bed's
+    edge by one voxel: the bed is held at no less than its own level anywhere (a rule tried
+    on 2026-12-05 held it at 0.676 times that), the SIB at its own."""
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    sib_mask = sphere_mask(GRID, (48, 48, 40), 6.0)
+    pelvis_mask = box_mask(GRID, (66, 0, 0), (100, 100, 80))
+    edge = bed_mask & pelvis_mask
+    assert 0 < edge.sum() < 0.05 * bed_mask.sum()
+    levels = [
+        _level("PTVn_4500", pelvis_mask, PELVIS),
+        _level("PTVsb_6660", bed_mask, BED),
+        _level("PTVp_7400", sib_mask, SIB),
+    ]
+    z = level_zones(levels, GRID, AB)
+    assert z.containers == frozenset({"PTVn_4500", "PTVsb_6660"})
+    ceiling = z.ceiling_eqd2_gy(FACTOR)
+    assert ceiling[bed_mask].min() == pytest.approx(FACTOR * _eqd2(BED))
+    np.testing.assert_allclose(ceiling[edge], FACTOR * _eqd2(BED))
+    np.testing.assert_allclose(ceiling[sib_mask], FACTOR * _eqd2(SIB))
+    # the bed away from its edge keeps the SIB's level: the boost's fall-off is the plan's
+    inner = bed_mask & (_distance_mm(pelvis_mask) > LEVEL_REACH_MM)
+    np.testing.assert_allclose(ceiling[inner], FACTOR * _eqd2(SIB))
+
+
+def _face_max(arr):
+    """Maximum over each voxel and its six face neighbours (edges: the voxel's own)."""
+    out = arr.copy()
+    for axis in range(3):
+        for shift in (1, -1):
+            rolled = np.roll(arr, shift, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = 0 if shift == 1 else -1
+            rolled[tuple(edge)] = arr[tuple(edge)]
+            out = np.maximum(out, rolled)
+    return out
+
+
+def test_check_zones_read_a_voxel_with_its_neighbours():
+    """The bed's parts for the hot-spot check: each voxel in the part of the highest level
+    governing it or a face neighbour (the DVH samples it with them), a partition of the bed."""
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    node_mask = sphere_mask(GRID, (72, 48, 40), 8.0)
+    bed, node = _level("PTVsb_6660", bed_mask, BED), _level("PTVn1_6000", node_mask, NODE)
+    z = level_zones([bed, node], GRID, AB)
+    zones = z.check_zones(bed)
+    assert [lv.name for lv, _ in zones] == ["PTVsb_6660", "PTVn1_6000"]
+    union = np.zeros(GRID.shape, int)
+    for _, m in zones:
+        union += m
+    np.testing.assert_array_equal(union, bed_mask.astype(int))
+    expected = _face_max(z.governing)
+    np.testing.assert_array_equal(zones[1][1], bed_mask & (expected == 1))
+    d = _distance_mm(node_mask)
+    # a ring beyond the reach that is read with the node's level: next to a raised voxel
+    assert np.any(zones[1][1] & (d > LEVEL_REACH_MM))
+    assert not np.any(zones[1][1] & (d > LEVEL_REACH_MM + 2.5))
+    # the node's own zones: all its own
+    [(level, m)] = z.check_zones("PTVn1_6000")
+    assert level.name == "PTVn1_6000" and np.array_equal(m, node_mask)
+
+
+def test_levels_of_one_scheme_do_not_govern_each_other():
+    """Two node boosts of the same scheme side by side: neither is higher, each is read
+    against its own level; nor is either a container of the other."""
+    a = _level("PTVn1_6000", sphere_mask(GRID, (40, 48, 40), 8.0), NODE)
+    b = _level("PTVn2_6000", sphere_mask(GRID, (52, 48, 40), 8.0), NODE)
+    assert np.any(a.ptv.mask & b.ptv.mask)
+    z = level_zones([a, b], GRID, AB)
+    assert z.containers == frozenset()
+    for lv in (a, b):
+        [(level, m)] = z.check_zones(lv)
+        assert level is lv and np.array_equal(m, lv.ptv.mask)
+
+
+def test_a_container_needs_a_level_above_its_hot_spot_limit():
+    """The threshold is the target's own 107 % (every course's part scaled, in EQD2)."""
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    inner = sphere_mask(GRID, (48, 48, 40), 8.0)
+    limit_eqd2 = _eqd2(tuple((HOT_SPOT_LIMIT_PCT / 100 * d, n) for d, n in BED))
+    for dose, container in ((0.99, False), (1.01, True)):
+        # one fraction scheme whose EQD2 is just below / above the bed's 107 %
+        d = dose * limit_eqd2  # at 2 Gy per fraction EQD2 equals the physical dose
+        boost = _level("PTVb", inner, ((d, round(d / 2.0)),))
+        z = level_zones([_level("PTVsb_6660", bed_mask, BED), boost], GRID, AB)
+        assert ("PTVsb_6660" in z.containers) is container, dose
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"levels": []}, "at least one"),
+        ({"alpha_beta_gy": 0.0}, "alpha_beta"),
+        ({"alpha_beta_gy": float("nan")}, "alpha_beta"),
+        ({"reach_mm": -1.0}, "reach_mm"),
+    ],
+)
+def test_bad_input_is_refused(kwargs, match):
+    bed = _level("PTVsb_6660", sphere_mask(GRID, (48, 48, 40), 10.0), BED)
+    args = {"levels": [bed], "dose_grid": GRID, "alpha_beta_gy": AB} | kwargs
+    with pytest.raises(InvalidInputError, match=match):
+        level_zones(**args)
+
+
+def test_sbrt_levels_and_repeated_names_are_refused():
+    m = sphere_mask(GRID, (48, 48, 40), 10.0)
+    sbrt = TargetLevel(Structure("PTV_L4", m, GRID, role="ptv"), ((30.0, 5),), ("sbrt",))
+    with pytest.raises(InvalidInputError, match="SBRT"):
+        level_zones([sbrt], GRID, AB)
+    bed = _level("PTVsb_6660", m, BED)
+    with pytest.raises(InvalidInputError, match="unique"):
+        level_zones([bed, _level("PTVsb_6660", m, NODE)], GRID, AB)
+    z = level_zones([bed], GRID, AB)
+    with pytest.raises(InvalidInputError, match="no conventional level"):
+        z.check_zones("PTVx")
+    with pytest.raises(InvalidInputError, match="factor"):
+        z.ceiling_eqd2_gy(0.0)
+
+
+def test_a_container_near_a_lower_ptv_does_not_lower_a_higher_one_it_holds():
+    """The pelvic PTV holds the bed (itself a container, around a SIB); a 50 Gy PTV lies
+    beside the bed without touching it. The pelvic PTV near that PTV is governed by its
+    level, below the bed's: where the two hold the same voxel the bed keeps its own."""
+    pelvis_mask = box_mask(GRID, (0, 0, 0), (100, 100, 80))
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    sib_mask = sphere_mask(GRID, (48, 48, 40), 6.0)
+    side_mask = sphere_mask(GRID, (76, 48, 40), 6.0)
+    gap = _distance_mm(bed_mask)[side_mask].min()
+    assert 0 < gap <= LEVEL_REACH_MM
+    levels = [
+        _level("PTVn_4500", pelvis_mask, PELVIS),
+        _level("PTVsb_6660", bed_mask, BED),
+        _level("PTVp_7400", sib_mask, SIB),
+        _level("PTV_5000", side_mask, ((50.0, 25),)),
+    ]
+    z = level_zones(levels, GRID, AB)
+    assert z.containers == frozenset({"PTVn_4500", "PTVsb_6660"})
+    ceiling = z.ceiling_eqd2_gy(FACTOR)
+    near_side = bed_mask & (_distance_mm(side_mask) <= LEVEL_REACH_MM)
+    assert near_side.any()
+    np.testing.assert_allclose(ceiling[near_side], FACTOR * _eqd2(BED))
+    assert ceiling[bed_mask].min() == pytest.approx(FACTOR * _eqd2(BED))
+    # the pelvic PTV alone near the 50 Gy PTV: that level
+    pelvis_near = pelvis_mask & ~bed_mask & ~side_mask & (_distance_mm(side_mask) <= 2.5)
+    pelvis_near &= _distance_mm(bed_mask) > LEVEL_REACH_MM
+    assert pelvis_near.any()
+    np.testing.assert_allclose(ceiling[pelvis_near], FACTOR * 50.0)
