@@ -48,7 +48,6 @@ from rtplan.dvh import (
     compute_dvh,
     evaluate_constraint,
     lkb_ntcp,
-    restricted,
     structure_on_dose_grid,
 )
 from rtplan.errors import InvalidInputError, RtplanWarning
@@ -1376,47 +1375,21 @@ def _hot_spot_parts(
 ) -> tuple[list[_HotPart], float]:
     """Near-maximum of each part of a target, in % of the level governing it.
 
-    The parts of :meth:`~rtplan.level_zones.LevelZones.check_zones`, those governed by
-    levels of one scheme (three node boosts of 60 Gy in 25 fractions) read together. A part
-    under :data:`HOT_SPOT_VOLUME_CC` has no near-maximum of its own (D0.03cc leaves out the
-    hottest 0.03 cc) and is not read while some part is as large; a target smaller than
-    that is read whole against the highest level governing it.
-
-    Returns
-    -------
-    parts : list of _HotPart
-        The parts read, lowest level first.
-    unread_cc : float
-        Volume of the parts not read (cc).
+    The parts and their near-maxima of :meth:`~rtplan.level_zones.LevelZones.near_maxima`
+    (D :data:`HOT_SPOT_VOLUME_CC`); returns the parts read, lowest level first, and the
+    volume of those not read (cc).
     """
-    grid = setting.dose_grid
     ab = setting.alpha_beta.target
-    whole = setting.on_grid(lv.ptv)
-    groups: dict[tuple[tuple[float, int], ...], tuple[list[TargetLevel], BoolMask]] = {}
-    for level, mask in zones.check_zones(lv):
-        if level.parts in groups:
-            same, union = groups[level.parts]
-            same.append(level)
-            union |= mask
-        else:
-            groups[level.parts] = ([level], mask)
-
-    def read(levels: Sequence[TargetLevel], part: StructureOnDoseGrid) -> _HotPart:
-        near_max = compute_dvh(composite, grid, part).dose_at_volume_cc(HOT_SPOT_VOLUME_CC)
-        level = levels[0]
+    parts, unread_cc = zones.near_maxima(lv, composite, setting.on_grid(lv.ptv), HOT_SPOT_VOLUME_CC)
+    out = []
+    for part in parts:
+        level = part.levels[0]
         if setting.hot_spot_eqd2:
-            pct = 100.0 * level.scale_giving_eqd2(near_max, ab)
+            pct = 100.0 * level.scale_giving_eqd2(part.near_max_gy, ab)
         else:
-            pct = 100.0 * near_max / intended[level.name]
-        return _HotPart(tuple(levels), pct, part.total_volume_cc)
-
-    pieces = [(same, restricted(whole, union)) for same, union in groups.values()]
-    pieces = [(same, part) for same, part in pieces if part.flat_index.size]
-    large = [(same, part) for same, part in pieces if part.total_volume_cc >= HOT_SPOT_VOLUME_CC]
-    if not large:
-        return [read(pieces[-1][0] if pieces else [lv], whole)], 0.0
-    unread = sum(p.total_volume_cc for _, p in pieces if p.total_volume_cc < HOT_SPOT_VOLUME_CC)
-    return [read(same, part) for same, part in large], unread
+            pct = 100.0 * part.near_max_gy / intended[level.name]
+        out.append(_HotPart(part.levels, pct, part.volume_cc))
+    return out, unread_cc
 
 
 def _parts_note(
@@ -1435,14 +1408,14 @@ def _parts_note(
         levels = parts[0].levels
         return "" if lv in levels else f"in % of {name(levels)}, the level governing it"
     read = "; ".join(
-        f"{p.pct:.1f} % of "
+        f"{p.pct:.2f} % of "
         + ("its own prescription" if lv in p.levels else name(p.levels))
         + f" over {p.volume_cc:.1f} cc"
         for p in parts
     )
     note = f"read by the level governing each part: {read}"
     if unread_cc:
-        note += f" ({unread_cc:.2f} cc of other levels, under {HOT_SPOT_VOLUME_CC:g} cc: not read)"
+        note += f" (parts under {HOT_SPOT_VOLUME_CC:g} cc, {unread_cc:.3f} cc in all: not read)"
     return note
 
 

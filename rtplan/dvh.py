@@ -415,7 +415,8 @@ def restricted(
     Returns
     -------
     StructureOnDoseGrid
-        The kept voxels (may be none).
+        The kept voxels, ``source_volume_cc`` their volume. It may hold none
+        (``flat_index.size == 0``), which has no DVH.
 
     Raises
     ------
@@ -436,6 +437,7 @@ def restricted(
         offset_mm=s.offset_mm[:, sel],
         local_index=s.local_index[sel],
         n_partial=int(np.count_nonzero(sel[: s.n_partial])),
+        source_volume_cc=float(s.volume_cc[sel].sum()),
     )
 
 
@@ -860,6 +862,8 @@ def compute_dvh(
     ------
     GridMismatchError
         Wrong dose shape, or a resampled structure built for another grid.
+    GeometryError
+        A resampled structure that holds no dose voxel (an empty :func:`restricted` part).
     ValueError
         Non-finite or negative dose, non-positive bin width.
     TypeError
@@ -891,6 +895,8 @@ def compute_dvh(
                 f"structure {s.name!r} was resampled to {s.dose_grid.describe()} but the dose is "
                 f"on {dose_grid.describe()}"
             )
+        if s.flat_index.size == 0:
+            raise GeometryError(f"structure {s.name!r} holds no dose voxel: it has no DVH")
     _check_dose(dose, s)
     return _dvh_of(dose, s, bin_width_gy)
 

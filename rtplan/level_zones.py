@@ -12,18 +12,25 @@ One geometric rule, decided once on the dose grid, for two uses that must agree:
 
 The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
 
-* a PTV overlapped by a *boost*, a level intended higher than its own hot-spot limit allows
-  (107 % of its prescription in every course, :data:`HOT_SPOT_LIMIT_PCT`, read in EQD2), is
-  a *container* (the pelvic nodes' PTV overlapped by the bed and the node boosts; the bed
-  around a local-boost SIB): the boost's fall-off inside it, over tens of millimetres behind
-  a sequential boost, belongs to the plan, so it is governed by the highest level
-  overlapping it, except within :data:`LEVEL_REACH_MM` of a PTV that is not a container,
-  where the highest own level of those PTVs governs (no higher than the container's highest,
-  no lower than its own): the bed's level around the bed, a node boost's around the node;
-* any other PTV is governed by its own level, except within :data:`LEVEL_REACH_MM` of a PTV
-  intended higher, where the highest such level governs: the bed (62.8 Gy EQD2 at alpha/beta
-  1.5 Gy) beside a node boost (60 Gy in 25 fractions, 66.9 Gy EQD2, within the bed's
-  107 %: 69.8 Gy) is governed by the node's level around the node only;
+* a *boost* of a PTV is a level intended higher than the PTV's hot-spot limit allows (107 %
+  of its prescription in every course, :data:`HOT_SPOT_LIMIT_PCT`, read in EQD2) that is
+  nested in it (half of the boost inside it, :data:`NESTED_FRACTION`: a node boost inside
+  the pelvic nodes' PTV, a local-boost SIB inside the bed) or given by a course that does
+  not treat it, a sequential boost, with a tenth of the boost inside it at least
+  (:data:`SEQUENTIAL_FRACTION`: the bed's boost over the pelvic nodes' PTV, 17 % of the bed
+  inside it on the shipped atlas);
+* a PTV with a boost is a *container*: the boost's fall-off inside it (over tens of
+  millimetres behind a sequential boost) belongs to the plan, so it is governed by the
+  highest of its boosts, except within :data:`LEVEL_REACH_MM` of a PTV that is not a
+  container, where the highest own level of those PTVs governs (no higher than the
+  container's highest, no lower than its own): the bed's level around the bed, a node
+  boost's around the node;
+* any PTV is governed by its own level (a container: as above), except within
+  :data:`LEVEL_REACH_MM` of a PTV intended higher that is not its boost, where the highest
+  such level governs: the bed (62.8 Gy EQD2 at alpha/beta 1.5 Gy) beside a node boost of the
+  same course that overlaps it in part (60 Gy in 25 fractions, 66.9 Gy EQD2, within the
+  bed's 107 %, 69.8 Gy; or 62.5 Gy, 71.4 Gy EQD2, above it but not nested) is governed by the
+  node's level around the node only;
 * a voxel several PTVs touch takes the lowest of their governing levels, but never less
   than the highest own level among them, so that no PTV is held below its prescription.
 
@@ -48,12 +55,20 @@ from scipy import ndimage
 
 from rtplan._typing import BoolMask, FloatArray
 from rtplan._validation import bounding_box
-from rtplan.dvh import occupancy_on_grid
+from rtplan.dvh import StructureOnDoseGrid, compute_dvh, occupancy_on_grid, restricted
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import TargetLevel
 
-__all__ = ["HOT_SPOT_LIMIT_PCT", "LEVEL_REACH_MM", "LevelZones", "level_zones"]
+__all__ = [
+    "HOT_SPOT_LIMIT_PCT",
+    "LEVEL_REACH_MM",
+    "NESTED_FRACTION",
+    "SEQUENTIAL_FRACTION",
+    "LevelZones",
+    "PartNearMax",
+    "level_zones",
+]
 
 #: Hot-spot limit of conventional targets: the composite near-maximum (D0.03cc) at most
 #: 107 % of the intended level governing each part of the target (ICRU 50: 95-107 % of the
@@ -67,9 +82,38 @@ HOT_SPOT_LIMIT_PCT = 107.0
 LEVEL_REACH_MM = 5.0
 
 
+#: Share of a boost's volume inside a PTV that makes it nested there (tool default).
+NESTED_FRACTION = 0.5
+#: Share of a sequential boost's volume inside a PTV that makes it a boost of that PTV (tool
+#: default, below the shipped atlas's 17 % of the bed PTV inside the pelvic nodes' PTV and
+#: above a SIB grazing the pelvic PTV at the bed's edge).
+SEQUENTIAL_FRACTION = 0.1
+#: Volume two PTVs must share to overlap, in dose voxels (occupancy-weighted; tool default:
+#: half a voxel, so that two PTVs that only graze one partly occupied voxel do not).
+_OVERLAP_VOXELS = 0.5
+
 _RankArray = npt.NDArray[np.int16]
 _NONE = -1  # rank of "no level" (outside every PTV)
 _CROSS = ndimage.generate_binary_structure(3, 1)  # a voxel and its six face neighbours
+
+
+@dataclass(frozen=True, eq=False)
+class PartNearMax:
+    """Near-maximum of the part of a target governed by levels of one scheme.
+
+    Attributes
+    ----------
+    levels : tuple of TargetLevel
+        The governing levels (one scheme: the same parts, so the same intended dose).
+    near_max_gy : float
+        Near-maximum dose of the part (Gy, on the dose given).
+    volume_cc : float
+        Volume of the part (cc).
+    """
+
+    levels: tuple[TargetLevel, ...]
+    near_max_gy: float
+    volume_cc: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +201,64 @@ class LevelZones:
             out.append((self.levels[r], m))
         return out
 
+    def near_maxima(
+        self,
+        level: TargetLevel | str,
+        dose: FloatArray,
+        whole: StructureOnDoseGrid,
+        volume_cc: float = 0.03,
+    ) -> tuple[list[PartNearMax], float]:
+        """Near-maximum (D ``volume_cc``) of each part of a target, parts of one scheme together.
+
+        The parts of :meth:`check_zones`; those governed by levels of one scheme (three node
+        boosts of 60 Gy in 25 fractions) are read together. A part smaller than
+        ``volume_cc`` has no near-maximum of its own (the metric leaves out the hottest
+        ``volume_cc``) and is not read while some part is as large; a target smaller than
+        that is read whole against the highest scheme governing it.
+
+        Parameters
+        ----------
+        level : TargetLevel or str
+            One of :attr:`levels` (by name).
+        dose : ndarray
+            Dose on the dose grid (Gy).
+        whole : StructureOnDoseGrid
+            The level's PTV on the dose grid (:func:`rtplan.dvh.structure_on_dose_grid`).
+        volume_cc : float, optional
+            Volume of the near-maximum (cc, > 0).
+
+        Returns
+        -------
+        parts : list of PartNearMax
+            The parts read, lowest level first.
+        unread_cc : float
+            Volume of the parts not read (cc).
+        """
+        if not (math.isfinite(volume_cc) and volume_cc > 0):
+            raise InvalidInputError(f"volume_cc must be a positive number, got {volume_cc!r}")
+        groups: dict[tuple[tuple[float, int], ...], tuple[list[TargetLevel], BoolMask]] = {}
+        for governing, mask in self.check_zones(level):
+            if governing.parts in groups:
+                same, union = groups[governing.parts]
+                same.append(governing)
+                union |= mask
+            else:
+                groups[governing.parts] = ([governing], mask)
+        pieces = [(tuple(same), restricted(whole, union)) for same, union in groups.values()]
+        pieces = [(same, part) for same, part in pieces if part.flat_index.size]
+        grid = whole.dose_grid
+
+        def read(same: tuple[TargetLevel, ...], part: StructureOnDoseGrid) -> PartNearMax:
+            near_max = compute_dvh(dose, grid, part).dose_at_volume_cc(volume_cc)
+            return PartNearMax(same, near_max, part.total_volume_cc)
+
+        large = [(same, part) for same, part in pieces if part.total_volume_cc >= volume_cc]
+        if not large:
+            top = pieces[-1][0] if pieces else (self.levels[self.rank(level)],)
+            return [read(top, whole)], 0.0
+        unread = sum(part.total_volume_cc for _, part in pieces if part.total_volume_cc < volume_cc)
+        return [read(same, part) for same, part in large], unread
+
 
 def level_zones(
     levels: Sequence[TargetLevel],
@@ -202,34 +304,47 @@ def level_zones(
         raise InvalidInputError(f"reach_mm must be a number of mm >= 0, got {reach_mm!r}")
     ranked = sorted(levels, key=lambda lv: (lv.eqd2_gy(alpha_beta_gy), lv.name))
     eqd2 = np.array([lv.eqd2_gy(alpha_beta_gy) for lv in ranked])
-    fps = tuple(occupancy_on_grid(lv.ptv, dose_grid) > 0 for lv in ranked)
+    occupancy = [occupancy_on_grid(lv.ptv, dose_grid) for lv in ranked]
+    fps = tuple(occ > 0 for occ in occupancy)
     n = len(ranked)
-    sizes = [int(np.count_nonzero(f)) for f in fps]
-    shared = np.zeros((n, n), np.int64)
+    held = [float(occ.sum()) for occ in occupancy]  # volume, in dose voxels
+    common = np.zeros((n, n))  # volume two PTVs share, in dose voxels
     for a in range(n):
         for b in range(a + 1, n):
-            shared[a, b] = shared[b, a] = int(np.count_nonzero(fps[a] & fps[b]))
+            both = fps[a] & fps[b]
+            common[a, b] = common[b, a] = float(
+                np.minimum(occupancy[a][both], occupancy[b][both]).sum()
+            )
 
     def higher(a: int, b: int) -> bool:
         return bool(eqd2[a] > eqd2[b] + 1e-9)
 
-    # a boost: a level whose intended EQD2 is more than the hot-spot limit allows p
     limit = HOT_SPOT_LIMIT_PCT / 100.0
-    container = [
-        any(
-            shared[p, q] > 0 and ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) > limit
-            for q in range(n)
-        )
-        for p in range(n)
-    ]
-    highest = [
-        max([p, *(q for q in range(n) if shared[p, q] > 0)], key=lambda r: eqd2[r])
-        for p in range(n)
-    ]
+
+    def boost(q: int, p: int) -> bool:
+        """Whether level ``q`` is a boost inside level ``p``.
+
+        Above p's hot-spot limit, overlapping p (half a dose voxel at least), and either
+        nested in it (:data:`NESTED_FRACTION` of q inside p at least) or given by a course
+        that does not treat p (a sequential boost) with :data:`SEQUENTIAL_FRACTION` of q
+        inside p at least.
+        """
+        if q == p or common[p, q] < _OVERLAP_VOXELS:
+            return False
+        if ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
+            return False
+        if common[p, q] >= NESTED_FRACTION * held[q]:
+            return True
+        sequential = not set(ranked[q].courses) <= set(ranked[p].courses)
+        return sequential and common[p, q] >= SEQUENTIAL_FRACTION * held[q]
+
+    boosts = [[q for q in range(n) if boost(q, p)] for p in range(n)]
+    container = [bool(b) for b in boosts]
+    highest = [max([p, *boosts[p]], key=lambda r: eqd2[r]) for p in range(n)]
     # where each PTV's own level reaches: needed for the non-containers (into everything
-    # around them) and for PTVs intended above some non-container
+    # around them) and for PTVs intended above a PTV they are no boost of
     needed = [
-        not container[q] or any(higher(q, p) and not container[p] for p in range(n))
+        not container[q] or any(higher(q, p) and q not in boosts[p] for p in range(n))
         for q in range(n)
     ]
     # at least one dose voxel, so that a voxel's face neighbours are within reach
@@ -249,11 +364,11 @@ def level_zones(
             r = reach[fp]
             g = np.where(r >= 0, np.maximum(p, np.minimum(highest[p], r)), highest[p])
         else:
-            g = np.full(sizes[p], p, np.int16)
-            for q in range(n):
-                nq = near[q]
-                if higher(q, p) and nq is not None:
-                    g = np.where(nq[fp], np.maximum(g, q), g)
+            g = np.full(int(np.count_nonzero(fp)), p, np.int16)
+        for q in range(n):  # a higher PTV p's boosts do not include: within reach only
+            nq = near[q]
+            if higher(q, p) and q not in boosts[p] and nq is not None:
+                g = np.where(nq[fp], np.maximum(g, q), g)
         lowest[fp] = np.minimum(lowest[fp], g)
         floor[fp] = np.maximum(floor[fp], p)
     # a container near a lower non-container is governed by that one's level: where it holds

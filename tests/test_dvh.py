@@ -451,3 +451,11 @@ def test_parts_of_a_structure_add_up_to_its_dvh(kind):
     assert restricted(whole, np.zeros(dose_grid.shape, bool)).flat_index.size == 0
     with pytest.raises(GridMismatchError, match="shape"):
         restricted(whole, left[:-1])
+
+
+def test_an_empty_part_has_no_dvh():
+    ct, dose_grid = _grids(8.0)
+    whole = structure_on_dose_grid(Structure("S", sphere_mask(ct, CENTRE, 8.0), ct), dose_grid)
+    empty = restricted(whole, np.zeros(dose_grid.shape, bool))
+    with pytest.raises(GeometryError, match="no dose voxel"):
+        compute_dvh(np.zeros(dose_grid.shape), dose_grid, empty)

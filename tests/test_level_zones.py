@@ -11,6 +11,7 @@ import pytest
 from phantoms import box_mask, sphere_mask
 from scipy import ndimage
 
+from rtplan.dvh import structure_on_dose_grid
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.level_zones import HOT_SPOT_LIMIT_PCT, LEVEL_REACH_MM, level_zones
@@ -26,9 +27,10 @@ NODE = ((60.0, 25),)  # 66.9 Gy EQD2: within the bed's 107 %
 SIB = ((74.0, 37),)  # 74.0 Gy EQD2: above it, a boost
 
 
-def _level(name, mask, parts):
+def _level(name, mask, parts, courses=()):
+    """A level; ``courses``: indices of the courses treating it (one per part)."""
     ptv = Structure(name, mask, GRID, role="ptv")
-    return TargetLevel(ptv, parts, ("imrt",) * len(parts))
+    return TargetLevel(ptv, parts, ("imrt",) * len(parts), tuple(courses))
 
 
 def _eqd2(parts):
@@ -138,19 +140,21 @@ def test_a_lower_ptv_touching_a_container_does_not_lower_it():
     edge = bed_mask & pelvis_mask
     assert 0 < edge.sum() < 0.05 * bed_mask.sum()
     levels = [
-        _level("PTVn_4500", pelvis_mask, PELVIS),
-        _level("PTVsb_6660", bed_mask, BED),
-        _level("PTVp_7400", sib_mask, SIB),
+        _level("PTVn_4500", pelvis_mask, PELVIS, (0,)),
+        _level("PTVsb_6660", bed_mask, BED, (0, 1)),
+        _level("PTVp_7400", sib_mask, ((45.0, 25), (29.0, 12)), (0, 1)),
     ]
     z = level_zones(levels, GRID, AB)
-    assert z.containers == frozenset({"PTVn_4500", "PTVsb_6660"})
+    # the bed's share in the pelvic PTV is under SEQUENTIAL_FRACTION: no boost of it
+    assert z.containers == frozenset({"PTVsb_6660"})
     ceiling = z.ceiling_eqd2_gy(FACTOR)
+    sib = _eqd2(((45.0, 25), (29.0, 12)))
     assert ceiling[bed_mask].min() == pytest.approx(FACTOR * _eqd2(BED))
     np.testing.assert_allclose(ceiling[edge], FACTOR * _eqd2(BED))
-    np.testing.assert_allclose(ceiling[sib_mask], FACTOR * _eqd2(SIB))
+    np.testing.assert_allclose(ceiling[sib_mask], FACTOR * sib)
     # the bed away from its edge keeps the SIB's level: the boost's fall-off is the plan's
     inner = bed_mask & (_distance_mm(pelvis_mask) > LEVEL_REACH_MM)
-    np.testing.assert_allclose(ceiling[inner], FACTOR * _eqd2(SIB))
+    np.testing.assert_allclose(ceiling[inner], FACTOR * sib)
 
 
 def _face_max(arr):
@@ -275,3 +279,164 @@ def test_a_container_near_a_lower_ptv_does_not_lower_a_higher_one_it_holds():
     pelvis_near &= _distance_mm(bed_mask) > LEVEL_REACH_MM
     assert pelvis_near.any()
     np.testing.assert_allclose(ceiling[pelvis_near], FACTOR * 50.0)
+
+
+# a CT grid twice as fine as the dose grid, voxel-aligned: PTVs that only share partly
+# occupied dose voxels
+FINE = ImageGrid(shape=(64, 80, 80), spacing_mm=(1.25, 1.25, 1.25), origin_mm=(0.0, 0.0, 0.0))
+DOSE = ImageGrid(shape=(32, 40, 40), spacing_mm=(2.5, 2.5, 2.5), origin_mm=(0.625, 0.625, 0.625))
+
+
+def _fine_level(name, mask, parts, courses):
+    ptv = Structure(name, mask, FINE, role="ptv")
+    return TargetLevel(ptv, parts, ("imrt",) * len(parts), tuple(courses))
+
+
+def _fine_distance_mm(mask):
+    return ndimage.distance_transform_edt(~mask, sampling=FINE.spacing_mm)
+
+
+def _on_dose(mask_fine):
+    """Dose voxels a fine mask touches."""
+    return mask_fine.reshape(32, 2, 40, 2, 40, 2).any(axis=(1, 3, 5))
+
+
+def _far_from(mask_fine, mm):
+    """Dose voxels whose centre is more than ``mm`` from every voxel of a fine mask."""
+    d = _fine_distance_mm(mask_fine)
+    return d.reshape(32, 2, 40, 2, 40, 2).min(axis=(1, 3, 5)) > mm
+
+
+LOCAL_SIB = ((45.0, 25), (29.0, 12))  # 74.9 Gy EQD2, above the bed's 107 %
+
+
+def test_a_sib_beside_the_bed_is_no_boost_of_it():
+    """A SIB of the bed's courses beside the bed, 0.75 mm away: they share partly occupied
+    dose voxels only. The bed is no container: away from the SIB its own level governs
+    (a first version of this rule held the whole bed at the SIB's level: 110.4 %)."""
+    bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
+    sib_mask = sphere_mask(FINE, (76.75, 50.0, 40.0), 6.0)
+    gap = _fine_distance_mm(bed_mask)[sib_mask].min()
+    assert 0.5 < gap < 1.5 and np.any(_on_dose(bed_mask) & _on_dose(sib_mask))
+    bed = _fine_level("PTVsb_6660", bed_mask, BED, (0, 1))
+    sib = _fine_level("PTVp_7400", sib_mask, LOCAL_SIB, (0, 1))
+    z = level_zones([bed, sib], DOSE, AB)
+    assert z.containers == frozenset()
+    far = _on_dose(bed_mask) & _far_from(sib_mask, LEVEL_REACH_MM + 1.25)
+    assert far.sum() > 0.8 * _on_dose(bed_mask).sum()
+    np.testing.assert_array_equal(z.governing[far], 0)
+
+
+def test_a_node_above_the_beds_limit_overlapping_it_in_part_is_no_boost_of_it():
+    """A 62.5 Gy node boost (71.4 Gy EQD2, above the bed's 107 %) of the pelvic course,
+    overlapping the bed by 10 mm: not nested, not sequential, so no boost of the bed."""
+    bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
+    node_mask = sphere_mask(FINE, (69.0, 50.0, 40.0), 9.0)
+    assert 0.1 < (bed_mask & node_mask).sum() / node_mask.sum() < 0.5
+    bed = _fine_level("PTVsb_6660", bed_mask, BED, (0, 1))
+    node = _fine_level("PTVn1_6250", node_mask, ((62.5, 25),), (0,))
+    assert bed.scale_giving_eqd2(node.eqd2_gy(AB), AB) > HOT_SPOT_LIMIT_PCT / 100
+    z = level_zones([bed, node], DOSE, AB)
+    assert z.containers == frozenset()
+    far = _on_dose(bed_mask) & _far_from(node_mask, LEVEL_REACH_MM + 1.25)
+    assert far.any()
+    np.testing.assert_array_equal(z.governing[far], 0)
+    # the same node given by a course of its own (sequential) is a boost of the bed
+    seq = _fine_level("PTVn1_6250", node_mask, ((62.5, 25),), (2,))
+    assert level_zones([bed, seq], DOSE, AB).containers == frozenset({"PTVsb_6660"})
+
+
+def test_a_sib_grazing_the_pelvic_ptv_does_not_govern_it():
+    """The pelvic PTV cropped around the bed, a SIB inside the bed 0.5 mm from its edge
+    there: the SIB's level governs the pelvic PTV within reach of the SIB only (a first
+    version of this rule governed all of it, 383 cc, at the SIB's level)."""
+    bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
+    sib_mask = sphere_mask(FINE, (63.5, 50.0, 40.0), 6.0)
+    assert np.all(bed_mask[sib_mask])
+    pelvis_mask = box_mask(FINE, (0, 0, 0), (100, 100, 80)) & ~bed_mask
+    levels = [
+        _fine_level("PTVn_4500", pelvis_mask, PELVIS, (0,)),
+        _fine_level("PTVsb_6660", bed_mask, BED, (0, 1)),
+        _fine_level("PTVp_7400", sib_mask, LOCAL_SIB, (0, 1)),
+    ]
+    z = level_zones(levels, DOSE, AB)
+    assert z.containers == frozenset({"PTVsb_6660"})
+    pelvis = _on_dose(pelvis_mask) & ~_on_dose(bed_mask)
+    far = pelvis & _far_from(bed_mask, LEVEL_REACH_MM + 1.25)
+    np.testing.assert_array_equal(z.governing[far], 0)
+    near_sib = pelvis & ~_far_from(sib_mask, LEVEL_REACH_MM - 1.25)
+    assert near_sib.any()
+    np.testing.assert_array_equal(z.governing[near_sib], 2)
+
+
+def test_a_coarse_dose_grid_reaches_one_voxel_at_least():
+    """On a dose grid coarser than the reach, the reach is the grid spacing: a voxel's face
+    neighbour is within it."""
+    coarse = ImageGrid(shape=(16, 20, 20), spacing_mm=(6.0, 6.0, 6.0), origin_mm=(0, 0, 0))
+    bed_mask = sphere_mask(coarse, (60, 60, 48), 24.0)
+    node_mask = sphere_mask(coarse, (90, 60, 48), 8.0)
+    bed = TargetLevel(Structure("PTVsb_6660", bed_mask, coarse, role="ptv"), BED, ("imrt",) * 2)
+    node = TargetLevel(Structure("PTVn1_6000", node_mask, coarse, role="ptv"), NODE, ("imrt",))
+    z = level_zones([bed, node], coarse, AB)
+    assert z.reach_mm == 6.0
+    d = ndimage.distance_transform_edt(~node_mask, sampling=coarse.spacing_mm)
+    ring = bed_mask & (d > LEVEL_REACH_MM) & (d <= 6.0)
+    assert ring.any()
+    np.testing.assert_array_equal(z.governing[ring], 1)
+    np.testing.assert_array_equal(z.governing[bed_mask & (d > 6.0)], 0)
+
+
+def _bed_and_node():
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    node_mask = sphere_mask(GRID, (72, 48, 40), 8.0)
+    return _level("PTVsb_6660", bed_mask, BED), _level("PTVn1_6000", node_mask, NODE)
+
+
+def test_near_maxima_read_each_part_on_its_own_voxels():
+    """A dose of 100 Gy where the node's level governs and 50 Gy elsewhere: the bed's own
+    part reads 50 Gy (its voxels' face neighbours are all at 50 Gy, the ring next to the
+    node's voxels being read with the node), the node's part 100 Gy."""
+    bed, node = _bed_and_node()
+    z = level_zones([bed, node], GRID, AB)
+    dose = np.where(z.governing == 1, 100.0, 50.0)
+    whole = structure_on_dose_grid(bed.ptv, GRID)
+    parts, unread = z.near_maxima(bed, dose, whole)
+    assert unread == 0.0
+    assert [p.levels for p in parts] == [(bed,), (node,)]
+    assert parts[0].near_max_gy == pytest.approx(50.0, abs=0.02)  # histogram bins
+    assert parts[1].near_max_gy == pytest.approx(100.0, abs=0.02)
+    assert parts[0].volume_cc + parts[1].volume_cc == pytest.approx(bed.ptv.volume_cc)
+
+
+def test_a_part_smaller_than_the_near_maximum_volume_is_not_read():
+    bed, node = _bed_and_node()
+    z = level_zones([bed, node], GRID, AB)
+    dose = np.where(z.governing == 1, 100.0, 50.0)
+    whole = structure_on_dose_grid(bed.ptv, GRID)
+    [own, near] = z.near_maxima(bed, dose, whole)[0]
+    # a near-maximum volume between the node part's and the bed part's
+    volume = 0.5 * (near.volume_cc + own.volume_cc)
+    assert near.volume_cc < volume < own.volume_cc
+    parts, unread = z.near_maxima(bed, dose, whole, volume_cc=volume)
+    assert [p.levels for p in parts] == [(bed,)] and unread == pytest.approx(near.volume_cc)
+    # the whole target smaller than the volume: read whole against the highest level
+    parts, unread = z.near_maxima(bed, dose, whole, volume_cc=2 * bed.ptv.volume_cc)
+    assert [p.levels for p in parts] == [(node,)] and unread == 0.0
+    assert parts[0].volume_cc == pytest.approx(bed.ptv.volume_cc)
+    with pytest.raises(InvalidInputError, match="volume_cc"):
+        z.near_maxima(bed, dose, whole, volume_cc=0.0)
+
+
+def test_parts_of_one_scheme_are_read_together():
+    """Two 60 Gy node boosts beside the bed: one part for both, named by both."""
+    bed_mask = sphere_mask(GRID, (48, 48, 40), 20.0)
+    a = _level("PTVn1_6000", sphere_mask(GRID, (72, 48, 40), 8.0), NODE)
+    b = _level("PTVn2_6000", sphere_mask(GRID, (24, 48, 40), 8.0), NODE)
+    bed = _level("PTVsb_6660", bed_mask, BED)
+    z = level_zones([bed, a, b], GRID, AB)
+    assert len(z.check_zones(bed)) == 3
+    parts, _ = z.near_maxima(bed, np.full(GRID.shape, 60.0), structure_on_dose_grid(bed.ptv, GRID))
+    assert [tuple(lv.name for lv in p.levels) for p in parts] == [
+        ("PTVsb_6660",),
+        ("PTVn1_6000", "PTVn2_6000"),
+    ]
