@@ -1266,23 +1266,6 @@ def _option_structures(option: FieldOption) -> list[Structure]:
 
 
 # ---- targets -----------------------------------------------------------------------------
-def _overlaps(a: Structure, b: Structure) -> bool:
-    """Whether two structures on the same grid share a voxel (bounding boxes first)."""
-    if a is b:
-        return True
-    ba, bb = a.bbox, b.bbox
-    if ba is None or bb is None or not a.grid.equals(b.grid):
-        return False
-    lo = [max(p.start, q.start) for p, q in zip(ba, bb)]
-    hi = [min(p.stop, q.stop) for p, q in zip(ba, bb)]
-    if any(h <= low for low, h in zip(lo, hi)):
-        return False
-    box = tuple(slice(low, h) for low, h in zip(lo, hi))
-    ma = a.cropped_mask[tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, ba))]
-    mb = b.cropped_mask[tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, bb))]
-    return bool(np.any(ma & mb))
-
-
 @dataclass(frozen=True, eq=False)
 class _TargetDose:
     """A PTV's dose over the courses that treat it, against its summed prescription."""

@@ -14,11 +14,13 @@ The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
 
 * a *boost* of a PTV is a level intended higher than the PTV's hot-spot limit allows (107 %
   of its prescription in every course, :data:`HOT_SPOT_LIMIT_PCT`, read in EQD2) that is
-  nested in it (half of the boost inside it, :data:`NESTED_FRACTION`: a node boost inside
-  the pelvic nodes' PTV, a local-boost SIB inside the bed) or given by a course that does
-  not treat it, a sequential boost, with a tenth of the boost inside it at least
+  nested in it (half of the boost's volume inside it, :data:`NESTED_FRACTION`: a node boost
+  inside the pelvic nodes' PTV, a local-boost SIB inside the bed) or given by a course that
+  does not treat it, a sequential boost, with a tenth of the boost inside it at least
   (:data:`SEQUENTIAL_FRACTION`: the bed's boost over the pelvic nodes' PTV, 17 % of the bed
-  inside it on the shipped atlas);
+  inside it on the shipped atlas), unless it is a SIB of a lower level (nested in it and
+  given only by courses that treat it too); volumes shared are counted on the PTVs' own
+  grid;
 * a PTV with a boost is a *container*: the boost's fall-off inside it (over tens of
   millimetres behind a sequential boost) belongs to the plan, so it is governed by the
   highest of its boosts, except within :data:`LEVEL_REACH_MM` of a PTV that is not a
@@ -55,10 +57,17 @@ from scipy import ndimage
 
 from rtplan._typing import BoolMask, FloatArray
 from rtplan._validation import bounding_box
-from rtplan.dvh import StructureOnDoseGrid, compute_dvh, occupancy_on_grid, restricted
+from rtplan.dvh import (
+    Float32Array,
+    StructureOnDoseGrid,
+    compute_dvh,
+    occupancy_on_grid,
+    restricted,
+)
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
 from rtplan.plan import TargetLevel
+from rtplan.structures import Structure
 
 __all__ = [
     "HOT_SPOT_LIMIT_PCT",
@@ -88,10 +97,6 @@ NESTED_FRACTION = 0.5
 #: default, below the shipped atlas's 17 % of the bed PTV inside the pelvic nodes' PTV and
 #: above a SIB grazing the pelvic PTV at the bed's edge).
 SEQUENTIAL_FRACTION = 0.1
-#: Volume two PTVs must share to overlap, in dose voxels (occupancy-weighted; tool default:
-#: half a voxel, so that two PTVs that only graze one partly occupied voxel do not).
-_OVERLAP_VOXELS = 0.5
-
 _RankArray = npt.NDArray[np.int16]
 _NONE = -1  # rank of "no level" (outside every PTV)
 _CROSS = ndimage.generate_binary_structure(3, 1)  # a voxel and its six face neighbours
@@ -213,8 +218,9 @@ class LevelZones:
         The parts of :meth:`check_zones`; those governed by levels of one scheme (three node
         boosts of 60 Gy in 25 fractions) are read together. A part smaller than
         ``volume_cc`` has no near-maximum of its own (the metric leaves out the hottest
-        ``volume_cc``) and is not read while some part is as large; a target smaller than
-        that is read whole against the highest scheme governing it.
+        ``volume_cc``) and is not read while some part is as large; when no part is (a
+        small target, or one split into small parts) the target is read whole against the
+        highest scheme governing it.
 
         Parameters
         ----------
@@ -290,7 +296,13 @@ def level_zones(
     Raises
     ------
     InvalidInputError
-        No levels, an SBRT level, a repeated name, or a bad alpha/beta or reach.
+        No levels, an SBRT level, a repeated name, courses given for some levels only, or
+        a bad alpha/beta or reach.
+
+    Notes
+    -----
+    Levels built without the courses treating them (``TargetLevel.courses`` empty) are
+    never sequential boosts: only nesting makes a container of them.
     """
     if not levels:
         raise InvalidInputError("level_zones needs at least one conventional level")
@@ -302,18 +314,22 @@ def level_zones(
         raise InvalidInputError(f"alpha_beta_gy must be a positive number, got {alpha_beta_gy!r}")
     if not (math.isfinite(reach_mm) and reach_mm >= 0):
         raise InvalidInputError(f"reach_mm must be a number of mm >= 0, got {reach_mm!r}")
+    if len({bool(lv.courses) for lv in levels}) > 1:
+        raise InvalidInputError(
+            "the courses treating each level are given for some levels only: give them for "
+            "every level (rtplan.plan.target_levels does) or for none"
+        )
     ranked = sorted(levels, key=lambda lv: (lv.eqd2_gy(alpha_beta_gy), lv.name))
     eqd2 = np.array([lv.eqd2_gy(alpha_beta_gy) for lv in ranked])
     occupancy = [occupancy_on_grid(lv.ptv, dose_grid) for lv in ranked]
     fps = tuple(occ > 0 for occ in occupancy)
     n = len(ranked)
-    held = [float(occ.sum()) for occ in occupancy]  # volume, in dose voxels
-    common = np.zeros((n, n))  # volume two PTVs share, in dose voxels
+    volume = [_volume_cc(lv.ptv, occ, dose_grid) for lv, occ in zip(ranked, occupancy)]
+    shared = np.zeros((n, n))  # volume two PTVs share, cc
     for a in range(n):
         for b in range(a + 1, n):
-            both = fps[a] & fps[b]
-            common[a, b] = common[b, a] = float(
-                np.minimum(occupancy[a][both], occupancy[b][both]).sum()
+            shared[a, b] = shared[b, a] = _shared_cc(
+                ranked[a].ptv, ranked[b].ptv, occupancy[a], occupancy[b], dose_grid
             )
 
     def higher(a: int, b: int) -> bool:
@@ -321,22 +337,34 @@ def level_zones(
 
     limit = HOT_SPOT_LIMIT_PCT / 100.0
 
+    def nested(q: int, p: int) -> bool:
+        return q != p and shared[p, q] >= NESTED_FRACTION * volume[q]
+
+    # a SIB of a lower level (nested in it, given only by courses that also treat it: a
+    # local-boost SIB in the bed, a node boost in the pelvic nodes' PTV) is a boost of a
+    # third PTV through nesting only, not as a sequential boost
+    sib = [
+        any(
+            higher(q, r) and nested(q, r) and set(ranked[q].courses) <= set(ranked[r].courses)
+            for r in range(n)
+        )
+        for q in range(n)
+    ]
+
     def boost(q: int, p: int) -> bool:
         """Whether level ``q`` is a boost inside level ``p``.
 
-        Above p's hot-spot limit, overlapping p (half a dose voxel at least), and either
-        nested in it (:data:`NESTED_FRACTION` of q inside p at least) or given by a course
-        that does not treat p (a sequential boost) with :data:`SEQUENTIAL_FRACTION` of q
-        inside p at least.
+        Above p's hot-spot limit, and either nested in it (:data:`NESTED_FRACTION` of q
+        inside p at least) or, unless q is a SIB of a lower level, given by a course that
+        does not treat p (a sequential boost) with :data:`SEQUENTIAL_FRACTION` of q inside p
+        at least.
         """
-        if q == p or common[p, q] < _OVERLAP_VOXELS:
+        if q == p or ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
             return False
-        if ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
-            return False
-        if common[p, q] >= NESTED_FRACTION * held[q]:
+        if nested(q, p):
             return True
         sequential = not set(ranked[q].courses) <= set(ranked[p].courses)
-        return sequential and common[p, q] >= SEQUENTIAL_FRACTION * held[q]
+        return sequential and not sib[q] and shared[p, q] >= SEQUENTIAL_FRACTION * volume[q]
 
     boosts = [[q for q in range(n) if boost(q, p)] for p in range(n)]
     container = [bool(b) for b in boosts]
@@ -383,6 +411,47 @@ def level_zones(
         governing=governing,
         footprints=fps,
     )
+
+
+def _volume_cc(ptv: Structure, occupancy: Float32Array, dose_grid: ImageGrid) -> float:
+    """Volume of a PTV (cc): its mask's, or its dose-grid occupancy's if it has no voxel."""
+    if ptv.volume_cc > 0:
+        return float(ptv.volume_cc)
+    return float(occupancy.sum()) * dose_grid.voxel_volume_cc
+
+
+def _shared_cc(
+    a: Structure,
+    b: Structure,
+    occ_a: Float32Array,
+    occ_b: Float32Array,
+    dose_grid: ImageGrid,
+) -> float:
+    """Volume (cc) two PTVs share.
+
+    Exact on their own grid when they share one (the usual case: both drawn on the CT);
+    otherwise the least their dose-grid occupancies allow, ``max(0, occ_a + occ_b - 1)``
+    per voxel, so that PTVs that only abut share nothing whatever the dose grid's offset.
+    """
+    ba, bb = a.bbox, b.bbox
+    if ba is None or bb is None:
+        return 0.0
+    if a.grid.equals(b.grid):
+        lo = [max(p.start, q.start) for p, q in zip(ba, bb)]
+        hi = [min(p.stop, q.stop) for p, q in zip(ba, bb)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            return 0.0
+        box = tuple(slice(low, h) for low, h in zip(lo, hi))
+        ma = a.cropped_mask[
+            tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, ba))
+        ]
+        mb = b.cropped_mask[
+            tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, bb))
+        ]
+        return float(np.count_nonzero(ma & mb)) * a.grid.voxel_volume_cc
+    both = (occ_a > 0) & (occ_b > 0)
+    least = np.clip(occ_a[both].astype(np.float64) + occ_b[both] - 1.0, 0.0, None)
+    return float(least.sum()) * dose_grid.voxel_volume_cc
 
 
 def _padded_box(mask: BoolMask, pad: int) -> tuple[slice, ...]:
