@@ -18,9 +18,9 @@ The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
   inside the pelvic nodes' PTV, a local-boost SIB inside the bed) or given by a course that
   does not treat it, a sequential boost, with a tenth of the boost inside it at least
   (:data:`SEQUENTIAL_FRACTION`: the bed's boost over the pelvic nodes' PTV, 17 % of the bed
-  inside it on the shipped atlas), unless it is a SIB of a lower level (nested in it and
-  given only by courses that treat it too); volumes shared are counted on the PTVs' own
-  grid;
+  inside it on the shipped atlas), unless it is a SIB (a tenth of it at least inside a lower
+  level, its host, whose courses give it all its dose) whose host already boosts that PTV;
+  volumes shared are counted on the PTVs' own grid;
 * a PTV with a boost is a *container*: the boost's fall-off inside it (over tens of
   millimetres behind a sequential boost) belongs to the plan, so it is governed by the
   highest of its boosts, except within :data:`LEVEL_REACH_MM` of a PTV that is not a
@@ -324,7 +324,7 @@ def level_zones(
     occupancy = [occupancy_on_grid(lv.ptv, dose_grid) for lv in ranked]
     fps = tuple(occ > 0 for occ in occupancy)
     n = len(ranked)
-    volume = [_volume_cc(lv.ptv, occ, dose_grid) for lv, occ in zip(ranked, occupancy)]
+    volume = [float(lv.ptv.volume_cc) for lv in ranked]  # > 0: occupancy refuses empty PTVs
     shared = np.zeros((n, n))  # volume two PTVs share, cc
     for a in range(n):
         for b in range(a + 1, n):
@@ -340,33 +340,29 @@ def level_zones(
     def nested(q: int, p: int) -> bool:
         return q != p and shared[p, q] >= NESTED_FRACTION * volume[q]
 
-    # a SIB of a lower level (nested in it, given only by courses that also treat it: a
-    # local-boost SIB in the bed, a node boost in the pelvic nodes' PTV) is a boost of a
-    # third PTV through nesting only, not as a sequential boost
-    sib = [
-        any(
-            higher(q, r) and nested(q, r) and set(ranked[q].courses) <= set(ranked[r].courses)
-            for r in range(n)
-        )
-        for q in range(n)
+    def share(q: int, p: int) -> bool:  # enough of q inside p for a sequential boost
+        return q != p and shared[p, q] >= SEQUENTIAL_FRACTION * volume[q]
+
+    def given_with(q: int, r: int) -> bool:  # every course treating q treats r too
+        return set(ranked[q].courses) <= set(ranked[r].courses)
+
+    # the hosts of a SIB: lower levels it lies in (a tenth of it at least) whose courses
+    # give it all its dose (a local-boost SIB in the bed, a node boost in the pelvic PTV)
+    hosts = [
+        [r for r in range(n) if higher(q, r) and share(q, r) and given_with(q, r)] for q in range(n)
     ]
-
-    def boost(q: int, p: int) -> bool:
-        """Whether level ``q`` is a boost inside level ``p``.
-
-        Above p's hot-spot limit, and either nested in it (:data:`NESTED_FRACTION` of q
-        inside p at least) or, unless q is a SIB of a lower level, given by a course that
-        does not treat p (a sequential boost) with :data:`SEQUENTIAL_FRACTION` of q inside p
-        at least.
-        """
-        if q == p or ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
-            return False
-        if nested(q, p):
-            return True
-        sequential = not set(ranked[q].courses) <= set(ranked[p].courses)
-        return sequential and not sib[q] and shared[p, q] >= SEQUENTIAL_FRACTION * volume[q]
-
-    boosts = [[q for q in range(n) if boost(q, p)] for p in range(n)]
+    boosts: list[list[int]] = [[] for _ in range(n)]
+    for p in range(n):
+        for q in range(n):  # ascending: a host's boost status is known before its SIB's
+            if q == p or ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
+                continue
+            # nested; or a sequential boost with a tenth inside, unless a host already
+            # boosts p (a local SIB is the bed's, not a boost of the pelvic PTV of its own)
+            sequential = (
+                not given_with(q, p) and share(q, p) and not any(r in boosts[p] for r in hosts[q])
+            )
+            if nested(q, p) or sequential:
+                boosts[p].append(q)
     container = [bool(b) for b in boosts]
     highest = [max([p, *boosts[p]], key=lambda r: eqd2[r]) for p in range(n)]
     # where each PTV's own level reaches: needed for the non-containers (into everything
@@ -411,13 +407,6 @@ def level_zones(
         governing=governing,
         footprints=fps,
     )
-
-
-def _volume_cc(ptv: Structure, occupancy: Float32Array, dose_grid: ImageGrid) -> float:
-    """Volume of a PTV (cc): its mask's, or its dose-grid occupancy's if it has no voxel."""
-    if ptv.volume_cc > 0:
-        return float(ptv.volume_cc)
-    return float(occupancy.sum()) * dose_grid.voxel_volume_cc
 
 
 def _shared_cc(

@@ -14,7 +14,7 @@ from scipy import ndimage
 from rtplan.dvh import structure_on_dose_grid
 from rtplan.errors import InvalidInputError
 from rtplan.grid import ImageGrid
-from rtplan.level_zones import HOT_SPOT_LIMIT_PCT, LEVEL_REACH_MM, level_zones
+from rtplan.level_zones import HOT_SPOT_LIMIT_PCT, LEVEL_REACH_MM, _shared_cc, level_zones
 from rtplan.plan import TargetLevel
 from rtplan.structures import Structure
 
@@ -352,11 +352,11 @@ def test_a_node_above_the_beds_limit_overlapping_it_in_part_is_no_boost_of_it():
     assert level_zones([bed, seq], DOSE, AB).containers == frozenset({"PTVsb_6660"})
 
 
-def _pelvis_bed_sib(pelvis_to_x, sib_x=43.0):
+def _pelvis_bed_sib(pelvis_to_x, sib_xy=(43.0, 50.0)):
     """Pelvic PTV (course 0) up to ``pelvis_to_x`` mm, bed (courses 0, 1) from x = 30 mm,
-    a local SIB (courses 0, 1) inside the bed."""
+    a local SIB (courses 0, 1) in the bed."""
     bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
-    sib_mask = sphere_mask(FINE, (sib_x, 50.0, 40.0), 6.0)
+    sib_mask = sphere_mask(FINE, (*sib_xy, 40.0), 6.0)
     pelvis_mask = box_mask(FINE, (0, 0, 0), (pelvis_to_x, 100, 80))
     return [
         _fine_level("PTVn_4500", pelvis_mask, PELVIS, (0,)),
@@ -376,6 +376,76 @@ def test_a_sequential_boost_needs_a_tenth_of_it_inside(pelvis_to_x, share, conta
     assert (pelvis & bed).sum() / bed.sum() == pytest.approx(share, abs=0.01)
     z = level_zones(levels, DOSE, AB)
     assert ("PTVn_4500" in z.containers) is container
+
+
+def test_a_sib_half_out_of_the_bed_is_still_the_beds():
+    """A SIB of the bed's courses, 49 % inside the bed and 33 % inside the pelvic PTV (a
+    lesion at the bed's edge): the bed boosts the pelvic PTV, so the SIB is the bed's and
+    the pelvic PTV away from it is governed by the bed's level (a second version of the
+    rule made it a sequential boost of the pelvic PTV: 93 % of it at 74.9 Gy EQD2)."""
+    levels = _pelvis_bed_sib(40.5, sib_xy=(42.0, 32.0))
+    pelvis, bed, sib = (lv.ptv.mask for lv in levels)
+    assert (sib & bed).sum() / sib.sum() == pytest.approx(0.49, abs=0.01)
+    assert (sib & pelvis).sum() / sib.sum() == pytest.approx(0.33, abs=0.01)
+    z = level_zones(levels, DOSE, AB)
+    assert "PTVn_4500" in z.containers
+    far = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(sib, LEVEL_REACH_MM + 1.25)
+    assert far.any()
+    np.testing.assert_array_equal(z.governing[far], 1)
+
+
+@pytest.mark.parametrize("node_x", [33.0, 28.0])
+def test_a_sib_is_a_sequential_boost_where_its_host_is_none(node_x):
+    """A node given by the bed's boost course only, partly in the bed and partly in a
+    pelvic PTV cropped around the bed (the bed abuts it: no boost of it): the node is a
+    sequential boost of the pelvic PTV however it is split between the two (it was decided
+    by whether the node was nested in the bed, a PTV the pelvic PTV does not depend on)."""
+    bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
+    node_mask = sphere_mask(FINE, (node_x, 50.0, 40.0), 9.0)
+    pelvis_mask = box_mask(FINE, (2, 2, 2), (98, 98, 76)) & ~bed_mask
+    in_bed = (node_mask & bed_mask).sum() / node_mask.sum()
+    assert 0.2 < in_bed < 0.7
+    levels = [
+        _fine_level("PTVn_4500", pelvis_mask, PELVIS, (0,)),
+        _fine_level("PTVsb_6660", bed_mask, BED, (0, 1)),
+        _fine_level("PTVn1_7000", node_mask, ((70.0, 35),), (1,)),
+    ]
+    grid = ImageGrid(shape=(31, 40, 40), spacing_mm=(2.5,) * 3, origin_mm=(2.0, 2.0, 2.0))
+    z = level_zones(levels, grid, AB)
+    assert "PTVn_4500" in z.containers
+
+
+def test_a_bed_mostly_inside_the_pelvic_ptv_is_nested_there():
+    """The bed (courses 0, 1) 60 % inside the pelvic PTV (course 0): nested, so a boost;
+    its courses are not the pelvic PTV's, so it is no SIB of it."""
+    levels = _pelvis_bed_sib(53.0)
+    pelvis, bed = levels[0].ptv.mask, levels[1].ptv.mask
+    assert (pelvis & bed).sum() / bed.sum() == pytest.approx(0.6, abs=0.03)
+    z = level_zones(levels[:2], DOSE, AB)
+    assert z.containers == frozenset({"PTVn_4500"})
+    away = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(bed, LEVEL_REACH_MM + 1.25)
+    np.testing.assert_array_equal(z.governing[away], 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_shared_volume_is_counted_on_the_ptvs_grid(seed):
+    """Random boxes and spheres, some cut by the grid's edge: the shared volume equals the
+    count of common mask voxels."""
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        masks = []
+        for _ in range(2):
+            if rng.random() < 0.5:
+                lo = rng.uniform(-10, 90, 3)
+                masks.append(box_mask(FINE, tuple(lo), tuple(lo + rng.uniform(2, 40, 3))))
+            else:
+                centre = tuple(rng.uniform(-5, 95, 3))
+                masks.append(sphere_mask(FINE, centre, float(rng.uniform(2, 30))))
+        if not (masks[0].any() and masks[1].any()):
+            continue
+        a, b = (Structure(f"S{k}", m, FINE, role="ptv") for k, m in enumerate(masks))
+        expected = float((masks[0] & masks[1]).sum()) * FINE.voxel_volume_cc
+        assert _shared_cc(a, b, None, None, DOSE) == pytest.approx(expected)
 
 
 def test_a_sib_of_the_bed_is_no_sequential_boost_of_the_pelvic_ptv():
