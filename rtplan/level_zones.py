@@ -14,13 +14,15 @@ The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
 
 * a *boost* of a PTV is a level intended higher than the PTV's hot-spot limit allows (107 %
   of its prescription in every course, :data:`HOT_SPOT_LIMIT_PCT`, read in EQD2) that is
-  nested in it (half of the boost's volume inside it, :data:`NESTED_FRACTION`: a node boost
-  inside the pelvic nodes' PTV, a local-boost SIB inside the bed) or given by a course that
-  does not treat it, a sequential boost, with a tenth of the boost inside it at least
-  (:data:`SEQUENTIAL_FRACTION`: the bed's boost over the pelvic nodes' PTV, 17 % of the bed
-  inside it on the shipped atlas), unless it is a SIB (a tenth of it at least inside a lower
-  level, its host, whose courses give it all its dose) whose host already boosts that PTV;
-  volumes shared are counted on the PTVs' own grid;
+  either a *SIB* nested in it or a *sequential boost* of it. A SIB is a level with a tenth
+  of it at least inside a lower level, its *host*, whose courses give it all its dose (a
+  node boost of the pelvic course in the pelvic nodes' PTV, a local SIB in the bed, even
+  half out of it); it is a boost of a host it is nested in (half of its volume inside,
+  :data:`NESTED_FRACTION`) and of no other PTV, whose boost, if any, is the host. A level
+  without a host is a sequential boost of a PTV with a tenth of it inside
+  (:data:`SEQUENTIAL_FRACTION`; a course of it does not treat that PTV: the bed's boost
+  over the pelvic nodes' PTV, 17 % of the bed inside it on the shipped atlas). Volumes
+  shared are counted on the PTVs' own grid;
 * a PTV with a boost is a *container*: the boost's fall-off inside it (over tens of
   millimetres behind a sequential boost) belongs to the plan, so it is governed by the
   highest of its boosts, except within :data:`LEVEL_REACH_MM` of a PTV that is not a
@@ -91,11 +93,12 @@ HOT_SPOT_LIMIT_PCT = 107.0
 LEVEL_REACH_MM = 5.0
 
 
-#: Share of a boost's volume inside a PTV that makes it nested there (tool default).
+#: Share of a SIB's volume inside its host that makes it nested there, a boost of it (tool
+#: default).
 NESTED_FRACTION = 0.5
-#: Share of a sequential boost's volume inside a PTV that makes it a boost of that PTV (tool
-#: default, below the shipped atlas's 17 % of the bed PTV inside the pelvic nodes' PTV and
-#: above a SIB grazing the pelvic PTV at the bed's edge).
+#: Share of a level's volume inside a lower level that makes it a sequential boost of it, or
+#: that level its host (a SIB's) when its courses give the level all its dose (tool default,
+#: below the shipped atlas's 17 % of the bed PTV inside the pelvic nodes' PTV).
 SEQUENTIAL_FRACTION = 0.1
 _RankArray = npt.NDArray[np.int16]
 _NONE = -1  # rank of "no level" (outside every PTV)
@@ -347,22 +350,24 @@ def level_zones(
         return set(ranked[q].courses) <= set(ranked[r].courses)
 
     # the hosts of a SIB: lower levels it lies in (a tenth of it at least) whose courses
-    # give it all its dose (a local-boost SIB in the bed, a node boost in the pelvic PTV)
+    # give it all its dose (a local-boost SIB in the bed, a node boost in the pelvic PTV).
+    # A SIB is a local feature of its hosts' plan: it is a boost of a host it is nested in,
+    # of no other PTV (whose boost, if any, is the host); a level without hosts is a boost
+    # of a PTV it lies in by a tenth (necessarily a sequential boost of it)
     hosts = [
         [r for r in range(n) if higher(q, r) and share(q, r) and given_with(q, r)] for q in range(n)
     ]
-    boosts: list[list[int]] = [[] for _ in range(n)]
-    for p in range(n):
-        for q in range(n):  # ascending: a host's boost status is known before its SIB's
-            if q == p or ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
-                continue
-            # nested; or a sequential boost with a tenth inside, unless a host already
-            # boosts p (a local SIB is the bed's, not a boost of the pelvic PTV of its own)
-            sequential = (
-                not given_with(q, p) and share(q, p) and not any(r in boosts[p] for r in hosts[q])
-            )
-            if nested(q, p) or sequential:
-                boosts[p].append(q)
+
+    def boost(q: int, p: int) -> bool:
+        if q == p or ranked[p].scale_giving_eqd2(eqd2[q], alpha_beta_gy) <= limit:
+            return False
+        if hosts[q]:
+            return p in hosts[q] and nested(q, p)
+        # no host: q's courses do not all treat any lower level it lies in, so a PTV it
+        # lies in by a tenth is one a course of q does not treat: a sequential boost
+        return share(q, p)
+
+    boosts = [[q for q in range(n) if boost(q, p)] for p in range(n)]
     container = [bool(b) for b in boosts]
     highest = [max([p, *boosts[p]], key=lambda r: eqd2[r]) for p in range(n)]
     # where each PTV's own level reaches: needed for the non-containers (into everything

@@ -395,11 +395,11 @@ def test_a_sib_half_out_of_the_bed_is_still_the_beds():
 
 
 @pytest.mark.parametrize("node_x", [33.0, 28.0])
-def test_a_sib_is_a_sequential_boost_where_its_host_is_none(node_x):
-    """A node given by the bed's boost course only, partly in the bed and partly in a
-    pelvic PTV cropped around the bed (the bed abuts it: no boost of it): the node is a
-    sequential boost of the pelvic PTV however it is split between the two (it was decided
-    by whether the node was nested in the bed, a PTV the pelvic PTV does not depend on)."""
+def test_a_sib_never_boosts_a_third_ptv(node_x):
+    """A node given by the bed's boost course only, partly in the bed (its host) and partly
+    in a pelvic PTV cropped around the bed (which the bed only abuts): whatever the split,
+    the node is the bed's and no boost of the pelvic PTV, which is no container (a rule
+    tried on 2026-12-05 decided this by whether the node was nested in the bed)."""
     bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
     node_mask = sphere_mask(FINE, (node_x, 50.0, 40.0), 9.0)
     pelvis_mask = box_mask(FINE, (2, 2, 2), (98, 98, 76)) & ~bed_mask
@@ -412,7 +412,57 @@ def test_a_sib_is_a_sequential_boost_where_its_host_is_none(node_x):
     ]
     grid = ImageGrid(shape=(31, 40, 40), spacing_mm=(2.5,) * 3, origin_mm=(2.0, 2.0, 2.0))
     z = level_zones(levels, grid, AB)
+    assert "PTVn_4500" not in z.containers
+    far = z.footprints[0] & ~z.footprints[2]
+    d = ndimage.distance_transform_edt(~(z.footprints[1] | z.footprints[2]), sampling=(2.5,) * 3)
+    far &= d > LEVEL_REACH_MM
+    assert far.any()
+    np.testing.assert_array_equal(z.governing[far], 0)
+
+
+@pytest.mark.parametrize(("pelvis_to_x", "bed_boosts_pelvis"), [(36.25, False), (37.5, True)])
+def test_a_sib_in_the_bed_does_not_govern_the_pelvic_ptv_as_the_bed_crosses_a_threshold(
+    pelvis_to_x, bed_boosts_pelvis
+):
+    """A SIB wholly in the bed, a sixth of it in the pelvic PTV; the bed just under and just
+    over a tenth inside the pelvic PTV. Away from the SIB the pelvic PTV is governed by its
+    own level or by the bed's, never by the SIB's (a rule tried on 2026-12-05 put all of it
+    at the SIB's 74.9 Gy EQD2 when the bed fell under a tenth)."""
+    levels = _pelvis_bed_sib(pelvis_to_x, sib_xy=(41.0, 50.0))
+    pelvis, bed, sib = (lv.ptv.mask for lv in levels)
+    assert bool((pelvis & bed).sum() / bed.sum() >= 0.1) == bed_boosts_pelvis
+    assert np.all(bed[sib]) and 0.05 < (pelvis & sib).sum() / sib.sum() < 0.2
+    z = level_zones(levels, DOSE, AB)
+    assert ("PTVn_4500" in z.containers) is bed_boosts_pelvis
+    far = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(bed, LEVEL_REACH_MM + 1.25)
+    assert far.any()
+    np.testing.assert_array_equal(z.governing[far], 1 if bed_boosts_pelvis else 0)
+
+
+def test_a_sib_nested_in_the_pelvic_ptv_too_is_still_the_beds():
+    """A SIB wholly in the bed and half in the pelvic PTV (the bed 17 % inside it): the SIB
+    is the bed's (its only host), no boost of the pelvic PTV; the pelvic PTV away from the
+    SIB is governed by the bed's level (it was the SIB's, 100 % of it)."""
+    levels = _pelvis_bed_sib(40.5, sib_xy=(40.5, 50.0))
+    pelvis, bed, sib = (lv.ptv.mask for lv in levels)
+    assert np.all(bed[sib]) and (pelvis & sib).sum() / sib.sum() > 0.5
+    z = level_zones(levels, DOSE, AB)
     assert "PTVn_4500" in z.containers
+    far = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(sib, LEVEL_REACH_MM + 1.25)
+    assert far.any()
+    np.testing.assert_array_equal(z.governing[far], 1)
+
+
+@pytest.mark.parametrize(("pelvis_to_x", "nested"), [(53.0, True), (45.0, False)])
+def test_a_sib_of_the_pelvic_course_is_a_boost_where_nested(pelvis_to_x, nested):
+    """A 66.6 Gy level given by the pelvic PTV's own course (no sequential boost of it): a
+    boost of the pelvic PTV when more than half of it lies inside, none when less."""
+    levels = _pelvis_bed_sib(pelvis_to_x)[:2]
+    one_course = _fine_level("PTVb_6660", levels[1].ptv.mask, ((66.6, 37),), (0,))
+    pelvis, bed = levels[0].ptv.mask, one_course.ptv.mask
+    assert bool((pelvis & bed).sum() / bed.sum() > 0.5) == nested
+    z = level_zones([levels[0], one_course], DOSE, AB)
+    assert ("PTVn_4500" in z.containers) is nested
 
 
 def test_a_bed_mostly_inside_the_pelvic_ptv_is_nested_there():
