@@ -18,7 +18,7 @@ The rule (levels ranked by their intended EQD2 at the targets' alpha/beta):
   of it at least inside a lower level, its *host*, whose courses give it all its dose (a
   node boost of the pelvic course in the pelvic nodes' PTV, a local SIB in the bed, even
   half out of it); it is a boost of a host it is nested in (half of its volume inside,
-  :data:`NESTED_FRACTION`) and of no other PTV, whose boost, if any, is the host. A level
+  :data:`NESTED_FRACTION`) and of no other PTV. A level
   without a host is a sequential boost of a PTV with a tenth of it inside
   (:data:`SEQUENTIAL_FRACTION`; a course of it does not treat that PTV: the bed's boost
   over the pelvic nodes' PTV, 17 % of the bed inside it on the shipped atlas). Volumes
@@ -352,7 +352,7 @@ def level_zones(
     # the hosts of a SIB: lower levels it lies in (a tenth of it at least) whose courses
     # give it all its dose (a local-boost SIB in the bed, a node boost in the pelvic PTV).
     # A SIB is a local feature of its hosts' plan: it is a boost of a host it is nested in,
-    # of no other PTV (whose boost, if any, is the host); a level without hosts is a boost
+    # of no other PTV (it lies within its host's fall-off); a level without hosts is a boost
     # of a PTV it lies in by a tenth (necessarily a sequential boost of it)
     hosts = [
         [r for r in range(n) if higher(q, r) and share(q, r) and given_with(q, r)] for q in range(n)

@@ -397,9 +397,10 @@ def test_a_sib_half_out_of_the_bed_is_still_the_beds():
 @pytest.mark.parametrize("node_x", [33.0, 28.0])
 def test_a_sib_never_boosts_a_third_ptv(node_x):
     """A node given by the bed's boost course only, partly in the bed (its host) and partly
-    in a pelvic PTV cropped around the bed (which the bed only abuts): whatever the split,
-    the node is the bed's and no boost of the pelvic PTV, which is no container (a rule
-    tried on 2026-12-05 decided this by whether the node was nested in the bed)."""
+    in a pelvic PTV cropped around the bed (which the bed only abuts), split 66/34 and
+    26/74: the node is the bed's and no boost of the pelvic PTV, which is no container (a
+    rule tried on 2026-12-05 decided this by whether the node was nested in the bed). Under
+    a tenth in the bed the node would have no host and be a boost of the pelvic PTV."""
     bed_mask = sphere_mask(FINE, (50.0, 50.0, 40.0), 20.0)
     node_mask = sphere_mask(FINE, (node_x, 50.0, 40.0), 9.0)
     pelvis_mask = box_mask(FINE, (2, 2, 2), (98, 98, 76)) & ~bed_mask
@@ -424,19 +425,35 @@ def test_a_sib_never_boosts_a_third_ptv(node_x):
 def test_a_sib_in_the_bed_does_not_govern_the_pelvic_ptv_as_the_bed_crosses_a_threshold(
     pelvis_to_x, bed_boosts_pelvis
 ):
-    """A SIB wholly in the bed, a sixth of it in the pelvic PTV; the bed just under and just
-    over a tenth inside the pelvic PTV. Away from the SIB the pelvic PTV is governed by its
-    own level or by the bed's, never by the SIB's (a rule tried on 2026-12-05 put all of it
-    at the SIB's 74.9 Gy EQD2 when the bed fell under a tenth)."""
-    levels = _pelvis_bed_sib(pelvis_to_x, sib_xy=(41.0, 50.0))
+    """A SIB wholly in the bed, 26 % and 41 % of it in the pelvic PTV; the bed 7.8 % and
+    10.7 % inside the pelvic PTV. Away from the bed the pelvic PTV is governed by its own
+    level or by the bed's, never by the SIB's (a rule tried on 2026-12-05 put it at the
+    SIB's 74.9 Gy EQD2 when the bed fell under a tenth)."""
+    levels = _pelvis_bed_sib(pelvis_to_x, sib_xy=(39.0, 50.0))
     pelvis, bed, sib = (lv.ptv.mask for lv in levels)
     assert bool((pelvis & bed).sum() / bed.sum() >= 0.1) == bed_boosts_pelvis
-    assert np.all(bed[sib]) and 0.05 < (pelvis & sib).sum() / sib.sum() < 0.2
+    assert np.all(bed[sib]) and 0.25 < (pelvis & sib).sum() / sib.sum() < 0.45
     z = level_zones(levels, DOSE, AB)
     assert ("PTVn_4500" in z.containers) is bed_boosts_pelvis
     far = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(bed, LEVEL_REACH_MM + 1.25)
     assert far.any()
     np.testing.assert_array_equal(z.governing[far], 1 if bed_boosts_pelvis else 0)
+
+
+@pytest.mark.parametrize(("sib_x", "hosted"), [(31.0, False), (31.25, True)])
+def test_a_sib_under_a_tenth_in_the_bed_is_a_boost_of_its_own(sib_x, hosted):
+    """The threshold as designed: a level of the bed's courses wholly in the pelvic PTV and
+    8.4 % in the bed has no host, so it is a sequential boost of the pelvic PTV, which it
+    governs away from the bed; at 10.5 % in the bed it is the bed's SIB, and the bed's level
+    governs there. A 0.25 mm move changes the level of most of the pelvic PTV (docs 4.5)."""
+    levels = _pelvis_bed_sib(40.5, sib_xy=(sib_x, 36.0))
+    pelvis, bed, sib = (lv.ptv.mask for lv in levels)
+    in_bed = (sib & bed).sum() / sib.sum()
+    assert bool(in_bed >= 0.1) == hosted and 0.05 < in_bed < 0.15 and np.all(pelvis[sib])
+    z = level_zones(levels, DOSE, AB)
+    far = _on_dose(pelvis) & ~_on_dose(bed) & _far_from(bed | sib, LEVEL_REACH_MM + 1.25)
+    assert far.sum() > 0.5 * _on_dose(pelvis).sum()
+    np.testing.assert_array_equal(z.governing[far], 1 if hosted else 2)
 
 
 def test_a_sib_nested_in_the_pelvic_ptv_too_is_still_the_beds():
