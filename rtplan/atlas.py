@@ -1792,7 +1792,7 @@ def _outside_body(ss: StructureSet, present: Sequence[Structure]) -> list[str]:
     for s in present:
         if s.name == "Body":
             continue
-        ov = _overlap_local(s, body)
+        ov = s.shared_voxel_count(body)
         if ov < s.voxel_count:
             problems.append(f"{s.name} has {s.voxel_count - ov} voxels outside Body")
     return problems
@@ -1805,33 +1805,12 @@ def _forbidden_overlaps(present: Sequence[Structure]) -> list[str]:
         for b in cand[n + 1 :]:
             if frozenset((a.name, b.name)) in _ALLOWED_OVERLAPS:
                 continue
-            ov = _overlap_local(a, b)
+            ov = a.shared_voxel_count(b)
             if ov:
                 problems.append(
                     f"{a.name} and {b.name} overlap by {ov * a.grid.voxel_volume_cc:.2f} cc"
                 )
     return problems
-
-
-def _bbox_index(s: Structure) -> tuple[_Index, _Index] | None:
-    """The index box ``(start, stop)`` of a structure, or ``None`` when it is empty."""
-    if s.bbox is None:
-        return None
-    return (
-        np.array([sl.start for sl in s.bbox], np.int64),
-        np.array([sl.stop for sl in s.bbox], np.int64),
-    )
-
-
-def _overlap_local(a: Structure, b: Structure) -> int:
-    """Number of voxels in both structures (computed on their bounding boxes)."""
-    ba, bb = _bbox_index(a), _bbox_index(b)
-    if ba is None or bb is None:
-        return 0
-    ov = _overlap(ba[0], ba[1], bb[0], bb[1])
-    if ov is None:
-        return 0
-    return int(np.count_nonzero(a.cropped_mask[_sl(ov, ba[0])] & b.cropped_mask[_sl(ov, bb[0])]))
 
 
 def _position(atlas: Atlas, name: str) -> FloatArray | None:

@@ -427,22 +427,8 @@ def _shared_cc(
     otherwise the least their dose-grid occupancies allow, ``max(0, occ_a + occ_b - 1)``
     per voxel, so that PTVs that only abut share nothing whatever the dose grid's offset.
     """
-    ba, bb = a.bbox, b.bbox
-    if ba is None or bb is None:
-        return 0.0
     if a.grid.equals(b.grid):
-        lo = [max(p.start, q.start) for p, q in zip(ba, bb)]
-        hi = [min(p.stop, q.stop) for p, q in zip(ba, bb)]
-        if any(h <= low for low, h in zip(lo, hi)):
-            return 0.0
-        box = tuple(slice(low, h) for low, h in zip(lo, hi))
-        ma = a.cropped_mask[
-            tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, ba))
-        ]
-        mb = b.cropped_mask[
-            tuple(slice(s.start - p.start, s.stop - p.start) for s, p in zip(box, bb))
-        ]
-        return float(np.count_nonzero(ma & mb)) * a.grid.voxel_volume_cc
+        return float(a.shared_voxel_count(b)) * a.grid.voxel_volume_cc
     both = (occ_a > 0) & (occ_b > 0)
     least = np.clip(occ_a[both].astype(np.float64) + occ_b[both] - 1.0, 0.0, None)
     return float(least.sum()) * dose_grid.voxel_volume_cc

@@ -289,16 +289,9 @@ class TargetLevel:
 
 def _fraction_inside(part: Structure, whole: Structure) -> float:
     """Fraction of the voxels of ``part`` inside ``whole`` (0 on different grids)."""
-    pb, wb = part.bbox, whole.bbox
-    if pb is None or wb is None or not part.grid.equals(whole.grid):
+    if not part.grid.equals(whole.grid):
         return 0.0
-    lo = [max(p.start, w.start) for p, w in zip(pb, wb)]
-    hi = [min(p.stop, w.stop) for p, w in zip(pb, wb)]
-    if any(h <= low for low, h in zip(lo, hi)):
-        return 0.0
-    a = part.cropped_mask[tuple(slice(lo[d] - pb[d].start, hi[d] - pb[d].start) for d in range(3))]
-    b = whole.cropped_mask[tuple(slice(lo[d] - wb[d].start, hi[d] - wb[d].start) for d in range(3))]
-    return float(np.count_nonzero(a & b)) / max(part.voxel_count, 1)
+    return float(part.shared_voxel_count(whole)) / max(part.voxel_count, 1)
 
 
 def _earlier_credit(ptv: Structure, earlier: Sequence[Course]) -> list[tuple[float, int, str, int]]:

@@ -423,19 +423,11 @@ def _targets(option: FieldOption) -> list[_TargetInfo]:
 
 def _overlap_fraction(part: Structure, whole: Structure) -> float:
     """Fraction of the voxels of ``part`` that lie inside ``whole`` (same grid), else 0."""
-    pb, wb = part.bbox, whole.bbox
-    if pb is None or wb is None:
+    if part.is_empty or whole.is_empty:
         return 0.0
     if part.grid is not whole.grid and not part.grid.equals(whole.grid):
         return 1.0 if _contains_point(whole, part.centroid_mm) else 0.0
-    lo = [max(p.start, w.start) for p, w in zip(pb, wb)]
-    hi = [min(p.stop, w.stop) for p, w in zip(pb, wb)]
-    if any(h <= low for low, h in zip(lo, hi)):
-        return 0.0
-    a = part.cropped_mask[tuple(slice(lo[d] - pb[d].start, hi[d] - pb[d].start) for d in range(3))]
-    b = whole.cropped_mask[tuple(slice(lo[d] - wb[d].start, hi[d] - wb[d].start) for d in range(3))]
-    n = int(np.count_nonzero(part.cropped_mask))
-    return float(np.count_nonzero(a & b)) / n if n else 0.0
+    return float(part.shared_voxel_count(whole)) / part.voxel_count
 
 
 def _contains_point(structure: Structure, point_mm: Sequence[float]) -> bool:

@@ -660,6 +660,29 @@ class Structure:
         """Volume in cc (voxel count times voxel volume)."""
         return self.voxel_count * self.grid.voxel_volume_cc
 
+    def shared_voxel_count(self, other: Structure) -> int:
+        """Number of voxels inside both this structure and ``other`` (on their bounding boxes).
+
+        Raises
+        ------
+        GridMismatchError
+            ``other`` is on another grid.
+        """
+        if not self.grid.equals(other.grid):
+            raise GridMismatchError(
+                f"{self.name} and {other.name} are on different grids: no voxel to compare"
+            )
+        a, b = self._bbox, other._bbox
+        if a is None or b is None:
+            return 0
+        lo = [max(p.start, q.start) for p, q in zip(a, b)]
+        hi = [min(p.stop, q.stop) for p, q in zip(a, b)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            return 0
+        mine = self._local[tuple(slice(x - p.start, y - p.start) for x, y, p in zip(lo, hi, a))]
+        theirs = other._local[tuple(slice(x - q.start, y - q.start) for x, y, q in zip(lo, hi, b))]
+        return int(np.count_nonzero(mine & theirs))
+
     @property
     def centroid_mm(self) -> Vec3:
         """LPS centre of mass ``(x, y, z)`` in mm; NaNs when empty."""

@@ -265,3 +265,27 @@ def test_tg263_exclamation_and_caret_names_are_distinct_structures():
     ss = StructureSet([a, b, c])
     assert ss.names == ["PTVsb_6660", "PTV!sb_6660", "PTVsb_6660^Dr1"]
     assert ss["ptv!sb_6660"] is b and ss["PTV_sb_6660"] is a and ss["ptvsb6660^dr1"] is c
+
+
+def test_shared_voxel_count_is_the_count_of_common_voxels():
+    """Spheres and boxes, some cut by the grid's edge, some apart: the count of voxels in
+    both masks; none with an empty structure; another grid refused."""
+    g = ImageGrid(shape=(20, 30, 30), spacing_mm=(2.0, 1.5, 1.5), origin_mm=(0.0, 0.0, 0.0))
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        masks = []
+        for _ in range(2):
+            if rng.random() < 0.5:
+                lo = rng.uniform(-5, 45, 3)
+                masks.append(box_mask(g, tuple(lo), tuple(lo + rng.uniform(1, 25, 3))))
+            else:
+                masks.append(sphere_mask(g, tuple(rng.uniform(-5, 45, 3)), rng.uniform(1, 15)))
+        a, b = Structure("A", masks[0], g), Structure("B", masks[1], g)
+        assert a.shared_voxel_count(b) == int((masks[0] & masks[1]).sum())
+        assert b.shared_voxel_count(a) == a.shared_voxel_count(b)
+    empty = Structure("E", np.zeros(g.shape, bool), g)
+    full = Structure("F", np.ones(g.shape, bool), g)
+    assert empty.shared_voxel_count(full) == 0 and full.shared_voxel_count(full) == full.voxel_count
+    other = ImageGrid(shape=g.shape, spacing_mm=g.spacing_mm, origin_mm=(0.5, 0.0, 0.0))
+    with pytest.raises(GridMismatchError, match="different grids"):
+        full.shared_voxel_count(Structure("O", np.ones(g.shape, bool), other))
