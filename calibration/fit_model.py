@@ -51,7 +51,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from calibration.plans import PLANS, build_plan_option, load_plan_atlas, plan_by_id
+from calibration.objectives import ObjectiveWeights
+from calibration.plans import PLANS, PlanSpec, build_plan_option, load_plan_atlas, plan_by_id
 from calibration.reference_plans import course_targets, fall_off_reference
 from calibration.scoring import (
     DISTANCE_BIN_EDGES_MM,
@@ -63,7 +64,7 @@ from calibration.scoring import (
     signed_distance_mm,
     target_metrics,
 )
-from calibration.store import MetricRecord, ReferenceStore
+from calibration.store import JsonValue, MetricRecord, ReferenceStore, StoreError
 from rtplan.atlas import Atlas
 from rtplan.dose_estimate import (
     ALPHA_BETA_GY,
@@ -84,6 +85,7 @@ __all__ = [
     "FIT_METRICS",
     "MAX_FALL_OFF_PER_MM",
     "MIRRORED",
+    "RANKING_SOURCE",
     "REFERENCE_BAND_POINTS",
     "TRAINING",
     "CourseFallOff",
@@ -97,6 +99,7 @@ __all__ = [
     "fit_fall_off",
     "load_cases",
     "main",
+    "objective_set_spread",
     "ranking_agreement",
     "residual_table",
     "steepest_fall_off",
@@ -238,6 +241,9 @@ class PlanCase:
     organs: dict[str, StructureOnDoseGrid]
     ptvs: dict[str, tuple[StructureOnDoseGrid, float]]  # name -> (structure, total Rx)
     rows: list[MetricRecord] = dataclasses.field(default_factory=list)  # every stored row
+    #: the weights the plan was optimised with that differ from the common objective set
+    #: (name, value), sorted by name; () for the common set
+    objectives: tuple[tuple[str, object], ...] = ()
 
 
 def _reference(rows: Iterable[MetricRecord]) -> dict[tuple[str, str], float]:
@@ -251,6 +257,34 @@ def acceptable_ids(store: ReferenceStore) -> set[str]:
         if isinstance(record, dict) and record.get("acceptable") is True:
             out.add(plan_id)
     return out
+
+
+def objective_changes(spec: PlanSpec, record: JsonValue) -> tuple[tuple[str, object], ...]:
+    """The weights a stored plan was optimised with that differ from the common set.
+
+    Read from the plan's record (``objective_weights``), and checked against the plan list's
+    ``weight_changes`` so that the two cannot drift apart.
+
+    Raises
+    ------
+    calibration.store.StoreError
+        When the record has no valid objective set, or one the plan list does not describe.
+    """
+    weights_json = record.get("objective_weights") if isinstance(record, dict) else None
+    if not isinstance(weights_json, dict):
+        raise StoreError(f"{spec.plan_id}: the stored record has no objective_weights")
+    try:
+        stored = dataclasses.asdict(ObjectiveWeights.from_json(weights_json))
+    except ValueError as err:
+        raise StoreError(f"{spec.plan_id}: objective_weights: {err}") from err
+    common = dataclasses.asdict(ObjectiveWeights())
+    changes = tuple(sorted((k, v) for k, v in stored.items() if v != common[k]))
+    if dict(changes) != dict(spec.weight_changes):
+        raise StoreError(
+            f"{spec.plan_id}: stored with objective changes {dict(changes)}, "
+            f"the plan list says {dict(spec.weight_changes)}"
+        )
+    return changes
 
 
 def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> list[PlanCase]:
@@ -287,6 +321,7 @@ def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> 
                 organs,
                 ptvs,
                 plan_rows,
+                objective_changes(spec, stored[plan_id]),
             )
         )
     return out
@@ -846,7 +881,12 @@ class Residual:
 def residual_table(
     cases: Sequence[PlanCase], params: DoseModelParameters
 ) -> tuple[list[Residual], dict[str, float]]:
-    """Held-out residuals per metric, and the estimates (for the ranking check)."""
+    """Held-out residuals per metric, and the estimates (for the ranking check).
+
+    An organ metric that estimate and reference both put at zero (the bowel's V45Gy of an
+    option without a pelvic field) says nothing of the model's error and is left out of
+    its row, so that such plans do not pull the row's median to zero.
+    """
     errors: dict[tuple[str, str, str], list[float]] = {}
     estimates: dict[str, float] = {}
     for case in cases:
@@ -855,14 +895,15 @@ def residual_table(
             estimates[f"{case.plan_id}|{structure}|{metric}"] = estimated
         for structure, metric, unit in REPORTED:
             ref, value = case.reference.get((structure, metric)), est.get((structure, metric))
-            if ref is not None and value is not None:
+            if ref is not None and value is not None and (ref != 0.0 or value != 0.0):
                 errors.setdefault((structure, metric, unit), []).append(value - ref)
         for name in case.ptvs:
             for metric, unit in _PTV_METRICS:
                 ref, value = case.reference.get((name, metric)), est.get((name, metric))
                 if ref is not None and value is not None:
                     errors.setdefault(("PTV (each level)", metric, unit), []).append(value - ref)
-    rows = [Residual(s, m, u, tuple(e)) for (s, m, u), e in errors.items()]
+    order = [*REPORTED, *(("PTV (each level)", m, u) for m, u in _PTV_METRICS)]
+    rows = [Residual(s, m, u, tuple(errors[(s, m, u)])) for s, m, u in order if (s, m, u) in errors]
     return rows, estimates
 
 
@@ -872,21 +913,32 @@ def residual_table(
 REFERENCE_BAND_POINTS = 3.0
 
 
+#: How the calibration file's ``source`` states the held-out ranking (the test reads it back).
+RANKING_SOURCE = "ranked alike in {agreed} of {total} held-out pairs of options"
+
+
 def ranking_agreement(
     cases: Sequence[PlanCase], estimates: Mapping[str, float], *, tie_points: float = 1.0
 ) -> tuple[int, int, list[str]]:
     """Pairs of options of one anatomy ranked alike by estimate and reference, per metric.
 
-    A pair whose reference values differ by less than ``tie_points`` (percentage points
-    for V metrics in %; 1 Gy or 1 cc otherwise) is a tie and not counted.
+    Two plans are a pair when they are of different options (two plans of one option have
+    the same estimate, so they could only disagree) and were optimised with the same
+    objective set (``PlanCase.objectives``): a comparison of options holds the planner's
+    objectives fixed, as a planning study does, and the estimate has no objectives to follow
+    a change of them (its size: :func:`objective_set_spread`). A pair whose reference values
+    differ by less than ``tie_points`` (percentage points for V metrics in %; 1 Gy or 1 cc
+    otherwise) is a tie and not counted.
     Returns agreed, total, and the disagreements (text).
     """
     agreed, total, misses = 0, 0, []
-    by_case: dict[str, list[PlanCase]] = {}
+    by_case: dict[tuple[str, tuple[tuple[str, object], ...]], list[PlanCase]] = {}
     for c in cases:
-        by_case.setdefault(c.case, []).append(c)
+        by_case.setdefault((c.case, c.objectives), []).append(c)
     for group in by_case.values():
         for a, b in itertools.combinations(group, 2):
+            if a.option.name == b.option.name:
+                continue
             for structure, metric, unit in REPORTED:
                 key_a, key_b = (
                     f"{a.plan_id}|{structure}|{metric}",
@@ -911,6 +963,39 @@ def ranking_agreement(
                 else:
                     misses.append(f"{a.plan_id} vs {b.plan_id}: {structure} {metric}")
     return agreed, total, misses
+
+
+def objective_set_spread(cases: Sequence[PlanCase]) -> list[tuple[str, str, str, str, float]]:
+    """Differences between plans of one option on one anatomy under two objective sets.
+
+    The reference's own reproducibility: how far acceptable objective sets move an organ
+    metric of the same option, which an estimate cannot be expected to resolve.
+
+    Returns
+    -------
+    list of (plan_id, plan_id, structure, metric, difference)
+        The plan with more objective changes minus the other (the common set's plan is
+        the first), for every metric of :data:`REPORTED` both plans have, in the metric's
+        unit (percentage points, Gy or cc).
+    """
+    out = []
+    by_option: dict[tuple[str, str], list[PlanCase]] = {}
+    for c in cases:
+        by_option.setdefault((c.case, c.option.name), []).append(c)
+    for group in by_option.values():
+        for a, b in itertools.combinations(group, 2):
+            if a.objectives == b.objectives:
+                continue
+            if len(a.objectives) > len(b.objectives):
+                a, b = b, a
+            for structure, metric, _unit in REPORTED:
+                ref_a, ref_b = (
+                    a.reference.get((structure, metric)),
+                    b.reference.get((structure, metric)),
+                )
+                if ref_a is not None and ref_b is not None:
+                    out.append((a.plan_id, b.plan_id, structure, metric, ref_b - ref_a))
+    return out
 
 
 def _markdown(rows: Sequence[Residual]) -> str:
@@ -1008,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = [c for c in cases if c.plan_id in TRAINING]
     held = [c for c in cases if c.plan_id not in TRAINING]
     _say(
-        f"{len(cases)} stored plans: training {[c.plan_id for c in train]}, "
+        f"{len(cases)} acceptable stored plans: training {[c.plan_id for c in train]}, "
         f"held out {[c.plan_id for c in held]}"
     )
     if not train:
@@ -1053,12 +1138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     agreed, total, misses = ranking_agreement(everything, est_all)
     print(f"\nranking of option pairs over every stored plan, acceptable or not: {agreed}/{total}")
     print(f"agree; misses: {misses}")
+    spread = objective_set_spread(everything)
+    if spread:
+        print("\nthe same option under two objective sets (changed set minus common set):")
+        for id_a, id_b, structure, metric, diff in spread:
+            print(f"  {id_b} - {id_a}: {structure} {metric} {diff:+.1f}")
     if args.write:
-        rows, _ = residual_table(held, params) if held else ([], {})
+        rows, est_held = residual_table(held, params) if held else ([], {})
+        agreed, total, _ = ranking_agreement(held, est_held)
         source = (
             f"fitted on {len(train)} pyRadPlan reference plans "
             f"({', '.join(c.plan_id for c in train)}), residuals of {len(held)} held-out plans"
         )
+        if total:
+            source += f"; {RANKING_SOURCE.format(agreed=agreed, total=total)}"
         text = _toml(profile, sparing, yields, holds, rows, source)
         CALIBRATION_TOML.write_text(text, encoding="utf-8")
         _say(f"wrote {CALIBRATION_TOML}")

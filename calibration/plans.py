@@ -138,7 +138,10 @@ def _plan(
 #: (seed 3, bladder 2.0), so that held-out pairs of options can be ranked; then the
 #: node-boost option again with the PTV overdose priority doubled (1000 -> 2000), because
 #: ``nboost__atlas`` missed the D2 <= 110 % rule by 0.03 points at the 98 % floor; then the
-#: two boost options on bladder filling 0.5 and rectal filling 1.8.
+#: two boost options on bladder filling 0.5 and rectal filling 1.8; then, with the PTV
+#: overdose priority doubled as the node-boost plans have it, prostate bed + pelvis on
+#: bladder filling 0.5 and the local boost on the atlas, the node boosts' partners; then
+#: the local boost on the three anatomies whose PBRT and PBRT+WPRT plans are held out.
 PLANS: tuple[PlanSpec, ...] = (
     *(
         _plan("pbrt", case, "T0N0M0", "PBRT")
@@ -177,6 +180,31 @@ PLANS: tuple[PlanSpec, ...] = (
         weight_changes=(("ptv_max_priority", 2000.0),),
     ),
     _plan("lrboost", "rectal1.8", "TrN0M0", "PBRT+LRboost"),
+    # the partners of two held-out node-boost plans under their objective set (added
+    # 2026-12-05, ninth session): options are ranked only against options planned with the
+    # same objectives (calibration/fit_model.py, ranking_agreement), and the node boost was
+    # planned with the PTV overdose priority doubled; held out
+    _plan(
+        "wprt_homog",
+        "bladder0.5",
+        "T0N0M0",
+        "PBRT+WPRT",
+        weight_changes=(("ptv_max_priority", 2000.0),),
+    ),
+    _plan(
+        "lrboost_homog",
+        "atlas",
+        "TrN0M0",
+        "PBRT+LRboost",
+        weight_changes=(("ptv_max_priority", 2000.0),),
+    ),
+    # the local boost on the three anatomies whose prostate-bed and whole-pelvis plans are
+    # both held out (added 2026-12-05, ninth session, with the two above): more held-out
+    # pairs of options to rank
+    *(
+        _plan("lrboost", case, "TrN0M0", "PBRT+LRboost")
+        for case in ("scale0.85", "bladder2.0", "seed3")
+    ),
 )
 
 

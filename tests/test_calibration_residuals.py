@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from calibration.fit_model import TRAINING, acceptable_ids, load_cases, residual_table
+from calibration.fit_model import (
+    RANKING_SOURCE,
+    TRAINING,
+    acceptable_ids,
+    load_cases,
+    ranking_agreement,
+    residual_table,
+)
 from calibration.store import ReferenceStore
 from rtplan.dose_estimate import DoseModelParameters
 from rtplan.sparing import CALIBRATION
@@ -26,7 +33,10 @@ def test_residual_table_is_reproduced_from_the_stored_plans():
     held = [i for i in acceptable_ids(STORE) if i not in TRAINING]
     if not held:
         pytest.fail("no held-out reference plan: the calibration has no residual table")
-    rows, _ = residual_table(load_cases(STORE, held), DoseModelParameters())
+    cases = load_cases(STORE, held)
+    rows, estimates = residual_table(cases, DoseModelParameters())
+    agreed, total, _ = ranking_agreement(cases, estimates)
+    assert RANKING_SOURCE.format(agreed=agreed, total=total) in CALIBRATION.source
     recomputed = {(r.structure, r.metric.replace("[cc]", ""), r.unit): r for r in rows}
     assert CALIBRATION.uncertainties
     for u in CALIBRATION.uncertainties:
