@@ -53,7 +53,7 @@ from scipy import optimize
 
 from calibration.objectives import ObjectiveWeights
 from calibration.plans import PLANS, PlanSpec, build_plan_option, load_plan_atlas, plan_by_id
-from calibration.reference_plans import course_targets, fall_off_reference
+from calibration.reference_plans import course_targets, fall_off_reference, recorded_weights
 from calibration.scoring import (
     DISTANCE_BIN_EDGES_MM,
     distance_bin_label,
@@ -270,13 +270,12 @@ def objective_changes(spec: PlanSpec, record: JsonValue) -> tuple[tuple[str, obj
     calibration.store.StoreError
         When the record has no valid objective set, or one the plan list does not describe.
     """
-    weights_json = record.get("objective_weights") if isinstance(record, dict) else None
-    if not isinstance(weights_json, dict):
+    if not isinstance(record, dict) or "objective_weights" not in record:
         raise StoreError(f"{spec.plan_id}: the stored record has no objective_weights")
     try:
-        stored = dataclasses.asdict(ObjectiveWeights.from_json(weights_json))
-    except ValueError as err:
-        raise StoreError(f"{spec.plan_id}: objective_weights: {err}") from err
+        stored = dataclasses.asdict(recorded_weights(record["objective_weights"]))
+    except StoreError as err:
+        raise StoreError(f"{spec.plan_id}: {err}") from err
     common = dataclasses.asdict(ObjectiveWeights())
     changes = tuple(sorted((k, v) for k, v in stored.items() if v != common[k]))
     if dict(changes) != dict(spec.weight_changes):
@@ -974,9 +973,10 @@ def objective_set_spread(cases: Sequence[PlanCase]) -> list[tuple[str, str, str,
     Returns
     -------
     list of (plan_id, plan_id, structure, metric, difference)
-        The plan with more objective changes minus the other (the common set's plan is
-        the first), for every metric of :data:`REPORTED` both plans have, in the metric's
-        unit (percentage points, Gy or cc).
+        The second plan minus the first, the first being the one with fewer objective
+        changes (the common set's plan when one of them is; between two changed sets of
+        one size, the first by the changes' text), for every metric of :data:`REPORTED`
+        both plans have, in the metric's unit (percentage points, Gy or cc).
     """
     out = []
     by_option: dict[tuple[str, str], list[PlanCase]] = {}
@@ -986,7 +986,7 @@ def objective_set_spread(cases: Sequence[PlanCase]) -> list[tuple[str, str, str,
         for a, b in itertools.combinations(group, 2):
             if a.objectives == b.objectives:
                 continue
-            if len(a.objectives) > len(b.objectives):
+            if (len(a.objectives), repr(a.objectives)) > (len(b.objectives), repr(b.objectives)):
                 a, b = b, a
             for structure, metric, _unit in REPORTED:
                 ref_a, ref_b = (
@@ -1140,7 +1140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"agree; misses: {misses}")
     spread = objective_set_spread(everything)
     if spread:
-        print("\nthe same option under two objective sets (changed set minus common set):")
+        print("\nthe same option under two objective sets (more objective changes minus fewer):")
         for id_a, id_b, structure, metric, diff in spread:
             print(f"  {id_b} - {id_a}: {structure} {metric} {diff:+.1f}")
     if args.write:

@@ -586,8 +586,14 @@ def _object(value: JsonValue, what: str) -> dict[str, JsonValue]:
     return value
 
 
-def _weights_from(value: JsonValue) -> ObjectiveWeights:
-    """The objective set a stored plan recorded (``objective_weights``)."""
+def recorded_weights(value: JsonValue) -> ObjectiveWeights:
+    """The objective set a stored plan recorded (its record's ``objective_weights``).
+
+    Raises
+    ------
+    calibration.store.StoreError
+        When the value is not an object of every weight.
+    """
     try:
         return ObjectiveWeights.from_json(_object(value, "objective_weights"))
     except ValueError as err:
@@ -619,13 +625,13 @@ def rescore_plan(spec: PlanSpec, store: ReferenceStore, label: str) -> None:
         # the factors the doses were scaled with travel with them; dose files written
         # before they did (the first plans) match their own record's factors
         in_file = stored["normalisation_factors"] if "normalisation_factors" in stored else None
-    setup = _setup(spec, _weights_from(record["objective_weights"]), report)
+    setup = _setup(spec, recorded_weights(record["objective_weights"]), report)
     courses = record["courses"]
     if not isinstance(courses, list) or len(courses) != len(setup.option.courses):
         raise StoreError(f"{spec.plan_id}: courses do not match the option's")
     if doses.shape[1:] != setup.dose_grid.shape:
         raise StoreError(f"{dose_path}: doses of shape {doses.shape[1:]}, not the dose grid's")
-    transition_mm = _weights_from(record["objective_weights"]).transition_mm
+    transition_mm = recorded_weights(record["objective_weights"]).transition_mm
     course_doses: list[FloatArray] = []
     acceptable = True
     new_courses: list[JsonValue] = []

@@ -2015,12 +2015,16 @@ def _imported_sentence(comparison: Comparison) -> str:
 def _uncertainty_mark(row: MetricRow, option: str, estimated: Collection[str]) -> str:
     """The calibration spread of an estimated metric (``""`` when it has none).
 
-    Only rows on the composite physical dose: the calibration compares physical doses.
+    Only rows on the composite physical dose: the calibration compares physical doses. An
+    estimate of exactly 0 (no voxel at a V metric's dose) carries none: the calibration's
+    rows leave out plans that estimate and reference both put at zero, and in the reference
+    plans an estimate of 0 came with a reference of 0 or under 1 cc (docs/dose_model.md 4.7).
     """
     if option not in estimated or row.basis != _BASIS_PHYSICAL or row.group != "OAR":
         return ""
     u = CALIBRATION.uncertainty(row.structure, row.metric, row.unit)
-    if u is None or _finite(row.values.get(option)) is None:
+    value = _finite(row.values.get(option))
+    if u is None or value is None or value == 0.0:
         return ""
     title = (
         f"estimate minus optimised reference plans, held-out anatomies: median {u.bias:+.1f}, "

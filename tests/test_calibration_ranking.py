@@ -74,8 +74,8 @@ def test_plans_of_different_anatomies_or_objective_sets_are_not_paired() -> None
         **_estimates("lrboost__y", {"V70Gy": 9.0}),
     }
     assert ranking_agreement([a, b, c], est) == (0, 0, [])
-    # the node boost's partner under its own objective set is paired with it, and with
-    # nothing else: the same option under the common set is not a pair of options
+    # the node boost's partner under its own objective set is paired with it, and not with
+    # the same option under the common set (another objective set, and the same option)
     d = _case("wprt_homog__x", "x", "PBRT+WPRT", {"V70Gy": 7.5}, HOMOG)
     est.update(_estimates("wprt_homog__x", {"V70Gy": 6.0}))
     assert ranking_agreement([a, b, c, d], est) == (1, 1, [])
@@ -123,7 +123,10 @@ def test_the_objective_set_is_read_from_the_record_and_checked_against_the_plan_
     with pytest.raises(StoreError, match="no objective_weights"):
         objective_changes(common, {"acceptable": True})
     with pytest.raises(StoreError, match="objective_weights"):
-        objective_changes(common, {"objective_weights": {"ring_priority": "high"}})
+        objective_changes(common, {"objective_weights": {"ring_priority": 100.0}})  # the rest
+    not_a_number = {**ObjectiveWeights().as_json(), "ring_priority": "high"}
+    with pytest.raises(StoreError, match="ring_priority"):
+        objective_changes(common, {"objective_weights": not_a_number})
 
 
 def test_a_metric_both_doses_put_at_zero_is_left_out_of_its_row(
@@ -140,12 +143,13 @@ def test_a_metric_both_doses_put_at_zero_is_left_out_of_its_row(
     ]
     refs = {"pbrt__x": 0.0, "wprt__x": 200.0, "wprt__y": 150.0, "lrboost__y": 0.0}
     ests = {"pbrt__x": 0.0, "wprt__x": 190.0, "wprt__y": 136.0, "lrboost__y": 3.0}
+    bulb = ("PenileBulb", "Dmean")  # reported after the bowel, present in the first plan
     for c in cases:
-        c.reference = {bowel: refs[c.plan_id], ("Rectum", "Dmean"): 30.0}
+        c.reference = {bowel: refs[c.plan_id], ("Rectum", "Dmean"): 30.0, bulb: 10.0}
     monkeypatch.setattr(
         fit_model,
         "estimate_metrics",
-        lambda case, params: {bowel: ests[case.plan_id], ("Rectum", "Dmean"): 31.0},
+        lambda case, params: {bowel: ests[case.plan_id], ("Rectum", "Dmean"): 31.0, bulb: 12.0},
     )
     rows, _ = residual_table(cases, DoseModelParameters())
     by_key = {(r.structure, r.metric): r for r in rows}
@@ -154,5 +158,6 @@ def test_a_metric_both_doses_put_at_zero_is_left_out_of_its_row(
     assert by_key[bowel].bias == pytest.approx(-10.0)
     # every plan counts for the rectum's Dmean
     assert by_key[("Rectum", "Dmean")].errors == (1.0, 1.0, 1.0, 1.0)
-    # rows come in the order of the reported metrics, whatever plan first has them
-    assert [k for k in by_key] == [("Rectum", "Dmean"), bowel]
+    # rows come in the order of the reported metrics, not in the order plans first have them
+    # (the first plan has no bowel row: the bowel would come after the penile bulb)
+    assert [k for k in by_key] == [("Rectum", "Dmean"), bowel, bulb]

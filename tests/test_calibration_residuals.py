@@ -36,7 +36,10 @@ def test_residual_table_is_reproduced_from_the_stored_plans():
     cases = load_cases(STORE, held)
     rows, estimates = residual_table(cases, DoseModelParameters())
     agreed, total, _ = ranking_agreement(cases, estimates)
-    assert RANKING_SOURCE.format(agreed=agreed, total=total) in CALIBRATION.source
+    if total:
+        assert RANKING_SOURCE.format(agreed=agreed, total=total) in CALIBRATION.source
+    else:  # no held-out pair of options: the source states no ranking
+        assert RANKING_SOURCE.split("{")[0] not in CALIBRATION.source
     recomputed = {(r.structure, r.metric.replace("[cc]", ""), r.unit): r for r in rows}
     assert CALIBRATION.uncertainties
     for u in CALIBRATION.uncertainties:

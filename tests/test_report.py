@@ -1084,3 +1084,21 @@ def test_estimated_organ_metrics_show_their_calibration_spread(comparison, monke
     if other is not None:
         other_row = re.search(rf'<tr data-row="{re.escape(other.label)}".*?</tr>', metrics, re.S)
         assert 'class="unc"' not in other_row.group(0)
+    # an estimate of exactly 0 carries none: the calibration rows leave out plans that both
+    # doses put at zero (the bowel's V45 of a prostate-bed option)
+    zeroed = tuple(
+        dataclasses.replace(r, values={**r.values, first.name: 0.0})
+        if r.label == target.label
+        else r
+        for r in twin.table.rows
+    )
+    text0 = rpt.render_report(
+        dataclasses.replace(twin, table=dataclasses.replace(twin.table, rows=zeroed))
+    )
+    row0 = re.search(
+        rf'<tr data-row="{re.escape(target.label)}".*?</tr>',
+        re.search(r'<table id="metrics".*?</table>', text0, re.S).group(0),
+        re.S,
+    ).group(0)
+    marks0 = re.findall(r'data-option="([^"]+)"[^>]*>(?:(?!</td>).)*?class="unc"', row0, re.S)
+    assert set(marks0) == set(marks) - {first.name}
