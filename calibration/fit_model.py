@@ -52,7 +52,14 @@ import numpy.typing as npt
 from scipy import optimize
 
 from calibration.objectives import ObjectiveWeights
-from calibration.plans import PLANS, PlanSpec, build_plan_option, load_plan_atlas, plan_by_id
+from calibration.plans import (
+    PLANS,
+    Anatomy,
+    PlanSpec,
+    build_plan_option,
+    load_plan_atlas,
+    plan_by_id,
+)
 from calibration.reference_plans import course_targets, fall_off_reference, recorded_weights
 from calibration.scoring import (
     DISTANCE_BIN_EDGES_MM,
@@ -294,16 +301,25 @@ def load_cases(store: ReferenceStore, plan_ids: Sequence[str] | None = None) -> 
         ids = [i for i in ids if i in plan_ids]
     rows = store.rows()
     out = []
+    # plans of one anatomy share its atlas, dose grid and organs (built once: about 1 s each)
+    anatomies: dict[Anatomy, tuple[Atlas, ImageGrid, dict[str, StructureOnDoseGrid]]] = {}
     for plan_id in ids:
         spec = plan_by_id(plan_id)
-        atlas = load_plan_atlas(spec)
+        key = spec.anatomy
+        if key not in anatomies:
+            atlas = load_plan_atlas(spec)
+            grid = dose_grid_for(atlas)
+            anatomies[key] = (
+                atlas,
+                grid,
+                {
+                    name: structure_on_dose_grid(atlas.structures[name], grid)
+                    for name in FIT_METRICS
+                    if name in atlas.structures and not atlas.structures[name].is_empty
+                },
+            )
+        atlas, grid, organs = anatomies[key]
         option = build_plan_option(spec, atlas)
-        grid = dose_grid_for(atlas)
-        organs = {
-            name: structure_on_dose_grid(atlas.structures[name], grid)
-            for name in FIT_METRICS
-            if name in atlas.structures and not atlas.structures[name].is_empty
-        }
         ptvs = {
             lv.ptv.name: (structure_on_dose_grid(lv.ptv, grid), lv.total_gy)
             for lv in target_levels(option)
