@@ -932,6 +932,17 @@ REFERENCE_BAND_POINTS = 3.0
 RANKING_SOURCE = "ranked alike in {agreed} of {total} held-out pairs of options"
 
 
+def _both_references(a: PlanCase, b: PlanCase) -> Iterable[tuple[str, str, str, float, float]]:
+    """The reference values two plans both have, per :data:`REPORTED` metric.
+
+    Yields (structure, metric, unit, reference of ``a``, reference of ``b``).
+    """
+    for structure, metric, unit in REPORTED:
+        ref_a, ref_b = a.reference.get((structure, metric)), b.reference.get((structure, metric))
+        if ref_a is not None and ref_b is not None:
+            yield structure, metric, unit, ref_a, ref_b
+
+
 def ranking_agreement(
     cases: Sequence[PlanCase], estimates: Mapping[str, float], *, tie_points: float = 1.0
 ) -> tuple[int, int, list[str]]:
@@ -954,21 +965,12 @@ def ranking_agreement(
         for a, b in itertools.combinations(group, 2):
             if a.option.name == b.option.name:
                 continue
-            for structure, metric, unit in REPORTED:
+            for structure, metric, unit, ref_a, ref_b in _both_references(a, b):
                 key_a, key_b = (
                     f"{a.plan_id}|{structure}|{metric}",
                     f"{b.plan_id}|{structure}|{metric}",
                 )
-                ref_a, ref_b = (
-                    a.reference.get((structure, metric)),
-                    b.reference.get((structure, metric)),
-                )
-                if (
-                    key_a not in estimates
-                    or key_b not in estimates
-                    or ref_a is None
-                    or ref_b is None
-                ):
+                if key_a not in estimates or key_b not in estimates:
                     continue
                 if abs(ref_a - ref_b) < (tie_points if unit == "%" else 1.0):
                     continue
@@ -1004,13 +1006,8 @@ def objective_set_spread(cases: Sequence[PlanCase]) -> list[tuple[str, str, str,
                 continue
             if (len(a.objectives), repr(a.objectives)) > (len(b.objectives), repr(b.objectives)):
                 a, b = b, a
-            for structure, metric, _unit in REPORTED:
-                ref_a, ref_b = (
-                    a.reference.get((structure, metric)),
-                    b.reference.get((structure, metric)),
-                )
-                if ref_a is not None and ref_b is not None:
-                    out.append((a.plan_id, b.plan_id, structure, metric, ref_b - ref_a))
+            for structure, metric, _unit, ref_a, ref_b in _both_references(a, b):
+                out.append((a.plan_id, b.plan_id, structure, metric, ref_b - ref_a))
     return out
 
 
@@ -1133,11 +1130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         imrt_plateau=1.02,
         plan_sum_ceiling=1.05,
     )
+    # each subset's rows and estimates under the fitted model, reused below
+    fitted: dict[str, tuple[list[Residual], dict[str, float]]] = {}
     for label, subset in (("held-out", held), ("training", train), ("not acceptable", rejected)):
         if not subset:
             continue
         for name, p in (("before (no sparing)", before), ("fitted", params)):
             rows, est = residual_table(subset, p)
+            if p is params:
+                fitted[label] = (rows, est)
             agreed, total, misses = ranking_agreement(subset, est)
             band = ranking_agreement(subset, est, tie_points=REFERENCE_BAND_POINTS)
             print(f"\n### {label} plans, model {name}\n")
@@ -1148,7 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{band[0]}/{band[1]} agree; misses: {band[2]}"
             )
     everything = [*cases, *rejected]
-    _, est_all = residual_table(everything, params)  # estimates keyed by plan: serve both
+    est_all = {k: v for _, est in fitted.values() for k, v in est.items()}  # keyed by plan
     agreed, total, _ = ranking_agreement(cases, est_all)
     print(f"\nranking of option pairs over every acceptable plan: {agreed}/{total} agree")
     agreed, total, misses = ranking_agreement(everything, est_all)
@@ -1160,7 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for id_a, id_b, structure, metric, diff in spread:
             print(f"  {id_b} - {id_a}: {structure} {metric} {diff:+.1f}")
     if args.write:
-        rows, est_held = residual_table(held, params) if held else ([], {})
+        rows, est_held = fitted.get("held-out", ([], {}))
         agreed, total, _ = ranking_agreement(held, est_held)
         source = (
             f"fitted on {len(train)} pyRadPlan reference plans "

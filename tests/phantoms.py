@@ -28,3 +28,19 @@ def box_mask(grid: ImageGrid, lo_mm, hi_mm) -> np.ndarray:
         & ((y >= lo_mm[1]) & (y <= hi_mm[1]))[None, :, None]
         & ((x >= lo_mm[0]) & (x <= hi_mm[0]))[None, None, :]
     )
+
+
+def random_box_or_sphere(
+    grid: ImageGrid, rng: np.random.Generator, *, corner_mm, size_mm, centre_mm, radius_mm
+) -> np.ndarray:
+    """A box or a sphere (even odds) at random, some cut by the grid's edge or off it.
+
+    A box: lower corner uniform in ``corner_mm`` (low, high) per axis, edges uniform in
+    ``size_mm``; a sphere: centre uniform in ``centre_mm`` per axis, radius uniform in
+    ``radius_mm``.
+    """
+    if rng.random() < 0.5:
+        lo = rng.uniform(*corner_mm, 3)
+        return box_mask(grid, tuple(lo), tuple(lo + rng.uniform(*size_mm, 3)))
+    centre = tuple(rng.uniform(*centre_mm, 3))
+    return sphere_mask(grid, centre, float(rng.uniform(*radius_mm)))

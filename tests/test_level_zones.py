@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from phantoms import box_mask, sphere_mask
+from phantoms import box_mask, random_box_or_sphere, sphere_mask
 from scipy import ndimage
 
 from rtplan.dvh import structure_on_dose_grid
@@ -500,14 +500,17 @@ def test_the_shared_volume_is_counted_on_the_ptvs_grid(seed):
     count of common mask voxels."""
     rng = np.random.default_rng(seed)
     for _ in range(10):
-        masks = []
-        for _ in range(2):
-            if rng.random() < 0.5:
-                lo = rng.uniform(-10, 90, 3)
-                masks.append(box_mask(FINE, tuple(lo), tuple(lo + rng.uniform(2, 40, 3))))
-            else:
-                centre = tuple(rng.uniform(-5, 95, 3))
-                masks.append(sphere_mask(FINE, centre, float(rng.uniform(2, 30))))
+        masks = [
+            random_box_or_sphere(
+                FINE,
+                rng,
+                corner_mm=(-10, 90),
+                size_mm=(2, 40),
+                centre_mm=(-5, 95),
+                radius_mm=(2, 30),
+            )
+            for _ in range(2)
+        ]
         if not (masks[0].any() and masks[1].any()):
             continue
         a, b = (Structure(f"S{k}", m, FINE, role="ptv") for k, m in enumerate(masks))

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from phantoms import aniso_grid, box_mask, sphere_mask
+from phantoms import aniso_grid, box_mask, random_box_or_sphere, sphere_mask
 
 from rtplan.errors import GridMismatchError, InvalidMaskError, MissingStructureError
 from rtplan.grid import ImageGrid
@@ -273,13 +273,12 @@ def test_shared_voxel_count_is_the_count_of_common_voxels():
     g = ImageGrid(shape=(20, 30, 30), spacing_mm=(2.0, 1.5, 1.5), origin_mm=(0.0, 0.0, 0.0))
     rng = np.random.default_rng(3)
     for _ in range(30):
-        masks = []
-        for _ in range(2):
-            if rng.random() < 0.5:
-                lo = rng.uniform(-5, 45, 3)
-                masks.append(box_mask(g, tuple(lo), tuple(lo + rng.uniform(1, 25, 3))))
-            else:
-                masks.append(sphere_mask(g, tuple(rng.uniform(-5, 45, 3)), rng.uniform(1, 15)))
+        masks = [
+            random_box_or_sphere(
+                g, rng, corner_mm=(-5, 45), size_mm=(1, 25), centre_mm=(-5, 45), radius_mm=(1, 15)
+            )
+            for _ in range(2)
+        ]
         a, b = Structure("A", masks[0], g), Structure("B", masks[1], g)
         assert a.shared_voxel_count(b) == int((masks[0] & masks[1]).sum())
         assert b.shared_voxel_count(a) == a.shared_voxel_count(b)
