@@ -75,6 +75,8 @@ ANATOMIES: dict[str, Anatomy] = {
     "bladder2.0": Anatomy(bladder_filling=2.0),
     "rectal1.8": Anatomy(rectal_filling=1.8),
     "seed3": Anatomy(seed=3),
+    "seed5": Anatomy(seed=5),
+    "seed7": Anatomy(seed=7),
 }
 
 
@@ -204,6 +206,18 @@ PLANS: tuple[PlanSpec, ...] = (
     *(
         _plan("lrboost", case, "TrN0M0", "PBRT+LRboost")
         for case in ("scale0.85", "bladder2.0", "seed3")
+    ),
+    # two new random anatomies (added 2026-12-05, tenth session), listed before any of them
+    # was planned or any model was scored on them: a test set untouched by every choice of
+    # model made so far, the same three options and pairs as on seed 3
+    *(
+        _plan(name, case, lesions, option)
+        for case in ("seed5", "seed7")
+        for name, lesions, option in (
+            ("pbrt", "T0N0M0", "PBRT"),
+            ("wprt", "T0N0M0", "PBRT+WPRT"),
+            ("lrboost", "TrN0M0", "PBRT+LRboost"),
+        )
     ),
 )
 
