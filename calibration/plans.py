@@ -143,7 +143,8 @@ def _plan(
 #: two boost options on bladder filling 0.5 and rectal filling 1.8; then, with the PTV
 #: overdose priority doubled as the node-boost plans have it, prostate bed + pelvis on
 #: bladder filling 0.5 and the local boost on the atlas, the node boosts' partners; then
-#: the local boost on the three anatomies whose PBRT and PBRT+WPRT plans are held out.
+#: the local boost on the three anatomies whose PBRT and PBRT+WPRT plans are held out; then
+#: PBRT, PBRT+WPRT and the local boost on two new random anatomies (seeds 5, 7), a test set.
 PLANS: tuple[PlanSpec, ...] = (
     *(
         _plan("pbrt", case, "T0N0M0", "PBRT")

@@ -167,7 +167,7 @@ def test_store_refuses_files_it_cannot_read(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- resume
 def test_plan_list_is_unique_and_in_priority_order() -> None:
     ids = [p.plan_id for p in PLANS]
-    assert len(ids) == len(set(ids)) == 23
+    assert len(ids) == len(set(ids)) == 29
     assert [p.option for p in PLANS[:7]] == ["PBRT"] * 7
     assert [p.option for p in PLANS[7:11]] == ["PBRT+WPRT"] * 4
     assert ids[0] == "pbrt__atlas" and ids[7] == "wprt__atlas"
@@ -179,7 +179,7 @@ def test_plan_list_is_unique_and_in_priority_order() -> None:
     ] * 4
     # then the two boost options on two variants (held out), the node boosts' partners
     # under their objective set, and the local boost on three held-out anatomies
-    assert [(p.option, p.case, bool(p.weight_changes)) for p in PLANS[16:]] == [
+    assert [(p.option, p.case, bool(p.weight_changes)) for p in PLANS[16:23]] == [
         ("PBRT+WPRT+Nboost+ADT", "bladder0.5", True),
         ("PBRT+LRboost", "rectal1.8", False),
         ("PBRT+WPRT", "bladder0.5", True),
@@ -188,6 +188,13 @@ def test_plan_list_is_unique_and_in_priority_order() -> None:
         ("PBRT+LRboost", "bladder2.0", False),
         ("PBRT+LRboost", "seed3", False),
     ]
+    # last, the test set: three options on each of two new random anatomies
+    assert [(p.option, p.case) for p in PLANS[23:]] == [
+        (option, case)
+        for case in ("seed5", "seed7")
+        for option in ("PBRT", "PBRT+WPRT", "PBRT+LRboost")
+    ]
+    assert {p.anatomy.seed for p in PLANS[23:]} == {5, 7}
     # every plan under an objective change has a partner of another option under the same
     # change on its anatomy, so it takes part in the ranking (fit_model.ranking_agreement)
     for p in PLANS:
@@ -196,7 +203,7 @@ def test_plan_list_is_unique_and_in_priority_order() -> None:
                 q.case == p.case and q.option != p.option and q.weight_changes == p.weight_changes
                 for q in PLANS
             ), p.plan_id
-    pbrt_cases = {p.case for p in PLANS[:7]}
+    pbrt_cases = {p.case for p in PLANS if p.option == "PBRT"}
     wprt = [p for p in PLANS if p.option == "PBRT+WPRT"]
     assert {p.case for p in wprt} <= pbrt_cases  # option pairs on the same anatomy
     assert plan_by_id("pbrt__scale0.85").atlas_kwargs == {"scale": 0.85}

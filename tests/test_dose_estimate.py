@@ -257,6 +257,22 @@ def test_imrt_calibration_bounds(dose_grid, body_mask):
     dvh = compute_dvh(dose, dose_grid, ptv)
     assert 0.95 <= dvh.dose_at_volume_pct(95) / rx <= 1.0  # PB VMAT D95 68.6/70 = 0.98
     assert 1.0 <= dvh.dose_at_volume_pct(50) / rx <= 1.03  # PB VMAT median 71.2/70 = 1.017
+    # the fit chooses its profile by the same check on the same phantom
+    from calibration.plan_quality import BOUNDS, sphere_quality, within_bounds
+
+    q = sphere_quality(DoseModelParameters())
+    assert q["CI95"] == pytest.approx(ci95, rel=1e-9)
+    assert q["R50"] == pytest.approx(r50, rel=1e-9)
+    assert q["D95"] == pytest.approx(dvh.dose_at_volume_pct(95) / rx, rel=1e-9)
+    assert q["D50"] == pytest.approx(dvh.dose_at_volume_pct(50) / rx, rel=1e-9)
+    assert BOUNDS == {
+        "CI95": (1.0, 1.2),
+        "R50": (4.30, 8.37),
+        "D95": (0.95, 1.0),
+        "D50": (1.0, 1.03),
+    }
+    assert within_bounds(DoseModelParameters())
+    assert not within_bounds(dataclasses.replace(DoseModelParameters(), imrt_plateau=1.06))
 
 
 def _ray_outside(dose, dose_grid, radius_mm, start_mm, stop_mm):
